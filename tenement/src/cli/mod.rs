@@ -1,0 +1,61 @@
+//! Command line: parses arguments and hands each command to the module that owns it.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config};
+
+#[derive(Parser)]
+#[command(
+    name = "tenement",
+    version,
+    about = "A lightweight process hypervisor for single-server deployments"
+)]
+pub struct Cli {
+    /// Configuration file [default: $TENEMENT_CONFIG, ./tenement.toml, /etc/tenement/tenement.toml]
+    #[arg(long, short = 'c', global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Check or show the configuration
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration file; exit non-zero with every error found
+    Check,
+    /// Print the resolved configuration, defaults included
+    Show,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Config(command) => {
+            let path = config::locate(cli.config.as_deref())?;
+            let config = Config::load(&path)?;
+            match command {
+                ConfigCommand::Check => println!("{}: ok", path.display()),
+                ConfigCommand::Show => print!("{}", toml::to_string_pretty(&config)?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! tenement: a process hypervisor for many single-tenant services on one Linux server.
+//! `main.rs` is only the entry point; each concern lives in its own module.
+
+pub mod cli;
+pub mod config;
+pub mod monitor;

@@ -1,0 +1,100 @@
+//! `cargo xtask`: the project's own tasks, so that a fresh machine needs nothing by hand.
+
+mod bench;
+mod setup;
+mod util;
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [args]
+
+tasks:
+  setup [--apt]        install rust-src for nightly and bpf-linker (with --apt: the Debian
+                       packages the tests use); idempotent
+  build-ebpf           build the eBPF object and list its programs and maps
+  test [ARGS...]       setup, then run the whole test suite (ARGS go to `cargo test`)
+  run                  setup, build, and serve the bundled example (examples/notes)
+  bench [proxy]        benchmarks; results go to docs/benchmarks.md
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let (task, rest) = match args.split_first() {
+        Some((task, rest)) => (task.as_str(), rest),
+        None => {
+            eprint!("{USAGE}");
+            bail!("no task given");
+        }
+    };
+    match task {
+        "setup" => setup::setup(rest.iter().any(|a| a == "--apt")),
+        "build-ebpf" => setup::build_ebpf(),
+        "test" => test(rest),
+        "run" => run_example(),
+        "bench" => bench::bench(rest),
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => {
+            eprint!("{USAGE}");
+            bail!("unknown task {other:?}")
+        }
+    }
+}
+
+/// The README's test command: everything a fresh machine needs, then every test.
+fn test(args: &[String]) -> Result<()> {
+    // Root can install the Debian packages the end-to-end tests start (pebble, runsc, ...).
+    setup::setup(util::is_root())?;
+    util::step("building tenement");
+    util::cargo(&["build", "--package", "tenement", "--bin", "tenement"])?;
+    util::step("running the test suite");
+    let mut cargo_args = vec!["test", "--workspace"];
+    cargo_args.extend(args.iter().map(String::as_str));
+    util::cargo(&cargo_args)
+}
+
+/// The README's first command: serve the bundled notes example on 127.0.0.1:8080.
+fn run_example() -> Result<()> {
+    setup::setup(false)?;
+    util::step("building tenement");
+    util::cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "tenement",
+        "--bin",
+        "tenement",
+    ])?;
+    let root = util::workspace_root();
+    let config = root.join("examples/notes/tenement.toml");
+    println!(
+        "\ntenement serves the notes example on http://127.0.0.1:8080 . Try:\n\
+         \n  curl -H 'Host: alice.notes.localhost' -d 'first note' http://127.0.0.1:8080/notes\
+         \n  curl -H 'Host: alice.notes.localhost' http://127.0.0.1:8080/notes\
+         \n  curl -H 'Host: bob.notes.localhost' http://127.0.0.1:8080/notes   # bob has his own notes\n"
+    );
+    let status = std::process::Command::new(root.join("target/release/tenement"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .status()?;
+    if !status.success() {
+        bail!("tenement serve exited with {status}");
+    }
+    Ok(())
+}
