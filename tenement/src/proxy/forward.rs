@@ -1,0 +1,239 @@
+//! A routed request on its way to its instance: wake it if needed, rewrite the hop-level
+//! headers, send it over a pooled connection (or a dedicated one for an `Upgrade`), and
+//! turn every failure into an answer that names the instance.
+
+use bytes::Bytes;
+use http::{
+    header::{COOKIE, HOST},
+    uri::PathAndQuery,
+    HeaderValue, Request, Response, StatusCode, Uri, Version,
+};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::{
+    backend::{BackendState, WakeError},
+    body::ProxyBody,
+    conn::ConnContext,
+    exchange::Exchange,
+    headers,
+    pool::{self, Lease, UpstreamError},
+    reply::{self, Format},
+    table::Entry,
+};
+use std::sync::Arc;
+
+pub(crate) async fn forward(
+    conn: Arc<ConnContext>,
+    entry: Arc<Entry>,
+    mut request: Request<Incoming>,
+    mut exchange: Exchange,
+    format: Format,
+) -> Response<ProxyBody> {
+    if entry.state == BackendState::Failed {
+        let message = format!("instance {} is failed", entry.label);
+        return answer(
+            reply::error(StatusCode::SERVICE_UNAVAILABLE, &message, format),
+            exchange,
+        );
+    }
+    let backends = conn.backends();
+    exchange.set_instance(entry.clone(), backends.activity(&entry.name));
+    let upgrade =
+        request.version() == Version::HTTP_11 && headers::wants_upgrade(request.headers());
+    prepare_request(&mut request, upgrade, &conn);
+
+    let known_port = entry.port.filter(|_| entry.state.is_serving());
+    let port = match known_port {
+        Some(port) => port,
+        None => match wake(&conn, &entry, format).await {
+            Ok(port) => port,
+            Err(response) => return answer(response, exchange),
+        },
+    };
+    if upgrade {
+        return tunnel(
+            conn,
+            entry,
+            port,
+            known_port.is_some(),
+            request,
+            exchange,
+            format,
+        )
+        .await;
+    }
+    let mut sent = entry.pool.send(port, request).await;
+    if let Err((error, Some(_))) = &sent {
+        if error.is_refused() && known_port.is_some() {
+            // The table still said it runs, but it has stopped or moved since: wake it once.
+            let Err((_, Some(request))) = sent else {
+                unreachable!("matched just above")
+            };
+            sent = match wake(&conn, &entry, format).await {
+                Ok(port) => entry.pool.send(port, request).await,
+                Err(response) => return answer(response, exchange),
+            };
+        }
+    }
+    match sent {
+        Ok((response, lease)) => relay(response, Some(lease), exchange),
+        Err((error, _)) => answer(bad_gateway(&entry, &error, format), exchange),
+    }
+}
+
+/// An answer the proxy wrote itself, as a response with the request's bookkeeping attached.
+pub(crate) fn answer(response: Response<Bytes>, mut exchange: Exchange) -> Response<ProxyBody> {
+    exchange.set_status(response.status().as_u16());
+    let (parts, bytes) = response.into_parts();
+    Response::from_parts(parts, ProxyBody::local(bytes, exchange))
+}
+
+/// The instance's answer, streamed back with its hop-by-hop headers left behind.
+fn relay(
+    response: Response<Incoming>,
+    lease: Option<Lease>,
+    mut exchange: Exchange,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    headers::strip_hop_by_hop(
+        &mut parts.headers,
+        parts.status == StatusCode::SWITCHING_PROTOCOLS,
+    );
+    exchange.set_status(parts.status.as_u16());
+    Response::from_parts(parts, ProxyBody::upstream(body, lease, exchange))
+}
+
+async fn wake(conn: &ConnContext, entry: &Entry, format: Format) -> Result<u16, Response<Bytes>> {
+    conn.backends()
+        .ensure_running(&entry.name)
+        .await
+        .map_err(|error| {
+            let message = format!("instance {} {error}", entry.label);
+            tracing::warn!("{message}");
+            match error {
+                WakeError::Unknown => reply::error(StatusCode::NOT_FOUND, &message, format),
+                WakeError::Failed { .. } => {
+                    reply::error(StatusCode::SERVICE_UNAVAILABLE, &message, format)
+                }
+                WakeError::Timeout { after } => reply::retry_later(&message, after, format),
+            }
+        })
+}
+
+fn bad_gateway(entry: &Entry, error: &UpstreamError, format: Format) -> Response<Bytes> {
+    let message = format!("instance {} {error}", entry.label);
+    tracing::warn!("{message}");
+    reply::error(StatusCode::BAD_GATEWAY, &message, format)
+}
+
+/// Turns the client's request into the one the instance receives: origin-form URI and a
+/// `Host` header (HTTP/2 carries both in the URI), HTTP/1.1, no hop-by-hop headers, and
+/// the `X-Forwarded-*` headers.
+fn prepare_request(request: &mut Request<Incoming>, upgrade: bool, conn: &ConnContext) {
+    let host = match request.uri().authority() {
+        Some(authority) => {
+            // The URI's authority outranks any Host header (RFC 9112 3.2.2).
+            let host = HeaderValue::from_str(authority.as_str()).ok();
+            if let Some(host) = &host {
+                request.headers_mut().insert(HOST, host.clone());
+            }
+            let mut parts = std::mem::take(request.uri_mut()).into_parts();
+            parts.scheme = None;
+            parts.authority = None;
+            parts
+                .path_and_query
+                .get_or_insert(PathAndQuery::from_static("/"));
+            *request.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
+            host
+        }
+        None => request.headers().get(HOST).cloned(),
+    };
+    if request.version() == Version::HTTP_2 {
+        join_cookies(request.headers_mut());
+    }
+    *request.version_mut() = Version::HTTP_11;
+    let headers = request.headers_mut();
+    headers::strip_hop_by_hop(headers, upgrade);
+    headers::set_forwarded(headers, conn.peer_ip(), conn.is_https(), host);
+}
+
+/// HTTP/2 may split `Cookie` into one header per pair; HTTP/1.1 wants one (RFC 9113 8.2.3).
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut cookies = headers.get_all(COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(COOKIE, value);
+    }
+}
+
+/// `Upgrade` (WebSocket and others): a dedicated connection to the instance; once both
+/// sides agreed to switch, the two sockets are spliced until either closes. The activity
+/// guard lives as long as the tunnel, so an open WebSocket keeps its instance awake.
+async fn tunnel(
+    conn: Arc<ConnContext>,
+    entry: Arc<Entry>,
+    mut port: u16,
+    port_from_table: bool,
+    mut request: Request<Incoming>,
+    mut exchange: Exchange,
+    format: Format,
+) -> Response<ProxyBody> {
+    let client_side = hyper::upgrade::on(&mut request);
+    let mut connected = pool::connect(port, true).await;
+    if matches!(&connected, Err(error) if error.is_refused()) && port_from_table {
+        port = match wake(&conn, &entry, format).await {
+            Ok(port) => port,
+            Err(response) => return answer(response, exchange),
+        };
+        connected = pool::connect(port, true).await;
+    }
+    let mut sender = match connected {
+        Ok(sender) => sender,
+        Err(error) => return answer(bad_gateway(&entry, &error, format), exchange),
+    };
+    let mut response = match sender.send_request(request).await {
+        Ok(response) => response,
+        Err(error) => {
+            let error = UpstreamError::Http { port, error };
+            return answer(bad_gateway(&entry, &error, format), exchange);
+        }
+    };
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // The instance declined to switch; its answer goes back as it is.
+        return relay(response, None, exchange);
+    }
+    let instance_side = hyper::upgrade::on(&mut response);
+    let activity = exchange.take_activity();
+    let counted = conn.track_tunnel();
+    let mut shutdown = conn.shutdown_signal();
+    let label = entry.label.clone();
+    tokio::spawn(async move {
+        let _activity = activity;
+        let _counted = counted;
+        let (client, instance) = match tokio::try_join!(client_side, instance_side) {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::debug!("upgrade to instance {label} did not complete: {error}");
+                return;
+            }
+        };
+        let (mut client, mut instance) = (TokioIo::new(client), TokioIo::new(instance));
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut client, &mut instance) => {
+                if let Err(error) = copied {
+                    tracing::debug!("tunnel to instance {label} ended: {error}");
+                }
+            }
+            _ = shutdown.wait_for(|stopping| *stopping) => {}
+        }
+    });
+    relay(response, None, exchange)
+}

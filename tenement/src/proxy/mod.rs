@@ -1,0 +1,179 @@
+//! The HTTP front door. Every request is routed by its `Host` (and, on the bare domain, its
+//! path) to one instance, which is woken if it sleeps, then forwarded over a keep-alive
+//! connection from that instance's pool, bodies streamed both ways.
+//!
+//! ```text
+//! listener -> (TLS) -> hyper (HTTP/1.1, h2c) -> conn: route by table -> forward:
+//!     Backends::ensure_running when not running -> pool -> 127.0.0.1:{port}
+//! ```
+//!
+//! Files: `server` (listeners, connection lifetimes, shutdown), `conn` (per-connection
+//! service: routing), `router` + `table` + `weights` + `host` (the routing table and how it
+//! is kept current), `forward` + `headers` + `pool` + `body` (the trip to the instance and
+//! back), `reply` (answers the proxy writes itself), `exchange` (per-request bookkeeping and
+//! the access log), `backend` (the seam to the supervisor).
+
+mod backend;
+mod body;
+mod conn;
+mod exchange;
+mod forward;
+mod headers;
+mod host;
+mod pool;
+mod reply;
+mod router;
+mod server;
+mod table;
+mod weights;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+};
+
+pub use backend::{ActivityGuard, BackendInstance, BackendState, Backends, WakeError};
+pub use body::ProxyBody;
+pub use exchange::ACCESS_LOG;
+
+use crate::config::Config;
+
+/// Answers requests before routing, e.g. ACME HTTP-01 challenges: `Some` answers, `None` lets
+/// the request through to the instances.
+pub type PreRouter = Arc<dyn Fn(&Request<Incoming>) -> Option<Response<Bytes>> + Send + Sync>;
+
+/// Limits that protect the proxy from slow or oversized clients, and its optional hook.
+#[derive(Clone)]
+pub struct Options {
+    /// A client must send a complete request head within this (also the keep-alive idle
+    /// limit between HTTP/1.1 requests).
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/2 included).
+    pub idle_timeout: Duration,
+    /// Largest request head; beyond it the client gets 431 (HTTP/1.1) or a stream error (HTTP/2).
+    pub max_header_bytes: usize,
+    /// Most header fields in one request; beyond it the client gets 431.
+    pub max_headers: usize,
+    /// On shutdown, how long in-flight requests and tunnels may take to finish.
+    pub shutdown_grace: Duration,
+    pub pre_router: Option<PreRouter>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            header_read_timeout: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(75),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            shutdown_grace: Duration::from_secs(10),
+            pre_router: None,
+        }
+    }
+}
+
+/// Whether a connection came in over TLS (told to instances in `X-Forwarded-Proto`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+/// The proxy: cheap to clone, every clone serves the same table and pools.
+#[derive(Clone)]
+pub struct Proxy {
+    shared: Arc<server::Shared>,
+}
+
+impl Proxy {
+    /// Builds the routing table and follows `backends.changes()`. Call inside a tokio runtime.
+    pub fn new(config: Arc<Config>, backends: Arc<dyn Backends>, options: Options) -> Proxy {
+        let router = router::Router::new(config, backends);
+        Proxy {
+            shared: Arc::new(server::Shared::new(router, options)),
+        }
+    }
+
+    /// Routes by a new configuration (domains, `[routing]`, services) from now on.
+    pub fn set_config(&self, config: Arc<Config>) {
+        self.shared.router.set_config(config);
+    }
+
+    /// Accepts on every listener until `shutdown` completes, then lets in-flight requests
+    /// finish (up to `Options::shutdown_grace`).
+    pub async fn serve(&self, listeners: Vec<TcpListener>, shutdown: impl Future) -> Result<()> {
+        if listeners.is_empty() {
+            bail!("the proxy has no address to listen on (settings.listen is empty)");
+        }
+        raise_open_file_limit();
+        for listener in listeners {
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!("proxy listening on http://{address}");
+            }
+            tokio::spawn(server::accept_loop(self.shared.clone(), listener));
+        }
+        shutdown.await;
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Serves one already accepted connection, e.g. one the TLS layer has decrypted.
+    pub async fn serve_connection<IO>(&self, io: IO, peer: SocketAddr, scheme: Scheme)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        server::drive(self.shared.clone(), io, peer, scheme == Scheme::Https).await;
+    }
+
+    /// Stops accepting, closes idle connections, and waits for in-flight ones to finish.
+    pub async fn shutdown(&self) {
+        self.shared.begin_shutdown();
+        self.shared.drain(self.shared.options.shutdown_grace).await;
+    }
+}
+
+/// Serves `listeners` with default limits until `shutdown` completes.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    config: Arc<Config>,
+    backends: Arc<dyn Backends>,
+    shutdown: impl Future,
+) -> Result<()> {
+    Proxy::new(config, backends, Options::default())
+        .serve(listeners, shutdown)
+        .await
+}
+
+/// Binds every address of `settings.listen`, naming the one that fails.
+pub async fn bind(addresses: &[SocketAddr]) -> Result<Vec<TcpListener>> {
+    let mut listeners = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address} (settings.listen)"))?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// A proxy holds two sockets per proxied connection; the usual soft limit of 1024 open files
+/// is far too low, and raising it to the hard limit needs no privilege.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                Ok(()) => tracing::debug!("open file limit raised from {soft} to {hard}"),
+                Err(error) => {
+                    tracing::warn!("cannot raise the open file limit from {soft}: {error}")
+                }
+            }
+        }
+    }
+}

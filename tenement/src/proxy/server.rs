@@ -1,0 +1,195 @@
+//! Listening and connection lifetimes: accept loops, the HTTP/1.1 + HTTP/2 connection
+//! driver with its time limits, and a graceful shutdown that waits for what is in flight.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::{watch, Notify},
+    time::{sleep_until, Instant},
+};
+
+use super::{conn::ConnService, exchange::ConnTracker, router::Router, Options};
+
+pub(crate) struct Shared {
+    pub(crate) router: Arc<Router>,
+    pub(crate) options: Options,
+    http: auto::Builder<TokioExecutor>,
+    /// Flips to `true` once: stop accepting, finish what is in flight.
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) connections: Arc<Connections>,
+}
+
+/// hyper's own default; setting any other value makes it allocate the header array per request.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
+impl Shared {
+    pub(crate) fn new(router: Arc<Router>, options: Options) -> Shared {
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        let mut http1 = http.http1();
+        http1
+            .timer(TokioTimer::new())
+            // Also closes keep-alive connections that stay silent this long.
+            .header_read_timeout(options.header_read_timeout)
+            // hyper answers 431 when the request head outgrows its buffer.
+            .max_buf_size(options.max_header_bytes.max(8192))
+            .keep_alive(true);
+        if options.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+            http1.max_headers(options.max_headers);
+        }
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        Shared {
+            router,
+            options,
+            http,
+            shutdown: watch::channel(false).0,
+            connections: Arc::default(),
+        }
+    }
+
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Waits until every connection and tunnel has closed, or `grace` has passed.
+    pub(crate) async fn drain(&self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        loop {
+            let closed = self.connections.all_closed.notified();
+            let open = self.connections.open.load(Ordering::Acquire);
+            if open == 0 {
+                return;
+            }
+            tokio::select! {
+                _ = closed => {}
+                _ = sleep_until(deadline) => {
+                    tracing::warn!("shutting down with {open} connection(s) still open after {grace:?}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Open client connections and tunnels, so that shutdown can wait for them.
+#[derive(Default)]
+pub(crate) struct Connections {
+    open: AtomicUsize,
+    all_closed: Notify,
+}
+
+impl Connections {
+    pub(crate) fn enter(self: &Arc<Connections>) -> Counted {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Counted(self.clone())
+    }
+}
+
+/// One open connection or tunnel; the last one out wakes a waiting shutdown.
+pub(crate) struct Counted(Arc<Connections>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.all_closed.notify_waiters();
+        }
+    }
+}
+
+pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let address = listener.local_addr().ok();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stopping| *stopping) => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(drive(shared.clone(), stream, peer, false));
+            }
+            Err(error) => {
+                // Out of file descriptors or memory: back off instead of spinning.
+                tracing::warn!("accepting on {address:?} failed: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Serves one client connection to its end. Besides hyper's own limits: the first request
+/// must arrive within `header_read_timeout` (hyper's timer starts only once bytes came),
+/// a connection with nothing in flight for `idle_timeout` is closed, and shutdown lets
+/// in-flight requests finish.
+pub(crate) async fn drive<IO>(shared: Arc<Shared>, io: IO, peer: SocketAddr, https: bool)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _counted = shared.connections.enter();
+    let mut shutdown = shared.shutdown.subscribe();
+    if *shutdown.borrow() {
+        return;
+    }
+    let tracker = Arc::new(ConnTracker::default());
+    let service = ConnService::new(shared.clone(), peer.ip(), https, tracker.clone());
+    let connection = shared
+        .http
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+
+    let options = &shared.options;
+    let mut deadline = Instant::now() + options.header_read_timeout;
+    let mut requests_seen = 0;
+    let stopping = loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!("connection from {peer} ended: {error}");
+                }
+                return;
+            }
+            _ = sleep_until(deadline) => {
+                let requests = tracker.requests();
+                if requests == 0 {
+                    tracing::debug!("connection from {peer} sent no request within {:?}", options.header_read_timeout);
+                    return;
+                }
+                if requests == requests_seen && tracker.in_flight() == 0 {
+                    break "idle";
+                }
+                requests_seen = requests;
+                deadline = Instant::now() + options.idle_timeout;
+            }
+            _ = shutdown.wait_for(|stopping| *stopping) => break "shutting down",
+        }
+    };
+    tracing::debug!("closing connection from {peer}: {stopping}");
+    connection.as_mut().graceful_shutdown();
+    if tokio::time::timeout(options.shutdown_grace, connection)
+        .await
+        .is_err()
+    {
+        tracing::debug!(
+            "connection from {peer} did not finish within {:?}",
+            options.shutdown_grace
+        );
+    }
+}
