@@ -14,7 +14,6 @@ use tokio::{
 fn options() -> Options {
     Options {
         header_read_timeout: Duration::from_secs(1),
-        idle_timeout: Duration::from_secs(2),
         ..Options::default()
     }
 }

@@ -1,6 +1,6 @@
 //! The body of every response the proxy sends: streamed from the instance frame by frame
-//! (never collected), or a short text the proxy wrote itself. When it ends, the upstream
-//! connection goes back to its pool and the request's bookkeeping is closed.
+//! (never collected), or a short text the proxy wrote itself. When it is dropped, the
+//! request's bookkeeping (activity guard, access log) is closed.
 
 use std::{
     pin::Pin,
@@ -8,9 +8,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
-use super::{exchange::Exchange, pool::Lease};
+use super::{exchange::Exchange, upstream::UpstreamBody};
 
 pub struct ProxyBody {
     source: Source,
@@ -18,17 +18,14 @@ pub struct ProxyBody {
 }
 
 enum Source {
-    Upstream {
-        body: Incoming,
-        lease: Option<Lease>,
-    },
+    Upstream(UpstreamBody),
     Local(Option<Bytes>),
 }
 
 impl ProxyBody {
-    pub(crate) fn upstream(body: Incoming, lease: Option<Lease>, exchange: Exchange) -> ProxyBody {
+    pub(crate) fn upstream(body: UpstreamBody, exchange: Exchange) -> ProxyBody {
         ProxyBody {
-            source: Source::Upstream { body, lease },
+            source: Source::Upstream(body),
             exchange,
         }
     }
@@ -43,15 +40,15 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = self.get_mut();
         let polled = match &mut this.source {
-            Source::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            Source::Upstream(body) => Pin::new(body).poll_frame(cx),
             Source::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         };
         match &polled {
@@ -74,14 +71,14 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.source {
-            Source::Upstream { body, .. } => body.is_end_stream(),
+            Source::Upstream(body) => body.is_end_stream(),
             Source::Local(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.source {
-            Source::Upstream { body, .. } => body.size_hint(),
+            Source::Upstream(body) => body.size_hint(),
             Source::Local(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
@@ -91,15 +88,9 @@ impl Body for ProxyBody {
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
+        // hyper does not poll a body that says it is empty.
         if self.is_end_stream() {
             self.exchange.set_complete();
-        }
-        let ended = self.exchange.is_complete();
-        if let Source::Upstream { lease, .. } = &mut self.source {
-            // Only a connection whose response was read to the end can carry the next one.
-            if let Some(lease) = lease.take().filter(|_| ended) {
-                lease.release();
-            }
         }
     }
 }

@@ -51,7 +51,6 @@ impl Drop for InFlight {
 }
 
 pub(crate) struct Exchange {
-    start: Instant,
     /// What the access log line names; not collected when that log is off.
     logged: Option<Logged>,
     instance: Option<Arc<Entry>>,
@@ -63,6 +62,7 @@ pub(crate) struct Exchange {
 }
 
 struct Logged {
+    start: Instant,
     method: Method,
     uri: Uri,
     host: Option<HeaderValue>,
@@ -71,12 +71,12 @@ struct Logged {
 impl Exchange {
     pub(crate) fn begin<B>(request: &Request<B>, in_flight: Option<InFlight>) -> Exchange {
         let logged = tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO).then(|| Logged {
+            start: Instant::now(),
             method: request.method().clone(),
             uri: request.uri().clone(),
             host: request.headers().get(http::header::HOST).cloned(),
         });
         Exchange {
-            start: Instant::now(),
             logged,
             instance: None,
             activity: ActivityGuard::none(),
@@ -108,10 +108,6 @@ impl Exchange {
     pub(crate) fn set_complete(&mut self) {
         self.complete = true;
     }
-
-    pub(crate) fn is_complete(&self) -> bool {
-        self.complete
-    }
 }
 
 impl Drop for Exchange {
@@ -132,7 +128,7 @@ impl Drop for Exchange {
             path,
             status = self.status,
             bytes = self.bytes,
-            ms = format_args!("{:.3}", self.start.elapsed().as_secs_f64() * 1000.0),
+            ms = format_args!("{:.3}", logged.start.elapsed().as_secs_f64() * 1000.0),
             complete = self.complete,
         );
     }

@@ -10,6 +10,7 @@ use http::{
 };
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 
 use super::{
     backend::{BackendState, WakeError},
@@ -17,9 +18,9 @@ use super::{
     conn::ConnContext,
     exchange::Exchange,
     headers,
-    pool::{self, Lease, UpstreamError},
     reply::{self, Format},
     table::Entry,
+    upstream::{self, UpstreamBody, UpstreamError},
 };
 use std::sync::Arc;
 
@@ -63,21 +64,18 @@ pub(crate) async fn forward(
         )
         .await;
     }
-    let mut sent = entry.pool.send(port, request).await;
-    if let Err((error, Some(_))) = &sent {
-        if error.is_refused() && known_port.is_some() {
+    let sent = match upstream::send(&entry.pool, port, request).await {
+        Err((error, Some(request))) if error.is_refused() && known_port.is_some() => {
             // The table still said it runs, but it has stopped or moved since: wake it once.
-            let Err((_, Some(request))) = sent else {
-                unreachable!("matched just above")
-            };
-            sent = match wake(&conn, &entry, format).await {
-                Ok(port) => entry.pool.send(port, request).await,
+            match wake(&conn, &entry, format).await {
+                Ok(port) => upstream::send(&entry.pool, port, request).await,
                 Err(response) => return answer(response, exchange),
-            };
+            }
         }
-    }
+        sent => sent,
+    };
     match sent {
-        Ok((response, lease)) => relay(response, Some(lease), exchange),
+        Ok(response) => relay(response, exchange),
         Err((error, _)) => answer(bad_gateway(&entry, &error, format), exchange),
     }
 }
@@ -90,18 +88,11 @@ pub(crate) fn answer(response: Response<Bytes>, mut exchange: Exchange) -> Respo
 }
 
 /// The instance's answer, streamed back with its hop-by-hop headers left behind.
-fn relay(
-    response: Response<Incoming>,
-    lease: Option<Lease>,
-    mut exchange: Exchange,
-) -> Response<ProxyBody> {
+fn relay(response: Response<UpstreamBody>, mut exchange: Exchange) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
-    headers::strip_hop_by_hop(
-        &mut parts.headers,
-        parts.status == StatusCode::SWITCHING_PROTOCOLS,
-    );
+    headers::strip_hop_by_hop(&mut parts.headers, false);
     exchange.set_status(parts.status.as_u16());
-    Response::from_parts(parts, ProxyBody::upstream(body, lease, exchange))
+    Response::from_parts(parts, ProxyBody::upstream(body, exchange))
 }
 
 async fn wake(conn: &ConnContext, entry: &Entry, format: Format) -> Result<u16, Response<Bytes>> {
@@ -180,37 +171,34 @@ fn join_cookies(headers: &mut http::HeaderMap) {
 async fn tunnel(
     conn: Arc<ConnContext>,
     entry: Arc<Entry>,
-    mut port: u16,
+    port: u16,
     port_from_table: bool,
     mut request: Request<Incoming>,
     mut exchange: Exchange,
     format: Format,
 ) -> Response<ProxyBody> {
     let client_side = hyper::upgrade::on(&mut request);
-    let mut connected = pool::connect(port, true).await;
-    if matches!(&connected, Err(error) if error.is_refused()) && port_from_table {
-        port = match wake(&conn, &entry, format).await {
-            Ok(port) => port,
-            Err(response) => return answer(response, exchange),
-        };
-        connected = pool::connect(port, true).await;
-    }
-    let mut sender = match connected {
-        Ok(sender) => sender,
-        Err(error) => return answer(bad_gateway(&entry, &error, format), exchange),
-    };
-    let mut response = match sender.send_request(request).await {
-        Ok(response) => response,
-        Err(error) => {
-            let error = UpstreamError::Http { port, error };
-            return answer(bad_gateway(&entry, &error, format), exchange);
+    let sent = match upstream::send_upgrade(port, request).await {
+        Err((error, Some(request))) if error.is_refused() && port_from_table => {
+            match wake(&conn, &entry, format).await {
+                Ok(port) => upstream::send_upgrade(port, request).await,
+                Err(response) => return answer(response, exchange),
+            }
         }
+        sent => sent,
     };
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+    let (head, switched) = match sent {
+        Ok(sent) => sent,
+        Err((error, _)) => return answer(bad_gateway(&entry, &error, format), exchange),
+    };
+    let (mut parts, ()) = head.into_parts();
+    let (mut instance, early) = match switched {
+        Ok(socket) => socket,
         // The instance declined to switch; its answer goes back as it is.
-        return relay(response, None, exchange);
-    }
-    let instance_side = hyper::upgrade::on(&mut response);
+        Err(body) => return relay(Response::from_parts(parts, body), exchange),
+    };
+    headers::strip_hop_by_hop(&mut parts.headers, true);
+    exchange.set_status(parts.status.as_u16());
     let activity = exchange.take_activity();
     let counted = conn.track_tunnel();
     let mut shutdown = conn.shutdown_signal();
@@ -218,16 +206,20 @@ async fn tunnel(
     tokio::spawn(async move {
         let _activity = activity;
         let _counted = counted;
-        let (client, instance) = match tokio::try_join!(client_side, instance_side) {
-            Ok(pair) => pair,
+        let mut client = match client_side.await {
+            Ok(client) => TokioIo::new(client),
             Err(error) => {
                 tracing::debug!("upgrade to instance {label} did not complete: {error}");
                 return;
             }
         };
-        let (mut client, mut instance) = (TokioIo::new(client), TokioIo::new(instance));
+        let splice = async {
+            // Whatever the instance sent right behind its 101 goes first.
+            client.write_all(&early).await?;
+            tokio::io::copy_bidirectional(&mut client, &mut instance).await
+        };
         tokio::select! {
-            copied = tokio::io::copy_bidirectional(&mut client, &mut instance) => {
+            copied = splice => {
                 if let Err(error) = copied {
                     tracing::debug!("tunnel to instance {label} ended: {error}");
                 }
@@ -235,5 +227,5 @@ async fn tunnel(
             _ = shutdown.wait_for(|stopping| *stopping) => {}
         }
     });
-    relay(response, None, exchange)
+    Response::from_parts(parts, ProxyBody::local(Bytes::new(), exchange))
 }

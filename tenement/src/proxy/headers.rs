@@ -35,24 +35,31 @@ pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// the `Upgrade` header stays and `Connection: upgrade` is set, so the switch reaches the
 /// other side.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if headers.contains_key(CONNECTION) {
-        // Custom names are rare; skipping the usual tokens keeps this allocation-free.
-        let named: Vec<HeaderName> = connection_tokens(headers)
-            .filter(|t| {
-                !["close", "keep-alive", "upgrade"]
-                    .iter()
-                    .any(|u| t.eq_ignore_ascii_case(u))
-            })
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
+    // Most messages carry none of them: one look at each name costs less than a removal
+    // per hop-by-hop name.
+    if headers
+        .keys()
+        .any(|name| name == CONNECTION || HOP_BY_HOP.contains(name))
+    {
+        if headers.contains_key(CONNECTION) {
+            // Custom names are rare; skipping the usual tokens keeps this allocation-free.
+            let named: Vec<HeaderName> = connection_tokens(headers)
+                .filter(|t| {
+                    !["close", "keep-alive", "upgrade"]
+                        .iter()
+                        .any(|u| t.eq_ignore_ascii_case(u))
+                })
+                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+                .collect();
+            for name in named {
+                headers.remove(name);
+            }
+            headers.remove(CONNECTION);
         }
-        headers.remove(CONNECTION);
-    }
-    for name in HOP_BY_HOP {
-        if !(upgrade && name == UPGRADE) {
-            headers.remove(name);
+        for name in HOP_BY_HOP {
+            if !(upgrade && name == UPGRADE) {
+                headers.remove(name);
+            }
         }
     }
     if upgrade {

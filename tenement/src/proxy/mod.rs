@@ -20,11 +20,13 @@ mod exchange;
 mod forward;
 mod headers;
 mod host;
+mod http1;
 mod pool;
 mod reply;
 mod router;
 mod server;
 mod table;
+mod upstream;
 mod weights;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -51,11 +53,11 @@ pub type PreRouter = Arc<dyn Fn(&Request<Incoming>) -> Option<Response<Bytes>> +
 /// Limits that protect the proxy from slow or oversized clients, and its optional hook.
 #[derive(Clone)]
 pub struct Options {
-    /// A client must send a complete request head within this (also the keep-alive idle
-    /// limit between HTTP/1.1 requests).
+    /// A connection with no request in flight must bring a complete new request head within
+    /// this, counted from connecting or from its last response; otherwise it is closed.
+    /// This bounds slow clients and idle keep-alive connections (HTTP/2 too). Enforced
+    /// within a quarter of itself.
     pub header_read_timeout: Duration,
-    /// A connection with no request in flight for this long is closed (HTTP/2 included).
-    pub idle_timeout: Duration,
     /// Largest request head; beyond it the client gets 431 (HTTP/1.1) or a stream error (HTTP/2).
     pub max_header_bytes: usize,
     /// Most header fields in one request; beyond it the client gets 431.
@@ -68,8 +70,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Options {
         Options {
-            header_read_timeout: Duration::from_secs(15),
-            idle_timeout: Duration::from_secs(75),
+            header_read_timeout: Duration::from_secs(20),
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             shutdown_grace: Duration::from_secs(10),

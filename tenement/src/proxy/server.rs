@@ -41,8 +41,8 @@ impl Shared {
         let mut http1 = http.http1();
         http1
             .timer(TokioTimer::new())
-            // Also closes keep-alive connections that stay silent this long.
-            .header_read_timeout(options.header_read_timeout)
+            // `drive` enforces it instead, without a timer per request.
+            .header_read_timeout(None)
             // hyper answers 431 when the request head outgrows its buffer.
             .max_buf_size(options.max_header_bytes.max(8192))
             .keep_alive(true);
@@ -135,10 +135,11 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-/// Serves one client connection to its end. Besides hyper's own limits: the first request
-/// must arrive within `header_read_timeout` (hyper's timer starts only once bytes came),
-/// a connection with nothing in flight for `idle_timeout` is closed, and shutdown lets
-/// in-flight requests finish.
+/// Serves one client connection to its end. Besides hyper's own limits: a connection with
+/// no request in flight that does not get a complete new request head within
+/// `header_read_timeout` (counted from connecting or from its last response) is closed,
+/// which bounds slow and silent clients and idle keep-alive connections alike. One timer
+/// per connection checks this a few times per period, instead of one timer per request.
 pub(crate) async fn drive<IO>(shared: Arc<Shared>, io: IO, peer: SocketAddr, https: bool)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -156,9 +157,11 @@ where
     tokio::pin!(connection);
 
     let options = &shared.options;
-    let mut deadline = Instant::now() + options.header_read_timeout;
+    let limit = options.header_read_timeout;
+    let tick = (limit / 4).max(Duration::from_millis(10));
+    let mut quiet_since = Instant::now();
     let mut requests_seen = 0;
-    let stopping = loop {
+    loop {
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(error) = result {
@@ -166,22 +169,20 @@ where
                 }
                 return;
             }
-            _ = sleep_until(deadline) => {
+            _ = sleep_until(Instant::now() + tick) => {
+                let now = Instant::now();
                 let requests = tracker.requests();
-                if requests == 0 {
-                    tracing::debug!("connection from {peer} sent no request within {:?}", options.header_read_timeout);
+                if requests != requests_seen || tracker.in_flight() > 0 {
+                    requests_seen = requests;
+                    quiet_since = now;
+                } else if now.duration_since(quiet_since) >= limit {
+                    tracing::debug!("closing connection from {peer}: no request within {limit:?}");
                     return;
                 }
-                if requests == requests_seen && tracker.in_flight() == 0 {
-                    break "idle";
-                }
-                requests_seen = requests;
-                deadline = Instant::now() + options.idle_timeout;
             }
-            _ = shutdown.wait_for(|stopping| *stopping) => break "shutting down",
+            _ = shutdown.wait_for(|stopping| *stopping) => break,
         }
-    };
-    tracing::debug!("closing connection from {peer}: {stopping}");
+    }
     connection.as_mut().graceful_shutdown();
     if tokio::time::timeout(options.shutdown_grace, connection)
         .await
