@@ -31,6 +31,21 @@ impl ConnContext {
         self.shared.router.backends()
     }
 
+    /// Asks the backends for a running instance, on the runtime they live on.
+    pub(crate) async fn ensure_running(
+        &self,
+        name: &crate::config::InstanceName,
+    ) -> Result<u16, super::backend::WakeError> {
+        let waking = self.backends().ensure_running(name);
+        match self.shared.main.spawn(waking).await {
+            Ok(result) => result,
+            Err(error) => Err(super::backend::WakeError::Failed {
+                state: "unknown".into(),
+                reason: format!("waking it failed: {error}"),
+            }),
+        }
+    }
+
     pub(crate) fn peer_ip(&self) -> &HeaderValue {
         &self.peer_ip
     }

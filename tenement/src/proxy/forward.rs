@@ -5,8 +5,7 @@
 use bytes::Bytes;
 use http::{
     header::{COOKIE, HOST},
-    uri::PathAndQuery,
-    HeaderValue, Request, Response, StatusCode, Uri, Version,
+    HeaderValue, Request, Response, StatusCode, Version,
 };
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -18,6 +17,7 @@ use super::{
     conn::ConnContext,
     exchange::Exchange,
     headers,
+    http1::Forwarded,
     reply::{self, Format},
     table::Entry,
     upstream::{self, UpstreamBody, UpstreamError},
@@ -42,7 +42,7 @@ pub(crate) async fn forward(
     exchange.set_instance(entry.clone(), backends.activity(&entry.name));
     let upgrade =
         request.version() == Version::HTTP_11 && headers::wants_upgrade(request.headers());
-    prepare_request(&mut request, upgrade, &conn);
+    let forwarded = prepare_request(&mut request, &conn);
 
     let known_port = entry.port.filter(|_| entry.state.is_serving());
     let port = match known_port {
@@ -53,22 +53,24 @@ pub(crate) async fn forward(
         },
     };
     if upgrade {
+        let port_from_table = known_port.is_some();
         return tunnel(
             conn,
             entry,
             port,
-            known_port.is_some(),
+            port_from_table,
             request,
+            forwarded,
             exchange,
             format,
         )
         .await;
     }
-    let sent = match upstream::send(&entry.pool, port, request).await {
+    let sent = match upstream::send(&entry.pool, port, request, &forwarded).await {
         Err((error, Some(request))) if error.is_refused() && known_port.is_some() => {
             // The table still said it runs, but it has stopped or moved since: wake it once.
             match wake(&conn, &entry, format).await {
-                Ok(port) => upstream::send(&entry.pool, port, request).await,
+                Ok(port) => upstream::send(&entry.pool, port, request, &forwarded).await,
                 Err(response) => return answer(response, exchange),
             }
         }
@@ -96,20 +98,17 @@ fn relay(response: Response<UpstreamBody>, mut exchange: Exchange) -> Response<P
 }
 
 async fn wake(conn: &ConnContext, entry: &Entry, format: Format) -> Result<u16, Response<Bytes>> {
-    conn.backends()
-        .ensure_running(&entry.name)
-        .await
-        .map_err(|error| {
-            let message = format!("instance {} {error}", entry.label);
-            tracing::warn!("{message}");
-            match error {
-                WakeError::Unknown => reply::error(StatusCode::NOT_FOUND, &message, format),
-                WakeError::Failed { .. } => {
-                    reply::error(StatusCode::SERVICE_UNAVAILABLE, &message, format)
-                }
-                WakeError::Timeout { after } => reply::retry_later(&message, after, format),
+    conn.ensure_running(&entry.name).await.map_err(|error| {
+        let message = format!("instance {} {error}", entry.label);
+        tracing::warn!("{message}");
+        match error {
+            WakeError::Unknown => reply::error(StatusCode::NOT_FOUND, &message, format),
+            WakeError::Failed { .. } => {
+                reply::error(StatusCode::SERVICE_UNAVAILABLE, &message, format)
             }
-        })
+            WakeError::Timeout { after } => reply::retry_later(&message, after, format),
+        }
+    })
 }
 
 fn bad_gateway(entry: &Entry, error: &UpstreamError, format: Format) -> Response<Bytes> {
@@ -118,24 +117,18 @@ fn bad_gateway(entry: &Entry, error: &UpstreamError, format: Format) -> Response
     reply::error(StatusCode::BAD_GATEWAY, &message, format)
 }
 
-/// Turns the client's request into the one the instance receives: origin-form URI and a
-/// `Host` header (HTTP/2 carries both in the URI), HTTP/1.1, no hop-by-hop headers, and
-/// the `X-Forwarded-*` headers.
-fn prepare_request(request: &mut Request<Incoming>, upgrade: bool, conn: &ConnContext) {
+/// Readies the client's request for the instance: a `Host` header (HTTP/2 and absolute-form
+/// requests carry it in the URI, which outranks any Host header, RFC 9112 3.2.2), cookies
+/// in one header, no headers that `Connection` names. The rest of the hop-level rewriting
+/// (hop-by-hop headers out, `X-Forwarded-*` in, origin-form path) happens as the head is
+/// written, see `http1::encode_request_head`.
+fn prepare_request(request: &mut Request<Incoming>, conn: &ConnContext) -> Forwarded {
     let host = match request.uri().authority() {
         Some(authority) => {
-            // The URI's authority outranks any Host header (RFC 9112 3.2.2).
             let host = HeaderValue::from_str(authority.as_str()).ok();
             if let Some(host) = &host {
                 request.headers_mut().insert(HOST, host.clone());
             }
-            let mut parts = std::mem::take(request.uri_mut()).into_parts();
-            parts.scheme = None;
-            parts.authority = None;
-            parts
-                .path_and_query
-                .get_or_insert(PathAndQuery::from_static("/"));
-            *request.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
             host
         }
         None => request.headers().get(HOST).cloned(),
@@ -143,10 +136,12 @@ fn prepare_request(request: &mut Request<Incoming>, upgrade: bool, conn: &ConnCo
     if request.version() == Version::HTTP_2 {
         join_cookies(request.headers_mut());
     }
-    *request.version_mut() = Version::HTTP_11;
-    let headers = request.headers_mut();
-    headers::strip_hop_by_hop(headers, upgrade);
-    headers::set_forwarded(headers, conn.peer_ip(), conn.is_https(), host);
+    headers::remove_connection_named(request.headers_mut());
+    Forwarded {
+        client_ip: conn.peer_ip().clone(),
+        https: conn.is_https(),
+        host,
+    }
 }
 
 /// HTTP/2 may split `Cookie` into one header per pair; HTTP/1.1 wants one (RFC 9113 8.2.3).
@@ -174,14 +169,15 @@ async fn tunnel(
     port: u16,
     port_from_table: bool,
     mut request: Request<Incoming>,
+    forwarded: Forwarded,
     mut exchange: Exchange,
     format: Format,
 ) -> Response<ProxyBody> {
     let client_side = hyper::upgrade::on(&mut request);
-    let sent = match upstream::send_upgrade(port, request).await {
+    let sent = match upstream::send_upgrade(port, request, &forwarded).await {
         Err((error, Some(request))) if error.is_refused() && port_from_table => {
             match wake(&conn, &entry, format).await {
-                Ok(port) => upstream::send_upgrade(port, request).await,
+                Ok(port) => upstream::send_upgrade(port, request, &forwarded).await,
                 Err(response) => return answer(response, exchange),
             }
         }

@@ -1,6 +1,6 @@
 //! Header rules at the hop between client and instance: hop-by-hop headers stay behind,
-//! everything else passes unchanged, and the instance learns who asked through
-//! `X-Forwarded-For`, `-Proto` and `-Host`.
+//! everything else passes unchanged. (The `X-Forwarded-*` headers tenement adds are written
+//! with the request head, see `http1::encode_request_head`.)
 
 use http::{
     header::{CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE},
@@ -9,9 +9,9 @@ use http::{
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Headers that describe one connection, never the message (RFC 9110 7.6.1), plus the
 /// proxy credentials meant for a proxy, which tenement does not use.
@@ -31,31 +31,44 @@ pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
         && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
+/// True for a header that describes the hop, not the message. With `upgrade`, `Upgrade`
+/// is kept so that the switch reaches the other side.
+pub(crate) fn is_hop_by_hop(name: &HeaderName, upgrade: bool) -> bool {
+    (name == CONNECTION || HOP_BY_HOP.contains(name)) && !(upgrade && name == UPGRADE)
+}
+
+/// The headers tenement writes itself, whatever the client claims.
+pub(crate) fn is_forwarded(name: &HeaderName) -> bool {
+    name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST
+}
+
+/// Removes the headers the `Connection` header names (RFC 9110 7.6.1), except `Upgrade`
+/// when the request asks to switch protocols.
+pub(crate) fn remove_connection_named(headers: &mut HeaderMap) {
+    if !headers.contains_key(CONNECTION) {
+        return;
+    }
+    // The usual tokens name no header; skipping them keeps this allocation-free.
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter(|t| {
+            !["close", "keep-alive", "upgrade"]
+                .iter()
+                .any(|u| t.eq_ignore_ascii_case(u))
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+}
+
 /// Removes the hop-by-hop headers and those the `Connection` header names. With `upgrade`,
-/// the `Upgrade` header stays and `Connection: upgrade` is set, so the switch reaches the
-/// other side.
+/// the `Upgrade` header stays and `Connection: upgrade` is set.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Most messages carry none of them: one look at each name costs less than a removal
-    // per hop-by-hop name.
-    if headers
-        .keys()
-        .any(|name| name == CONNECTION || HOP_BY_HOP.contains(name))
-    {
-        if headers.contains_key(CONNECTION) {
-            // Custom names are rare; skipping the usual tokens keeps this allocation-free.
-            let named: Vec<HeaderName> = connection_tokens(headers)
-                .filter(|t| {
-                    !["close", "keep-alive", "upgrade"]
-                        .iter()
-                        .any(|u| t.eq_ignore_ascii_case(u))
-                })
-                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-                .collect();
-            for name in named {
-                headers.remove(name);
-            }
-            headers.remove(CONNECTION);
-        }
+    // Most messages carry none: one look at each name costs less than a removal per name.
+    if headers.keys().any(|name| is_hop_by_hop(name, false)) {
+        remove_connection_named(headers);
+        headers.remove(CONNECTION);
         for name in HOP_BY_HOP {
             if !(upgrade && name == UPGRADE) {
                 headers.remove(name);
@@ -75,25 +88,6 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .flat_map(|value| value.split(','))
         .map(str::trim)
         .filter(|token| !token.is_empty())
-}
-
-/// Tells the instance who asked. tenement is the edge, so the client's own `X-Forwarded-*`
-/// claims are replaced, not extended: an instance can trust what it reads there.
-pub(crate) fn set_forwarded(
-    headers: &mut HeaderMap,
-    peer_ip: &HeaderValue,
-    https: bool,
-    host: Option<HeaderValue>,
-) {
-    headers.insert(X_FORWARDED_FOR, peer_ip.clone());
-    headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if https { "https" } else { "http" }),
-    );
-    match host {
-        Some(host) => headers.insert(X_FORWARDED_HOST, host),
-        None => headers.remove(X_FORWARDED_HOST),
-    };
 }
 
 #[cfg(test)]
@@ -151,23 +145,5 @@ mod tests {
         assert!(!map.contains_key(KEEP_ALIVE));
         assert!(!wants_upgrade(&headers(&[("upgrade", "websocket")])));
         assert!(!wants_upgrade(&headers(&[("connection", "upgrade")])));
-    }
-
-    #[test]
-    fn forwarded_headers_replace_client_claims() {
-        let mut map = headers(&[
-            ("x-forwarded-for", "6.6.6.6"),
-            ("x-forwarded-proto", "https"),
-        ]);
-        set_forwarded(
-            &mut map,
-            &HeaderValue::from_static("10.0.0.1"),
-            false,
-            Some(HeaderValue::from_static("a.example.com")),
-        );
-        assert_eq!(map[X_FORWARDED_FOR], "10.0.0.1");
-        assert_eq!(map.get_all(X_FORWARDED_FOR).iter().count(), 1);
-        assert_eq!(map[X_FORWARDED_PROTO], "http");
-        assert_eq!(map[X_FORWARDED_HOST], "a.example.com");
     }
 }

@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use super::headers;
 use bytes::{Bytes, BytesMut};
 use http::{
     header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING},
@@ -14,7 +15,7 @@ use http::{
 };
 
 /// Largest response head accepted from an instance.
-pub(crate) const MAX_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_HEAD: usize = 64 * 1024 - 1;
 const MAX_HEADERS: usize = 128;
 
 #[derive(Debug)]
@@ -38,20 +39,44 @@ fn malformed(what: impl Into<String>) -> WireError {
     WireError::Malformed(what.into())
 }
 
-/// Appends `METHOD path HTTP/1.1`, the headers, and, for a body of unknown length,
-/// `transfer-encoding: chunked`.
-pub(crate) fn encode_request_head(parts: &request::Parts, chunked: bool, out: &mut BytesMut) {
+/// What the instance learns about the client, written as `X-Forwarded-*` headers.
+pub(crate) struct Forwarded {
+    pub client_ip: HeaderValue,
+    pub https: bool,
+    pub host: Option<HeaderValue>,
+}
+
+/// Appends `METHOD path HTTP/1.1` and the headers the instance gets: the client's minus the
+/// hop-by-hop ones and its `X-Forwarded-*` claims, then tenement's `X-Forwarded-*`, and
+/// `transfer-encoding: chunked` for a body of unknown length. Filtering while writing
+/// spares the header map any changes. Headers named in `Connection` must be gone already.
+pub(crate) fn encode_request_head(
+    parts: &request::Parts,
+    forwarded: &Forwarded,
+    upgrade: bool,
+    chunked: bool,
+    out: &mut BytesMut,
+) {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    out.reserve(64 + path.len() + parts.headers.len() * 32);
+    out.reserve(128 + path.len() + parts.headers.len() * 32);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        if headers::is_hop_by_hop(name, upgrade) || headers::is_forwarded(name) {
+            continue;
+        }
+        write_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    write_header(out, b"x-forwarded-for", forwarded.client_ip.as_bytes());
+    let proto: &[u8] = if forwarded.https { b"https" } else { b"http" };
+    write_header(out, b"x-forwarded-proto", proto);
+    if let Some(host) = &forwarded.host {
+        write_header(out, b"x-forwarded-host", host.as_bytes());
+    }
+    if upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
     }
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -59,13 +84,27 @@ pub(crate) fn encode_request_head(parts: &request::Parts, chunked: bool, out: &m
     out.extend_from_slice(b"\r\n");
 }
 
+fn write_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Parses a response head from the front of `buf`, removing it. `None`: not all there yet.
 pub(crate) fn parse_response_head(
     buf: &mut BytesMut,
 ) -> Result<Option<response::Parts>, WireError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let length = match parsed.parse(buf) {
+    // Uninitialized slots: zeroing 128 of them would cost more than the parse itself.
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let parsing = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    );
+    let length = match parsing {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
             return Err(WireError::HeadTooLarge)
@@ -337,10 +376,7 @@ pub(crate) fn chunk_header(len: usize, out: &mut BytesMut) {
 pub(crate) fn last_chunk(trailers: Option<&HeaderMap>, out: &mut BytesMut) {
     out.extend_from_slice(b"0\r\n");
     for (name, value) in trailers.into_iter().flatten() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -359,15 +395,32 @@ mod tests {
         let (parts, ()) = http::Request::post("/a?b=1")
             .header("host", "x.example.com")
             .header("cookie", "a=1")
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("keep-alive", "5")
+            .header("upgrade", "websocket")
+            .header("transfer-encoding", "chunked")
             .body(())
             .unwrap()
             .into_parts();
+        let forwarded = Forwarded {
+            client_ip: HeaderValue::from_static("10.0.0.1"),
+            https: true,
+            host: Some(HeaderValue::from_static("x.example.com")),
+        };
         let mut out = BytesMut::new();
-        encode_request_head(&parts, true, &mut out);
+        encode_request_head(&parts, &forwarded, false, true, &mut out);
         assert_eq!(
-            &out[..],
-            b"POST /a?b=1 HTTP/1.1\r\nhost: x.example.com\r\ncookie: a=1\r\ntransfer-encoding: chunked\r\n\r\n"
+            std::str::from_utf8(&out).unwrap(),
+            "POST /a?b=1 HTTP/1.1\r\nhost: x.example.com\r\ncookie: a=1\r\n\
+             x-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: https\r\nx-forwarded-host: x.example.com\r\n\
+             transfer-encoding: chunked\r\n\r\n"
         );
+        out.clear();
+        encode_request_head(&parts, &forwarded, true, false, &mut out);
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(text.contains("upgrade: websocket\r\n"), "{text}");
+        assert!(text.contains("connection: upgrade\r\n"), "{text}");
+        assert!(!text.contains("keep-alive"), "{text}");
     }
 
     #[test]

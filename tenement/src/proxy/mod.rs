@@ -64,6 +64,9 @@ pub struct Options {
     pub max_headers: usize,
     /// On shutdown, how long in-flight requests and tunnels may take to finish.
     pub shutdown_grace: Duration,
+    /// Worker threads, each with its own event loop accepting on every listener (as nginx's
+    /// worker processes do); 0 means one per CPU.
+    pub workers: usize,
     pub pre_router: Option<PreRouter>,
 }
 
@@ -74,6 +77,7 @@ impl Default for Options {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             shutdown_grace: Duration::from_secs(10),
+            workers: 0,
             pre_router: None,
         }
     }
@@ -107,20 +111,44 @@ impl Proxy {
     }
 
     /// Accepts on every listener until `shutdown` completes, then lets in-flight requests
-    /// finish (up to `Options::shutdown_grace`).
+    /// finish (up to `Options::shutdown_grace`). Connections are served by the proxy's own
+    /// worker threads (`Options::workers`): each runs one event loop that accepts, serves
+    /// the client and talks to the instance, so a request never changes threads.
     pub async fn serve(&self, listeners: Vec<TcpListener>, shutdown: impl Future) -> Result<()> {
         if listeners.is_empty() {
             bail!("the proxy has no address to listen on (settings.listen is empty)");
         }
         raise_open_file_limit();
-        for listener in listeners {
+        for listener in &listeners {
             if let Ok(address) = listener.local_addr() {
                 tracing::info!("proxy listening on http://{address}");
             }
-            tokio::spawn(server::accept_loop(self.shared.clone(), listener));
         }
+        let listeners = listeners
+            .into_iter()
+            .map(|listener| listener.into_std())
+            .collect::<std::io::Result<Vec<_>>>()
+            .context("taking over the listening sockets")?;
+        let workers = match self.shared.options.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        // Workers stop when this future ends, even when it is dropped instead of finishing.
+        let _stop_workers = StopOnDrop(self.shared.clone());
+        let mut finished = Vec::with_capacity(workers);
+        for index in 0..workers {
+            finished.push(server::start_worker(
+                self.shared.clone(),
+                index,
+                &listeners,
+            )?);
+        }
+        drop(listeners);
         shutdown.await;
         self.shutdown().await;
+        for worker in finished {
+            let _ = worker.await;
+        }
         Ok(())
     }
 
@@ -136,6 +164,14 @@ impl Proxy {
     pub async fn shutdown(&self) {
         self.shared.begin_shutdown();
         self.shared.drain(self.shared.options.shutdown_grace).await;
+    }
+}
+
+struct StopOnDrop(Arc<server::Shared>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.begin_shutdown();
     }
 }
 

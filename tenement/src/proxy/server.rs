@@ -25,6 +25,9 @@ use super::{conn::ConnService, exchange::ConnTracker, router::Router, Options};
 
 pub(crate) struct Shared {
     pub(crate) router: Arc<Router>,
+    /// The runtime the proxy was created on: `Backends` futures run there, not on the
+    /// proxy's worker threads.
+    pub(crate) main: tokio::runtime::Handle,
     pub(crate) options: Options,
     http: auto::Builder<TokioExecutor>,
     /// Flips to `true` once: stop accepting, finish what is in flight.
@@ -57,6 +60,7 @@ impl Shared {
             .keep_alive_timeout(Duration::from_secs(20));
         Shared {
             router,
+            main: tokio::runtime::Handle::current(),
             options,
             http,
             shutdown: watch::channel(false).0,
@@ -111,6 +115,52 @@ impl Drop for Counted {
             self.0.all_closed.notify_waiters();
         }
     }
+}
+
+/// One worker thread with its own single-threaded runtime, accepting on a copy of every
+/// listener. The returned receiver completes when the worker has finished.
+pub(crate) fn start_worker(
+    shared: Arc<Shared>,
+    index: usize,
+    listeners: &[std::net::TcpListener],
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
+    let listeners = listeners
+        .iter()
+        .map(|listener| {
+            let copy = listener.try_clone()?;
+            copy.set_nonblocking(true)?;
+            Ok(copy)
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (finished, done) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("proxy-{index}"))
+        .spawn(move || {
+            super::pool::set_worker(index);
+            runtime.block_on(async {
+                for listener in listeners {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            tokio::spawn(accept_loop(shared.clone(), listener));
+                        }
+                        Err(error) => {
+                            tracing::error!("proxy worker {index} cannot listen: {error}")
+                        }
+                    }
+                }
+                let mut shutdown = shared.shutdown.subscribe();
+                let _ = shutdown.wait_for(|stopping| *stopping).await;
+                // Connections live on this thread: keep serving them until they are done.
+                shared.drain(shared.options.shutdown_grace).await;
+            });
+            // Dropping the runtime ends whatever outlived the grace period.
+            drop(runtime);
+            let _ = finished.send(());
+        })?;
+    Ok(done)
 }
 
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {

@@ -19,7 +19,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use super::{
-    http1::{self, Chunk, ChunkedDecoder, Framing, WireError},
+    http1::{self, Chunk, ChunkedDecoder, Forwarded, Framing, WireError},
     pool::Pool,
 };
 
@@ -135,12 +135,14 @@ impl Upstream {
     async fn write_request(
         &mut self,
         parts: &request::Parts,
+        forwarded: &Forwarded,
+        upgrade: bool,
         body: &mut Incoming,
     ) -> io::Result<()> {
         let has_body = !body.is_end_stream();
         let chunked = has_body && !parts.headers.contains_key(CONTENT_LENGTH);
         self.write_buf.clear();
-        http1::encode_request_head(parts, chunked, &mut self.write_buf);
+        http1::encode_request_head(parts, forwarded, upgrade, chunked, &mut self.write_buf);
         if !has_body {
             return self.stream.write_all(&self.write_buf).await;
         }
@@ -249,6 +251,7 @@ pub(crate) async fn send(
     pool: &Arc<Pool>,
     port: u16,
     request: Request<Incoming>,
+    forwarded: &Forwarded,
 ) -> Result<Response<UpstreamBody>, Failed> {
     let mut connection = match pool.take(port) {
         Some(connection) => connection,
@@ -260,7 +263,9 @@ pub(crate) async fn send(
     let (parts, mut body) = request.into_parts();
     let without_body = body.is_end_stream();
     loop {
-        let written = connection.write_request(&parts, &mut body).await;
+        let written = connection
+            .write_request(&parts, forwarded, false, &mut body)
+            .await;
         let write_failed = written.is_err();
         // Even when writing failed, the instance may have answered (e.g. 413) and closed.
         let head = connection.read_head().await;
@@ -314,6 +319,7 @@ pub(crate) async fn send(
 pub(crate) async fn send_upgrade(
     port: u16,
     request: Request<Incoming>,
+    forwarded: &Forwarded,
 ) -> Result<(Response<()>, Result<(TcpStream, BytesMut), UpstreamBody>), Failed> {
     let mut connection = match Upstream::connect(port).await {
         Ok(connection) => connection,
@@ -321,7 +327,9 @@ pub(crate) async fn send_upgrade(
     };
     let method = request.method().clone();
     let (parts, mut body) = request.into_parts();
-    let written = connection.write_request(&parts, &mut body).await;
+    let written = connection
+        .write_request(&parts, forwarded, true, &mut body)
+        .await;
     let head = match (connection.read_head().await, written) {
         (Ok(head), _) => head,
         (Err(_), Err(error)) => return Err((UpstreamError::Io { port, error }, None)),

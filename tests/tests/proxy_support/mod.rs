@@ -149,6 +149,8 @@ impl Drop for Stack {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        // The proxy's worker threads may outlive the test; the instances must not.
+        self.backends.stop_all();
     }
 }
 
@@ -301,14 +303,22 @@ impl Backends for TestBackends {
     }
 }
 
-impl Drop for TestBackends {
-    fn drop(&mut self) {
-        for slot in self.slots.lock().unwrap().values_mut() {
-            if let Some(child) = &mut slot.child {
+impl TestBackends {
+    /// Kills every instance process this stand-in started (by PID, through its `Child`).
+    pub fn stop_all(&self) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        for slot in slots.values_mut() {
+            if let Some(mut child) = slot.child.take() {
                 let _ = child.kill();
                 let _ = child.wait();
             }
         }
+    }
+}
+
+impl Drop for TestBackends {
+    fn drop(&mut self) {
+        self.stop_all();
     }
 }
 
