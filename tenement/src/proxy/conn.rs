@@ -119,10 +119,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             .with(|table| table.resolve(&host, request.uri().path()).cloned());
         match routed {
             Ok(entry) => {
-                let context = self.context.clone();
-                Box::pin(
-                    async move { Ok(forward(context, entry, request, exchange, format).await) },
-                )
+                // `map` rather than an async block around it: one state machine, not two.
+                let forwarding = forward(self.context.clone(), entry, request, exchange, format);
+                Box::pin(futures_util::FutureExt::map(forwarding, Ok))
             }
             Err(Miss::NoRoute) => {
                 let message = format!("no route for host {host}");

@@ -24,6 +24,7 @@ use super::{
 };
 use std::sync::Arc;
 
+/// Never fails: every failure becomes an answer that names the instance.
 pub(crate) async fn forward(
     conn: Arc<ConnContext>,
     entry: Arc<Entry>,

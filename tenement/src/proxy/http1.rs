@@ -105,6 +105,9 @@ pub(crate) fn parse_response_head(
         &mut slots,
     );
     let length = match parsing {
+        Ok(httparse::Status::Complete(length)) if length > MAX_HEAD => {
+            return Err(WireError::HeadTooLarge)
+        }
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
             return Err(WireError::HeadTooLarge)
@@ -121,21 +124,25 @@ pub(crate) fn parse_response_head(
     // Remember where each header sits, then cut the head off the buffer: the values become
     // slices of it, no copies.
     let base = buf.as_ptr() as usize;
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    // The head is shorter than MAX_HEAD (64 KiB), so 16-bit offsets do.
+    let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
     let count = parsed.headers.len();
     for (span, header) in spans.iter_mut().zip(parsed.headers.iter()) {
         let name = header.name.as_ptr() as usize - base;
         let value = header.value.as_ptr() as usize - base;
+        let end = |start: usize, len: usize| (start + len) as u16;
         *span = (
-            name,
-            name + header.name.len(),
-            value,
-            value + header.value.len(),
+            name as u16,
+            end(name, header.name.len()),
+            value as u16,
+            end(value, header.value.len()),
         );
     }
     let head = buf.split_to(length).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     for &(name_start, name_end, value_start, value_end) in &spans[..count] {
+        let (name_start, name_end) = (usize::from(name_start), usize::from(name_end));
+        let (value_start, value_end) = (usize::from(value_start), usize::from(value_end));
         let name = HeaderName::from_bytes(&head[name_start..name_end]).map_err(|_| {
             malformed(format!(
                 "header name {:?}",

@@ -188,8 +188,10 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 /// Serves one client connection to its end. Besides hyper's own limits: a connection with
 /// no request in flight that does not get a complete new request head within
 /// `header_read_timeout` (counted from connecting or from its last response) is closed,
-/// which bounds slow and silent clients and idle keep-alive connections alike. One timer
-/// per connection checks this a few times per period, instead of one timer per request.
+/// which bounds slow and silent clients and idle keep-alive connections alike.
+///
+/// The connection runs in a task of its own; this one watches it. Watching from outside
+/// keeps timers out of the connection's task, which is woken for every request.
 pub(crate) async fn drive<IO>(shared: Arc<Shared>, io: IO, peer: SocketAddr, https: bool)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -200,11 +202,15 @@ where
         return;
     }
     let tracker = Arc::new(ConnTracker::default());
-    let service = ConnService::new(shared.clone(), peer.ip(), https, tracker.clone());
-    let connection = shared
-        .http
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(connection);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut connection = tokio::spawn(serve(
+        shared.clone(),
+        io,
+        peer,
+        https,
+        tracker.clone(),
+        stopped,
+    ));
 
     let options = &shared.options;
     let limit = options.header_read_timeout;
@@ -213,12 +219,7 @@ where
     let mut requests_seen = 0;
     loop {
         tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(error) = result {
-                    tracing::debug!("connection from {peer} ended: {error}");
-                }
-                return;
-            }
+            _ = &mut connection => return,
             _ = sleep_until(Instant::now() + tick) => {
                 let now = Instant::now();
                 let requests = tracker.requests();
@@ -227,14 +228,15 @@ where
                     quiet_since = now;
                 } else if now.duration_since(quiet_since) >= limit {
                     tracing::debug!("closing connection from {peer}: no request within {limit:?}");
+                    connection.abort();
                     return;
                 }
             }
             _ = shutdown.wait_for(|stopping| *stopping) => break,
         }
     }
-    connection.as_mut().graceful_shutdown();
-    if tokio::time::timeout(options.shutdown_grace, connection)
+    let _ = stop.send(());
+    if tokio::time::timeout(options.shutdown_grace, &mut connection)
         .await
         .is_err()
     {
@@ -242,5 +244,35 @@ where
             "connection from {peer} did not finish within {:?}",
             options.shutdown_grace
         );
+        connection.abort();
+    }
+}
+
+/// hyper serving one connection until it ends, or until `stop` asks for a graceful end.
+async fn serve<IO>(
+    shared: Arc<Shared>,
+    io: IO,
+    peer: SocketAddr,
+    https: bool,
+    tracker: Arc<ConnTracker>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = ConnService::new(shared.clone(), peer.ip(), https, tracker);
+    let connection = shared
+        .http
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        biased;
+        result = connection.as_mut() => result,
+        _ = &mut stop => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!("connection from {peer} ended: {error}");
     }
 }

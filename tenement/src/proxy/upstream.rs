@@ -16,7 +16,10 @@ use futures_util::FutureExt;
 use http::{header::CONTENT_LENGTH, request, response, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio::{
+    io::{AsyncRead, AsyncWriteExt, ReadBuf},
+    net::TcpStream,
+};
 
 use super::{
     http1::{self, Chunk, ChunkedDecoder, Forwarded, Framing, WireError},
@@ -118,13 +121,15 @@ impl Upstream {
         if self.read_buf.capacity() - self.read_buf.len() < READ_SIZE / 4 {
             self.read_buf.reserve(READ_SIZE);
         }
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            match self.stream.try_read_buf(&mut self.read_buf) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
-        }
+        // `poll_read` rather than `try_read_buf`: after a short read tokio knows the socket is
+        // drained and waits for the next event instead of trying a read that would block.
+        let spare = self.read_buf.spare_capacity_mut();
+        let mut read_buf = ReadBuf::uninit(spare);
+        ready!(Pin::new(&mut self.stream).poll_read(cx, &mut read_buf))?;
+        let filled = read_buf.filled().len();
+        // SAFETY: `poll_read` initialized the first `filled` bytes of the spare capacity.
+        unsafe { self.read_buf.set_len(self.read_buf.len() + filled) };
+        Poll::Ready(Ok(filled))
     }
 
     async fn fill(&mut self) -> io::Result<usize> {
