@@ -390,7 +390,7 @@ fn report(scenarios: &[Scenario], runs: &[Vec<Vec<Run>>], settings: &Settings) -
     )?;
     writeln!(
         text,
-        "| scenario | direct req/s | tenement req/s | nginx req/s | tenement / nginx | \
+        "| scenario | direct req/s | tenement req/s | nginx req/s | tenement / nginx (paired) | \
          p50 tenement / nginx (ms) | p99 tenement / nginx (ms) | errors |"
     )?;
     writeln!(text, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
@@ -400,7 +400,14 @@ fn report(scenarios: &[Scenario], runs: &[Vec<Vec<Run>>], settings: &Settings) -
         let p50 = |t: usize| median(runs[t].iter().map(|r| r.p50_ms));
         let p99 = |t: usize| median(runs[t].iter().map(|r| r.p99_ms));
         let errors: u64 = runs.iter().flatten().map(|r| r.errors).sum();
-        let ratio = rps(1) / rps(2);
+        // Each round's tenement and nginx runs are neighbours in time: the median of their
+        // ratios is steadier than the ratio of medians when the machine's load drifts.
+        let ratio = median(
+            runs[1]
+                .iter()
+                .zip(&runs[2])
+                .map(|(tenement, nginx)| tenement.requests_per_second / nginx.requests_per_second),
+        );
         writeln!(
             text,
             "| {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {} |",

@@ -21,6 +21,7 @@ mod forward;
 mod headers;
 mod host;
 mod http1;
+mod listen;
 mod pool;
 mod reply;
 mod router;
@@ -118,7 +119,7 @@ impl Proxy {
         if listeners.is_empty() {
             bail!("the proxy has no address to listen on (settings.listen is empty)");
         }
-        raise_open_file_limit();
+        listen::raise_open_file_limit();
         for listener in &listeners {
             if let Ok(address) = listener.local_addr() {
                 tracing::info!("proxy listening on http://{address}");
@@ -187,30 +188,11 @@ pub async fn serve(
         .await
 }
 
-/// Binds every address of `settings.listen`, naming the one that fails.
-pub async fn bind(addresses: &[SocketAddr]) -> Result<Vec<TcpListener>> {
-    let mut listeners = Vec::with_capacity(addresses.len());
-    for address in addresses {
-        let listener = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("cannot listen on {address} (settings.listen)"))?;
-        listeners.push(listener);
-    }
-    Ok(listeners)
-}
-
-/// A proxy holds two sockets per proxied connection; the usual soft limit of 1024 open files
-/// is far too low, and raising it to the hard limit needs no privilege.
-fn raise_open_file_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                Ok(()) => tracing::debug!("open file limit raised from {soft} to {hard}"),
-                Err(error) => {
-                    tracing::warn!("cannot raise the open file limit from {soft}: {error}")
-                }
-            }
-        }
-    }
+/// Binds every address of `settings.listen`, naming the one that fails. Listeners made here
+/// let every worker thread accept on a socket of its own (see `listen.rs`).
+pub fn bind(addresses: &[SocketAddr]) -> Result<Vec<TcpListener>> {
+    listen::bind(addresses)?
+        .into_iter()
+        .map(|listener| TcpListener::from_std(listener).context("registering a listener"))
+        .collect()
 }

@@ -126,11 +126,7 @@ pub(crate) fn start_worker(
 ) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
     let listeners = listeners
         .iter()
-        .map(|listener| {
-            let copy = listener.try_clone()?;
-            copy.set_nonblocking(true)?;
-            Ok(copy)
-        })
+        .map(|listener| super::listen::for_worker(listener, index))
         .collect::<std::io::Result<Vec<_>>>()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
         port: backend,
         changes: watch::channel(0).0,
     });
-    let listeners = tenement::proxy::bind(&[SocketAddr::from(([127, 0, 0, 1], listen))]).await?;
+    let listeners = tenement::proxy::bind(&[SocketAddr::from(([127, 0, 0, 1], listen))])?;
     let proxy = Proxy::new(config, backends, Options::default());
     proxy
         .serve(listeners, async {
