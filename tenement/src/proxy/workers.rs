@@ -3,7 +3,7 @@
 //! request never changes threads and its upstream connection sits in that thread's pool.
 //!
 //! Every worker accepts on every listener; the one that accepts keeps the connection
-//! unless another worker serves fewer, which then gets it. Keep-alive clients thus end up
+//! unless another worker serves clearly fewer, which then gets it. Keep-alive clients thus end up
 //! spread evenly, whichever worker happened to wake first.
 
 use std::{
@@ -150,7 +150,8 @@ fn serve(
 }
 
 impl Crew {
-    /// `me`, unless another worker has fewer open connections.
+    /// `me`, unless another worker has at least two fewer open connections. (A margin of
+    /// one would hand over every other short-lived connection for nothing.)
     fn least_loaded(&self, me: usize) -> usize {
         let mine = self.loads[me].load(Ordering::Relaxed);
         let (other, least) = self
@@ -160,7 +161,7 @@ impl Crew {
             .enumerate()
             .min_by_key(|&(_, load)| load)
             .unwrap_or((me, mine));
-        if least < mine {
+        if least + 2 <= mine {
             other
         } else {
             me
