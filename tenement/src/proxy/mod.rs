@@ -26,6 +26,7 @@ mod pool;
 mod reply;
 mod router;
 mod server;
+mod sniff;
 mod table;
 mod upstream;
 mod weights;

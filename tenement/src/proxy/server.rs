@@ -10,17 +10,21 @@ use std::{
     time::Duration,
 };
 
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
-};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     sync::{watch, Notify},
     time::{sleep_until, Instant},
 };
 
-use super::{conn::ConnService, exchange::ConnTracker, router::Router, Options};
+use super::{
+    conn::ConnService,
+    exchange::ConnTracker,
+    router::Router,
+    sniff::{sniff, Protocol},
+    Options,
+};
 
 pub(crate) struct Shared {
     pub(crate) router: Arc<Router>,
@@ -28,7 +32,8 @@ pub(crate) struct Shared {
     /// proxy's worker threads.
     pub(crate) main: tokio::runtime::Handle,
     pub(crate) options: Options,
-    http: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
     /// Flips to `true` once: stop accepting, finish what is in flight.
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) connections: Arc<Connections>,
@@ -39,19 +44,19 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
 impl Shared {
     pub(crate) fn new(router: Arc<Router>, options: Options) -> Shared {
-        let mut http = auto::Builder::new(TokioExecutor::new());
-        let mut http1 = http.http1();
+        let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
             // `drive` enforces it instead, without a timer per request.
             .header_read_timeout(None)
-            // hyper answers 431 when the request head outgrows its buffer.
-            .max_buf_size(options.max_header_bytes.max(8192))
+            // Beyond it hyper answers 431.
+            .max_header_size(options.max_header_bytes)
             .keep_alive(true);
         if options.max_headers != HYPER_DEFAULT_MAX_HEADERS {
             http1.max_headers(options.max_headers);
         }
-        http.http2()
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(256)
@@ -61,7 +66,8 @@ impl Shared {
             router,
             main: tokio::runtime::Handle::current(),
             options,
-            http,
+            http1,
+            http2,
             shutdown: watch::channel(false).0,
             connections: Arc::default(),
         }
@@ -190,18 +196,35 @@ async fn serve<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = ConnService::new(shared.clone(), peer.ip(), https, tracker);
-    let connection = shared
-        .http
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        biased;
-        result = connection.as_mut() => result,
-        _ = &mut stop => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    let (protocol, io) = match sniff(io).await {
+        Ok(sniffed) => sniffed,
+        Err(error) => {
+            tracing::debug!("connection from {peer} failed before its first request: {error}");
+            return;
         }
+    };
+    let service = ConnService::new(shared.clone(), peer.ip(), https, tracker);
+    let io = TokioIo::new(io);
+    // The same dance for both protocols: serve, and on `stop` finish what is in flight.
+    macro_rules! until_stopped {
+        ($connection:expr) => {{
+            let connection = $connection;
+            tokio::pin!(connection);
+            tokio::select! {
+                biased;
+                result = connection.as_mut() => result,
+                _ = &mut stop => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
+        }};
+    }
+    let result = match protocol {
+        Protocol::Http1 => {
+            until_stopped!(shared.http1.serve_connection(io, service).with_upgrades())
+        }
+        Protocol::Http2 => until_stopped!(shared.http2.serve_connection(io, service)),
     };
     if let Err(error) = result {
         tracing::debug!("connection from {peer} ended: {error}");

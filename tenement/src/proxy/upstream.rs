@@ -401,11 +401,9 @@ impl UpstreamBody {
         if let Some(mut connection) = self.connection.take() {
             if self.reusable && connection.read_buf.is_empty() {
                 connection.reused = true;
-                // An idle connection keeps no big buffer.
-                connection.read_size = READ_MIN;
-                if connection.read_buf.capacity() > READ_MIN {
-                    connection.read_buf = BytesMut::new();
-                }
+                // An idle connection keeps no big buffer, but remembers how big this
+                // instance's answers tend to be (`read_size`) for the next one.
+
                 self.pool.put(connection);
             }
         }
