@@ -29,6 +29,7 @@ mod server;
 mod sniff;
 mod table;
 mod upstream;
+mod watch;
 mod weights;
 mod workers;
 
@@ -153,7 +154,9 @@ impl Proxy {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        server::drive(self.shared.clone(), io, peer, scheme == Scheme::Https).await;
+        let https = scheme == Scheme::Https;
+        let watched = server::spawn_connection(&self.shared, io, peer, https, ());
+        watch::watch_one(self.shared.clone(), watched).await;
     }
 
     /// Stops accepting, closes idle connections, and waits for in-flight ones to finish.

@@ -23,6 +23,7 @@ use super::{
     exchange::ConnTracker,
     router::Router,
     sniff::{sniff, Protocol},
+    watch::Watched,
     Options,
 };
 
@@ -122,67 +123,32 @@ impl Drop for Counted {
     }
 }
 
-/// Serves one client connection to its end. Besides hyper's own limits: a connection with
-/// no request in flight that does not get a complete new request head within
-/// `header_read_timeout` (counted from connecting or from its last response) is closed,
-/// which bounds slow and silent clients and idle keep-alive connections alike.
-///
-/// The connection runs in a task of its own; this one watches it. Watching from outside
-/// keeps timers out of the connection's task, which is woken for every request.
-pub(crate) async fn drive<IO>(shared: Arc<Shared>, io: IO, peer: SocketAddr, https: bool)
+/// Starts serving one client connection in a task of its own and returns what watching it
+/// takes (see `watch.rs`). `keep` lives as long as the connection.
+pub(crate) fn spawn_connection<IO, K>(
+    shared: &Arc<Shared>,
+    io: IO,
+    peer: SocketAddr,
+    https: bool,
+    keep: K,
+) -> Watched
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    K: Send + 'static,
 {
-    let _counted = shared.connections.enter();
-    let mut shutdown = shared.shutdown.subscribe();
-    if *shutdown.borrow() {
-        return;
-    }
+    let counted = shared.connections.enter();
     let tracker = Arc::new(ConnTracker::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut connection = tokio::spawn(serve(
+    let task = tokio::spawn(serve(
         shared.clone(),
         io,
         peer,
         https,
         tracker.clone(),
         stopped,
+        (counted, keep),
     ));
-
-    let options = &shared.options;
-    let limit = options.header_read_timeout;
-    let tick = (limit / 4).max(Duration::from_millis(10));
-    let mut quiet_since = Instant::now();
-    let mut requests_seen = 0;
-    loop {
-        tokio::select! {
-            _ = &mut connection => return,
-            _ = sleep_until(Instant::now() + tick) => {
-                let now = Instant::now();
-                let requests = tracker.requests();
-                if requests != requests_seen || tracker.in_flight() > 0 {
-                    requests_seen = requests;
-                    quiet_since = now;
-                } else if now.duration_since(quiet_since) >= limit {
-                    tracing::debug!("closing connection from {peer}: no request within {limit:?}");
-                    connection.abort();
-                    return;
-                }
-            }
-            _ = shutdown.wait_for(|stopping| *stopping) => break,
-        }
-    }
-    let _ = stop.send(());
-    if tokio::time::timeout(options.shutdown_grace, &mut connection)
-        .await
-        .is_err()
-    {
-        tracing::debug!(
-            "connection from {peer} did not finish within {:?}",
-            options.shutdown_grace
-        );
-        connection.abort();
-    }
+    Watched::new(tracker, task.abort_handle(), stop, peer)
 }
 
 /// hyper serving one connection until it ends, or until `stop` asks for a graceful end.
@@ -193,6 +159,7 @@ async fn serve<IO>(
     https: bool,
     tracker: Arc<ConnTracker>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
+    _keep: impl Send,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

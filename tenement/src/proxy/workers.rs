@@ -20,7 +20,10 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use super::server::{drive, Shared};
+use super::{
+    server::{spawn_connection, Shared},
+    watch::{watch_here, watch_worker},
+};
 
 /// Open connections per worker, and the way to hand a connection to each.
 pub(crate) struct Crew {
@@ -85,6 +88,7 @@ async fn work(
             Err(error) => tracing::error!("proxy worker {index} cannot listen: {error}"),
         }
     }
+    let watcher = tokio::spawn(watch_worker(shared.clone()));
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         tokio::select! {
@@ -99,7 +103,7 @@ async fn work(
         }
     }
     // Connections live on this thread: keep serving them until they are done.
-    shared.drain(shared.options.shutdown_grace).await;
+    let _ = watcher.await;
 }
 
 async fn accept_loop(shared: Arc<Shared>, crew: Arc<Crew>, index: usize, listener: TcpListener) {
@@ -141,12 +145,24 @@ fn serve(
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    crew.loads[index].fetch_add(1, Ordering::Relaxed);
-    let (shared, crew) = (shared.clone(), crew.clone());
-    tokio::spawn(async move {
-        drive(shared, stream, peer, false).await;
-        crew.loads[index].fetch_sub(1, Ordering::Relaxed);
-    });
+    let load = Load::count(crew, index);
+    watch_here(spawn_connection(shared, stream, peer, false, load));
+}
+
+/// Counts one connection in its worker's load while it lives.
+struct Load(Arc<Crew>, usize);
+
+impl Load {
+    fn count(crew: &Arc<Crew>, index: usize) -> Load {
+        crew.loads[index].fetch_add(1, Ordering::Relaxed);
+        Load(crew.clone(), index)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.loads[self.1].fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Crew {

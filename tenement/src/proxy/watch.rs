@@ -1,0 +1,124 @@
+//! Time limits on client connections, enforced from outside the connections' own tasks:
+//! those are woken for every request, and a timer polled with each wake-up would cost on
+//! every request. Each worker thread keeps a list of its connections and looks at them a
+//! few times per `header_read_timeout`; a connection with no request in flight that did not
+//! bring a new request head within that time (counted from connecting or from its last
+//! request) is closed. That bounds slow and silent clients and idle keep-alive connections
+//! alike, HTTP/2 included.
+
+use std::{cell::RefCell, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{sync::oneshot, task::AbortHandle, time::Instant};
+
+use super::{exchange::ConnTracker, server::Shared};
+
+/// One connection as its watcher sees it.
+pub(crate) struct Watched {
+    tracker: Arc<ConnTracker>,
+    task: AbortHandle,
+    stop: Option<oneshot::Sender<()>>,
+    peer: SocketAddr,
+    quiet_since: Instant,
+    requests_seen: u64,
+}
+
+impl Watched {
+    pub(crate) fn new(
+        tracker: Arc<ConnTracker>,
+        task: AbortHandle,
+        stop: oneshot::Sender<()>,
+        peer: SocketAddr,
+    ) -> Watched {
+        Watched {
+            tracker,
+            task,
+            stop: Some(stop),
+            peer,
+            quiet_since: Instant::now(),
+            requests_seen: 0,
+        }
+    }
+
+    /// False once the connection is over (it ended, or was closed now for idling).
+    fn check(&mut self, now: Instant, limit: Duration) -> bool {
+        if self.task.is_finished() {
+            return false;
+        }
+        let requests = self.tracker.requests();
+        if requests != self.requests_seen || self.tracker.in_flight() > 0 {
+            self.requests_seen = requests;
+            self.quiet_since = now;
+        } else if now.duration_since(self.quiet_since) >= limit {
+            tracing::debug!(
+                "closing connection from {}: no request within {limit:?}",
+                self.peer
+            );
+            self.task.abort();
+            return false;
+        }
+        true
+    }
+
+    /// Asks for a graceful end: requests in flight finish, then the connection closes.
+    fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// How often connections are looked at.
+fn tick(limit: Duration) -> Duration {
+    (limit / 4).max(Duration::from_millis(10))
+}
+
+thread_local! {
+    /// The connections of the worker thread this runs on (empty elsewhere).
+    static WATCHED: RefCell<Vec<Watched>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Adds a connection to this worker's list.
+pub(crate) fn watch_here(watched: Watched) {
+    WATCHED.with_borrow_mut(|list| list.push(watched));
+}
+
+/// The worker's watcher: runs until shutdown, then asks every connection to finish and
+/// waits for them (up to `shutdown_grace`).
+pub(crate) async fn watch_worker(shared: Arc<Shared>) {
+    let limit = shared.options.header_read_timeout;
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick(limit)) => {
+                let now = Instant::now();
+                WATCHED.with_borrow_mut(|list| list.retain_mut(|watched| watched.check(now, limit)));
+            }
+            _ = shutdown.wait_for(|stopping| *stopping) => break,
+        }
+    }
+    WATCHED.with_borrow_mut(|list| list.iter_mut().for_each(Watched::stop));
+    shared.drain(shared.options.shutdown_grace).await;
+    WATCHED.with_borrow_mut(|list| list.drain(..).for_each(|watched| watched.task.abort()));
+}
+
+/// The same watch for one connection served outside the workers (`Proxy::serve_connection`).
+pub(crate) async fn watch_one(shared: Arc<Shared>, mut watched: Watched) {
+    let limit = shared.options.header_read_timeout;
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick(limit)) => {
+                if !watched.check(Instant::now(), limit) {
+                    return;
+                }
+            }
+            _ = shutdown.wait_for(|stopping| *stopping) => break,
+        }
+    }
+    watched.stop();
+    let deadline = Instant::now() + shared.options.shutdown_grace;
+    while !watched.task.is_finished() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    watched.task.abort();
+}
