@@ -1,9 +1,13 @@
 //! Listening sockets and the open-file limit a proxy needs.
+//!
+//! Each worker thread accepts on a socket of its own (`SO_REUSEPORT`): a new connection
+//! wakes one worker, not all of them to let one win. (How evenly the kernel spreads
+//! connections matters less: `workers.rs` evens out the load itself.)
 
 use std::net::{SocketAddr, TcpListener};
 
 use anyhow::{Context, Result};
-use socket2::{Domain, Socket, Type};
+use socket2::{Domain, SockRef, Socket, Type};
 
 const BACKLOG: i32 = 4096;
 
@@ -12,17 +16,44 @@ pub(crate) fn bind(addresses: &[SocketAddr]) -> Result<Vec<TcpListener>> {
     addresses
         .iter()
         .map(|&address| {
-            let open = || -> std::io::Result<TcpListener> {
-                let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
-                socket.set_reuse_address(true)?;
-                socket.set_nonblocking(true)?;
-                socket.bind(&address.into())?;
-                socket.listen(BACKLOG)?;
-                Ok(socket.into())
-            };
-            open().with_context(|| format!("cannot listen on {address} (settings.listen)"))
+            open(address).with_context(|| format!("cannot listen on {address} (settings.listen)"))
         })
         .collect()
+}
+
+fn open(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// The socket worker `index` accepts on: a sibling on the same address when the listener
+/// allows it (made by `bind`), else a shared copy of the listener itself.
+pub(crate) fn for_worker(listener: &TcpListener, index: usize) -> std::io::Result<TcpListener> {
+    let own_socket = index > 0 && SockRef::from(listener).reuse_port().unwrap_or(false);
+    let socket = if own_socket {
+        open(listener.local_addr()?)?
+    } else {
+        listener.try_clone()?
+    };
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// Accepts one connection, already non-blocking and with Nagle's algorithm off (small
+/// requests and responses must not wait for an acknowledgement).
+pub(crate) fn accept(listener: &TcpListener) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    let (socket, peer) =
+        SockRef::from(listener).accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
+    socket.set_tcp_nodelay(true)?;
+    let peer = peer
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("a TCP connection without an IP address"))?;
+    Ok((socket.into(), peer))
 }
 
 /// A proxy holds two sockets per proxied connection; the usual soft limit of 1024 open files

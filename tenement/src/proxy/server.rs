@@ -175,8 +175,9 @@ async fn serve<IO>(
     // The same dance for both protocols: serve, and on `stop` finish what is in flight.
     macro_rules! until_stopped {
         ($connection:expr) => {{
-            let connection = $connection;
-            tokio::pin!(connection);
+            // Boxed: hyper's connection is big, and would otherwise make this whole future
+            // (copied around while it is spawned) as big.
+            let mut connection = Box::pin($connection);
             tokio::select! {
                 biased;
                 result = connection.as_mut() => result,

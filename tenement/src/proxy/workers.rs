@@ -2,9 +2,10 @@
 //! connection is accepted, served, and forwarded to its instance on one thread, so a
 //! request never changes threads and its upstream connection sits in that thread's pool.
 //!
-//! Every worker accepts on every listener; the one that accepts keeps the connection
-//! unless another worker serves clearly fewer, which then gets it. Keep-alive clients thus end up
-//! spread evenly, whichever worker happened to wake first.
+//! Every worker accepts on every listener (on a socket of its own, see `listen.rs`); the one
+//! that accepts keeps the connection unless another worker serves clearly fewer, which then
+//! gets it. Keep-alive clients thus end up spread evenly, however the kernel or the
+//! scheduler favoured one worker.
 
 use std::{
     net::SocketAddr,
@@ -16,7 +17,8 @@ use std::{
 };
 
 use tokio::{
-    net::{TcpListener, TcpStream},
+    io::{unix::AsyncFd, Interest},
+    net::TcpStream,
     sync::{mpsc, oneshot},
 };
 
@@ -24,6 +26,11 @@ use super::{
     server::{spawn_connection, Shared},
     watch::{watch_here, watch_worker},
 };
+
+/// How many more connections than the least busy worker a worker may have before it hands
+/// new ones over: short-lived connections are then rarely handed over (a hand-over costs a
+/// wake-up of the other thread), and long-lived ones still end up within a few of even.
+const HAND_OVER_MARGIN: usize = 4;
 
 /// Open connections per worker, and the way to hand a connection to each.
 pub(crate) struct Crew {
@@ -48,11 +55,7 @@ pub(crate) fn start(
     for (index, inbox) in receivers.into_iter().enumerate() {
         let listeners = listeners
             .iter()
-            .map(|listener| {
-                let copy = listener.try_clone()?;
-                copy.set_nonblocking(true)?;
-                Ok(copy)
-            })
+            .map(|listener| super::listen::for_worker(listener, index))
             .collect::<std::io::Result<Vec<_>>>()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -81,7 +84,9 @@ async fn work(
     mut inbox: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
 ) {
     for listener in listeners {
-        match TcpListener::from_std(listener) {
+        // SAFETY: the AsyncFd owns the listener, so its descriptor stays open for as long
+        // as it is registered.
+        match unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) } {
             Ok(listener) => {
                 tokio::spawn(accept_loop(shared.clone(), crew.clone(), index, listener));
             }
@@ -94,10 +99,7 @@ async fn work(
         tokio::select! {
             handed = inbox.recv() => {
                 let Some((stream, peer)) = handed else { break };
-                match TcpStream::from_std(stream) {
-                    Ok(stream) => serve(&shared, &crew, index, stream, peer),
-                    Err(error) => tracing::warn!("proxy worker {index} cannot take a connection: {error}"),
-                }
+                serve(&shared, &crew, index, stream, peer);
             }
             _ = shutdown.wait_for(|stopping| *stopping) => break,
         }
@@ -106,27 +108,40 @@ async fn work(
     let _ = watcher.await;
 }
 
-async fn accept_loop(shared: Arc<Shared>, crew: Arc<Crew>, index: usize, listener: TcpListener) {
+/// Accepts with the plain socket calls, so that a connection handed to another worker is
+/// registered with an event loop only once, there.
+async fn accept_loop(
+    shared: Arc<Shared>,
+    crew: Arc<Crew>,
+    index: usize,
+    listener: AsyncFd<std::net::TcpListener>,
+) {
     let mut shutdown = shared.shutdown.subscribe();
-    let address = listener.local_addr().ok();
+    let address = listener.get_ref().local_addr().ok();
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let mut ready = tokio::select! {
+            ready = listener.readable() => match ready {
+                Ok(ready) => ready,
+                Err(error) => {
+                    tracing::error!("proxy listener {address:?} failed: {error}");
+                    return;
+                }
+            },
             _ = shutdown.wait_for(|stopping| *stopping) => return,
+        };
+        let accepted = match ready.try_io(|listener| super::listen::accept(listener.get_ref())) {
+            Ok(accepted) => accepted,
+            Err(_would_block) => continue,
         };
         match accepted {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
                 let target = crew.least_loaded(index);
                 if target == index {
                     serve(&shared, &crew, index, stream, peer);
-                } else if let Ok(stream) = stream.into_std() {
-                    if let Err(returned) = crew.inboxes[target].send((stream, peer)) {
-                        // That worker is gone (shutting down): serve it here after all.
-                        if let Ok(stream) = TcpStream::from_std(returned.0 .0) {
-                            serve(&shared, &crew, index, stream, peer);
-                        }
-                    }
+                } else if let Err(returned) = crew.inboxes[target].send((stream, peer)) {
+                    // That worker is gone (shutting down): serve it here after all.
+                    let (stream, peer) = returned.0;
+                    serve(&shared, &crew, index, stream, peer);
                 }
             }
             Err(error) => {
@@ -142,11 +157,18 @@ fn serve(
     shared: &Arc<Shared>,
     crew: &Arc<Crew>,
     index: usize,
-    stream: TcpStream,
+    stream: std::net::TcpStream,
     peer: SocketAddr,
 ) {
-    let load = Load::count(crew, index);
-    watch_here(spawn_connection(shared, stream, peer, false, load));
+    match TcpStream::from_std(stream) {
+        Ok(stream) => {
+            let load = Load::count(crew, index);
+            watch_here(spawn_connection(shared, stream, peer, false, load));
+        }
+        Err(error) => {
+            tracing::warn!("proxy worker {index} cannot take a connection from {peer}: {error}")
+        }
+    }
 }
 
 /// Counts one connection in its worker's load while it lives.
@@ -166,8 +188,7 @@ impl Drop for Load {
 }
 
 impl Crew {
-    /// `me`, unless another worker has at least two fewer open connections. (A margin of
-    /// one would hand over every other short-lived connection for nothing.)
+    /// `me`, unless another worker has `HAND_OVER_MARGIN` fewer open connections.
     fn least_loaded(&self, me: usize) -> usize {
         let mine = self.loads[me].load(Ordering::Relaxed);
         let (other, least) = self
@@ -177,7 +198,7 @@ impl Crew {
             .enumerate()
             .min_by_key(|&(_, load)| load)
             .unwrap_or((me, mine));
-        if least + 2 <= mine {
+        if least + HAND_OVER_MARGIN <= mine {
             other
         } else {
             me
