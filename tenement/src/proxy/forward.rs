@@ -64,18 +64,11 @@ pub(crate) async fn forward(
         },
     };
     if upgrade {
-        let port_from_table = known_port.is_some();
-        return tunnel(
-            conn,
-            entry,
-            port,
-            port_from_table,
-            request,
-            forwarded,
-            exchange,
-            format,
-        )
-        .await;
+        let port = Port {
+            number: port,
+            from_table: known_port.is_some(),
+        };
+        return tunnel(conn, entry, port, request, forwarded, exchange, format).await;
     }
     let sent = match upstream::send(&entry.pool, port, request, &forwarded).await {
         Err((error, Some(request))) if error.is_refused() && known_port.is_some() => {
@@ -177,22 +170,29 @@ fn join_cookies(headers: &mut http::HeaderMap) {
     }
 }
 
+/// The instance's port, and whether it came from the routing table (which may be out of
+/// date) rather than from a fresh `ensure_running`.
+#[derive(Clone, Copy)]
+struct Port {
+    number: u16,
+    from_table: bool,
+}
+
 /// `Upgrade` (WebSocket and others): a dedicated connection to the instance; once both
 /// sides agreed to switch, the two sockets are spliced until either closes. The activity
 /// guard lives as long as the tunnel, so an open WebSocket keeps its instance awake.
 async fn tunnel(
     conn: Arc<ConnContext>,
     entry: Arc<Entry>,
-    port: u16,
-    port_from_table: bool,
+    port: Port,
     mut request: Request<Incoming>,
     forwarded: Forwarded,
     mut exchange: Exchange,
     format: Format,
 ) -> Response<ProxyBody> {
     let client_side = hyper::upgrade::on(&mut request);
-    let sent = match upstream::send_upgrade(port, request, &forwarded).await {
-        Err((error, Some(request))) if error.is_refused() && port_from_table => {
+    let sent = match upstream::send_upgrade(port.number, request, &forwarded).await {
+        Err((error, Some(request))) if error.is_refused() && port.from_table => {
             match wake(&conn, &entry, format).await {
                 Ok(port) => upstream::send_upgrade(port, request, &forwarded).await,
                 Err(response) => return answer(response, exchange),

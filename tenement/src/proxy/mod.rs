@@ -7,11 +7,18 @@
 //!     Backends::ensure_running when not running -> pool -> 127.0.0.1:{port}
 //! ```
 //!
-//! Files: `server` (listeners, connection lifetimes, shutdown), `conn` (per-connection
-//! service: routing), `router` + `table` + `weights` + `host` (the routing table and how it
-//! is kept current), `forward` + `headers` + `pool` + `body` (the trip to the instance and
-//! back), `reply` (answers the proxy writes itself), `exchange` (per-request bookkeeping and
-//! the access log), `backend` (the seam to the supervisor).
+//! Files, by concern:
+//! - accepting: `workers` (worker threads, one event loop each), `listen` (sockets),
+//!   `sniff` (HTTP/1 or h2c), `server` (hyper per connection, shutdown), `watch` (time
+//!   limits on connections);
+//! - routing: `conn` (the per-connection service), `router` + `table` + `weights` + `host`
+//!   (the routing table and how it is kept current);
+//! - forwarding: `forward` (wake, forward, tunnel), `headers` (hop-by-hop rules),
+//!   `upstream` + `http1` + `pool` (HTTP/1.1 to the instance, from the request's own task,
+//!   over kept-alive connections), `body` (the streamed response body);
+//! - answers and bookkeeping: `reply` (errors the proxy writes itself), `exchange`
+//!   (per-request accounting and the access log);
+//! - `backend`: the seam to the supervisor.
 
 mod backend;
 mod body;

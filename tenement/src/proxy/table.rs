@@ -144,7 +144,7 @@ impl Table {
             .iter()
             .filter_map(|(prefix, target)| Some((prefix.clone(), parse_target(target)?)))
             .collect();
-        paths.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        paths.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         Table {
             domains,
             services,
