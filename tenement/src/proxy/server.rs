@@ -47,8 +47,7 @@ impl Shared {
     pub(crate) fn new(router: Arc<Router>, options: Options) -> Shared {
         let mut http1 = http1::Builder::new();
         http1
-            .timer(TokioTimer::new())
-            // `drive` enforces it instead, without a timer per request.
+            // `watch.rs` enforces it instead, without a timer per request.
             .header_read_timeout(None)
             // Beyond it hyper answers 431.
             .max_header_size(options.max_header_bytes)
