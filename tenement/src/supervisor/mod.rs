@@ -1,0 +1,3 @@
+//! Instances: spawn, isolation, cgroups, health checks, restarts, stop.
+
+pub mod cgroup;
