@@ -72,26 +72,25 @@ fn test(args: &[String]) -> Result<()> {
 fn run_example() -> Result<()> {
     setup::setup(false)?;
     util::step("building tenement");
-    util::cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "tenement",
-        "--bin",
-        "tenement",
-    ])?;
-    let root = util::workspace_root();
-    let config = root.join("examples/notes/tenement.toml");
+    util::cargo(&["build", "--release", "--package", "tenement", "--bin", "tenement"])?;
+    // Tenants run under their own uids and cannot read a checkout under /root (mode 0700),
+    // so the example is served from a world-readable copy.
+    let staged = std::path::Path::new("/tmp/tenement-example/app");
+    std::fs::create_dir_all(staged)?;
+    for file in ["app.py", "tenement.toml"] {
+        std::fs::copy(util::workspace_root().join("examples/notes").join(file), staged.join(file))?;
+    }
+    util::run(std::process::Command::new("chmod").args(["-R", "a+rX", "/tmp/tenement-example"]))?;
     println!(
         "\ntenement serves the notes example on http://127.0.0.1:8080 . Try:\n\
          \n  curl -H 'Host: alice.notes.localhost' -d 'first note' http://127.0.0.1:8080/notes\
          \n  curl -H 'Host: alice.notes.localhost' http://127.0.0.1:8080/notes\
          \n  curl -H 'Host: bob.notes.localhost' http://127.0.0.1:8080/notes   # bob has his own notes\n"
     );
-    let status = std::process::Command::new(root.join("target/release/tenement"))
+    let status = std::process::Command::new(util::workspace_root().join("target/release/tenement"))
         .arg("serve")
         .arg("--config")
-        .arg(&config)
+        .arg(staged.join("tenement.toml"))
         .status()?;
     if !status.success() {
         bail!("tenement serve exited with {status}");
