@@ -61,12 +61,6 @@ impl LineSplitter {
         }
     }
 
-    /// Bytes currently held for the line being read.
-    #[cfg(test)]
-    pub fn held(&self) -> usize {
-        self.line.capacity()
-    }
-
     /// The next line, `None` at end of input. A last line without `\n` is still a line.
     pub async fn next_line<R: AsyncBufRead + Unpin>(
         &mut self,

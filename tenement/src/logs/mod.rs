@@ -57,7 +57,7 @@ const READ_BUFFER: usize = 8 * 1024;
 const WRITER_WAIT: Duration = Duration::from_secs(30);
 
 /// Where a line came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
     Stdout,
