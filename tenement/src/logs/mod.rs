@@ -98,7 +98,7 @@ pub struct LogQuery {
     pub since_ms: Option<u64>,
     /// Inclusive upper bound, unix ms.
     pub until_ms: Option<u64>,
-    /// The newest `limit` matching lines are returned.
+    /// The newest `limit` matching lines are returned (none for 0).
     pub limit: usize,
 }
 

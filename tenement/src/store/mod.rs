@@ -28,7 +28,8 @@ pub const DEFAULT_WEIGHT: u8 = 100;
 /// Events kept per instance; older ones are dropped so a crash loop cannot grow the file forever.
 pub const EVENTS_KEPT_PER_INSTANCE: usize = 1000;
 
-/// Handle to the store; cheap to clone, all clones share one connection.
+/// Handle to the store; cheap to clone, all clones share one connection. Calls block for
+/// the short time a SQLite statement takes (no fsync per commit in WAL mode).
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Mutex<Connection>>,
@@ -36,7 +37,7 @@ pub struct Store {
 }
 
 /// One instance as the store remembers it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct InstanceRecord {
     pub name: InstanceName,
     pub desired_running: bool,
@@ -187,8 +188,8 @@ impl Store {
         .context("setting weights")
     }
 
-    /// The dynamic uid of `name`: the same one every time, never one held by another
-    /// instance, never one that belongs to an account in the system user database.
+    /// The dynamic uid (also used as gid) of `name`: the same one every time, never one held
+    /// by another instance, never the id of an existing system user or group.
     /// Fails when every uid of `range` (inclusive) is taken.
     pub fn uid_for(&self, name: &InstanceName, range: [u32; 2]) -> Result<u32> {
         let [low, high] = range;
@@ -304,13 +305,12 @@ fn parse_name(text: &str) -> Result<InstanceName> {
         .map_err(|err| anyhow::anyhow!("store holds a bad instance name: {err}"))
 }
 
-/// True when `uid` belongs to an account (e.g. in /etc/passwd): handing it to a tenant would
-/// give the tenant that account's files.
-fn system_account(uid: u32) -> bool {
-    matches!(
-        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
-        Ok(Some(_))
-    )
+/// True when `id` names a user or a group in the system databases (/etc/passwd, /etc/group):
+/// tenants use it as both uid and gid, and must not inherit anyone's files.
+fn system_account(id: u32) -> bool {
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(id));
+    let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(id));
+    matches!(user, Ok(Some(_))) || matches!(group, Ok(Some(_)))
 }
 
 #[cfg(test)]

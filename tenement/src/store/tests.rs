@@ -187,6 +187,23 @@ fn uids_skip_system_accounts_and_root() {
         let err = store.uid_for(&name("a:one"), [nobody, nobody]).unwrap_err();
         assert!(format!("{err:#}").contains("no free uid"), "{err:#}");
     }
+    // A group id alone is enough to skip it: the tenant's gid is the same number.
+    let group_only = (1..60000u32).find(|id| {
+        nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(*id))
+            .ok()
+            .flatten()
+            .is_some()
+            && nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(*id))
+                .ok()
+                .flatten()
+                .is_none()
+    });
+    if let Some(id) = group_only {
+        assert!(
+            store.uid_for(&name("a:one"), [id, id]).is_err(),
+            "gid {id} handed out"
+        );
+    }
 }
 
 #[test]
