@@ -9,11 +9,12 @@
 
 mod files;
 mod lines;
+mod newest;
 mod ring;
 mod writer;
 
 use std::{
-    collections::{BinaryHeap, HashMap},
+    collections::HashMap,
     path::PathBuf,
     sync::{mpsc, Arc, Mutex, RwLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -31,6 +32,7 @@ use crate::config::InstanceName;
 
 use files::Layout;
 use lines::LineSplitter;
+use newest::Newest;
 use ring::Ring;
 use writer::{Job, Writer};
 
@@ -187,6 +189,7 @@ impl LogHub {
         LogHub::with_limits(dir, LogLimits::default())
     }
 
+    /// Like [`LogHub::new`], within other bounds.
     pub fn with_limits(dir: PathBuf, limits: LogLimits) -> Result<LogHub> {
         files::create_private_dir(&dir)
             .with_context(|| format!("creating the log directory {}", dir.display()))?;
@@ -263,11 +266,8 @@ impl LogHub {
     /// Logs a line from tenement itself about `name`.
     pub fn system(&self, name: &InstanceName, line: &str) {
         let log = self.inner.instance(name);
-        let line = LogLine {
-            line: lines::cap_text(line, self.inner.limits.line_bytes),
-            ..system_line(name, "")
-        };
-        self.inner.publish(&log, line, None);
+        let line = lines::cap_text(line, self.inner.limits.line_bytes);
+        self.inner.publish(&log, system_line(name, &line), None);
     }
 
     /// The last `n` lines of `name`, oldest first, from memory. Until the instance logs in
@@ -301,39 +301,18 @@ impl LogHub {
                 format!("listing log files in {}", self.inner.layout.dir.display())
             })?,
         };
-        // Min-heap on (time, order read): its top is the oldest line kept so far.
-        let mut newest: BinaryHeap<std::cmp::Reverse<(u64, u64, HeapLine)>> = BinaryHeap::new();
-        let mut order = 0u64;
+        let mut newest = Newest::new(query.limit);
         for name in &names {
             for file in self.inner.open_files(name) {
                 files::for_each_line(file, |line| {
-                    if query.limit == 0 || !query.matches(&line) {
-                        return;
+                    if query.matches(&line) {
+                        newest.offer(line);
                     }
-                    order += 1;
-                    let key = (line.time_ms, order);
-                    if newest.len() == query.limit {
-                        match newest.peek() {
-                            Some(std::cmp::Reverse((time, seq, _))) if (*time, *seq) < key => {
-                                newest.pop();
-                            }
-                            _ => return,
-                        }
-                    }
-                    newest.push(std::cmp::Reverse((key.0, key.1, HeapLine(line))));
                 })
                 .with_context(|| format!("reading the log of {name}"))?;
             }
         }
-        let mut found: Vec<_> = newest
-            .into_iter()
-            .map(|std::cmp::Reverse(entry)| entry)
-            .collect();
-        found.sort_by_key(|(time, seq, _)| (*time, *seq));
-        Ok(found
-            .into_iter()
-            .map(|(_, _, HeapLine(line))| line)
-            .collect())
+        Ok(newest.into_oldest_first())
     }
 
     /// Waits until every line received so far is in the files. Blocks.
@@ -356,26 +335,6 @@ impl LogHub {
             .recv_timeout(WRITER_WAIT)
             .context("the log writer did not answer")?
             .with_context(|| format!("deleting the log files of {name}"))
-    }
-}
-
-/// A line in the search heap, ordered only by the key beside it.
-struct HeapLine(LogLine);
-
-impl PartialEq for HeapLine {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-impl Eq for HeapLine {}
-impl PartialOrd for HeapLine {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for HeapLine {
-    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
-        std::cmp::Ordering::Equal
     }
 }
 
