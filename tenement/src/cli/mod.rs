@@ -1,5 +1,7 @@
 //! Command line: parses arguments and hands each command to the module that owns it.
 
+mod serve;
+
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
@@ -25,6 +27,15 @@ pub enum Command {
     /// Check or show the configuration
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the daemon: start the instances, supervise them, stop them on SIGTERM/SIGINT
+    Serve,
+    /// Internal: first process of a namespaced instance (started by `serve`)
+    #[command(name = "__init", hide = true)]
+    Init {
+        spec: String,
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -57,5 +68,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve => serve::serve(cli.config.as_deref()),
+        Command::Init { spec, argv } => crate::supervisor::init::main(&spec, &argv),
     }
 }
