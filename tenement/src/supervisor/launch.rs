@@ -42,10 +42,14 @@ pub struct Launch {
     pub wrapper: Wrapper,
 }
 
-/// The command, ready for the spawner thread. `join` are the instance's open
-/// `cgroup.procs` files.
-pub fn command(launch: &Launch, join: Vec<OwnedFd>) -> Result<Command> {
-    let (mut command, setup) = match &launch.wrapper {
+/// The command, ready for the spawner thread, and what it runs for error messages
+/// ("runsc as uid 61000 in /dir"). `join` are the instance's open `cgroup.procs` files.
+pub fn command(launch: &Launch, join: Vec<OwnedFd>) -> Result<(Command, String)> {
+    let uid = launch
+        .run_as
+        .as_ref()
+        .map_or_else(|| "tenement's uid".to_string(), |r| format!("uid {}", r.uid));
+    let (mut command, setup, what) = match &launch.wrapper {
         Wrapper::Direct => {
             let mut command = Command::new(&launch.argv[0]);
             command
@@ -53,7 +57,8 @@ pub fn command(launch: &Launch, join: Vec<OwnedFd>) -> Result<Command> {
                 .env_clear()
                 .envs(launch.env.iter().map(|(k, v)| (k, v)));
             let setup = ChildSetup::new(join, launch.run_as.as_ref(), Some(&launch.workdir))?;
-            (command, setup)
+            let what = format!("{} as {uid} in {}", launch.argv[0], launch.workdir.display());
+            (command, setup, what)
         }
         Wrapper::Init(spec) => {
             // The init needs root until it has built the namespaces; it drops to the tenant
@@ -68,7 +73,7 @@ pub fn command(launch: &Launch, join: Vec<OwnedFd>) -> Result<Command> {
                 .env_clear()
                 .envs(launch.env.iter().map(|(k, v)| (k, v)));
             let setup = ChildSetup::new(join, None, Some(Path::new("/")))?;
-            (command, setup)
+            (command, setup, format!("tenement's namespace init for {}", launch.argv[0]))
         }
         Wrapper::Sandbox(sandbox) => {
             let mut command = Command::new(&sandbox.runsc);
@@ -78,7 +83,12 @@ pub fn command(launch: &Launch, join: Vec<OwnedFd>) -> Result<Command> {
                 .env("PATH", DEFAULT_PATH);
             let setup =
                 ChildSetup::new(join, launch.run_as.as_ref(), Some(&sandbox.state_dir))?;
-            (command, setup)
+            let what = format!(
+                "{} as {uid} in {}",
+                sandbox.runsc.display(),
+                sandbox.state_dir.display()
+            );
+            (command, setup, what)
         }
     };
     command
@@ -90,7 +100,7 @@ pub fn command(launch: &Launch, join: Vec<OwnedFd>) -> Result<Command> {
     unsafe {
         command.pre_exec(move || setup.apply());
     }
-    Ok(command)
+    Ok((command, what))
 }
 
 /// Everything the child does between fork and exec, prepared beforehand.

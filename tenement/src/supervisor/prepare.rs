@@ -63,7 +63,8 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
         Some(tree) => Some(tree.instance(&name.slug(), &limits(service))?),
         None => None,
     };
-    let needed = [data_dir.as_path(), workdir.as_path(), program.parent().unwrap_or(&workdir)];
+    let needed = needed_paths(&data_dir, &workdir, &argv);
+    let needed: Vec<&Path> = needed.iter().map(PathBuf::as_path).collect();
     let mut sandbox_state = None;
     let wrapper = match service.isolation {
         Isolation::Process => Wrapper::Direct,
@@ -113,6 +114,21 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
         run_as,
         sandbox_state,
     })
+}
+
+/// What a namespaced or sandboxed instance must still see where everything else is hidden:
+/// its data and working directories, and the directories of the program and of every
+/// absolute path on its command line (`python3 /srv/app/main.py`).
+fn needed_paths(data_dir: &Path, workdir: &Path, argv: &[String]) -> Vec<PathBuf> {
+    let mut needed = vec![data_dir.to_path_buf(), workdir.to_path_buf()];
+    for arg in argv.iter().map(Path::new).filter(|p| p.is_absolute()) {
+        if arg.is_dir() {
+            needed.push(arg.to_path_buf());
+        } else if let (true, Some(parent)) = (arg.exists(), arg.parent()) {
+            needed.push(parent.to_path_buf());
+        }
+    }
+    needed
 }
 
 pub fn limits(service: &Service) -> Limits {

@@ -245,15 +245,12 @@ async fn attempt(
             Some(cgroup) => cgroup.join_files()?,
             None => Vec::new(),
         };
-        let command = launch::command(&launch, join)?;
-        let child = shared.spawner.spawn(command).await.map_err(|err| {
-            anyhow::anyhow!(
-                "{name}: starting {} as uid {} in {}: {err}",
-                launch.argv[0],
-                run_as.uid,
-                launch.workdir.display()
-            )
-        })?;
+        let (command, what) = launch::command(&launch, join)?;
+        let child = shared
+            .spawner
+            .spawn(command)
+            .await
+            .map_err(|err| anyhow::anyhow!("{name}: starting {what}: {err}"))?;
         anyhow::Ok(child)
     }
     .await;

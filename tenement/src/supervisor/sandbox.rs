@@ -63,6 +63,15 @@ pub fn prepare(spec: &SandboxSpec) -> Result<SandboxLaunch> {
         std::fs::remove_dir_all(spec.state_dir)
             .with_context(|| format!("removing old sandbox state {}", spec.state_dir.display()))?;
     }
+    // The parent is shared by every sandboxed instance: traversable, not listable.
+    if let Some(parent) = spec.state_dir.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))?;
+    }
     let bundle = spec.state_dir.join("bundle");
     let state = spec.state_dir.join("state");
     for dir in [spec.state_dir, bundle.as_path(), state.as_path()] {
