@@ -220,9 +220,14 @@ impl Daemon {
         groups
     }
 
-    /// Processes whose command line mentions this test's scratch directory.
+    /// Processes other than the daemon whose command line mentions this test's scratch
+    /// directory.
     pub fn tenant_processes(&self) -> Vec<u32> {
+        let daemon = self.child.as_ref().map(Child::id);
         processes_mentioning(&self.scratch.path.display().to_string())
+            .into_iter()
+            .filter(|pid| Some(*pid) != daemon)
+            .collect()
     }
 }
 
