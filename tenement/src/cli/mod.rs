@@ -36,6 +36,9 @@ pub enum Command {
         #[arg(last = true, required = true)]
         argv: Vec<String>,
     },
+    /// Internal: kills what is left in the instance cgroups when `serve` dies
+    #[command(name = "__guard", hide = true)]
+    Guard { parent: i32, subtrees: Vec<PathBuf> },
 }
 
 #[derive(Subcommand)]
@@ -70,5 +73,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Serve => serve::serve(cli.config.as_deref()),
         Command::Init { spec, argv } => crate::supervisor::init::main(&spec, &argv),
+        Command::Guard { parent, subtrees } => crate::supervisor::guard::main(parent, &subtrees),
     }
 }

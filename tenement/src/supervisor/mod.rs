@@ -7,6 +7,7 @@
 
 pub mod cgroup;
 mod environment;
+pub mod guard;
 mod health;
 mod identity;
 pub mod init;
@@ -142,9 +143,13 @@ impl Supervisor {
         // Sandbox state of the earlier run: its processes are gone with their cgroups.
         let _ = std::fs::remove_dir_all(settings.data_dir.join(".sandbox"));
 
+        let spawner = Spawner::start()?;
+        if let Some(tree) = &cgroups {
+            start_guard(&spawner, tree).await?;
+        }
         let shared = Arc::new(Shared {
             ports: PortAllocator::new(settings.port_range),
-            spawner: Spawner::start()?,
+            spawner,
             cgroups,
             instances: Mutex::new(BTreeMap::new()),
             changes: watch::channel(0).0,
@@ -387,6 +392,40 @@ impl Supervisor {
         }
         self.shared.logs.flush();
     }
+}
+
+/// Starts `tenement __guard` (see `guard.rs`), in its own session so that a terminal's
+/// Ctrl-C reaches tenement's graceful shutdown first.
+async fn start_guard(spawner: &Spawner, tree: &CgroupTree) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new("/proc/self/exe");
+    command
+        .arg0("tenement-guard")
+        .arg("__guard")
+        .arg(std::process::id().to_string())
+        .args(tree.dirs())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = spawner.spawn(command).await.context("starting tenement's guard process")?;
+    let mut child = spawner::Child::watch(child)?;
+    tokio::spawn(async move {
+        if let Ok(status) = child.wait().await {
+            tracing::warn!(
+                "tenement's guard process ended ({}): tenants' background processes may outlive                  a crash of tenement until its next start",
+                spawner::describe(status)
+            );
+        }
+    });
+    Ok(())
 }
 
 fn failed(instance: &Instance, status: &Status) -> StartError {
