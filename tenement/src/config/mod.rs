@@ -77,6 +77,14 @@ impl Config {
         }
     }
 
+    /// The configuration as TOML, every default written out and `api` resolved: what
+    /// `tenement config show` prints. It parses back to the same configuration.
+    pub fn to_resolved_toml(&self) -> Result<String, toml::ser::Error> {
+        let mut resolved = self.clone();
+        resolved.settings.api = Some(self.settings.api_endpoint());
+        toml::to_string_pretty(&resolved)
+    }
+
     /// Anchors relative paths at `base`, the directory of the configuration file.
     fn resolve_paths(&mut self, base: &Path) {
         let anchor = |path: &mut PathBuf| {
