@@ -24,6 +24,9 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Check what this machine offers tenement (kernel, eBPF, cgroups, namespaces, runsc,
+    /// ports, data directory); no daemon needed
+    Doctor,
     /// Check or show the configuration
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -54,7 +57,17 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            match err.downcast_ref::<config::ConfigErrors>() {
+                // Already one `file:line:column: ...` line per mistake.
+                Some(errors) => {
+                    let count = errors.len();
+                    eprintln!(
+                        "{errors}\n{count} error{}",
+                        if count == 1 { "" } else { "s" }
+                    )
+                }
+                None => eprintln!("error: {err:#}"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -62,12 +75,13 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Doctor => Ok(doctor::run(cli.config.as_deref())),
         Command::Config(command) => {
             let path = config::locate(cli.config.as_deref())?;
             let config = Config::load(&path)?;
             match command {
                 ConfigCommand::Check => println!("{}: ok", path.display()),
-                ConfigCommand::Show => print!("{}", toml::to_string_pretty(&config)?),
+                ConfigCommand::Show => print!("{}", config.to_resolved_toml()?),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -76,3 +90,5 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Guard { parent, subtrees } => crate::supervisor::guard::main(parent, &subtrees),
     }
 }
+
+mod doctor;
