@@ -28,8 +28,7 @@ pub fn serve(explicit: Option<&Path>) -> Result<ExitCode> {
         .with_writer(std::io::stderr)
         .init();
     let path = config::locate(explicit)?;
-    let mut config = Config::load(&path)?;
-    resolve_relative_paths(&mut config, &path)?;
+    let config = Config::load(&path)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(run(Arc::new(config)))?;
     Ok(ExitCode::SUCCESS)
@@ -73,26 +72,5 @@ async fn run(config: Arc<Config>) -> Result<()> {
     }
     supervisor.shutdown().await;
     tracing::info!("stopped");
-    Ok(())
-}
-
-/// A relative `workdir` or `data_dir` is relative to the configuration file's directory.
-fn resolve_relative_paths(config: &mut Config, path: &Path) -> Result<()> {
-    let base = path
-        .canonicalize()
-        .with_context(|| format!("resolving {}", path.display()))?
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    if config.settings.data_dir.is_relative() {
-        config.settings.data_dir = base.join(&config.settings.data_dir);
-    }
-    for service in config.service.values_mut() {
-        if let Some(workdir) = &service.workdir {
-            if workdir.is_relative() {
-                service.workdir = Some(base.join(workdir));
-            }
-        }
-    }
     Ok(())
 }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{
     cgroup::{InstanceCgroup, Limits},
-    environment::{self, Placeholders, DEFAULT_PATH},
+    environment::{self, DEFAULT_PATH},
     identity::{self, RunAs},
     init::InitSpec,
     launch::{Launch, Wrapper},
@@ -47,13 +47,10 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
     create_data_dir(&settings.data_dir, &data_dir, &run_as, root)?;
     let port = shared.ports.lease().with_context(|| format!("{name}: no port"))?;
     let workdir = service.workdir.clone().unwrap_or_else(|| data_dir.clone());
-    let placeholders = Placeholders {
-        name,
-        data_dir: &data_dir,
-        port: port.port(),
-    };
-    let mut argv = environment::argv(service, &placeholders)?;
-    let env = environment::variables(service, &placeholders, |key| std::env::var(key).ok());
+    let mut argv = environment::argv(service, name)?;
+    let env = environment::variables(service, name, &data_dir, port.port(), |key| {
+        std::env::var(key).ok()
+    });
     let search = environment::lookup(&env, "PATH").unwrap_or(DEFAULT_PATH);
     let program = identity::resolve_program(&argv[0], &workdir, search, &run_as)
         .with_context(|| format!("{name}: starting its command"))?;
