@@ -63,7 +63,7 @@ pub fn command(launch: &Launch, join: Vec<OwnedFd>) -> Result<(Command, String)>
         Wrapper::Init(spec) => {
             // The init needs root until it has built the namespaces; it drops to the tenant
             // itself, and hands its environment on to the app.
-            let mut command = Command::new("/proc/self/exe");
+            let mut command = Command::new(helper_binary());
             command
                 .arg0("tenement-init")
                 .arg("__init")
@@ -101,6 +101,15 @@ pub fn command(launch: &Launch, join: Vec<OwnedFd>) -> Result<(Command, String)>
         command.pre_exec(move || setup.apply());
     }
     Ok((command, what))
+}
+
+/// The binary that provides `__init` and `__guard`: tenement itself, even if its file was
+/// replaced on disk meanwhile. A program embedding the supervisor (the tests) names the
+/// tenement binary in `TENEMENT_HELPER_BIN`.
+pub fn helper_binary() -> PathBuf {
+    std::env::var_os("TENEMENT_HELPER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
 }
 
 /// Everything the child does between fork and exec, prepared beforehand.

@@ -398,7 +398,7 @@ impl Supervisor {
 /// Ctrl-C reaches tenement's graceful shutdown first.
 async fn start_guard(spawner: &Spawner, tree: &CgroupTree) -> Result<()> {
     use std::os::unix::process::CommandExt;
-    let mut command = std::process::Command::new("/proc/self/exe");
+    let mut command = std::process::Command::new(launch::helper_binary());
     command
         .arg0("tenement-guard")
         .arg("__guard")

@@ -246,18 +246,24 @@ impl Drop for Daemon {
         }
         // Whatever is left (a failed test, a killed daemon): kill it by cgroup, remove the
         // groups.
-        for dir in self.cgroup_dirs() {
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                for group in entries.flatten().filter(|e| e.path().is_dir()) {
-                    kill_cgroup(&group.path());
-                }
-            }
-            kill_cgroup(&dir);
-        }
+        clean_cgroups(&self.data_dir);
         for pid in self.tenant_processes() {
             // SAFETY: as above.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
+    }
+}
+
+/// Kills every process in the cgroups of the tenement using `data_dir` and removes them.
+pub fn clean_cgroups(data_dir: &Path) {
+    let layout = CgroupLayout::detect().unwrap();
+    for dir in CgroupTree::plan(&layout, data_dir).dirs() {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for group in entries.flatten().filter(|e| e.path().is_dir()) {
+                kill_cgroup(&group.path());
+            }
+        }
+        kill_cgroup(dir);
     }
 }
 
