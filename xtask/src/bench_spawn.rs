@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::util;
 
-const SAMPLES: usize = 7;
+const SAMPLES: usize = 9;
 
 /// A program that only listens: isolates tenement's own cost from an app's start-up.
 const LISTENER: &str = "import os, socket, time\n\
@@ -54,6 +54,8 @@ fn measure_all(tenement: &Path, scratch: &Path) -> Result<()> {
         let app = scratch.join(format!("{}.py", app_name.replace(' ', "_")));
         std::fs::write(&app, source)?;
         util::step(&format!("{app_name}: direct"));
+        // One unmeasured run first, so that no level pays for a cold page cache.
+        direct(&app)?;
         let direct = median((0..SAMPLES).map(|_| direct(&app)).collect::<Result<_>>()?);
         rows.push((app_name, "direct (reference)", direct));
         for level in ["process", "namespace", "sandbox"] {
@@ -62,6 +64,7 @@ fn measure_all(tenement: &Path, scratch: &Path) -> Result<()> {
                 continue;
             }
             util::step(&format!("{app_name}: isolation = {level}"));
+            through_tenement(tenement, scratch, &app, level, SAMPLES)?;
             let samples = (0..SAMPLES)
                 .map(|n| through_tenement(tenement, scratch, &app, level, n))
                 .collect::<Result<_>>()?;
