@@ -159,7 +159,13 @@ restart = "never"
     let broken = instance("broken:b");
     let first = supervisor.spawn(&broken).await.unwrap_err();
     assert!(
-        matches!(first, StartError::Failed { state: InstanceState::Failed, .. }),
+        matches!(
+            first,
+            StartError::Failed {
+                state: InstanceState::Failed,
+                ..
+            }
+        ),
         "{first:?}"
     );
     let fast = supervisor.ensure_running(&broken).await.unwrap_err();
@@ -191,5 +197,8 @@ restart = "never"
     for dir in tree.dirs() {
         assert!(!dir.exists(), "{} survived the shutdown", dir.display());
     }
-    assert!(store.desired_running().unwrap().contains(&zed), "still wanted");
+    assert!(
+        store.desired_running().unwrap().contains(&zed),
+        "still wanted"
+    );
 }

@@ -55,7 +55,10 @@ plain = ["bob"]
 
     let inside = report(alice);
     let pid = inside["pid"].as_u64().unwrap();
-    assert!(pid <= 3, "the app is PID {pid} in its namespace, expected a small PID");
+    assert!(
+        pid <= 3,
+        "the app is PID {pid} in its namespace, expected a small PID"
+    );
     let procs: Vec<u64> = inside["procs"]
         .as_array()
         .unwrap()
@@ -90,16 +93,25 @@ plain = ["bob"]
     // Its own /tmp: the host's files there are not visible.
     let tmp = listing(alice, std::path::Path::new("/tmp"));
     let top = daemon.scratch.path.file_name().unwrap().to_str().unwrap();
-    assert_eq!(tmp, serde_json::json!([top]), "only the paths it needs are under /tmp");
+    assert_eq!(
+        tmp,
+        serde_json::json!([top]),
+        "only the paths it needs are under /tmp"
+    );
 
     // The process-level neighbour: its own uid, not root, cannot read alice's directory.
     let outside = report(bob);
     let bob_uid = outside["uid"].as_u64().unwrap();
-    assert!(bob_uid != 0 && bob_uid != uid, "each instance has its own uid");
+    assert!(
+        bob_uid != 0 && bob_uid != uid,
+        "each instance has its own uid"
+    );
     let alice_dir = daemon.data_dir.join("ns/alice");
     let refused = listing(bob, &alice_dir);
     assert!(
-        refused.as_str().is_some_and(|e| e.contains("Permission denied")),
+        refused
+            .as_str()
+            .is_some_and(|e| e.contains("Permission denied")),
         "bob can list alice's data directory: {refused}"
     );
     daemon.stop();
@@ -150,7 +162,11 @@ web = ["carol"]
     assert!((61000..=64999).contains(&uid), "dynamic uid {uid}");
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let meta = std::fs::metadata(daemon.data_dir.join("web/carol")).unwrap();
-    assert_eq!(u64::from(meta.uid()), uid, "the data directory belongs to the tenant");
+    assert_eq!(
+        u64::from(meta.uid()),
+        uid,
+        "the data directory belongs to the tenant"
+    );
     assert_eq!(meta.permissions().mode() & 0o777, 0o700);
 
     // The same uid after a restart of tenement.
@@ -176,7 +192,9 @@ fn a_program_the_tenant_may_not_execute_is_a_clear_spawn_error() {
     ));
     daemon.start();
     let events = daemon.wait_events("web:dave", "a failed start", |events| {
-        events.iter().any(|e| e.kind == tenement::store::EventKind::Failed)
+        events
+            .iter()
+            .any(|e| e.kind == tenement::store::EventKind::Failed)
     });
     let failed = events.last().unwrap();
     assert!(
@@ -239,9 +257,15 @@ plain = ["frank"]
     assert!(!runsc.is_empty(), "no runsc process for boxed:erin");
     let status = std::fs::read_to_string(format!("/proc/{}/status", runsc[0])).unwrap();
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    assert!(!uid_line.contains("\t0\t"), "runsc runs as root: {uid_line}");
+    assert!(
+        !uid_line.contains("\t0\t"),
+        "runsc runs as root: {uid_line}"
+    );
     let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", runsc[0])).unwrap();
-    assert!(cgroup.contains("boxed-erin"), "runsc outside its cgroup: {cgroup}");
+    assert!(
+        cgroup.contains("boxed-erin"),
+        "runsc outside its cgroup: {cgroup}"
+    );
     // The neighbour's data directory is hidden inside the sandbox too.
     let seen = listing(port, &daemon.data_dir.join("plain/frank"));
     assert!(

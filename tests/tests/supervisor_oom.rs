@@ -37,7 +37,10 @@ fn out_of_memory_is_killed_recorded_and_restarted() {
         let oom = events.iter().position(|e| e.kind == EventKind::OomKilled);
         oom.is_some_and(|at| events[at..].iter().any(|e| e.kind == EventKind::Ready))
     });
-    let oom = events.iter().find(|e| e.kind == EventKind::OomKilled).unwrap();
+    let oom = events
+        .iter()
+        .find(|e| e.kind == EventKind::OomKilled)
+        .unwrap();
     assert!(
         oom.detail.contains("OOM") && oom.detail.contains("memory_limit_mb = 64"),
         "{}",
@@ -47,15 +50,24 @@ fn out_of_memory_is_killed_recorded_and_restarted() {
         .iter()
         .find(|e| e.kind == EventKind::Restarted)
         .unwrap_or_else(|| panic!("no restart:\n{}", describe(&events)));
-    assert!(restart.detail.starts_with("backoff 300ms"), "{}", restart.detail);
+    assert!(
+        restart.detail.starts_with("backoff 300ms"),
+        "{}",
+        restart.detail
+    );
     let glutton = daemon.wait_ready("hungry:glutton", 2);
     assert_eq!(get(glutton, "/health").unwrap().0, 200, "it serves again");
 
     // The neighbour: same process, never restarted, still answering.
     let (status, now) = get(neighbour, "/").unwrap();
     assert_eq!(status, 200);
-    let pid = |report: &str| serde_json::from_str::<serde_json::Value>(report).unwrap()["pid"].clone();
-    assert_eq!(pid(&now), pid(&neighbour_pid), "the neighbour was restarted");
+    let pid =
+        |report: &str| serde_json::from_str::<serde_json::Value>(report).unwrap()["pid"].clone();
+    assert_eq!(
+        pid(&now),
+        pid(&neighbour_pid),
+        "the neighbour was restarted"
+    );
     assert_eq!(
         daemon.kinds("hungry:neighbour"),
         [EventKind::Spawned, EventKind::Ready],

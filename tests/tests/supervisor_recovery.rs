@@ -36,13 +36,19 @@ isolation = "namespace"
         daemon.wait_ready(name, 1);
     }
     let before = daemon.tenant_processes();
-    assert!(before.len() >= 7, "apps, background children, inits: {before:?}");
+    assert!(
+        before.len() >= 7,
+        "apps, background children, inits: {before:?}"
+    );
 
     daemon.kill9();
     eventually("every tenant process to die with tenement", || {
         before.iter().all(|pid| !alive(*pid)).then_some(())
     });
-    assert!(daemon.instance_cgroups().is_empty(), "the guard removed the groups");
+    assert!(
+        daemon.instance_cgroups().is_empty(),
+        "the guard removed the groups"
+    );
 
     // web:b is no longer in [instances]; it comes back because it was running.
     std::fs::write(
@@ -57,7 +63,10 @@ isolation = "namespace"
         assert_eq!(status, 200, "{name}: {body}");
     }
     for pid in &before {
-        assert!(!alive(*pid), "process {pid} of the first run is still alive");
+        assert!(
+            !alive(*pid),
+            "process {pid} of the first run is still alive"
+        );
     }
 
     // Both streams of the first run are still searchable.
@@ -74,7 +83,11 @@ isolation = "namespace"
             })
             .unwrap();
         let found: Vec<_> = found.into_iter().filter(|l| l.stream == stream).collect();
-        assert_eq!(found.len(), 2, "{text:?} once per run of tenement: {found:?}");
+        assert_eq!(
+            found.len(),
+            2,
+            "{text:?} once per run of tenement: {found:?}"
+        );
     }
     daemon.stop();
 }
@@ -121,7 +134,9 @@ fn leftovers_of_a_killed_run_are_cleaned_at_start() {
     // ...until the next start finds and kills it.
     daemon.start();
     assert!(!alive(bg_pid), "the leftover was not cleaned at start");
-    assert!(daemon.log().contains("killed processes left by an earlier run"));
+    assert!(daemon
+        .log()
+        .contains("killed processes left by an earlier run"));
     daemon.wait_ready("web:d", 2);
     daemon.stop();
 }

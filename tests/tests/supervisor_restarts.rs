@@ -33,7 +33,10 @@ fn crash_loop_backs_off_then_fails() {
         "crashloop",
         "max_restarts = 3\nrestart_window = 300\nbackoff_base_ms = 200\nbackoff_max_ms = 10000",
     );
-    let app = daemon.app("crash.py", "import sys\nprint('about to crash', flush=True)\nsys.exit(3)\n");
+    let app = daemon.app(
+        "crash.py",
+        "import sys\nprint('about to crash', flush=True)\nsys.exit(3)\n",
+    );
     daemon.configure(&format!(
         "[service.crashy]\ncommand = \"/usr/bin/python3 {}\"\n\n[instances]\ncrashy = [\"g\"]\n",
         app.display()
@@ -42,10 +45,23 @@ fn crash_loop_backs_off_then_fails() {
     let events = daemon.wait_events("crashy:g", "failed", |events| {
         events.last().is_some_and(|e| e.kind == EventKind::Failed)
     });
-    let restarts: Vec<&Event> = events.iter().filter(|e| e.kind == EventKind::Restarted).collect();
-    assert_eq!(restarts.len(), 3, "max_restarts = 3:\n{}", describe(&events));
+    let restarts: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Restarted)
+        .collect();
+    assert_eq!(
+        restarts.len(),
+        3,
+        "max_restarts = 3:\n{}",
+        describe(&events)
+    );
     let delays: Vec<u64> = restarts.iter().map(|e| backoff_ms(e)).collect();
-    assert_eq!(delays, [200, 400, 800], "exponential backoff:\n{}", describe(&events));
+    assert_eq!(
+        delays,
+        [200, 400, 800],
+        "exponential backoff:\n{}",
+        describe(&events)
+    );
     assert_eq!(count(&events, EventKind::Spawned), 4);
     assert_eq!(count(&events, EventKind::Crashed), 4);
     assert!(events
@@ -53,12 +69,19 @@ fn crash_loop_backs_off_then_fails() {
         .filter(|e| e.kind == EventKind::Crashed)
         .all(|e| e.detail.contains("exit code 3")));
     // Each new attempt started no earlier than its backoff after the restart decision.
-    for (index, restart) in events.iter().enumerate().filter(|(_, e)| e.kind == EventKind::Restarted) {
+    for (index, restart) in events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.kind == EventKind::Restarted)
+    {
         let next_spawn = events[index..]
             .iter()
             .find(|e| e.kind == EventKind::Spawned)
             .expect("a spawn follows each restart");
-        let waited = next_spawn.time.duration_since(restart.time).unwrap_or_default();
+        let waited = next_spawn
+            .time
+            .duration_since(restart.time)
+            .unwrap_or_default();
         assert!(
             waited >= Duration::from_millis(backoff_ms(restart)),
             "respawned after {waited:?}, before its backoff:\n{}",
@@ -100,8 +123,16 @@ fn never_healthy_app_is_restarted_then_failed() {
         events.last().is_some_and(|e| e.kind == EventKind::Failed)
     });
     assert_eq!(count(&events, EventKind::Ready), 0, "{}", describe(&events));
-    assert_eq!(count(&events, EventKind::Restarted), 2, "{}", describe(&events));
-    let failed_starts: Vec<&Event> = events.iter().filter(|e| e.kind == EventKind::Crashed).collect();
+    assert_eq!(
+        count(&events, EventKind::Restarted),
+        2,
+        "{}",
+        describe(&events)
+    );
+    let failed_starts: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Crashed)
+        .collect();
     assert_eq!(failed_starts.len(), 3, "{}", describe(&events));
     assert!(
         failed_starts
@@ -110,7 +141,10 @@ fn never_healthy_app_is_restarted_then_failed() {
         "{}",
         describe(&events)
     );
-    assert!(daemon.tenant_processes().is_empty(), "nothing runs once failed");
+    assert!(
+        daemon.tenant_processes().is_empty(),
+        "nothing runs once failed"
+    );
     daemon.stop();
 }
 
@@ -143,7 +177,10 @@ fn app_turning_unhealthy_is_degraded_then_restarted() {
         count(events, EventKind::Ready) >= 2
     });
     let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
-    let first_restart = kinds.iter().position(|k| *k == EventKind::Restarted).unwrap();
+    let first_restart = kinds
+        .iter()
+        .position(|k| *k == EventKind::Restarted)
+        .unwrap();
     assert_eq!(
         kinds[..=first_restart],
         [

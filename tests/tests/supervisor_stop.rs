@@ -20,7 +20,10 @@ time.sleep(1000)
 
 /// (pid, session) written by the background child of an instance.
 fn background_child(daemon: &Daemon, instance_dir: &str, name: &str) -> (u32, u32) {
-    let file = daemon.data_dir.join(instance_dir).join(format!("{name}.pid"));
+    let file = daemon
+        .data_dir
+        .join(instance_dir)
+        .join(format!("{name}.pid"));
     eventually(&format!("{} to exist", file.display()), || {
         let text = std::fs::read_to_string(&file).ok()?;
         let mut parts = text.split_whitespace().map(|p| p.parse::<u32>().ok());
@@ -49,7 +52,12 @@ stop_timeout = 2
 
 fn session_of(pid: u32) -> u32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
     fields[3].parse().unwrap()
 }
 
@@ -68,15 +76,12 @@ fn stop_kills_background_children_even_after_setsid() {
     let (escaped, escaped_session) = background_child(&daemon, "escaped/b", "escaped");
     assert!(alive(plain) && alive(escaped));
     let app_pid = eventually("the app of escaped:b", || {
-        daemon
-            .tenant_processes()
-            .into_iter()
-            .find(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                    .unwrap_or_default()
-                    .contains("app.py")
-                    && *pid != escaped
-            })
+        daemon.tenant_processes().into_iter().find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .contains("app.py")
+                && *pid != escaped
+        })
     });
     assert_ne!(
         escaped_session,
@@ -89,7 +94,11 @@ fn stop_kills_background_children_even_after_setsid() {
     for pid in [plain, escaped] {
         assert!(!alive(pid), "background child {pid} survived the stop");
     }
-    assert_eq!(daemon.tenant_processes(), Vec::<u32>::new(), "processes survived");
+    assert_eq!(
+        daemon.tenant_processes(),
+        Vec::<u32>::new(),
+        "processes survived"
+    );
     for dir in daemon.cgroup_dirs() {
         assert!(!dir.exists(), "cgroup {} is still there", dir.display());
     }
@@ -141,7 +150,10 @@ ephemeral = ["e"]
         !Path::new(&daemon.data_dir.join("ephemeral/e")).exists(),
         "storage_persist = false: the data directory is removed after the stop"
     );
-    assert!(daemon.data_dir.join("plain/c").exists(), "persistent data stays");
+    assert!(
+        daemon.data_dir.join("plain/c").exists(),
+        "persistent data stays"
+    );
     // Sleeping instances are not started again with tenement.
     assert!(daemon.store().desired_running().unwrap().is_empty());
     daemon.stop();

@@ -38,7 +38,14 @@ pub fn run() -> Result<()> {
         bail!("bench spawn needs root (cgroups, namespaces, tenant uids)");
     }
     util::step("building tenement (release)");
-    util::cargo(&["build", "--release", "--package", "tenement", "--bin", "tenement"])?;
+    util::cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "tenement",
+        "--bin",
+        "tenement",
+    ])?;
     let tenement = util::workspace_root().join("target/release/tenement");
     let scratch = PathBuf::from(format!("/tmp/tenement-bench-spawn-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
@@ -94,7 +101,9 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// The app started by hand: fork/exec, then connect polling until the port answers.

@@ -53,17 +53,17 @@ async fn run(config: Arc<Config>) -> Result<()> {
     }
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let supervisor = Supervisor::start(
-        config.clone(),
-        store,
-        logs,
-        Arc::new(Mutex::new(monitor)),
-    )
-    .await?;
+    let supervisor =
+        Supervisor::start(config.clone(), store, logs, Arc::new(Mutex::new(monitor))).await?;
     tracing::info!(
         "tenement {} serving {} (data in {})",
         env!("CARGO_PKG_VERSION"),
-        config.service.keys().cloned().collect::<Vec<_>>().join(", "),
+        config
+            .service
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
         settings.data_dir.display()
     );
     tokio::select! {

@@ -38,7 +38,11 @@ pub async fn wait_listening(port: u16, listening: &Notify) {
 
 async fn accepts(port: u16) -> bool {
     matches!(
-        timeout(CONNECT_POLL * 10, TcpStream::connect((Ipv4Addr::LOCALHOST, port))).await,
+        timeout(
+            CONNECT_POLL * 10,
+            TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        )
+        .await,
         Ok(Ok(_))
     )
 }
@@ -48,18 +52,18 @@ async fn accepts(port: u16) -> bool {
 pub async fn check(port: u16, path: Option<&str>, wait: Duration) -> Result<(), String> {
     let wait = wait.min(PROBE_TIMEOUT);
     match path {
-        None => {
-            match timeout(wait, TcpStream::connect((Ipv4Addr::LOCALHOST, port))).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(err)) => Err(format!("port {port} refused a connection: {err}")),
-                Err(_) => Err(format!("port {port} did not accept within {wait:?}")),
-            }
-        }
+        None => match timeout(wait, TcpStream::connect((Ipv4Addr::LOCALHOST, port))).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(format!("port {port} refused a connection: {err}")),
+            Err(_) => Err(format!("port {port} did not accept within {wait:?}")),
+        },
         Some(path) => match timeout(wait, get_status(port, path)).await {
             Ok(Ok(status)) if (200..300).contains(&status) => Ok(()),
             Ok(Ok(status)) => Err(format!("GET {path} answered {status}")),
             Ok(Err(err)) => Err(format!("GET {path} on port {port} failed: {err}")),
-            Err(_) => Err(format!("GET {path} on port {port} gave no answer within {wait:?}")),
+            Err(_) => Err(format!(
+                "GET {path} on port {port} gave no answer within {wait:?}"
+            )),
         },
     }
 }
@@ -135,7 +139,10 @@ mod tests {
         let garbage = server("hello\n").await;
         let wait = Duration::from_secs(2);
         assert_eq!(check(ok, Some("/health"), wait).await, Ok(()));
-        assert!(check(bad, Some("/health"), wait).await.unwrap_err().contains("503"));
+        assert!(check(bad, Some("/health"), wait)
+            .await
+            .unwrap_err()
+            .contains("503"));
         assert!(check(garbage, Some("/h"), wait).await.is_err());
         assert_eq!(check(ok, None, wait).await, Ok(()));
         let closed = {

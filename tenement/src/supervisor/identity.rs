@@ -141,7 +141,12 @@ pub fn may_execute(path: &Path, run_as: &RunAs) -> Result<()> {
         std::env::current_dir()?.join(path)
     };
     let mut dir = PathBuf::from("/");
-    for part in absolute.parent().into_iter().flat_map(Path::components).skip(1) {
+    for part in absolute
+        .parent()
+        .into_iter()
+        .flat_map(Path::components)
+        .skip(1)
+    {
         dir.push(part);
         let meta = std::fs::metadata(&dir)
             .with_context(|| format!("cannot execute {}: {}", path.display(), dir.display()))?;
@@ -210,7 +215,10 @@ mod tests {
         let missing = resolve_program("no-such-tool-x", Path::new("/"), "/bin", &root)
             .unwrap_err()
             .to_string();
-        assert!(missing.contains("no-such-tool-x") && missing.contains("/bin"), "{missing}");
+        assert!(
+            missing.contains("no-such-tool-x") && missing.contains("/bin"),
+            "{missing}"
+        );
 
         let dir = std::env::temp_dir().join(format!("identity-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

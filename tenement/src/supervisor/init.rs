@@ -203,7 +203,10 @@ fn exec_app(spec: &InitSpec, argv: &[String]) -> ! {
         Err(_) => fail("an argument contains a NUL byte"),
     };
     let err = nix::unistd::execv(&args[0], &args).unwrap_err();
-    fail(&format!("cannot execute {} as uid {}: {err}", argv[0], spec.uid))
+    fail(&format!(
+        "cannot execute {} as uid {}: {err}",
+        argv[0], spec.uid
+    ))
 }
 
 /// Runs in the new mount namespace, as root, before the app exists.
@@ -245,7 +248,11 @@ fn apply_cover(cover: &Cover) -> Result<(), String> {
             .map_err(|e| format!("opening {}: {e}", path.display()))
         })
         .collect::<Result<_, _>>()?;
-    let mode = if cover.writable { "mode=1777" } else { "mode=0755" };
+    let mode = if cover.writable {
+        "mode=1777"
+    } else {
+        "mode=0755"
+    };
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mount(Some("tmpfs"), &cover.dir, Some("tmpfs"), flags, Some(mode))
         .map_err(|e| format!("covering {}: {e}", cover.dir.display()))?;

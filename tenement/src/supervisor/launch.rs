@@ -21,9 +21,7 @@ use std::{
 
 use anyhow::Result;
 
-use super::{
-    environment::DEFAULT_PATH, identity::RunAs, init::InitSpec, sandbox::SandboxLaunch,
-};
+use super::{environment::DEFAULT_PATH, identity::RunAs, init::InitSpec, sandbox::SandboxLaunch};
 
 /// How the instance's program is reached.
 pub enum Wrapper {
@@ -45,10 +43,10 @@ pub struct Launch {
 /// The command, ready for the spawner thread, and what it runs for error messages
 /// ("runsc as uid 61000 in /dir"). `join` are the instance's open `cgroup.procs` files.
 pub fn command(launch: &Launch, join: Vec<OwnedFd>) -> Result<(Command, String)> {
-    let uid = launch
-        .run_as
-        .as_ref()
-        .map_or_else(|| "tenement's uid".to_string(), |r| format!("uid {}", r.uid));
+    let uid = launch.run_as.as_ref().map_or_else(
+        || "tenement's uid".to_string(),
+        |r| format!("uid {}", r.uid),
+    );
     let (mut command, setup, what) = match &launch.wrapper {
         Wrapper::Direct => {
             let mut command = Command::new(&launch.argv[0]);
@@ -57,7 +55,11 @@ pub fn command(launch: &Launch, join: Vec<OwnedFd>) -> Result<(Command, String)>
                 .env_clear()
                 .envs(launch.env.iter().map(|(k, v)| (k, v)));
             let setup = ChildSetup::new(join, launch.run_as.as_ref(), Some(&launch.workdir))?;
-            let what = format!("{} as {uid} in {}", launch.argv[0], launch.workdir.display());
+            let what = format!(
+                "{} as {uid} in {}",
+                launch.argv[0],
+                launch.workdir.display()
+            );
             (command, setup, what)
         }
         Wrapper::Init(spec) => {
@@ -73,7 +75,11 @@ pub fn command(launch: &Launch, join: Vec<OwnedFd>) -> Result<(Command, String)>
                 .env_clear()
                 .envs(launch.env.iter().map(|(k, v)| (k, v)));
             let setup = ChildSetup::new(join, None, Some(Path::new("/")))?;
-            (command, setup, format!("tenement's namespace init for {}", launch.argv[0]))
+            (
+                command,
+                setup,
+                format!("tenement's namespace init for {}", launch.argv[0]),
+            )
         }
         Wrapper::Sandbox(sandbox) => {
             let mut command = Command::new(&sandbox.runsc);
@@ -81,8 +87,7 @@ pub fn command(launch: &Launch, join: Vec<OwnedFd>) -> Result<(Command, String)>
                 .args(&sandbox.args)
                 .env_clear()
                 .env("PATH", DEFAULT_PATH);
-            let setup =
-                ChildSetup::new(join, launch.run_as.as_ref(), Some(&sandbox.state_dir))?;
+            let setup = ChildSetup::new(join, launch.run_as.as_ref(), Some(&sandbox.state_dir))?;
             let what = format!(
                 "{} as {uid} in {}",
                 sandbox.runsc.display(),

@@ -296,7 +296,8 @@ impl Supervisor {
     pub async fn restart(&self, name: &InstanceName) -> Result<InstanceInfo, StartError> {
         let instance = self.shared.known_service(name)?;
         self.shared.stop_run(&instance, StopKind::Restart).await;
-        self.shared.record(&instance, EventKind::Restarted, "restart requested");
+        self.shared
+            .record(&instance, EventKind::Restarted, "restart requested");
         self.wake(&instance).await?;
         Ok(instance.info())
     }
@@ -415,7 +416,10 @@ async fn start_guard(spawner: &Spawner, tree: &CgroupTree) -> Result<()> {
             Ok(())
         });
     }
-    let child = spawner.spawn(command).await.context("starting tenement's guard process")?;
+    let child = spawner
+        .spawn(command)
+        .await
+        .context("starting tenement's guard process")?;
     let mut child = spawner::Child::watch(child)?;
     tokio::spawn(async move {
         if let Ok(status) = child.wait().await {
@@ -474,11 +478,9 @@ impl Shared {
     }
 
     fn entry(&self, name: &InstanceName) -> Result<Arc<Instance>> {
-        let service = self
-            .config
-            .service
-            .get(&name.service)
-            .with_context(|| format!("{name}: no service {:?} in the configuration", name.service))?;
+        let service = self.config.service.get(&name.service).with_context(|| {
+            format!("{name}: no service {:?} in the configuration", name.service)
+        })?;
         let created = {
             let mut instances = self.lock_instances();
             if let Some(instance) = instances.get(name) {
@@ -516,9 +518,7 @@ impl Shared {
             let stopping = {
                 let mut run = instance.lock_run();
                 match run.as_ref() {
-                    Some(handle) if !handle.finished() && handle.stopping() => {
-                        handle.done.clone()
-                    }
+                    Some(handle) if !handle.finished() && handle.stopping() => handle.done.clone(),
                     Some(handle) if !handle.finished() => return,
                     _ => {
                         let (stop, stop_rx) = watch::channel(None);
@@ -529,7 +529,12 @@ impl Shared {
                             s.last_error = None;
                             s.cannot_start = false;
                         });
-                        tokio::spawn(runner::run(self.clone(), instance.clone(), stop_rx, done_tx));
+                        tokio::spawn(runner::run(
+                            self.clone(),
+                            instance.clone(),
+                            stop_rx,
+                            done_tx,
+                        ));
                         return;
                     }
                 }

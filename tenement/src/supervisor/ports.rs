@@ -107,7 +107,11 @@ mod tests {
     fn free_range(size: u16) -> [u16; 2] {
         // A range whose ports are all free right now.
         loop {
-            let base = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let base = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
             if base > 60000 {
                 continue;
             }

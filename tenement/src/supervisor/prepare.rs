@@ -42,10 +42,18 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
              mount namespaces is a privileged operation); use \"process\" or \"sandbox\""
         );
     }
-    let run_as = identity::resolve(name, service.user.as_deref(), settings.uid_range, &shared.store)?;
+    let run_as = identity::resolve(
+        name,
+        service.user.as_deref(),
+        settings.uid_range,
+        &shared.store,
+    )?;
     let data_dir = data_dir(&settings.data_dir, name);
     create_data_dir(&settings.data_dir, &data_dir, &run_as, root)?;
-    let port = shared.ports.lease().with_context(|| format!("{name}: no port"))?;
+    let port = shared
+        .ports
+        .lease()
+        .with_context(|| format!("{name}: no port"))?;
     let workdir = service.workdir.clone().unwrap_or_else(|| data_dir.clone());
     let mut argv = environment::argv(service, name)?;
     let env = environment::variables(service, name, &data_dir, port.port(), |key| {

@@ -90,7 +90,9 @@ async fn check_quotas(shared: Arc<Shared>) {
                 bytes.div_ceil(1024 * 1024)
             );
             tracing::warn!("{}: {detail}", instance.name);
-            shared.logs.system(&instance.name, &format!("warning: {detail}"));
+            shared
+                .logs
+                .system(&instance.name, &format!("warning: {detail}"));
             shared.record(&instance, EventKind::QuotaExceeded, &detail);
         }
     }

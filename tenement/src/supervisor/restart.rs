@@ -20,11 +20,16 @@ pub enum Ending {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
-    Restart { delay: Duration },
+    Restart {
+        delay: Duration,
+    },
     /// The policy says no (a clean exit under `on-failure`, anything under `never`).
     Stay,
     /// Too many restarts within the window.
-    GiveUp { restarts: usize, window: Duration },
+    GiveUp {
+        restarts: usize,
+        window: Duration,
+    },
 }
 
 #[derive(Debug)]

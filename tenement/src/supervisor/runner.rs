@@ -64,7 +64,9 @@ pub async fn run(
             }
             AttemptEnd::CannotStart(reason) => {
                 shared.record(&instance, EventKind::Failed, &reason);
-                shared.logs.system(&instance.name, &format!("cannot start: {reason}"));
+                shared
+                    .logs
+                    .system(&instance.name, &format!("cannot start: {reason}"));
                 tracing::error!("{reason}");
                 shared.update(&instance, |s| {
                     s.state = InstanceState::Failed;
@@ -82,7 +84,9 @@ pub async fn run(
                 let how = spawner::describe(status);
                 let what = if oom_killed {
                     let limit = instance.service.memory_limit_mb.unwrap_or_default();
-                    let what = format!("killed by the kernel's OOM killer ({how}, memory_limit_mb = {limit})");
+                    let what = format!(
+                        "killed by the kernel's OOM killer ({how}, memory_limit_mb = {limit})"
+                    );
                     shared.record(&instance, EventKind::OomKilled, &what);
                     what
                 } else if status.success() {
@@ -123,7 +127,11 @@ pub async fn run(
                     let _ = shared.store.set_desired(&instance.name, false);
                     InstanceState::Stopped
                 } else {
-                    shared.record(&instance, EventKind::Failed, &format!("{what}; restart = \"never\""));
+                    shared.record(
+                        &instance,
+                        EventKind::Failed,
+                        &format!("{what}; restart = \"never\""),
+                    );
                     InstanceState::Failed
                 };
                 shared.update(&instance, |s| {
@@ -153,7 +161,10 @@ pub async fn run(
             Decision::Restart { delay } => {
                 let detail = format!("backoff {}ms after: {what}", delay.as_millis());
                 shared.record(&instance, EventKind::Restarted, &detail);
-                shared.logs.system(&instance.name, &format!("restarting in {}ms", delay.as_millis()));
+                shared.logs.system(
+                    &instance.name,
+                    &format!("restarting in {}ms", delay.as_millis()),
+                );
                 tracing::info!("{}: {detail}", instance.name);
                 shared.update(&instance, |s| {
                     s.state = InstanceState::Starting;
@@ -186,7 +197,10 @@ fn finish(shared: &Shared, instance: &Instance, kind: StopKind) {
         StopKind::Sleep => shared.record(
             instance,
             EventKind::IdleStopped,
-            &format!("no traffic for idle_timeout ({}s)", instance.service.idle_timeout),
+            &format!(
+                "no traffic for idle_timeout ({}s)",
+                instance.service.idle_timeout
+            ),
         ),
         StopKind::Restart => {}
     }
@@ -194,7 +208,11 @@ fn finish(shared: &Shared, instance: &Instance, kind: StopKind) {
         let dir = prepare::data_dir(&shared.config.settings.data_dir, &instance.name);
         if let Err(err) = std::fs::remove_dir_all(&dir) {
             if err.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!("{}: removing data directory {}: {err}", instance.name, dir.display());
+                tracing::warn!(
+                    "{}: removing data directory {}: {err}",
+                    instance.name,
+                    dir.display()
+                );
             }
         }
     }
@@ -298,7 +316,10 @@ async fn attempt(
         s.started_at = Some(SystemTime::now());
         s.cannot_start = false;
         s.cgroup_id = cgroup_id;
-        s.cgroup_path = cgroup.as_ref().and_then(|c| c.path()).map(|p| p.to_path_buf());
+        s.cgroup_path = cgroup
+            .as_ref()
+            .and_then(|c| c.path())
+            .map(|p| p.to_path_buf());
     });
     shared.record(
         instance,
@@ -475,7 +496,10 @@ fn exited(status: std::io::Result<ExitStatus>, ready_for: Option<Duration>) -> A
 async fn wait_ready(instance: &Instance, port: u16) {
     health::wait_listening(port, &instance.listening).await;
     if let Some(path) = instance.service.health.as_deref() {
-        while health::check(port, Some(path), Duration::from_secs(2)).await.is_err() {
+        while health::check(port, Some(path), Duration::from_secs(2))
+            .await
+            .is_err()
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -112,7 +112,11 @@ fn chown(path: &Path, run_as: &RunAs) -> Result<()> {
 fn oci_config(spec: &SandboxSpec) -> Value {
     let mut mounts = vec![json!({"destination": "/proc", "type": "proc", "source": "proc"})];
     for cover in spec.covers {
-        let mode = if cover.writable { "mode=1777" } else { "mode=0755" };
+        let mode = if cover.writable {
+            "mode=1777"
+        } else {
+            "mode=0755"
+        };
         mounts.push(json!({
             "destination": cover.dir, "type": "tmpfs", "source": "tmpfs",
             "options": ["nosuid", "nodev", mode],

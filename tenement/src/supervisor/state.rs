@@ -83,8 +83,13 @@ pub enum StartError {
     /// No such service in the configuration (the service name).
     UnknownService(String),
     /// The instance is in `state`: failed, or stopped while it was starting.
-    Failed { state: InstanceState, reason: String },
-    Timeout { after: Duration },
+    Failed {
+        state: InstanceState,
+        reason: String,
+    },
+    Timeout {
+        after: Duration,
+    },
     /// It could not be started at all (missing program, permissions, runsc not installed).
     Spawn(String),
 }

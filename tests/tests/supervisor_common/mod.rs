@@ -141,7 +141,11 @@ impl Daemon {
             let _ = child.kill();
             panic!("tenement did not stop within {PATIENCE:?}:\n{}", self.log())
         });
-        assert!(status.success(), "tenement exited with {status}:\n{}", self.log());
+        assert!(
+            status.success(),
+            "tenement exited with {status}:\n{}",
+            self.log()
+        );
     }
 
     /// `kill -9` of the daemon.
@@ -168,7 +172,12 @@ impl Daemon {
 
     /// Waits until `done` holds for the events of `name`; panics with them (and the log)
     /// after `PATIENCE`.
-    pub fn wait_events(&self, name: &str, what: &str, done: impl Fn(&[Event]) -> bool) -> Vec<Event> {
+    pub fn wait_events(
+        &self,
+        name: &str,
+        what: &str,
+        done: impl Fn(&[Event]) -> bool,
+    ) -> Vec<Event> {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let events = self.events(name);
@@ -191,7 +200,11 @@ impl Daemon {
         let events = self.wait_events(name, &format!("ready #{times}"), |events| {
             events.iter().filter(|e| e.kind == EventKind::Ready).count() >= times
         });
-        let ready = events.iter().rev().find(|e| e.kind == EventKind::Ready).unwrap();
+        let ready = events
+            .iter()
+            .rev()
+            .find(|e| e.kind == EventKind::Ready)
+            .unwrap();
         ready
             .detail
             .rsplit("port ")
@@ -214,7 +227,12 @@ impl Daemon {
         let mut groups = Vec::new();
         for dir in self.cgroup_dirs() {
             if let Ok(entries) = std::fs::read_dir(&dir) {
-                groups.extend(entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+                groups.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.path().is_dir())
+                        .map(|e| e.path()),
+                );
             }
         }
         groups

@@ -143,7 +143,10 @@ impl InstanceCgroup {
             if Instant::now() >= deadline {
                 bail!(
                     "cgroup {} still holds processes {left:?} after {}s",
-                    self.path().map(Path::display).map(|d| d.to_string()).unwrap_or_default(),
+                    self.path()
+                        .map(Path::display)
+                        .map(|d| d.to_string())
+                        .unwrap_or_default(),
                     timeout.as_secs()
                 );
             }
@@ -213,7 +216,10 @@ fn set_limits(group: &Group, limits: &Limits) -> Result<()> {
     }
     if let (true, Some(weight)) = (group.has("cpu"), limits.cpu_weight) {
         match group.version {
-            Version::V2 => files::write(&dir.join("cpu.weight"), &weight.clamp(1, 10_000).to_string())?,
+            Version::V2 => files::write(
+                &dir.join("cpu.weight"),
+                &weight.clamp(1, 10_000).to_string(),
+            )?,
             Version::V1 => files::write(&dir.join("cpu.shares"), &v1_shares(weight).to_string())?,
         }
     }

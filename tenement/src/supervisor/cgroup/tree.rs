@@ -2,10 +2,7 @@
 //! inside the cgroup tenement runs in, holding one group per instance. Two tenements with
 //! different data directories never touch each other's groups.
 
-use std::{
-    path::Path,
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
@@ -96,7 +93,12 @@ impl CgroupTree {
     pub fn missing_controllers(&self) -> Vec<&'static str> {
         CONTROLLERS
             .into_iter()
-            .filter(|c| !self.roots.iter().any(|r| r.controllers.iter().any(|x| x == c)))
+            .filter(|c| {
+                !self
+                    .roots
+                    .iter()
+                    .any(|r| r.controllers.iter().any(|x| x == c))
+            })
             .collect()
     }
 
@@ -241,7 +243,7 @@ cgroup /sys/fs/cgroup/pids cgroup rw,pids 0 0
         );
         assert_eq!(
             tree.unified_dir(),
-            Some(Path::new(&format!("/sys/fs/cgroup/unified/{name}")).as_ref())
+            Some(Path::new(&format!("/sys/fs/cgroup/unified/{name}")))
         );
         assert!(tree.missing_controllers().is_empty());
     }
