@@ -275,3 +275,42 @@ plain = ["frank"]
     daemon.stop();
     assert!(daemon.instance_cgroups().is_empty());
 }
+
+#[test]
+fn user_names_a_system_user_and_root_only_when_asked() {
+    if !privileged("user_names_a_system_user_and_root_only_when_asked") {
+        return;
+    }
+    let mut daemon = Daemon::new("users", "");
+    let app = daemon.app("app.py", &python_app(""));
+    daemon.configure(&format!(
+        r#"
+[service.nobody]
+command = "/usr/bin/python3 {app}"
+user = "nobody"
+
+[service.admin]
+command = "/usr/bin/python3 {app}"
+user = "root"
+
+[instances]
+nobody = ["j"]
+admin = ["k"]
+"#,
+        app = app.display()
+    ));
+    daemon.start();
+    let nobody = report(daemon.wait_ready("nobody:j", 1));
+    assert_eq!(nobody["uid"], 65534);
+    let admin = report(daemon.wait_ready("admin:k", 1));
+    assert_eq!(
+        admin["uid"], 0,
+        "user = \"root\" is honoured when asked for"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(daemon.data_dir.join("nobody/j"))
+        .unwrap()
+        .uid();
+    assert_eq!(owner, 65534);
+    daemon.stop();
+}
