@@ -49,6 +49,9 @@ impl Config {
         let mut errors = Vec::new();
 
         let mut table = source.root().clone();
+        // Keys whose values are already reported: validation must not report the defaults
+        // standing in for them (`comand = ...` must not also give "command is empty").
+        let mut reported = Vec::new();
         for unknown in schema::unknown_keys(&schema::Shape::config(), &table) {
             let path: Vec<&str> = unknown.path.iter().map(String::as_str).collect();
             let (key, parent) = path.split_last().expect("a key path");
@@ -62,11 +65,17 @@ impl Config {
                 format!("unknown key `{key}` in {}{hint}", source::section(parent)),
             ));
             tree::remove(&mut table, &unknown.path);
+            if let Some(known) = unknown.suggestion {
+                let mut meant = unknown.path.clone();
+                *meant.last_mut().expect("a key path") = known.to_string();
+                reported.push(meant);
+            }
         }
 
         let (config, rejected) = typecheck::deserialize(table, &source, &mut errors);
+        reported.extend(rejected);
         if let Some(config) = &config {
-            validate::validate(config, &source, &rejected, &mut errors);
+            validate::validate(config, &source, &reported, &mut errors);
         }
         match config {
             Some(config) if errors.is_empty() => Ok(config),
@@ -82,7 +91,7 @@ impl Config {
     pub fn to_resolved_toml(&self) -> Result<String, toml::ser::Error> {
         let mut resolved = self.clone();
         resolved.settings.api = Some(self.settings.api_endpoint());
-        toml::to_string_pretty(&resolved)
+        toml::to_string(&resolved)
     }
 
     /// Anchors relative paths at `base`, the directory of the configuration file.

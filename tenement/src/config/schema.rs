@@ -177,7 +177,7 @@ mod tests {
     /// them deserializes with `deny_unknown_fields`, and serializes back to the same keys.
     #[test]
     fn schema_matches_the_model() {
-        let text = include_str!("../../../examples/notes/tenement.toml");
+        let text = include_str!("../../../tests/fixtures/config/full.toml");
         let doc = toml_edit::Document::parse(text).unwrap();
         assert_eq!(unknown_keys(&Shape::config(), doc.as_table()), vec![]);
         let config: Config = toml::from_str(text).unwrap();
