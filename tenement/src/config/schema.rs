@@ -208,4 +208,45 @@ mod tests {
             ]
         );
     }
+
+    /// docs/configuration.md documents every key and shows the full example verbatim, and
+    /// that example (a test fixture) sets every key.
+    #[test]
+    fn docs_and_the_full_example_cover_every_key() {
+        let docs = include_str!("../../../docs/configuration.md");
+        let full = include_str!("../../../tests/fixtures/config/full.toml");
+        let body: String = full
+            .lines()
+            .skip_while(|line| line.starts_with('#') || line.is_empty())
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert!(docs.contains(&body), "docs show a different full example");
+        let keys = [
+            serde_fields::<Config>(),
+            serde_fields::<Settings>(),
+            serde_fields::<Tls>(),
+            serde_fields::<Service>(),
+            serde_fields::<Routing>(),
+        ]
+        .concat();
+        for key in keys {
+            // A value as `key`, a table as `[key]`, `[parent.key]` or `[key.NAME]`.
+            let documented = [
+                format!("`{key}`"),
+                format!("`[{key}]`"),
+                format!(".{key}]`"),
+                format!("`[{key}."),
+            ]
+            .iter()
+            .any(|form| docs.contains(form.as_str()));
+            assert!(documented, "docs miss `{key}`");
+            let set = full.lines().any(|line| {
+                let line = line.trim_start_matches("# ");
+                line.starts_with(&format!("{key} = "))
+                    || line.contains(&format!(".{key}]"))
+                    || line == format!("[{key}]")
+            });
+            assert!(set, "the full example does not set `{key}`");
+        }
+    }
 }
