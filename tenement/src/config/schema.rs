@@ -245,6 +245,7 @@ mod tests {
                 line.starts_with(&format!("{key} = "))
                     || line.contains(&format!(".{key}]"))
                     || line == format!("[{key}]")
+                    || line.starts_with(&format!("[{key}."))
             });
             assert!(set, "the full example does not set `{key}`");
         }
