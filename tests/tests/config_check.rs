@@ -280,6 +280,19 @@ fn strings_that_mean_nothing_usable() {
 }
 
 #[test]
+fn tables_must_be_tables_and_an_alias_stands_alone() {
+    assert_errors(
+        "table-shapes.toml",
+        &[
+            "2:1: `routing` in the top-level table: must be a table, written [routing]",
+            "3:9: `b` in [service]: must be a table, written [service.b]",
+            "4:13: `instances` in the top-level table: invalid type: sequence, expected a map",
+            "9:1: `cpu_shares` in [service.a]: is another name for `cpu_weight`, which is set too; keep one",
+        ],
+    );
+}
+
+#[test]
 fn syntax_errors_point_where_the_parser_stopped() {
     assert_errors(
         "syntax-error.toml",

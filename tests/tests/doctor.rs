@@ -162,14 +162,13 @@ fn reports_this_hosts_cgroup_layout_and_working_ebpf() {
         );
     }
 
-    if host.unified.is_some() {
+    if let Some((mount, own)) = &host.unified {
         let ebpf = line(&lines, "ebpf:");
         assert!(
             ebpf.starts_with("OK   ebpf: cgroup_skb programs loaded, attached to a test cgroup"),
             "{report}"
         );
         // The test cgroup is gone again.
-        let (mount, own) = host.unified.as_ref().unwrap();
         let leftovers: Vec<_> = std::fs::read_dir(mount.join(own))
             .unwrap()
             .filter_map(Result::ok)

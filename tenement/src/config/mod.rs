@@ -52,24 +52,34 @@ impl Config {
         // Keys whose values are already reported: validation must not report the defaults
         // standing in for them (`comand = ...` must not also give "command is empty").
         let mut reported = Vec::new();
-        for unknown in schema::unknown_keys(&schema::Shape::config(), &table) {
-            let path: Vec<&str> = unknown.path.iter().map(String::as_str).collect();
+        for problem in schema::key_problems(&schema::Shape::config(), &table) {
+            let path: Vec<&str> = problem.path.iter().map(String::as_str).collect();
             let (key, parent) = path.split_last().expect("a key path");
-            let hint = unknown
-                .suggestion
-                .map(|known| format!("; did you mean `{known}`?"))
-                .unwrap_or_default();
-            errors.push(source.error(
-                source.key_span(&path),
-                &path,
-                format!("unknown key `{key}` in {}{hint}", source::section(parent)),
-            ));
-            tree::remove(&mut table, &unknown.path);
-            if let Some(known) = unknown.suggestion {
-                let mut meant = unknown.path.clone();
-                *meant.last_mut().expect("a key path") = known.to_string();
-                reported.push(meant);
-            }
+            let section = source::section(parent);
+            let message = match problem.kind {
+                schema::Problem::Unknown { suggestion } => {
+                    let hint = suggestion
+                        .map(|known| format!("; did you mean `{known}`?"))
+                        .unwrap_or_default();
+                    if let Some(known) = suggestion {
+                        let mut meant = problem.path.clone();
+                        *meant.last_mut().expect("a key path") = known.to_string();
+                        reported.push(meant);
+                    }
+                    format!("unknown key `{key}` in {section}{hint}")
+                }
+                schema::Problem::NotATable { named } => format!(
+                    "`{key}` in {section}: must be a table, written [{}{}]",
+                    path.join("."),
+                    if named { ".NAME" } else { "" }
+                ),
+                schema::Problem::AliasOf(field) => format!(
+                    "`{key}` in {section}: is another name for `{field}`, which is set too; keep one"
+                ),
+            };
+            errors.push(source.error(source.key_span(&path), &path, message));
+            tree::remove(&mut table, &problem.path);
+            reported.push(problem.path);
         }
 
         let (config, rejected) = typecheck::deserialize(table, &source, &mut errors);
@@ -98,7 +108,8 @@ impl Config {
     fn resolve_paths(&mut self, base: &Path) {
         let anchor = |path: &mut PathBuf| {
             if path.is_relative() {
-                *path = base.join(&*path);
+                // components() drops the `.` of `workdir = "."`.
+                *path = base.join(&*path).components().collect();
             }
         };
         anchor(&mut self.settings.data_dir);
