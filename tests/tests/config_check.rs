@@ -275,6 +275,8 @@ fn strings_that_mean_nothing_usable() {
             "24:1: `PORT` in [service.api.env]: is set by tenement to the port it gives the instance",
             "25:1: `DB` in [service.api.env]: unknown placeholder `{tenant}`; known: {name}, {id}, {data_dir}, {port}; write {{ and }} for literal braces",
             "26:1: `BAD-NAME` in [service.api.env]: is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)",
+            // A missing command is reported at its service's table.
+            "28:10: `command` in [service.silent]: must name the program to run, e.g. \"/usr/bin/python3 app.py\"",
         ],
     );
 }
