@@ -49,24 +49,43 @@ impl Config {
         let mut errors = Vec::new();
 
         let mut table = source.root().clone();
-        for unknown in schema::unknown_keys(&schema::Shape::config(), &table) {
-            let path: Vec<&str> = unknown.path.iter().map(String::as_str).collect();
+        // Keys whose values are already reported: validation must not report the defaults
+        // standing in for them (`comand = ...` must not also give "command is empty").
+        let mut reported = Vec::new();
+        for problem in schema::key_problems(&schema::Shape::config(), &table) {
+            let path: Vec<&str> = problem.path.iter().map(String::as_str).collect();
             let (key, parent) = path.split_last().expect("a key path");
-            let hint = unknown
-                .suggestion
-                .map(|known| format!("; did you mean `{known}`?"))
-                .unwrap_or_default();
-            errors.push(source.error(
-                source.key_span(&path),
-                &path,
-                format!("unknown key `{key}` in {}{hint}", source::section(parent)),
-            ));
-            tree::remove(&mut table, &unknown.path);
+            let section = source::section(parent);
+            let message = match problem.kind {
+                schema::Problem::Unknown { suggestion } => {
+                    let hint = suggestion
+                        .map(|known| format!("; did you mean `{known}`?"))
+                        .unwrap_or_default();
+                    if let Some(known) = suggestion {
+                        let mut meant = problem.path.clone();
+                        *meant.last_mut().expect("a key path") = known.to_string();
+                        reported.push(meant);
+                    }
+                    format!("unknown key `{key}` in {section}{hint}")
+                }
+                schema::Problem::NotATable { named } => format!(
+                    "`{key}` in {section}: must be a table, written [{}{}]",
+                    path.join("."),
+                    if named { ".NAME" } else { "" }
+                ),
+                schema::Problem::AliasOf(field) => format!(
+                    "`{key}` in {section}: is another name for `{field}`, which is set too; keep one"
+                ),
+            };
+            errors.push(source.error(source.key_span(&path), &path, message));
+            tree::remove(&mut table, &problem.path);
+            reported.push(problem.path);
         }
 
         let (config, rejected) = typecheck::deserialize(table, &source, &mut errors);
+        reported.extend(rejected);
         if let Some(config) = &config {
-            validate::validate(config, &source, &rejected, &mut errors);
+            validate::validate(config, &source, &reported, &mut errors);
         }
         match config {
             Some(config) if errors.is_empty() => Ok(config),
@@ -82,14 +101,15 @@ impl Config {
     pub fn to_resolved_toml(&self) -> Result<String, toml::ser::Error> {
         let mut resolved = self.clone();
         resolved.settings.api = Some(self.settings.api_endpoint());
-        toml::to_string_pretty(&resolved)
+        toml::to_string(&resolved)
     }
 
     /// Anchors relative paths at `base`, the directory of the configuration file.
     fn resolve_paths(&mut self, base: &Path) {
         let anchor = |path: &mut PathBuf| {
             if path.is_relative() {
-                *path = base.join(&*path);
+                // components() drops the `.` of `workdir = "."`.
+                *path = base.join(&*path).components().collect();
             }
         };
         anchor(&mut self.settings.data_dir);

@@ -45,42 +45,72 @@ impl Shape {
     }
 }
 
-/// A key the schema does not know.
+/// serde aliases of the model, as (alias, field): both in one table is a mistake.
+const ALIASES: [(&str, &str); 1] = [("cpu_shares", "cpu_weight")];
+
+/// A key that cannot be deserialized as written, found before serde sees it.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) struct UnknownKey {
+pub(super) struct KeyProblem {
     pub path: Vec<String>,
-    pub suggestion: Option<&'static str>,
+    pub kind: Problem,
 }
 
-/// Every unknown key in `table`, in file order.
-pub(super) fn unknown_keys(shape: &Shape, table: &dyn TableLike) -> Vec<UnknownKey> {
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Problem {
+    /// Not a key of its table; `suggestion` is a known key close to it.
+    Unknown { suggestion: Option<&'static str> },
+    /// Holds a value where a table belongs; `named`: a table of named tables
+    /// (`[service.NAME]`).
+    NotATable { named: bool },
+    /// An alias set beside the field it stands for.
+    AliasOf(&'static str),
+}
+
+/// Every key problem in `table`, in file order.
+pub(super) fn key_problems(shape: &Shape, table: &dyn TableLike) -> Vec<KeyProblem> {
     let mut found = Vec::new();
     walk(shape, table, &mut Vec::new(), &mut found);
     found
 }
 
-fn walk(shape: &Shape, table: &dyn TableLike, path: &mut Vec<String>, found: &mut Vec<UnknownKey>) {
+fn walk(shape: &Shape, table: &dyn TableLike, path: &mut Vec<String>, found: &mut Vec<KeyProblem>) {
     for (key, item) in table.iter() {
         path.push(key.to_string());
-        match shape {
+        let (kind, inner) = match shape {
             Shape::Struct { fields, nested } => {
+                let alias_of = ALIASES
+                    .iter()
+                    .find(|(alias, field)| *alias == key && table.contains_key(field));
                 if !fields.contains(&key) {
-                    found.push(UnknownKey {
-                        path: path.clone(),
-                        suggestion: closest(key, fields),
-                    });
-                } else if let (Some((_, inner)), Some(inner_table)) = (
-                    nested.iter().find(|(name, _)| *name == key),
-                    item.as_table_like(),
-                ) {
-                    walk(inner, inner_table, path, found);
+                    let suggestion = closest(key, fields);
+                    (Some(Problem::Unknown { suggestion }), None)
+                } else if let Some((_, field)) = alias_of {
+                    (Some(Problem::AliasOf(field)), None)
+                } else {
+                    (
+                        None,
+                        nested
+                            .iter()
+                            .find(|(name, _)| *name == key)
+                            .map(|(_, inner)| inner),
+                    )
                 }
             }
-            Shape::Named(entry) => {
-                if let Some(inner_table) = item.as_table_like() {
-                    walk(entry, inner_table, path, found);
-                }
-            }
+            Shape::Named(entry) => (None, Some(&**entry)),
+        };
+        match (kind, inner.map(|inner| (inner, item.as_table_like()))) {
+            (Some(kind), _) => found.push(KeyProblem {
+                path: path.clone(),
+                kind,
+            }),
+            (None, Some((inner, Some(inner_table)))) => walk(inner, inner_table, path, found),
+            (None, Some((inner, None))) => found.push(KeyProblem {
+                path: path.clone(),
+                kind: Problem::NotATable {
+                    named: matches!(inner, Shape::Named(_)),
+                },
+            }),
+            (None, None) => {}
         }
         path.pop();
     }
@@ -177,13 +207,13 @@ mod tests {
     /// them deserializes with `deny_unknown_fields`, and serializes back to the same keys.
     #[test]
     fn schema_matches_the_model() {
-        let text = include_str!("../../../examples/notes/tenement.toml");
+        let text = include_str!("../../../tests/fixtures/config/full.toml");
         let doc = toml_edit::Document::parse(text).unwrap();
-        assert_eq!(unknown_keys(&Shape::config(), doc.as_table()), vec![]);
+        assert_eq!(key_problems(&Shape::config(), doc.as_table()), vec![]);
         let config: Config = toml::from_str(text).unwrap();
         let written = toml::to_string(&config).unwrap();
         let doc = toml_edit::Document::parse(written.as_str()).unwrap();
-        assert_eq!(unknown_keys(&Shape::config(), doc.as_table()), vec![]);
+        assert_eq!(key_problems(&Shape::config(), doc.as_table()), vec![]);
     }
 
     #[test]
@@ -193,19 +223,87 @@ mod tests {
              [service.api]\nidel_timeout = 3\nzzz = 1\n[servce.x]\n",
         )
         .unwrap();
-        let unknown = unknown_keys(&Shape::config(), doc.as_table());
-        let found: Vec<_> = unknown
-            .iter()
-            .map(|u| (u.path.join("."), u.suggestion))
+        let found: Vec<_> = key_problems(&Shape::config(), doc.as_table())
+            .into_iter()
+            .map(|problem| (problem.path.join("."), problem.kind))
+            .collect();
+        let unknown = |suggestion| Problem::Unknown { suggestion };
+        assert_eq!(
+            found,
+            [
+                ("settings.datadir".to_string(), unknown(Some("data_dir"))),
+                (
+                    "service.api.idel_timeout".to_string(),
+                    unknown(Some("idle_timeout"))
+                ),
+                ("service.api.zzz".to_string(), unknown(None)),
+                ("servce".to_string(), unknown(Some("service"))),
+            ]
+        );
+    }
+
+    #[test]
+    fn tables_must_be_tables_and_aliases_alone() {
+        let doc = toml_edit::Document::parse(
+            "settings = []\nservice.a = 3\n[service.b]\ncpu_weight = 1\ncpu_shares = 2\n",
+        )
+        .unwrap();
+        let found: Vec<_> = key_problems(&Shape::config(), doc.as_table())
+            .into_iter()
+            .map(|problem| (problem.path.join("."), problem.kind))
             .collect();
         assert_eq!(
             found,
             [
-                ("settings.datadir".to_string(), Some("data_dir")),
-                ("service.api.idel_timeout".to_string(), Some("idle_timeout")),
-                ("service.api.zzz".to_string(), None),
-                ("servce".to_string(), Some("service")),
+                ("settings".to_string(), Problem::NotATable { named: false }),
+                ("service.a".to_string(), Problem::NotATable { named: false }),
+                (
+                    "service.b.cpu_shares".to_string(),
+                    Problem::AliasOf("cpu_weight")
+                ),
             ]
         );
+    }
+
+    /// docs/configuration.md documents every key and shows the full example verbatim, and
+    /// that example (a test fixture) sets every key.
+    #[test]
+    fn docs_and_the_full_example_cover_every_key() {
+        let docs = include_str!("../../../docs/configuration.md");
+        let full = include_str!("../../../tests/fixtures/config/full.toml");
+        let body: String = full
+            .lines()
+            .skip_while(|line| line.starts_with('#') || line.is_empty())
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert!(docs.contains(&body), "docs show a different full example");
+        let keys = [
+            serde_fields::<Config>(),
+            serde_fields::<Settings>(),
+            serde_fields::<Tls>(),
+            serde_fields::<Service>(),
+            serde_fields::<Routing>(),
+        ]
+        .concat();
+        for key in keys {
+            // A value as `key`, a table as `[key]`, `[parent.key]` or `[key.NAME]`.
+            let documented = [
+                format!("`{key}`"),
+                format!("`[{key}]`"),
+                format!(".{key}]`"),
+                format!("`[{key}."),
+            ]
+            .iter()
+            .any(|form| docs.contains(form.as_str()));
+            assert!(documented, "docs miss `{key}`");
+            let set = full.lines().any(|line| {
+                let line = line.trim_start_matches("# ");
+                line.starts_with(&format!("{key} = "))
+                    || line.contains(&format!(".{key}]"))
+                    || line == format!("[{key}]")
+                    || line.starts_with(&format!("[{key}."))
+            });
+            assert!(set, "the full example does not set `{key}`");
+        }
     }
 }

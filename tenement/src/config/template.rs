@@ -71,10 +71,10 @@ fn pieces(mut text: &str) -> Vec<Piece<'_>> {
         if rest.starts_with("{{") || rest.starts_with("}}") {
             pieces.push(Piece::Brace(rest.as_bytes()[0] as char));
             text = &rest[2..];
-        } else if rest.starts_with('}') {
+        } else if let Some(after) = rest.strip_prefix('}') {
             // A lone `}`: kept literally by `render`, refused by `check`.
             pieces.push(Piece::Text("}"));
-            text = &rest[1..];
+            text = after;
         } else if let Some(end) = rest.find('}') {
             pieces.push(Piece::Placeholder(&rest[1..end]));
             text = &rest[end + 1..];

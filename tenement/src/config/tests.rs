@@ -112,7 +112,7 @@ fn load_anchors_relative_paths_at_the_file() {
     assert_eq!(config.settings.data_dir, dir.join("data"));
     assert_eq!(
         config.service["api"].workdir.as_deref(),
-        Some(dir.join(".").as_path())
+        Some(dir.as_path())
     );
     assert_eq!(
         config.service["abs"].workdir.as_deref(),

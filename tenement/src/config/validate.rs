@@ -39,7 +39,8 @@ pub(super) fn validate(
 
 struct Checker<'a> {
     source: &'a Source<'a>,
-    /// Keys already reported as the wrong type: their defaults stand in, so skip them.
+    /// Keys already reported (a wrong type, a misspelling): defaults stand in for them, so
+    /// checking those would only repeat the report.
     rejected: &'a [Vec<String>],
     errors: &'a mut Vec<ConfigError>,
 }
@@ -114,18 +115,6 @@ fn settings(check: &mut Checker, settings: &Settings) {
                 high - low + 1
             ),
         );
-    } else {
-        for (index, address) in settings.listen.iter().enumerate() {
-            if (low..=high).contains(&address.port()) {
-                check.element(
-                    &at("listen"),
-                    index,
-                    format!(
-                        "{address} is inside port_range {low}-{high}, which instances listen on"
-                    ),
-                );
-            }
-        }
     }
 
     for (key, seconds) in [
