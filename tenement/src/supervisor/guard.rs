@@ -5,7 +5,7 @@
 //! `sleep 1000 &` in its shell command) would not. The guard is a small process started at
 //! boot, outside the instance cgroups and in its own session: when tenement ends for any
 //! reason (`kill -9` included), the kernel signals the guard, which kills everything left in
-//! tenement's instance cgroups, removes those cgroups and exits. On a clean shutdown it
+//! tenement's instance cgroups, removes those cgroups (and the subtree) and exits. On a clean shutdown it
 //! finds nothing to do.
 //!
 //! Terminal and service-manager signals (SIGINT, SIGTERM, SIGHUP) are ignored: a graceful
@@ -42,7 +42,8 @@ pub fn main(parent: i32, subtrees: &[PathBuf]) -> ! {
     exit(0)
 }
 
-/// Kills every process in the instance groups below `subtrees` and removes the groups.
+/// Kills every process in the instance groups below `subtrees` and removes the groups and
+/// the subtrees.
 fn sweep(subtrees: &[PathBuf]) {
     for subtree in subtrees {
         let Ok(entries) = std::fs::read_dir(subtree) else {
@@ -52,6 +53,8 @@ fn sweep(subtrees: &[PathBuf]) {
             empty(&group);
             let _ = std::fs::remove_dir(&group);
         }
+        // The next start creates it again; until then nothing stays behind.
+        let _ = std::fs::remove_dir(subtree);
     }
 }
 
