@@ -427,6 +427,8 @@ async fn supervise(
 
     let interval = Duration::from_secs(shared.config.settings.health_check_interval.max(1));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    // A slow check delays the next one instead of causing a burst.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures = 0;
     let mut oom_seen = 0;
     loop {
