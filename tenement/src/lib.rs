@@ -3,5 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod logs;
 pub mod monitor;
+pub mod store;
 pub mod supervisor;
