@@ -1,10 +1,17 @@
 //! Command line: parses arguments and hands each command to the module that owns it.
 
+mod client;
+mod remote;
+mod table;
+
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::config::{self, Config};
+use crate::{
+    config::{self, Config},
+    systemd::install,
+};
 
 #[derive(Parser)]
 #[command(
@@ -16,6 +23,8 @@ pub struct Cli {
     /// Configuration file [default: $TENEMENT_CONFIG, ./tenement.toml, /etc/tenement/tenement.toml]
     #[arg(long, short = 'c', global = true)]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub server: remote::ServerOptions,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -25,6 +34,17 @@ pub enum Command {
     /// Check or show the configuration
     #[command(subcommand)]
     Config(ConfigCommand),
+    #[command(flatten)]
+    Remote(remote::RemoteCommand),
+    /// Install tenement as a systemd service (unit, default configuration, data directory)
+    Install(install::InstallArgs),
+    /// Remove the systemd service (keeps the configuration and the data)
+    Uninstall(install::UninstallArgs),
+    /// Print a shell completion script
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -55,6 +75,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ConfigCommand::Check => println!("{}: ok", path.display()),
                 ConfigCommand::Show => print!("{}", toml::to_string_pretty(&config)?),
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Remote(command) => {
+            remote::run(command, &cli.server, cli.config.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Install(args) => {
+            install::install(&args, cli.config.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Uninstall(args) => {
+            install::uninstall(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "tenement", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
     }
