@@ -51,12 +51,28 @@ impl ApiAddress {
         Ok(ApiAddress::Tcp(host_port.to_string()))
     }
 
-    /// The daemon's management listener: `settings.api`, else the socket in the data directory.
+    /// Where a client of this configuration connects: `settings.api`, else the socket in the
+    /// data directory.
     pub fn from_settings(settings: &Settings) -> Result<ApiAddress, String> {
         match &settings.api {
             Some(text) => ApiAddress::parse(text).map_err(|err| format!("settings.api: {err}")),
             None => Ok(ApiAddress::Unix(settings.data_dir.join(SOCKET_FILE))),
         }
+    }
+
+    /// Where the daemon listens: always a unix socket (`settings.api` when it is one, else
+    /// `{data_dir}/tenement.sock`), plus the TCP address when `settings.api` is one. The socket
+    /// stays so root on the machine can always reach the daemon without a token, e.g. to
+    /// issue the first one.
+    pub fn listeners(settings: &Settings) -> Result<Vec<ApiAddress>, String> {
+        let configured = ApiAddress::from_settings(settings)?;
+        Ok(match configured {
+            ApiAddress::Unix(_) => vec![configured],
+            ApiAddress::Tcp(_) => vec![
+                ApiAddress::Unix(settings.data_dir.join(SOCKET_FILE)),
+                configured,
+            ],
+        })
     }
 }
 
@@ -95,6 +111,23 @@ mod tests {
         assert!(ApiAddress::parse("https://x:1").is_err());
         assert!(ApiAddress::parse("8090").is_err());
         assert!(ApiAddress::parse("host:notaport").is_err());
+    }
+
+    #[test]
+    fn the_daemon_keeps_its_socket_beside_tcp() {
+        let mut settings = Settings::default();
+        assert_eq!(
+            ApiAddress::listeners(&settings).unwrap(),
+            [ApiAddress::Unix("/var/lib/tenement/tenement.sock".into())]
+        );
+        settings.api = Some("127.0.0.1:8090".into());
+        assert_eq!(
+            ApiAddress::listeners(&settings).unwrap(),
+            [
+                ApiAddress::Unix("/var/lib/tenement/tenement.sock".into()),
+                ApiAddress::Tcp("127.0.0.1:8090".into())
+            ]
+        );
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub struct Api {
 /// Everything a request handler reads.
 pub(crate) struct Context {
     pub api: Api,
-    pub address: ApiAddress,
+    pub addresses: Vec<ApiAddress>,
     pub metrics: Arc<Metrics>,
     pub started_at: SystemTime,
     pub started: Instant,
@@ -65,45 +65,56 @@ impl Context {
 
 /// The running management listener.
 pub struct ApiServer {
-    address: ApiAddress,
+    addresses: Vec<ApiAddress>,
     metrics: Arc<Metrics>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl ApiServer {
-    /// Binds the management listener (`settings.api`, or `{data_dir}/tenement.sock`) and
-    /// serves it in the background. Returns once it accepts connections.
+    /// Binds the management listeners (see [`ApiAddress::listeners`]) and serves them in the
+    /// background. Returns once they accept connections.
     pub async fn start(api: Api) -> Result<ApiServer> {
-        let address =
-            ApiAddress::from_settings(&api.config.settings).map_err(|err| anyhow::anyhow!(err))?;
-        let listener = listener::Listener::bind(&address).await?;
+        let addresses =
+            ApiAddress::listeners(&api.config.settings).map_err(|err| anyhow::anyhow!(err))?;
+        let mut listeners = Vec::new();
+        for address in &addresses {
+            listeners.push(listener::Listener::bind(address).await?);
+        }
         let metrics = Metrics::new();
         let (stop, shutdown) = watch::channel(false);
         let context = Arc::new(Context {
             api,
-            address: address.clone(),
+            addresses: addresses.clone(),
             metrics: metrics.clone(),
             started_at: SystemTime::now(),
             started: Instant::now(),
             shutdown: shutdown.clone(),
         });
         stats::register_metrics(&context);
-        let task = tokio::spawn(listener.serve(
-            move |peer, request| routes::handle(context.clone(), peer, request),
-            shutdown,
-        ));
-        tracing::info!("management API listening on {address}");
+        let tasks = listeners
+            .into_iter()
+            .map(|listener| {
+                let context = context.clone();
+                tokio::spawn(listener.serve(
+                    move |peer, request| routes::handle(context.clone(), peer, request),
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
+        for address in &addresses {
+            tracing::info!("management API listening on {address}");
+        }
         Ok(ApiServer {
-            address,
+            addresses,
             metrics,
             stop,
-            task,
+            tasks,
         })
     }
 
-    pub fn address(&self) -> &ApiAddress {
-        &self.address
+    pub fn addresses(&self) -> &[ApiAddress] {
+        &self.addresses
     }
 
     /// The `/metrics` registry: other parts add their collectors here.
@@ -114,6 +125,8 @@ impl ApiServer {
     /// Stops accepting, ends open connections and streams, removes the unix socket.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
     }
 }

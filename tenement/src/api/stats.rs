@@ -43,7 +43,7 @@ pub fn status(context: &Context, caller: &Caller) -> ApiResult<Response<Body>> {
         pid: std::process::id(),
         started_at_ms: view::unix_ms(context.started_at),
         uptime_secs: context.started.elapsed().as_secs(),
-        api: context.address.to_string(),
+        api: context.addresses.iter().map(ToString::to_string).collect(),
         data_dir: context.api.config.settings.data_dir.display().to_string(),
         kernel_counters: view::kernel_counters(&context.monitor()),
         services: context.api.config.service.keys().cloned().collect(),

@@ -70,8 +70,8 @@ pub struct StatusView {
     pub pid: u32,
     pub started_at_ms: u64,
     pub uptime_secs: u64,
-    /// The management listener, as the CLI's `--server` accepts it.
-    pub api: String,
+    /// The management listeners, as the CLI's `--server` accepts them.
+    pub api: Vec<String>,
     pub data_dir: String,
     pub kernel_counters: KernelCountersView,
     pub services: Vec<String>,

@@ -434,7 +434,7 @@ fn status_text(status: &StatusView) -> String {
         status.version,
         status.pid,
         table::duration(status.uptime_secs),
-        status.api,
+        status.api.join(", "),
         status.data_dir,
         if status.services.is_empty() {
             "none".to_string()

@@ -70,8 +70,9 @@ data_dir = "{data_dir}"
 # alice.notes.example.com reaches instance notes:alice.
 listen = "127.0.0.1:8080"
 domain = "localhost"
-# Management API (the CLI talks to it): by default the unix socket
-# {data_dir}/tenement.sock, root only. A TCP address needs tokens:
+# Management API (the CLI talks to it): always the unix socket
+# {data_dir}/tenement.sock (root only, no token needed). A TCP address adds a
+# listener where every request needs a token (`tenement token-gen`):
 # api = "127.0.0.1:8090"
 
 # [service.notes]
