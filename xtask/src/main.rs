@@ -63,7 +63,8 @@ fn test(args: &[String]) -> Result<()> {
     util::step("building tenement");
     util::cargo(&["build", "--package", "tenement", "--bin", "tenement"])?;
     util::step("running the test suite");
-    let mut cargo_args = vec!["test", "--workspace"];
+    // tenement-ebpf builds only for the BPF target (tenement/build.rs does that).
+    let mut cargo_args = vec!["test", "--workspace", "--exclude", "tenement-ebpf"];
     cargo_args.extend(args.iter().map(String::as_str));
     util::cargo(&cargo_args)
 }
@@ -72,13 +73,23 @@ fn test(args: &[String]) -> Result<()> {
 fn run_example() -> Result<()> {
     setup::setup(false)?;
     util::step("building tenement");
-    util::cargo(&["build", "--release", "--package", "tenement", "--bin", "tenement"])?;
+    util::cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "tenement",
+        "--bin",
+        "tenement",
+    ])?;
     // Tenants run under their own uids and cannot read a checkout under /root (mode 0700),
     // so the example is served from a world-readable copy.
     let staged = std::path::Path::new("/tmp/tenement-example/app");
     std::fs::create_dir_all(staged)?;
     for file in ["app.py", "tenement.toml"] {
-        std::fs::copy(util::workspace_root().join("examples/notes").join(file), staged.join(file))?;
+        std::fs::copy(
+            util::workspace_root().join("examples/notes").join(file),
+            staged.join(file),
+        )?;
     }
     util::run(std::process::Command::new("chmod").args(["-R", "a+rX", "/tmp/tenement-example"]))?;
     println!(

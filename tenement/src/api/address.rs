@@ -3,13 +3,10 @@
 
 use std::{fmt, path::PathBuf};
 
-use crate::config::Settings;
+use crate::config::{Settings, API_SOCKET_FILE};
 
 /// Used by the CLI when neither `--server`, `TENEMENT_SERVER` nor a configuration names one.
 pub const DEFAULT_SOCKET: &str = "/var/lib/tenement/tenement.sock";
-
-/// The socket file in the data directory, when `settings.api` is unset.
-pub const SOCKET_FILE: &str = "tenement.sock";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ApiAddress {
@@ -54,10 +51,7 @@ impl ApiAddress {
     /// Where a client of this configuration connects: `settings.api`, else the socket in the
     /// data directory.
     pub fn from_settings(settings: &Settings) -> Result<ApiAddress, String> {
-        match &settings.api {
-            Some(text) => ApiAddress::parse(text).map_err(|err| format!("settings.api: {err}")),
-            None => Ok(ApiAddress::Unix(settings.data_dir.join(SOCKET_FILE))),
-        }
+        ApiAddress::parse(&settings.api_endpoint()).map_err(|err| format!("settings.api: {err}"))
     }
 
     /// Where the daemon listens: always a unix socket (`settings.api` when it is one, else
@@ -69,7 +63,7 @@ impl ApiAddress {
         Ok(match configured {
             ApiAddress::Unix(_) => vec![configured],
             ApiAddress::Tcp(_) => vec![
-                ApiAddress::Unix(settings.data_dir.join(SOCKET_FILE)),
+                ApiAddress::Unix(settings.data_dir.join(API_SOCKET_FILE)),
                 configured,
             ],
         })

@@ -43,6 +43,23 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], example: &str) -> ApiResult
             "the request body is empty: expected JSON like {example}"
         )));
     }
+    // Serde would also read a struct from an array (`["api:alice"]`): only objects are
+    // requests.
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        let found = match value {
+            serde_json::Value::Object(_) => None,
+            serde_json::Value::Array(_) => Some("an array"),
+            serde_json::Value::String(_) => Some("a string"),
+            serde_json::Value::Number(_) => Some("a number"),
+            serde_json::Value::Bool(_) => Some("a boolean"),
+            serde_json::Value::Null => Some("null"),
+        };
+        if let Some(found) = found {
+            return Err(ApiError::unprocessable(format!(
+                "invalid request body: invalid type: {found}, expected a JSON object like {example}"
+            )));
+        }
+    }
     serde_json::from_slice(bytes).map_err(|err| {
         use serde_json::error::Category;
         let message = format!("invalid request body: {err}; expected JSON like {example}");
@@ -152,6 +169,8 @@ mod tests {
             "{}",
             wrong_type.message
         );
+        let array = parse_json::<WeightRequest>(b"[5]", example).unwrap_err();
+        assert_eq!(array.status, StatusCode::UNPROCESSABLE_ENTITY);
         let unknown = parse_json::<WeightRequest>(br#"{"wieght": 5}"#, example).unwrap_err();
         assert_eq!(unknown.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert!(unknown.message.contains("wieght"), "{}", unknown.message);

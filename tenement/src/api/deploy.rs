@@ -53,7 +53,7 @@ pub async fn deploy(
         if view::is_live(existing.state) {
             return Err(ApiError::conflict(format!(
                 "{name} is already {}: deploy a new version, or `tenement restart {name}`",
-                view::state_name(existing.state)
+                existing.state.as_str()
             )));
         }
     }
@@ -113,7 +113,7 @@ async fn start_healthy(context: &Context, name: &InstanceName) -> Result<(), Str
             other => {
                 return Err(format!(
                     "it is {}{}",
-                    view::state_name(other),
+                    other.as_str(),
                     last_words(Some(info))
                 ))
             }
@@ -184,7 +184,7 @@ pub async fn route(
     ) {
         return Err(ApiError::conflict(format!(
             "{to} is {}: only a running instance can take traffic (see `tenement logs {to}`)",
-            view::state_name(to_info.state)
+            to_info.state.as_str()
         )));
     }
     supervisor

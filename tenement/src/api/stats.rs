@@ -35,7 +35,7 @@ pub fn status(context: &Context, caller: &Caller) -> ApiResult<Response<Body>> {
     let mut instances = std::collections::BTreeMap::new();
     for info in context.api.supervisor.instances() {
         *instances
-            .entry(view::state_name(info.state).to_string())
+            .entry(info.state.as_str().to_string())
             .or_insert(0) += 1;
     }
     let status = StatusView {
@@ -59,7 +59,7 @@ pub fn one(context: &Context, caller: &Caller, name: &InstanceName) -> ApiResult
         StatusCode::OK,
         &InstanceStatsView {
             name: info.name.to_string(),
-            state: view::state_name(info.state).to_string(),
+            state: info.state.as_str().to_string(),
             stats: view::stats(&info, &monitor),
         },
     ))
@@ -110,7 +110,7 @@ fn snapshot(context: &Context, caller: &Caller) -> StatsSnapshot {
             .filter(|info| caller.may_read(&info.name))
             .map(|info| InstanceStatsView {
                 name: info.name.to_string(),
-                state: view::state_name(info.state).to_string(),
+                state: info.state.as_str().to_string(),
                 stats: view::stats(info, &monitor),
             })
             .collect(),
@@ -201,7 +201,7 @@ fn collect(context: &Context, out: &mut Exposition) {
                 &[
                     ("instance", &name),
                     ("service", &info.name.service),
-                    ("state", view::state_name(state)),
+                    ("state", state.as_str()),
                 ],
                 f64::from(u8::from(info.state == state)),
             );

@@ -8,19 +8,6 @@ use crate::{
     supervisor::{InstanceInfo, InstanceState},
 };
 
-pub fn state_name(state: InstanceState) -> &'static str {
-    match state {
-        InstanceState::Stopped => "stopped",
-        InstanceState::Sleeping => "sleeping",
-        InstanceState::Starting => "starting",
-        InstanceState::Running => "running",
-        InstanceState::Degraded => "degraded",
-        InstanceState::Unhealthy => "unhealthy",
-        InstanceState::Failed => "failed",
-        InstanceState::Stopping => "stopping",
-    }
-}
-
 /// Health only means something while a process is up.
 fn health(state: InstanceState) -> Option<&'static str> {
     match state {
@@ -48,7 +35,7 @@ pub fn instance(info: &InstanceInfo, monitor: &Monitor) -> InstanceView {
         name: info.name.to_string(),
         service: info.name.service.clone(),
         id: info.name.id.clone(),
-        state: state_name(info.state).to_string(),
+        state: info.state.as_str().to_string(),
         health: health(info.state).map(str::to_string),
         pid: info.pid,
         port: info.port,

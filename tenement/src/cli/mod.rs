@@ -2,6 +2,7 @@
 
 mod client;
 mod remote;
+mod serve;
 mod table;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -31,6 +32,9 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Check what this machine offers tenement (kernel, eBPF, cgroups, namespaces, runsc,
+    /// ports, data directory); no daemon needed
+    Doctor,
     /// Check or show the configuration
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -45,6 +49,18 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Run the daemon: start the instances, supervise them, stop them on SIGTERM/SIGINT
+    Serve,
+    /// Internal: first process of a namespaced instance (started by `serve`)
+    #[command(name = "__init", hide = true)]
+    Init {
+        spec: String,
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
+    /// Internal: kills what is left in the instance cgroups when `serve` dies
+    #[command(name = "__guard", hide = true)]
+    Guard { parent: i32, subtrees: Vec<PathBuf> },
 }
 
 #[derive(Subcommand)]
@@ -60,7 +76,17 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            match err.downcast_ref::<config::ConfigErrors>() {
+                // Already one `file:line:column: ...` line per mistake.
+                Some(errors) => {
+                    let count = errors.len();
+                    eprintln!(
+                        "{errors}\n{count} error{}",
+                        if count == 1 { "" } else { "s" }
+                    )
+                }
+                None => eprintln!("error: {err:#}"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -68,12 +94,13 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Doctor => Ok(doctor::run(cli.config.as_deref())),
         Command::Config(command) => {
             let path = config::locate(cli.config.as_deref())?;
             let config = Config::load(&path)?;
             match command {
                 ConfigCommand::Check => println!("{}: ok", path.display()),
-                ConfigCommand::Show => print!("{}", toml::to_string_pretty(&config)?),
+                ConfigCommand::Show => print!("{}", config.to_resolved_toml()?),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -94,5 +121,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(shell, &mut command, "tenement", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve => serve::serve(cli.config.as_deref()),
+        Command::Init { spec, argv } => crate::supervisor::init::main(&spec, &argv),
+        Command::Guard { parent, subtrees } => crate::supervisor::guard::main(parent, &subtrees),
     }
 }
+
+mod doctor;

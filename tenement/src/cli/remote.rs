@@ -246,7 +246,8 @@ async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<
             weight,
             timeout,
         } => {
-            if !json {
+            // A progress note for people watching; scripts get only the result or the error.
+            if !json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
                 eprintln!(
                     "deploying {service}:{version}: waiting up to {timeout}s for it to be healthy"
                 );

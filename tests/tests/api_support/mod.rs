@@ -88,6 +88,8 @@ data_dir = "{data}"
 listen = "127.0.0.1:{http_port}"
 domain = "localhost"
 api = "127.0.0.1:{api_port}"
+# Below the kernel's ephemeral range, where free_port() picks the listeners.
+port_range = [21000, 21999]
 health_check_interval = 1
 {services}
 "#,
