@@ -68,9 +68,16 @@ pub async fn deploy(
         Ok(Ok(())) => {}
         Ok(Err(reason)) => return Err(abandon(context, &name, reason).await),
         Err(_) => {
+            let info = supervisor.info(&name);
+            let state = info.as_ref().map_or("unknown", |info| info.state.as_str());
+            let check = match &context.api.config.service[service].health {
+                Some(path) => format!("its health check GET {path} did not pass"),
+                None => "it did not listen on its port".to_string(),
+            };
             let reason = format!(
-                "it was not healthy after {timeout_secs}s{}",
-                last_words(supervisor.info(&name))
+                "it was still {state} after {timeout_secs}s: {check}{} (`tenement logs {name}` \
+                 shows its output)",
+                last_words(info)
             );
             return Err(abandon(context, &name, reason).await);
         }

@@ -31,6 +31,7 @@ pub fn is_live(state: InstanceState) -> bool {
 
 pub fn instance(info: &InstanceInfo, monitor: &Monitor) -> InstanceView {
     let now = SystemTime::now();
+    let running = info.pid.is_some();
     InstanceView {
         name: info.name.to_string(),
         service: info.name.service.clone(),
@@ -41,9 +42,11 @@ pub fn instance(info: &InstanceInfo, monitor: &Monitor) -> InstanceView {
         port: info.port,
         weight: info.weight,
         restarts: info.restarts,
-        started_at_ms: info.started_at.map(unix_ms),
+        // Only while a process runs: a stopped instance has no uptime.
+        started_at_ms: info.started_at.filter(|_| running).map(unix_ms),
         uptime_secs: info
             .started_at
+            .filter(|_| running)
             .and_then(|started| now.duration_since(started).ok())
             .map(|up| up.as_secs()),
         last_error: info.last_error.clone(),

@@ -33,10 +33,15 @@ impl Client {
         Client { address, token }
     }
 
-    /// `--server`/`TENEMENT_SERVER` if given; else the management listener of the
-    /// configuration (`--config`, `TENEMENT_CONFIG`, ./tenement.toml,
-    /// /etc/tenement/tenement.toml); else the default socket.
-    pub fn resolve_address(server: Option<&str>, config: Option<&Path>) -> Result<ApiAddress> {
+    /// `--server`/`TENEMENT_SERVER` if given. Else from the configuration (`--config`,
+    /// `TENEMENT_CONFIG`, ./tenement.toml, /etc/tenement/tenement.toml): with a token its
+    /// `settings.api`; without one the daemon's unix socket, where root needs none (the
+    /// daemon always listens there, also when `settings.api` is TCP). Else the default socket.
+    pub fn resolve_address(
+        server: Option<&str>,
+        config: Option<&Path>,
+        has_token: bool,
+    ) -> Result<ApiAddress> {
         if let Some(server) = server {
             return ApiAddress::parse(server).map_err(|err| anyhow!("--server: {err}"));
         }
@@ -49,8 +54,16 @@ impl Client {
                 path.display()
             )
         })?;
-        ApiAddress::from_settings(&config.settings)
-            .map_err(|err| anyhow!("{}: {err}", path.display()))
+        let listeners = ApiAddress::listeners(&config.settings)
+            .map_err(|err| anyhow!("{}: {err}", path.display()))?;
+        let preferred = if has_token {
+            listeners.last()
+        } else {
+            listeners.first()
+        };
+        preferred
+            .cloned()
+            .ok_or_else(|| anyhow!("{}: no management listener", path.display()))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {

@@ -93,6 +93,19 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if matches!(
+        cli.command,
+        Command::Remote(_)
+            | Command::Install(_)
+            | Command::Uninstall(_)
+            | Command::Completions { .. }
+    ) {
+        // Printing commands end quietly when their reader does (`tenement ps | head`), as
+        // other Unix tools do, instead of panicking on EPIPE. Not for `serve`: the daemon
+        // must survive a closed socket or pipe.
+        // SAFETY: setting a signal disposition has no memory preconditions.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
         Command::Doctor => Ok(doctor::run(cli.config.as_deref())),
         Command::Config(command) => {

@@ -27,8 +27,8 @@ use crate::{
 /// How the CLI reaches the daemon; every command accepts these.
 #[derive(Args, Clone, Debug)]
 pub struct ServerOptions {
-    /// Management API: unix:/path or http://host:port [default: settings.api of the
-    /// configuration, else unix:/var/lib/tenement/tenement.sock]
+    /// Management API: unix:/path or http://host:port [default: from the configuration, the
+    /// unix socket (with --token: settings.api); else unix:/var/lib/tenement/tenement.sock]
     #[arg(long, env = "TENEMENT_SERVER", global = true, value_name = "ADDRESS")]
     pub server: Option<String>,
     /// API token (not needed as root on the unix socket)
@@ -120,7 +120,8 @@ pub enum RemoteCommand {
 }
 
 pub fn run(command: RemoteCommand, options: &ServerOptions, config: Option<&Path>) -> Result<()> {
-    let address = Client::resolve_address(options.server.as_deref(), config)?;
+    let address =
+        Client::resolve_address(options.server.as_deref(), config, options.token.is_some())?;
     let client = Client::new(address, options.token.clone());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -76,8 +76,18 @@ impl Daemon {
     }
 
     pub fn start_with(scratch: Scratch, services: &str) -> Daemon {
-        let api_port = free_port();
-        let http_port = free_port();
+        // Daemons running at the same time (these tests run in parallel, other tests too)
+        // must not share instance ports: each gets its own block of the ephemeral range.
+        let base = loop {
+            let port = free_port();
+            if (32768..60000).contains(&port) {
+                break port;
+            }
+        };
+        let range = base..=base + 99;
+        let outside = |port: &u16| !range.contains(port);
+        let api_port = std::iter::repeat_with(free_port).find(outside).unwrap();
+        let http_port = std::iter::repeat_with(free_port).find(outside).unwrap();
         let data_dir = scratch.join("data");
         let config = scratch.write(
             "tenement.toml",
@@ -88,12 +98,12 @@ data_dir = "{data}"
 listen = "127.0.0.1:{http_port}"
 domain = "localhost"
 api = "127.0.0.1:{api_port}"
-# Below the kernel's ephemeral range, where free_port() picks the listeners.
-port_range = [21000, 21999]
+port_range = [{base}, {high}]
 health_check_interval = 1
 {services}
 "#,
-                data = data_dir.display()
+                data = data_dir.display(),
+                high = base + 99,
             ),
         );
         let log = scratch.join("daemon.log");
