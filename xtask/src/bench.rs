@@ -3,5 +3,8 @@
 use anyhow::{bail, Result};
 
 pub fn bench(args: &[String]) -> Result<()> {
-    bail!("no benchmark named {:?} yet", args.first())
+    match args.first().map(String::as_str) {
+        Some("spawn") => crate::bench_spawn::run(),
+        other => bail!("no benchmark named {other:?} (known: spawn)"),
+    }
 }

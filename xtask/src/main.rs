@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own tasks, so that a fresh machine needs nothing by hand.
 
 mod bench;
+mod bench_spawn;
 mod setup;
 mod util;
 
@@ -17,7 +18,7 @@ tasks:
   build-ebpf           build the eBPF object and list its programs and maps
   test [ARGS...]       setup, then run the whole test suite (ARGS go to `cargo test`)
   run                  setup, build, and serve the bundled example (examples/notes)
-  bench [proxy]        benchmarks; results go to docs/benchmarks.md
+  bench [proxy|spawn]  benchmarks; results go to docs/benchmarks.md (spawn: docs/isolation.md)
 ";
 
 fn main() -> ExitCode {

@@ -229,6 +229,7 @@ async fn attempt(
         return AttemptEnd::Stopped(kind);
     }
     let name = &instance.name;
+    let began = Instant::now();
     let prepared = match prepare::prepare(shared, name, &instance.service) {
         Ok(prepared) => prepared,
         Err(err) => return AttemptEnd::CannotStart(format!("{err:#}")),
@@ -311,7 +312,16 @@ async fn attempt(
         .to_lowercase(),
     );
 
-    let end = supervise(shared, instance, &mut child, port.port(), cgroup.as_ref(), stop).await;
+    let end = supervise(
+        shared,
+        instance,
+        &mut child,
+        port.port(),
+        cgroup.as_ref(),
+        stop,
+        began,
+    )
+    .await;
 
     // Teardown, whatever happened. A stop gets the grace period; after a crash the orphans
     // of a dead app are killed at once.
@@ -359,10 +369,10 @@ async fn supervise(
     port: u16,
     cgroup: Option<&super::cgroup::InstanceCgroup>,
     stop: &mut watch::Receiver<Option<StopKind>>,
+    began: Instant,
 ) -> AttemptEnd {
     let service = &instance.service;
     let startup = Duration::from_secs(service.startup_timeout);
-    let started = Instant::now();
     let ready = tokio::select! {
         ready = timeout(startup, wait_ready(instance, port)) => ready,
         status = child.wait() => return exited(status, None),
@@ -384,10 +394,14 @@ async fn supervise(
         s.state = InstanceState::Running;
         s.last_error = None;
     });
+    // From the decision to start (cgroup, data directory, fork included) to the first
+    // successful check.
+    let took = began.elapsed().as_millis();
+    tracing::info!("{}: ready in {took}ms on port {port}", instance.name);
     shared.record(
         instance,
         EventKind::Ready,
-        &format!("ready after {}ms on port {port}", started.elapsed().as_millis()),
+        &format!("ready after {took}ms on port {port}"),
     );
 
     let interval = Duration::from_secs(shared.config.settings.health_check_interval.max(1));
