@@ -72,10 +72,11 @@ impl Daemon {
         let scratch = Scratch::new(label);
         let app = scratch.write("app.py", APP);
         let services = api_service(&app);
-        Daemon::start_with(scratch, &services)
+        Daemon::start_with(scratch, &services, &[])
     }
 
-    pub fn start_with(scratch: Scratch, services: &str) -> Daemon {
+    /// Starts `tenement serve` with `services` and extra environment variables.
+    pub fn start_with(scratch: Scratch, services: &str, env: &[(&str, &str)]) -> Daemon {
         // Daemons running at the same time (these tests run in parallel, other tests too)
         // must not share instance ports: each gets its own block of the ephemeral range.
         let base = loop {
@@ -114,6 +115,7 @@ health_check_interval = 1
             .arg("serve")
             .env("RUST_LOG", "info,tenement=debug")
             .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
