@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, UnixListener},
@@ -20,6 +20,9 @@ use tokio::{
 };
 
 use super::{address::ApiAddress, auth::Peer, body::Body};
+
+/// Time a client has to send a complete request head.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub enum Listener {
     Unix(UnixListener, PathBuf),
@@ -105,7 +108,10 @@ where
         let handle = handle.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(peer, request).await) }
     });
+    // A client that never finishes its request head must not hold a connection forever.
     if let Err(err) = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(io), service)
         .await
     {
