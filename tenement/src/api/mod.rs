@@ -1,5 +1,5 @@
-//! The management API: JSON over HTTP on the management listener only (a unix socket in the
-//! data directory by default, `settings.api` otherwise), never on the public listeners.
+//! The management API: JSON over HTTP on the management listeners only (always a unix
+//! socket, plus `settings.api` when it is a TCP address), never on the public listeners.
 //! `docs/api.md` documents every endpoint.
 //!
 //! The CLI (`cli/`) is its client and shares its types (`types`) and address syntax
