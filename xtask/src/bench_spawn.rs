@@ -152,11 +152,17 @@ fn through_tenement(
         .stderr(Stdio::piped())
         .spawn()
         .context("starting tenement serve")?;
+    // Read on a thread to the end: the daemon must never see its log pipe closed.
     let stderr = daemon.stderr.take().expect("piped");
+    let (lines, received) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
     let mut ready = None;
     let mut log = String::new();
-    for line in BufReader::new(stderr).lines() {
-        let line = line?;
+    while let Ok(line) = received.recv_timeout(Duration::from_secs(60)) {
         log.push_str(&line);
         log.push('\n');
         if let Some(ms) = line
@@ -174,6 +180,7 @@ fn through_tenement(
     }
     util::run(Command::new("kill").args(["-TERM", &daemon.id().to_string()]))?;
     let status = daemon.wait()?;
+    let _ = reader.join();
     if !status.success() {
         bail!("tenement serve exited with {status}:\n{log}");
     }

@@ -27,7 +27,7 @@ pub fn serve(explicit: Option<&Path>) -> Result<ExitCode> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
         .init();
     let path = config::locate(explicit)?;
     let config = Config::load(&path)?;
@@ -85,4 +85,20 @@ async fn run(config: Arc<Config>) -> Result<()> {
     supervisor.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// stderr that never fails: a daemon whose log reader went away keeps running (the default
+/// writer's error path panics).
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }

@@ -52,8 +52,11 @@ pub fn resolve(
     if !running_as_root() {
         if let Some(user) = user {
             let me = RunAs::current();
-            let wanted = User::from_name(user).ok().flatten();
-            if wanted.is_none_or(|u| u.uid.as_raw() != me.uid) {
+            let wanted = match user.parse::<u32>() {
+                Ok(uid) => Some(uid),
+                Err(_) => User::from_name(user).ok().flatten().map(|u| u.uid.as_raw()),
+            };
+            if wanted != Some(me.uid) {
                 bail!(
                     "the service of {name} sets user = {user:?}, but tenement does not run as \
                      root and cannot switch users: run tenement as root or remove `user`"
@@ -72,11 +75,25 @@ pub fn resolve(
             })
         }
         Some(user) => {
-            let account = User::from_name(user)
-                .with_context(|| format!("looking up user {user:?} for {name}"))?
-                .with_context(|| {
-                    format!("user {user:?} of {name} does not exist on this system")
-                })?;
+            let account = match user.parse::<u32>() {
+                // A bare uid need not have an account: its gid is then the same number.
+                Ok(uid) => match User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+                    Ok(Some(account)) => account,
+                    _ => {
+                        return Ok(RunAs {
+                            uid,
+                            gid: uid,
+                            groups: Vec::new(),
+                        })
+                    }
+                },
+                Err(_) => User::from_name(user)
+                    .with_context(|| format!("looking up user {user:?} for {name}"))?
+                    .with_context(|| {
+                        format!("user {user:?} of {name} does not exist on this system")
+                    })?,
+            };
+            let user = account.name.as_str();
             let c_name = CString::new(user)?;
             let groups = getgrouplist(&c_name, account.gid)
                 .with_context(|| format!("listing the groups of user {user:?}"))?
