@@ -1,9 +1,11 @@
 //! tenement: a process hypervisor for many single-tenant services on one Linux server.
 //! `main.rs` is only the entry point; each concern lives in its own module.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod logs;
 pub mod monitor;
 pub mod store;
 pub mod supervisor;
+pub mod systemd;

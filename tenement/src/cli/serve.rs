@@ -12,11 +12,13 @@ use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
+    api::{Api, ApiServer},
     config::{self, Config},
     logs::LogHub,
     monitor::Monitor,
     store::Store,
     supervisor::{self, Supervisor},
+    systemd,
 };
 
 pub fn serve(explicit: Option<&Path>) -> Result<ExitCode> {
@@ -53,8 +55,17 @@ async fn run(config: Arc<Config>) -> Result<()> {
     }
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let monitor = Arc::new(Mutex::new(monitor));
     let supervisor =
-        Supervisor::start(config.clone(), store, logs, Arc::new(Mutex::new(monitor))).await?;
+        Supervisor::start(config.clone(), store.clone(), logs.clone(), monitor.clone()).await?;
+    let api = ApiServer::start(Api {
+        config: config.clone(),
+        supervisor: supervisor.clone(),
+        store,
+        logs,
+        monitor,
+    })
+    .await?;
     tracing::info!(
         "tenement {} serving {} (data in {})",
         env!("CARGO_PKG_VERSION"),
@@ -66,10 +77,16 @@ async fn run(config: Arc<Config>) -> Result<()> {
             .join(", "),
         settings.data_dir.display()
     );
+    // Listeners are bound: systemd (Type=notify) may now consider tenement started.
+    if let Err(err) = systemd::notify::ready("serving") {
+        tracing::warn!("{err:#}");
+    }
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM: stopping every instance"),
         _ = interrupt.recv() => tracing::info!("SIGINT: stopping every instance"),
     }
+    let _ = systemd::notify::stopping();
+    api.shutdown().await;
     supervisor.shutdown().await;
     tracing::info!("stopped");
     Ok(())
