@@ -32,6 +32,8 @@ pub mod programs {
     pub const TCP_LIFECYCLE: &str = "tcp_lifecycle";
     /// raw tracepoint `sched_switch`: on-CPU time.
     pub const ON_CPU: &str = "on_cpu";
+    /// perf event (software CPU clock, every CPU): credits long-running slices as they go.
+    pub const ON_CPU_TICK: &str = "on_cpu_tick";
     /// BTF tracepoints of TCP health, each with the kernel tracepoint it attaches to.
     pub const TCP_HEALTH: [(&str, &str); 4] = [
         ("tcp_retransmit", "tcp_retransmit_skb"),
@@ -43,6 +45,10 @@ pub mod programs {
 
 /// Upper bound on instances watched at once; sizes every per-instance map.
 pub const MAX_INSTANCES: u32 = 16384;
+
+/// Period of the CPU clock event that credits running slices (10 Hz): a task that is never
+/// switched out still shows its CPU time within this long.
+pub const CPU_TICK_NS: u64 = 100_000_000;
 
 /// Bytes of the listen-event ring buffer: room for thousands of events between two reads.
 pub const LISTEN_EVENTS_BYTES: u32 = 64 * 1024;
@@ -78,7 +84,7 @@ impl TrafficCounters {
 pub struct CpuCounters {
     /// Nanoseconds on CPU, credited when a task is switched out.
     pub on_cpu_ns: u64,
-    /// How many times a task of the instance was switched out.
+    /// How many times a task of the instance was switched out (ticks do not count).
     pub slices: u64,
 }
 

@@ -62,7 +62,8 @@ print(t.user + t.system)
     // Same as the kernel's own accounting, give or take the exit path and clock granularity
     // (os.times() counts in 10 ms ticks).
     assert!(
-        busy_cpu >= reported.mul_f64(0.9) && busy_cpu <= reported.mul_f64(1.1) + Duration::from_millis(100),
+        busy_cpu >= reported.mul_f64(0.9)
+            && busy_cpu <= reported.mul_f64(1.1) + Duration::from_millis(100),
         "busy loop: counted {busy_cpu:?}, the process reported {reported:?}"
     );
     // One thread cannot use more than wall time; a shared machine may give it less, so the

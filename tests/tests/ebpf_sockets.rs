@@ -65,7 +65,10 @@ impl Setup {
             if done(&stats) {
                 return stats;
             }
-            assert!(Instant::now() < deadline, "{what}: never happened; {stats:#?}");
+            assert!(
+                Instant::now() < deadline,
+                "{what}: never happened; {stats:#?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -135,7 +138,11 @@ sys.stdin.readline()
     assert_eq!(closed.inbound_opened, K as u64, "{closed:#?}");
     assert_eq!(closed.outbound_opened, K as u64, "{closed:#?}");
     assert_eq!(closed.connections_open, 0, "{closed:#?}");
-    assert_eq!(closed.resets(), 0, "an orderly close sends no reset: {closed:#?}");
+    assert_eq!(
+        closed.resets(),
+        0,
+        "an orderly close sends no reset: {closed:#?}"
+    );
 }
 
 #[test]
@@ -193,7 +200,11 @@ except ConnectionRefusedError:
     read_line(&mut out, "refused");
     let stats = setup.wait_for("reset received", |s| s.resets_received >= 1);
     assert_eq!(stats.resets_sent, 0, "{stats:#?}");
-    assert_eq!(stats.connections_opened(), 0, "never established: {stats:#?}");
+    assert_eq!(
+        stats.connections_opened(),
+        0,
+        "never established: {stats:#?}"
+    );
 }
 
 #[test]

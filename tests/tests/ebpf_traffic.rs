@@ -94,8 +94,18 @@ fn traffic_is_counted_per_instance() {
     exchange(&bob, 30_000, 70_000);
     assert_eq!(monitor.stats(alice.id()).unwrap(), counted);
     let bob_counted = monitor.stats(bob.id()).unwrap();
-    assert_counted("bob tx", bob_counted.tx_bytes, bob_counted.tx_packets, 30_000);
-    assert_counted("bob rx", bob_counted.rx_bytes, bob_counted.rx_packets, 70_000);
+    assert_counted(
+        "bob tx",
+        bob_counted.tx_bytes,
+        bob_counted.tx_packets,
+        30_000,
+    );
+    assert_counted(
+        "bob rx",
+        bob_counted.rx_bytes,
+        bob_counted.rx_packets,
+        70_000,
+    );
 
     // Traffic of the host (this test process, outside every instance) is nobody's.
     let other = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -1,11 +1,7 @@
 //! What the monitor reads from cgroup directories the supervisor made: an instance's cgroup
 //! id (the key of every kernel map) and its memory usage.
 
-use std::{
-    io,
-    os::unix::fs::MetadataExt,
-    path::Path,
-};
+use std::{io, os::unix::fs::MetadataExt, path::Path};
 
 /// The id the kernel gives a cgroup v2 directory (`bpf_get_current_cgroup_id()` and
 /// `bpf_skb_cgroup_id()` return it): the directory's inode number on cgroup2fs.

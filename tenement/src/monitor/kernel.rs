@@ -11,13 +11,14 @@ use anyhow::{Context, Result};
 use aya::{
     maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, RawTracePoint,
-        SockOps,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, PerfEvent,
+        RawTracePoint, SockOps,
     },
-    util::{nr_cpus, KernelVersion},
+    util::{nr_cpus, online_cpus, KernelVersion},
     Btf, Ebpf,
 };
-use tenement_common::{maps, programs, CpuCounters, TcpCounters, TrafficCounters};
+use tenement_common::{maps, programs, CpuCounters, TcpCounters, TrafficCounters, CPU_TICK_NS};
 
 use super::stats::KernelStats;
 
@@ -81,6 +82,21 @@ impl KernelPrograms {
         program
             .attach("sched_switch")
             .with_context(|| format!("attaching {name} to tracepoint sched_switch"))?;
+
+        let name = programs::ON_CPU_TICK;
+        let program: &mut PerfEvent = program_named(&mut ebpf, name)?.try_into()?;
+        program.load().with_context(|| format!("loading {name}"))?;
+        let cpus = online_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
+        for cpu in cpus {
+            program
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Period(CPU_TICK_NS),
+                    false,
+                )
+                .with_context(|| format!("attaching {name} to the CPU clock of CPU {cpu}"))?;
+        }
 
         let btf = Btf::from_sys_fs()
             .context("reading the kernel's BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF)")?;
@@ -165,7 +181,9 @@ impl KernelPrograms {
     fn maps(&self) -> std::sync::MutexGuard<'_, InstanceMaps> {
         // A panic while holding the lock cannot leave the maps half-updated in a way that
         // matters (each kernel update is atomic), so a poisoned lock is still usable.
-        self.maps.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.maps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn zeros<T: aya::Pod + Default>(&self) -> Result<PerCpuValues<T>> {

@@ -110,7 +110,10 @@ impl Monitor {
 
     /// A monitor with kernel counters off, for the given reason.
     pub fn without_kernel(reason: &str) -> Self {
-        Self::off(reason.to_string(), broadcast::channel(LISTEN_EVENT_BACKLOG).0)
+        Self::off(
+            reason.to_string(),
+            broadcast::channel(LISTEN_EVENT_BACKLOG).0,
+        )
     }
 
     fn off(reason: String, listen_events: broadcast::Sender<ListenEvent>) -> Self {
@@ -227,6 +230,12 @@ mod tests {
             Err(broadcast::error::TryRecvError::Empty)
         ));
         monitor.unregister(42);
+    }
+
+    #[test]
+    fn can_be_shared_across_tasks() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Monitor>();
     }
 
     #[test]
