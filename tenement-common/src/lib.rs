@@ -34,9 +34,12 @@ pub mod programs {
     pub const ON_CPU: &str = "on_cpu";
     /// perf event (software CPU clock, every CPU): credits long-running slices as they go.
     pub const ON_CPU_TICK: &str = "on_cpu_tick";
+    pub const TCP_RETRANSMIT: &str = "tcp_retransmit";
+    /// Stands in for `TCP_RETRANSMIT` on kernels whose tracepoint has no `err` argument.
+    pub const TCP_RETRANSMIT_SENT_ONLY: &str = "tcp_retransmit_sent_only";
     /// BTF tracepoints of TCP health, each with the kernel tracepoint it attaches to.
     pub const TCP_HEALTH: [(&str, &str); 4] = [
-        ("tcp_retransmit", "tcp_retransmit_skb"),
+        (TCP_RETRANSMIT, "tcp_retransmit_skb"),
         ("tcp_synack_retransmit", "tcp_retransmit_synack"),
         ("tcp_reset_sent", "tcp_send_reset"),
         ("tcp_reset_received", "tcp_receive_reset"),

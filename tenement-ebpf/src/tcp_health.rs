@@ -14,12 +14,21 @@ enum Event {
     ResetReceived,
 }
 
-/// tcp_retransmit_skb(sk, skb, err): a segment (SYN included) was sent again.
+/// tcp_retransmit_skb(sk, skb, err): a segment (SYN included) was sent again, or failed to
+/// be (err != 0, e.g. the original still queued in the device).
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn tcp_retransmit(ctx: BtfTracePointContext) -> i32 {
     if ctx.arg::<i32>(2) == 0 {
         count(ctx.arg(0), Event::Retransmit);
     }
+    0
+}
+
+/// Kernels whose tcp_retransmit_skb(sk, skb) has no `err` fire it for sent segments only;
+/// the verifier rejects `tcp_retransmit` there, and the loader takes this one instead.
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_sent_only(ctx: BtfTracePointContext) -> i32 {
+    count(ctx.arg(0), Event::Retransmit);
     0
 }
 

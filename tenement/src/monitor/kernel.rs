@@ -46,69 +46,9 @@ impl KernelPrograms {
     /// to their tracepoints. Also hands back the listen-event ring buffer for its reader.
     pub fn attach(subtree: &Path) -> Result<(Self, RingBuf<MapData>)> {
         let mut ebpf = Ebpf::load(OBJECT).context("loading tenement's eBPF object")?;
-        let cgroup =
-            File::open(subtree).with_context(|| format!("opening cgroup {}", subtree.display()))?;
-        let mode = cgroup_attach_mode();
-        let on_subtree = |what: &str| format!("attaching {what} to {}", subtree.display());
-
-        for (name, direction) in [
-            (programs::TRAFFIC_INGRESS, CgroupSkbAttachType::Ingress),
-            (programs::TRAFFIC_EGRESS, CgroupSkbAttachType::Egress),
-        ] {
-            let program: &mut CgroupSkb = program_named(&mut ebpf, name)?.try_into()?;
-            program.load().with_context(|| format!("loading {name}"))?;
-            program
-                .attach(&cgroup, direction, mode)
-                .with_context(|| on_subtree(name))?;
-        }
-
-        let name = programs::SOCKET_OWNER;
-        let program: &mut CgroupSock = program_named(&mut ebpf, name)?.try_into()?;
-        program.load().with_context(|| format!("loading {name}"))?;
-        program
-            .attach(&cgroup, mode)
-            .with_context(|| on_subtree(name))?;
-
-        let name = programs::TCP_LIFECYCLE;
-        let program: &mut SockOps = program_named(&mut ebpf, name)?.try_into()?;
-        program.load().with_context(|| format!("loading {name}"))?;
-        program
-            .attach(&cgroup, mode)
-            .with_context(|| on_subtree(name))?;
-
-        let name = programs::ON_CPU;
-        let program: &mut RawTracePoint = program_named(&mut ebpf, name)?.try_into()?;
-        program.load().with_context(|| format!("loading {name}"))?;
-        program
-            .attach("sched_switch")
-            .with_context(|| format!("attaching {name} to tracepoint sched_switch"))?;
-
-        let name = programs::ON_CPU_TICK;
-        let program: &mut PerfEvent = program_named(&mut ebpf, name)?.try_into()?;
-        program.load().with_context(|| format!("loading {name}"))?;
-        let cpus = online_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
-        for cpu in cpus {
-            program
-                .attach(
-                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                    PerfEventScope::AllProcessesOneCpu { cpu },
-                    SamplePolicy::Period(CPU_TICK_NS),
-                    false,
-                )
-                .with_context(|| format!("attaching {name} to the CPU clock of CPU {cpu}"))?;
-        }
-
-        let btf = Btf::from_sys_fs()
-            .context("reading the kernel's BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF)")?;
-        for (name, tracepoint) in programs::TCP_HEALTH {
-            let program: &mut BtfTracePoint = program_named(&mut ebpf, name)?.try_into()?;
-            program
-                .load(tracepoint, &btf)
-                .with_context(|| format!("loading {name} for tracepoint {tracepoint}"))?;
-            program
-                .attach()
-                .with_context(|| format!("attaching {name} to tracepoint {tracepoint}"))?;
-        }
+        attach_to_subtree(&mut ebpf, subtree)?;
+        attach_cpu_time(&mut ebpf)?;
+        attach_tcp_health(&mut ebpf)?;
 
         let maps = InstanceMaps {
             traffic: PerCpuHashMap::try_from(take_map(&mut ebpf, maps::TRAFFIC)?)?,
@@ -191,6 +131,74 @@ impl KernelPrograms {
     }
 }
 
+/// Socket programs, on the instance subtree: they run for sockets of cgroups below it only.
+fn attach_to_subtree(ebpf: &mut Ebpf, subtree: &Path) -> Result<()> {
+    let cgroup =
+        File::open(subtree).with_context(|| format!("opening cgroup {}", subtree.display()))?;
+    let mode = cgroup_attach_mode();
+    let on_subtree = |what: &str| format!("attaching {what} to {}", subtree.display());
+    for (name, direction) in [
+        (programs::TRAFFIC_INGRESS, CgroupSkbAttachType::Ingress),
+        (programs::TRAFFIC_EGRESS, CgroupSkbAttachType::Egress),
+    ] {
+        let program: &mut CgroupSkb = program_named(ebpf, name)?.try_into()?;
+        program.load().with_context(|| format!("loading {name}"))?;
+        program
+            .attach(&cgroup, direction, mode)
+            .with_context(|| on_subtree(name))?;
+    }
+    let name = programs::SOCKET_OWNER;
+    let program: &mut CgroupSock = program_named(ebpf, name)?.try_into()?;
+    program.load().with_context(|| format!("loading {name}"))?;
+    program
+        .attach(&cgroup, mode)
+        .with_context(|| on_subtree(name))?;
+    let name = programs::TCP_LIFECYCLE;
+    let program: &mut SockOps = program_named(ebpf, name)?.try_into()?;
+    program.load().with_context(|| format!("loading {name}"))?;
+    program
+        .attach(&cgroup, mode)
+        .with_context(|| on_subtree(name))?;
+    Ok(())
+}
+
+/// The context-switch tracepoint (machine-wide) and the slow per-CPU clock.
+fn attach_cpu_time(ebpf: &mut Ebpf) -> Result<()> {
+    let name = programs::ON_CPU;
+    let program: &mut RawTracePoint = program_named(ebpf, name)?.try_into()?;
+    program.load().with_context(|| format!("loading {name}"))?;
+    program
+        .attach("sched_switch")
+        .with_context(|| format!("attaching {name} to tracepoint sched_switch"))?;
+    if let Err(err) = attach_cpu_tick(ebpf) {
+        // Context switches still credit all CPU time, only in bigger lumps.
+        tracing::warn!("{err:#}; CPU time is credited at context switches only");
+    }
+    Ok(())
+}
+
+/// TCP tracepoints (machine-wide, typed through the kernel's BTF).
+fn attach_tcp_health(ebpf: &mut Ebpf) -> Result<()> {
+    let btf = Btf::from_sys_fs()
+        .context("reading the kernel's BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF)")?;
+    for (name, tracepoint) in programs::TCP_HEALTH {
+        let name = match load_btf_tracepoint(ebpf, name, tracepoint, &btf) {
+            Err(err) if name == programs::TCP_RETRANSMIT => {
+                let fallback = programs::TCP_RETRANSMIT_SENT_ONLY;
+                tracing::debug!("{err:#}; trying {fallback} (older tracepoint, no err)");
+                load_btf_tracepoint(ebpf, fallback, tracepoint, &btf)?;
+                fallback
+            }
+            loaded => loaded.map(|()| name)?,
+        };
+        let program: &mut BtfTracePoint = program_named(ebpf, name)?.try_into()?;
+        program
+            .attach()
+            .with_context(|| format!("attaching {name} to tracepoint {tracepoint}"))?;
+    }
+    Ok(())
+}
+
 /// Kernels from 5.7 attach through bpf links, which always coexist with other programs and
 /// take no flags (the kernel rejects BPF_F_ALLOW_MULTI there); older ones use prog_attach,
 /// where only ALLOW_MULTI leaves other users' programs in place.
@@ -205,6 +213,32 @@ fn cgroup_attach_mode() -> CgroupAttachMode {
 fn program_named<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
     ebpf.program_mut(name)
         .with_context(|| format!("program {name} missing from the eBPF object"))
+}
+
+/// The slow clock on every online CPU that credits slices of tasks that keep their CPU.
+fn attach_cpu_tick(ebpf: &mut Ebpf) -> Result<()> {
+    let name = programs::ON_CPU_TICK;
+    let program: &mut PerfEvent = program_named(ebpf, name)?.try_into()?;
+    program.load().with_context(|| format!("loading {name}"))?;
+    let cpus = online_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
+    for cpu in cpus {
+        program
+            .attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Period(CPU_TICK_NS),
+                false,
+            )
+            .with_context(|| format!("attaching {name} to the CPU clock of CPU {cpu}"))?;
+    }
+    Ok(())
+}
+
+fn load_btf_tracepoint(ebpf: &mut Ebpf, name: &str, tracepoint: &str, btf: &Btf) -> Result<()> {
+    let program: &mut BtfTracePoint = program_named(ebpf, name)?.try_into()?;
+    program
+        .load(tracepoint, btf)
+        .with_context(|| format!("loading {name} for tracepoint {tracepoint}"))
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
