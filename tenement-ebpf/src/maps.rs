@@ -1,5 +1,8 @@
 //! Every map of the object. Per-instance maps are sized for MAX_INSTANCES and filled by
-//! userspace only (register/unregister); the programs never insert into them.
+//! userspace only (register/unregister); the programs never insert into them. That is what
+//! makes `BPF_F_NO_PREALLOC` safe for them (no allocation ever happens in program context),
+//! and it keeps their memory proportional to the instances registered rather than to
+//! MAX_INSTANCES times the number of CPUs.
 
 use core::{ffi::c_void, ptr};
 
@@ -15,15 +18,17 @@ use tenement_common::{
 };
 
 const INSTANCES: usize = MAX_INSTANCES as usize;
+const ON_INSERT: usize = BPF_F_NO_PREALLOC as usize;
 
 #[btf_map(name = "TRAFFIC")]
-pub static TRAFFIC: PerCpuHashMap<u64, TrafficCounters, INSTANCES> = PerCpuHashMap::new();
+pub static TRAFFIC: PerCpuHashMap<u64, TrafficCounters, INSTANCES, ON_INSERT> =
+    PerCpuHashMap::new();
 
 #[btf_map(name = "CPU")]
-pub static CPU: PerCpuHashMap<u64, CpuCounters, INSTANCES> = PerCpuHashMap::new();
+pub static CPU: PerCpuHashMap<u64, CpuCounters, INSTANCES, ON_INSERT> = PerCpuHashMap::new();
 
 #[btf_map(name = "TCP")]
-pub static TCP: HashMap<u64, TcpCounters, INSTANCES> = HashMap::new();
+pub static TCP: HashMap<u64, TcpCounters, INSTANCES, ON_INSERT> = HashMap::new();
 
 #[btf_map(name = "SWITCHED_IN")]
 pub static SWITCHED_IN: PerCpuArray<u64, 1> = PerCpuArray::new();
