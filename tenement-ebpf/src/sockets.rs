@@ -43,18 +43,22 @@ pub fn socket_owner(ctx: SockContext) -> i32 {
     1 // allow the socket: tenement only watches here
 }
 
+/// What a sock_ops callback means for the counters.
+enum Lifecycle {
+    Listening,
+    Opened(u32),
+    Closed,
+}
+
 #[sock_ops]
 pub fn tcp_lifecycle(ctx: SockOpsContext) -> u32 {
-    let op = ctx.op();
-    if !matches!(
-        op,
-        BPF_SOCK_OPS_TCP_LISTEN_CB
-            | BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
-            | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB
-            | BPF_SOCK_OPS_STATE_CB
-    ) {
-        return 1;
-    }
+    let event = match ctx.op() {
+        BPF_SOCK_OPS_TCP_LISTEN_CB => Lifecycle::Listening,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => Lifecycle::Opened(direction::OUTBOUND),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => Lifecycle::Opened(direction::INBOUND),
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => Lifecycle::Closed,
+        _ => return 1,
+    };
     // SAFETY: reading the context's socket pointer; the verifier knows it may be NULL.
     let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
     if sk.is_null() {
@@ -63,14 +67,12 @@ pub fn tcp_lifecycle(ctx: SockOpsContext) -> u32 {
     let Some(owner) = SOCKET_OWNERS.get(sk.cast(), false) else {
         return 1; // not an instance's socket
     };
-    // SAFETY: the socket's storage; sock_ops of one socket run under its lock.
+    // SAFETY: the socket's storage; the callbacks of one socket run under its lock.
     let owner = unsafe { &mut *owner };
-    match op {
-        BPF_SOCK_OPS_TCP_LISTEN_CB => listening(&ctx, owner),
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => opened(&ctx, owner, direction::OUTBOUND),
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => opened(&ctx, owner, direction::INBOUND),
-        _ if ctx.arg(1) == BPF_TCP_CLOSE => closed(owner),
-        _ => {}
+    match event {
+        Lifecycle::Listening => listening(&ctx, owner),
+        Lifecycle::Opened(way) => opened(&ctx, owner, way),
+        Lifecycle::Closed => closed(owner),
     }
     1
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use socket2::{Domain, Socket, Type};
-use tenement::monitor::{KernelCounters, KernelStats, Monitor};
+use tenement::monitor::{next_listen, KernelCounters, KernelStats, Monitor};
 use tenement_tests::{
     cgroup::{TestCgroup, TestChild},
     free_port, privileged,
@@ -165,17 +165,18 @@ srv.listen(16)
 sys.stdin.readline()
 "#
     ));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let event = loop {
-        match events.try_recv() {
-            Ok(event) => break event,
-            Err(tokio::sync::broadcast::error::TryRecvError::Empty) => {
-                assert!(Instant::now() < deadline, "no listen event for port {port}");
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(err) => panic!("listen events: {err}"),
-        }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let instance = setup.instance.id();
+    let waiting = async {
+        tokio::time::timeout(Duration::from_secs(20), next_listen(&mut events, instance)).await
     };
+    let event = runtime
+        .block_on(waiting)
+        .unwrap_or_else(|_| panic!("no listen event for port {port}"))
+        .expect("the monitor is running");
     assert_eq!(event.cgroup_id, setup.instance.id());
     assert_eq!(event.port, port);
 }

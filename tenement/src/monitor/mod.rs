@@ -53,6 +53,22 @@ pub struct ListenEvent {
     pub port: u16,
 }
 
+/// The next time a process of `cgroup_id` starts listening, skipping other instances' events.
+/// `None` once the monitor is gone. A subscriber that fell too far behind may have missed the
+/// event, so race this against a connect check rather than waiting on it alone.
+pub async fn next_listen(
+    events: &mut broadcast::Receiver<ListenEvent>,
+    cgroup_id: u64,
+) -> Option<ListenEvent> {
+    loop {
+        match events.recv().await {
+            Ok(event) if event.cgroup_id == cgroup_id => return Some(event),
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return None,
+        }
+    }
+}
+
 /// Subscribers that fall this far behind lose the oldest events (and see `Lagged`).
 const LISTEN_EVENT_BACKLOG: usize = 1024;
 
@@ -236,6 +252,24 @@ mod tests {
     fn can_be_shared_across_tasks() {
         fn shareable<T: Send + Sync>() {}
         shareable::<Monitor>();
+    }
+
+    #[tokio::test]
+    async fn next_listen_picks_the_instance_and_ends_with_the_monitor() {
+        let (sender, mut events) = broadcast::channel(4);
+        let other = ListenEvent {
+            cgroup_id: 1,
+            port: 80,
+        };
+        let mine = ListenEvent {
+            cgroup_id: 2,
+            port: 8080,
+        };
+        sender.send(other).unwrap();
+        sender.send(mine).unwrap();
+        assert_eq!(next_listen(&mut events, 2).await, Some(mine));
+        drop(sender);
+        assert_eq!(next_listen(&mut events, 2).await, None);
     }
 
     #[test]
