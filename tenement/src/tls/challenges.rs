@@ -72,11 +72,10 @@ fn validation_certificate(name: &str, digest: &[u8]) -> Result<CertifiedKey> {
     params.custom_extensions = vec![CustomExtension::new_acme_identifier(digest)];
     let cert = params.self_signed(&key)?;
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    Ok(CertifiedKey::from_der(
-        vec![cert.der().clone()],
-        key_der,
-        &provider(),
-    )?)
+    // Not `CertifiedKey::from_der`: its consistency check parses the certificate with webpki,
+    // which rejects the critical acmeIdentifier extension that is the point of it.
+    let signing_key = provider().key_provider.load_private_key(key_der)?;
+    Ok(CertifiedKey::new(vec![cert.der().clone()], signing_key))
 }
 
 enum Answer {
