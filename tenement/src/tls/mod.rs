@@ -139,6 +139,16 @@ enum Reason {
     Renewal,
 }
 
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reason::OnDemand => "first handshake",
+            Reason::Configured => "configured name",
+            Reason::Renewal => "renewal",
+        })
+    }
+}
+
 impl TlsManager {
     /// [`TlsManager::start_with`] with the default [`Tuning`].
     pub async fn start(settings: &Settings, names: Arc<dyn NamePolicy>) -> Result<TlsManager> {
@@ -387,7 +397,7 @@ impl Inner {
         };
         self.orders_started.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
-            "tls: ordering a certificate for {name} ({reason:?}) from {}",
+            "tls: ordering a certificate for {name} ({reason}) from {}",
             acme.directory
         );
         let inner = self.clone();
