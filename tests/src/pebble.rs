@@ -167,7 +167,10 @@ impl Pebble {
     /// start, so fetch it again after `run`.
     pub fn issuing_root(&self) -> String {
         let pem = self.management_get("/roots/0");
-        assert!(pem.contains("BEGIN CERTIFICATE"), "no root from pebble: {pem}");
+        assert!(
+            pem.contains("BEGIN CERTIFICATE"),
+            "no root from pebble: {pem}"
+        );
         pem
     }
 
@@ -197,10 +200,16 @@ impl Pebble {
                 .flatten()
                 .find_map(|child| child.try_wait().ok().flatten());
             if let Some(status) = exited {
-                panic!("a process exited ({status}) while waiting for {what}; log:\n{}", self.log());
+                panic!(
+                    "a process exited ({status}) while waiting for {what}; log:\n{}",
+                    self.log()
+                );
             }
             if Instant::now() > deadline {
-                panic!("{what} does not listen on 127.0.0.1:{port}; log:\n{}", self.log());
+                panic!(
+                    "{what} does not listen on 127.0.0.1:{port}; log:\n{}",
+                    self.log()
+                );
             }
             sleep(Duration::from_millis(50));
         }
@@ -237,7 +246,10 @@ impl Pebble {
         }
         let response = String::from_utf8_lossy(&response).into_owned();
         let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-        assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{head}"
+        );
         body.to_string()
     }
 

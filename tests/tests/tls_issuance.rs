@@ -72,9 +72,15 @@ async fn two_tenants_get_distinct_certificates_over_http01() {
             info.issuer.as_deref().unwrap_or("").contains("Pebble"),
             "{info:?}"
         );
-        assert!(info.not_after.is_some() && info.last_error.is_none(), "{info:?}");
+        assert!(
+            info.not_after.is_some() && info.last_error.is_none(),
+            "{info:?}"
+        );
     }
-    assert!(frontend.http01_answers() >= 3, "pebble validated over HTTP-01");
+    assert!(
+        frontend.http01_answers() >= 3,
+        "pebble validated over HTTP-01"
+    );
     assert_eq!(frontend.tls_alpn01_validations(), 0);
     assert_eq!(manager.orders_started(), 3);
     assert_eq!(pebble.orders_created(), 3, "{}", pebble.log());
@@ -109,7 +115,10 @@ async fn tenant_gets_a_certificate_over_tls_alpn01() {
     assert_eq!(response.body, format!("hello from {ALICE} over HTTP/2.0"));
     assert_eq!(manager.orders_started(), 1);
     assert_eq!(pebble.orders_created(), 1);
-    assert!(frontend.tls_alpn01_validations() > 0, "pebble validated in the handshake");
+    assert!(
+        frontend.tls_alpn01_validations() > 0,
+        "pebble validated in the handshake"
+    );
     assert_eq!(frontend.http01_answers(), 0);
 }
 

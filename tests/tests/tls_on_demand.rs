@@ -28,7 +28,11 @@ async fn names_that_route_nowhere_cause_no_order() {
     let _frontend = Frontend::start(manager.clone(), pebble.http_port, pebble.tls_port).await;
     let root = pebble.issuing_root();
 
-    for name in ["mallory.example.com", "notes.example.org", "x.y.notes.example.net"] {
+    for name in [
+        "mallory.example.com",
+        "notes.example.org",
+        "x.y.notes.example.net",
+    ] {
         let err = https_get(pebble.tls_port, name, &[&root])
             .await
             .expect_err("no certificate for a name that routes nowhere");
@@ -69,7 +73,10 @@ async fn a_storm_of_handshakes_for_a_new_tenant_makes_one_order() {
     }
     let mut leaves = Vec::new();
     for client in clients {
-        let response = client.await.unwrap().expect("every waiting handshake completes");
+        let response = client
+            .await
+            .unwrap()
+            .expect("every waiting handshake completes");
         assert_eq!(response.status, 200);
         leaves.push(response.leaf);
     }
@@ -113,6 +120,44 @@ async fn a_failed_validation_backs_off_and_is_reported() {
 
     let second = https_get(pebble.tls_port, name, &[&root]).await;
     assert!(second.is_err());
-    assert_eq!(manager.orders_started(), 1, "the second handshake waited out the backoff");
+    assert_eq!(
+        manager.orders_started(),
+        1,
+        "the second handshake waited out the backoff"
+    );
     assert_eq!(pebble.orders_created(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_http_port_falls_back_to_tls_alpn01() {
+    let _logs = logs::capture();
+    let pebble = Pebble::start(PebbleOptions::default());
+    let data = Scratch::new("tls-fallback");
+    let mut settings = pebble_settings(&pebble, &data.path);
+    let name = "www.fallback.example.com";
+    settings.tls.names = vec![name.into()];
+    // Both challenges (the default), HTTP-01 preferred, but nothing listens where pebble
+    // checks it, as with a firewall closing port 80.
+    let manager = TlsManager::start_with(&settings, Arc::new(routes_tenants), test_tuning())
+        .await
+        .unwrap();
+    let frontend = Frontend::start(manager.clone(), free_port(), pebble.tls_port).await;
+
+    tenement_tests::tls::eventually(120, "a certificate over TLS-ALPN-01", || {
+        manager
+            .certificates()
+            .iter()
+            .any(|c| c.names == [name] && c.not_after.is_some())
+    })
+    .await;
+    assert_eq!(
+        manager.orders_started(),
+        2,
+        "HTTP-01 failed, TLS-ALPN-01 worked"
+    );
+    assert!(frontend.tls_alpn01_validations() > 0);
+    let response = https_get(pebble.tls_port, name, &[&pebble.issuing_root()])
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200);
 }

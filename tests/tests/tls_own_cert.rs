@@ -36,7 +36,11 @@ async fn own_certificate_wins_for_its_names_and_is_reloaded() {
         .expect("served with the own certificate");
     assert_eq!(own.status, 200);
     assert_eq!(own.alpn.as_deref(), Some("h2"));
-    assert_eq!(manager.orders_started(), 0, "no order for a name the own cert covers");
+    assert_eq!(
+        manager.orders_started(),
+        0,
+        "no order for a name the own cert covers"
+    );
 
     let acme = https_get(port, "alice.notes.example.com", &[&pebble.issuing_root()])
         .await
@@ -50,7 +54,10 @@ async fn own_certificate_wins_for_its_names_and_is_reloaded() {
         .find(|c| c.source == CertificateSource::File)
         .expect("the own certificate is listed");
     assert_eq!(file.names, ["*.own.example.com"]);
-    assert!(file.issuer.as_deref().unwrap().contains("own CA one"), "{file:?}");
+    assert!(
+        file.issuer.as_deref().unwrap().contains("own CA one"),
+        "{file:?}"
+    );
 
     // The operator renews the files: the new certificate is served without a restart.
     let second_ca = TestCa::new("tenement test own CA two");
@@ -62,7 +69,10 @@ async fn own_certificate_wins_for_its_names_and_is_reloaded() {
         .await
         .is_err()
     {
-        assert!(tokio::time::Instant::now() < deadline, "new files not picked up");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new files not picked up"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -78,7 +88,10 @@ async fn own_certificate_wins_for_its_names_and_is_reloaded() {
     })
     .await;
     let still = https_get(port, "shop.own.example.com", &[&second_ca.pem]).await;
-    assert_eq!(still.expect("the previous certificate still serves").status, 200);
+    assert_eq!(
+        still.expect("the previous certificate still serves").status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -115,5 +128,8 @@ async fn own_certificate_errors_name_the_file() {
         .err()
         .expect("a key of another certificate is refused");
     let text = format!("{err:#}");
-    assert!(text.contains("cert.pem") && text.contains("do not fit together"), "{text}");
+    assert!(
+        text.contains("cert.pem") && text.contains("do not fit together"),
+        "{text}"
+    );
 }

@@ -44,7 +44,11 @@ async fn restart_serves_stored_certificates_with_pebble_stopped() {
         .expect("the stored certificate is served");
     assert_eq!(after.status, 200);
     assert_eq!(after.leaf, before.leaf, "the same certificate, from disk");
-    assert_eq!(manager.orders_started(), 0, "nothing to order, nothing contacted");
+    assert_eq!(
+        manager.orders_started(),
+        0,
+        "nothing to order, nothing contacted"
+    );
 
     // Pebble comes back having forgotten everything, the account included: a new tenant
     // still gets its certificate (tenement makes a new account).
@@ -55,7 +59,9 @@ async fn restart_serves_stored_certificates_with_pebble_stopped() {
         .await
         .unwrap_or_else(|err| panic!("{err:#}\n{}", logs.text()));
     assert_eq!(response.status, 200);
-    assert!(logs.text().contains("does not know the stored ACME account"));
+    assert!(logs
+        .text()
+        .contains("does not know the stored ACME account"));
     drop(frontend);
 }
 
@@ -106,5 +112,8 @@ async fn acme_server_down_at_start_is_logged_and_retried() {
         .into_iter()
         .find(|c| c.names == [name])
         .unwrap();
-    assert!(info.last_error.is_none(), "success clears the error: {info:?}");
+    assert!(
+        info.last_error.is_none(),
+        "success clears the error: {info:?}"
+    );
 }

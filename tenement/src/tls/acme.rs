@@ -46,8 +46,15 @@ impl Acme {
         }
     }
 
-    /// Orders a certificate for `name`, stores it and returns it.
-    pub async fn issue(&self, name: &str, pending: &Arc<Challenges>) -> Result<Certificate> {
+    /// Orders a certificate for `name`, stores it and returns it. After failures the
+    /// preferred challenge rotates (`failed_before`), so that a closed port 80 makes the
+    /// next attempt use TLS-ALPN-01 on 443, and the other way round.
+    pub async fn issue(
+        &self,
+        name: &str,
+        pending: &Arc<Challenges>,
+        failed_before: u32,
+    ) -> Result<Certificate> {
         let account = self.account().await?;
         let order = match account.new_order(&NewOrder::new(&[dns(name)])).await {
             Err(instant_acme::Error::Api(problem))
@@ -67,7 +74,12 @@ impl Acme {
             other => other,
         };
         let mut order = order.context("creating the order")?;
-        let _answers = self.answer_challenges(name, &mut order, pending).await?;
+        let mut preference = self.challenges.clone();
+        let shift = failed_before as usize % preference.len().max(1);
+        preference.rotate_left(shift);
+        let _answers = self
+            .answer_challenges(name, &mut order, pending, &preference)
+            .await?;
 
         let status = order
             .poll_ready(&patient())
@@ -108,13 +120,14 @@ impl Acme {
         Ok(certificate)
     }
 
-    /// Sets up an answer for each pending authorization, in the order of preference of
-    /// `challenges`, and tells the server to validate it.
+    /// Sets up an answer for each pending authorization, with the first challenge of
+    /// `preference` the server offers, and tells the server to validate it.
     async fn answer_challenges(
         &self,
         name: &str,
         order: &mut Order,
         pending: &Arc<Challenges>,
+        preference: &[Challenge],
     ) -> Result<Vec<ChallengeGuard>> {
         let mut answers = Vec::new();
         let mut authorizations = order.authorizations();
@@ -130,16 +143,14 @@ impl Acme {
                 .iter()
                 .map(|c| c.r#type.clone())
                 .collect();
-            let Some(kind) = self
-                .challenges
+            let Some(kind) = preference
                 .iter()
                 .map(|c| challenge_type(*c))
                 .find(|kind| offered.contains(kind))
             else {
                 bail!(
                     "the server offers {offered:?} for {name}, none of the configured \
-                     challenges ({:?})",
-                    self.challenges
+                     challenges ({preference:?})"
                 );
             };
             let mut challenge = authorization
@@ -152,6 +163,7 @@ impl Acme {
                 }
                 _ => pending.add_http01(&challenge.token, key_authorization.as_str()),
             });
+            tracing::debug!("tls: answering {kind:?} for {name}");
             challenge
                 .set_ready()
                 .await
@@ -258,4 +270,3 @@ async fn challenge_errors(order: &mut Order) -> Option<String> {
 pub(crate) fn describe(error: &anyhow::Error) -> String {
     format!("{error:#}")
 }
-

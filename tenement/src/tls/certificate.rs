@@ -230,6 +230,9 @@ mod tests {
         info.not_after = Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
         let json = serde_json::to_string(&info).unwrap();
         assert!(json.contains("2023-11-14T22:13:20Z"), "{json}");
-        assert_eq!(serde_json::from_str::<CertificateInfo>(&json).unwrap(), info);
+        assert_eq!(
+            serde_json::from_str::<CertificateInfo>(&json).unwrap(),
+            info
+        );
     }
 }

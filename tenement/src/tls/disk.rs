@@ -104,7 +104,13 @@ fn directory_id(url: &str) -> String {
         .next()
         .unwrap_or_default()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let hash = Sha256::digest(url.as_bytes());
     format!("{host}-{}", hex::encode(&hash[..4]))
@@ -137,7 +143,10 @@ mod tests {
     #[test]
     fn directory_ids_are_readable_and_distinct() {
         let production = directory_id("https://acme-v02.api.letsencrypt.org/directory");
-        assert!(production.starts_with("acme-v02.api.letsencrypt.org-"), "{production}");
+        assert!(
+            production.starts_with("acme-v02.api.letsencrypt.org-"),
+            "{production}"
+        );
         let pebble = directory_id("https://127.0.0.1:14000/dir");
         assert!(pebble.starts_with("127.0.0.1_14000-"), "{pebble}");
         assert_ne!(pebble, directory_id("https://127.0.0.1:14001/dir"));

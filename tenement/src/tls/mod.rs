@@ -387,13 +387,17 @@ impl Inner {
         let Some(acme) = &self.acme else {
             return Err("ACME is off".into());
         };
-        let (done, outcome) = match self.orders.admit(name) {
+        let (done, outcome, failed_before) = match self.orders.admit(name) {
             Admission::Join(outcome) => return Ok(outcome),
             Admission::Refused(why) => {
                 tracing::debug!("tls: not ordering a certificate for {name} now: {why}");
                 return Err(why);
             }
-            Admission::Start(done, outcome) => (done, outcome),
+            Admission::Start {
+                done,
+                outcome,
+                failed_before,
+            } => (done, outcome, failed_before),
         };
         self.orders_started.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
@@ -403,7 +407,7 @@ impl Inner {
         let inner = self.clone();
         let name = name.to_string();
         tokio::spawn(async move {
-            let result = inner.order(&name).await;
+            let result = inner.order(&name, failed_before).await;
             if let Some(pause) = inner.orders.finish(&name, &result) {
                 let error = result.as_ref().err().map(String::as_str).unwrap_or("");
                 let serving = match inner.store.lookup(&name) {
@@ -412,7 +416,10 @@ impl Inner {
                 };
                 tracing::error!(
                     "tls: no certificate for {name} from {}: {error}; {serving}retrying in {}",
-                    inner.acme.as_ref().map_or("", |acme| acme.directory.as_str()),
+                    inner
+                        .acme
+                        .as_ref()
+                        .map_or("", |acme| acme.directory.as_str()),
                     humantime::format_duration(pause)
                 );
             }
@@ -421,9 +428,10 @@ impl Inner {
         Ok(outcome)
     }
 
-    async fn order(&self, name: &str) -> Result<(), String> {
+    async fn order(&self, name: &str, failed_before: u32) -> Result<(), String> {
         let acme = self.acme.as_ref().ok_or("ACME is off")?;
-        let issued = timeout(self.tuning.order_timeout, acme.issue(name, &self.challenges)).await;
+        let issue = acme.issue(name, &self.challenges, failed_before);
+        let issued = timeout(self.tuning.order_timeout, issue).await;
         match issued {
             Ok(Ok(cert)) => {
                 tracing::info!(
@@ -473,7 +481,9 @@ async fn finish_handshake(
     name: &str,
     missing: Option<String>,
 ) -> io::Result<TlsStream<TcpStream>> {
-    let because = missing.map(|why| format!(" (no certificate: {why})")).unwrap_or_default();
+    let because = missing
+        .map(|why| format!(" (no certificate: {why})"))
+        .unwrap_or_default();
     match timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(err)) => Err(io::Error::new(

@@ -16,8 +16,13 @@ use super::Tuning;
 pub(crate) type Outcome = Option<Result<(), String>>;
 
 pub(crate) enum Admission {
-    /// Start the order now; report its end through `finish`.
-    Start(watch::Sender<Outcome>, watch::Receiver<Outcome>),
+    /// Start the order now; report its end through `finish`. `failed_before` counts the
+    /// name's failed attempts since its last success.
+    Start {
+        done: watch::Sender<Outcome>,
+        outcome: watch::Receiver<Outcome>,
+        failed_before: u32,
+    },
     /// An order for this name is already running.
     Join(watch::Receiver<Outcome>),
     /// Not now; says why.
@@ -64,6 +69,7 @@ impl OrderBook {
         if let Some(running) = book.running.get(name) {
             return Admission::Join(running.clone());
         }
+        let failed_before = book.failures.get(name).map_or(0, |f| f.attempts);
         if let Some(failure) = book.failures.get(name) {
             if now < failure.retry_at {
                 return Admission::Refused(format!(
@@ -79,9 +85,13 @@ impl OrderBook {
                 "too many certificate orders lately (global rate limit); will retry".into(),
             );
         }
-        let (tx, rx) = watch::channel(None);
-        book.running.insert(name.to_string(), rx.clone());
-        Admission::Start(tx, rx)
+        let (done, outcome) = watch::channel(None);
+        book.running.insert(name.to_string(), outcome.clone());
+        Admission::Start {
+            done,
+            outcome,
+            failed_before,
+        }
     }
 
     /// Records the end of an order started by `admit`; returns the pause before the next
@@ -208,11 +218,15 @@ mod tests {
             ..Tuning::default()
         };
         let book = OrderBook::new(&tuning);
-        let Admission::Start(_tx, _) = book.admit("a.example.com") else {
+        let Admission::Start { failed_before, .. } = book.admit("a.example.com") else {
             panic!("first admission must start an order");
         };
+        assert_eq!(failed_before, 0);
         assert!(matches!(book.admit("a.example.com"), Admission::Join(_)));
-        assert!(matches!(book.admit("b.example.com"), Admission::Start(..)));
+        assert!(matches!(
+            book.admit("b.example.com"),
+            Admission::Start { .. }
+        ));
 
         assert_eq!(
             book.finish("a.example.com", &Err("connection refused".into())),
