@@ -22,7 +22,7 @@ pub(crate) struct Acme {
     email: Option<String>,
     root: Option<PathBuf>,
     challenges: Vec<Challenge>,
-    pub disk: Disk,
+    disk: Disk,
     /// Loaded (or created) at the first order, not at start: starting must never wait for
     /// the ACME server.
     account: tokio::sync::Mutex<Option<Account>>,

@@ -367,6 +367,7 @@ impl Inner {
         }
         let mut outcome = self.request(name, Reason::OnDemand)?;
         let wait = self.tuning.handshake_wait;
+        // Bound to a local so that the channel's read guard is gone before `outcome` is.
         let waited = match timeout(wait, outcome.wait_for(Option::is_some)).await {
             Ok(Ok(result)) => result.clone().unwrap_or(Ok(())),
             Ok(Err(_)) => Err("the order ended without a result".into()),
