@@ -108,7 +108,7 @@ pub(crate) struct ChallengeResolver(pub Arc<Challenges>);
 
 impl ResolvesServerCert for ChallengeResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let name = super::normalize_host(hello.server_name()?);
+        let name = super::names::normalize_host(hello.server_name()?);
         self.0.tls_alpn01(&name)
     }
 }

@@ -19,36 +19,36 @@ mod acme;
 mod certificate;
 mod challenges;
 mod disk;
+mod handshake;
+mod issuance;
 mod maintenance;
+mod names;
 mod orders;
 mod own_cert;
 mod store;
 
 use std::{
-    collections::BTreeSet,
     io,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
-use rustls::{
-    server::{Acceptor, ResolvesServerCert},
-    ServerConfig,
-};
-use tokio::{io::AsyncWriteExt, net::TcpStream, time::timeout};
-use tokio_rustls::{server::TlsStream, LazyConfigAcceptor};
+use rustls::ServerConfig;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
 pub use certificate::{CertificateInfo, CertificateSource};
+pub use names::http01_token;
 
-use crate::config::Settings;
+use crate::config::{Settings, Tls};
 use acme::Acme;
-use certificate::provider;
 use challenges::{ChallengeResolver, Challenges, ACME_TLS_ALPN};
-use orders::{Admission, OrderBook, Outcome};
+use handshake::server_config;
+use orders::OrderBook;
 use own_cert::OwnCertFiles;
 use store::{CertStore, StoreResolver};
 
@@ -103,16 +103,24 @@ impl Default for Tuning {
     }
 }
 
-/// A client that sends no ClientHello within this time is dropped.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Rest of the handshake, once a certificate is chosen.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Certificates, ACME and handshakes for the TLS listeners. Cheap to clone; the background
 /// tasks end when the last clone is dropped.
 #[derive(Clone)]
 pub struct TlsManager {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for TlsManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsManager")
+            .field(
+                "acme_directory",
+                &self.inner.acme.as_ref().map(|acme| &acme.directory),
+            )
+            .field("certificates", &self.inner.store.acme_all().len())
+            .field("own_certificate", &self.inner.store.own().is_some())
+            .finish()
+    }
 }
 
 struct Inner {
@@ -131,24 +139,6 @@ struct Inner {
     tuning: Tuning,
 }
 
-/// Why an order starts; for the logs.
-#[derive(Clone, Copy, Debug)]
-enum Reason {
-    OnDemand,
-    Configured,
-    Renewal,
-}
-
-impl std::fmt::Display for Reason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Reason::OnDemand => "first handshake",
-            Reason::Configured => "configured name",
-            Reason::Renewal => "renewal",
-        })
-    }
-}
-
 impl TlsManager {
     /// [`TlsManager::start_with`] with the default [`Tuning`].
     pub async fn start(settings: &Settings, names: Arc<dyn NamePolicy>) -> Result<TlsManager> {
@@ -163,18 +153,8 @@ impl TlsManager {
         names: Arc<dyn NamePolicy>,
         tuning: Tuning,
     ) -> Result<TlsManager> {
-        let tls = &settings.tls;
         let store = Arc::new(CertStore::default());
-
-        let own_files = match (&tls.cert, &tls.key) {
-            (Some(cert), Some(key)) => Some(OwnCertFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-            }),
-            (None, None) => None,
-            (Some(_), None) => bail!("settings.tls: `cert` is set but `key` is not"),
-            (None, Some(_)) => bail!("settings.tls: `key` is set but `cert` is not"),
-        };
+        let own_files = own_certificate_files(&settings.tls)?;
         let own_stamp = own_files.as_ref().map(OwnCertFiles::stamp);
         if let Some(files) = &own_files {
             let own = files.load()?;
@@ -185,55 +165,8 @@ impl TlsManager {
             );
             store.set_own(Arc::new(own));
         }
-
-        let acme = if tls.acme_directory.trim().is_empty() || tls.challenges.is_empty() {
-            tracing::info!("tls: ACME is off (no acme_directory or no challenges)");
-            None
-        } else {
-            if let Some(email) = &tls.acme_email {
-                if !email.contains('@') || email.contains(char::is_whitespace) {
-                    bail!("settings.tls.acme_email {email:?} is not an e-mail address");
-                }
-            }
-            if let Some(root) = &tls.acme_root {
-                std::fs::metadata(root)
-                    .with_context(|| format!("settings.tls.acme_root {}", root.display()))?;
-            }
-            let disk = disk::Disk::open(&settings.data_dir, &tls.acme_directory)?;
-            for (name, loaded) in disk.load_certificates() {
-                match loaded {
-                    Ok(cert) => store.insert_acme(&name, Arc::new(cert)),
-                    Err(err) => tracing::error!("tls: {err:#}"),
-                }
-            }
-            Some(Acme::new(
-                tls.acme_directory.clone(),
-                tls.acme_email.clone(),
-                tls.acme_root.clone(),
-                tls.challenges.clone(),
-                disk,
-            ))
-        };
-
-        let mut configured = BTreeSet::new();
-        for name in &tls.names {
-            let name = normalize_host(name);
-            if !orderable(&name) {
-                bail!(
-                    "settings.tls.names: {name:?} cannot get an ACME certificate (a public \
-                     DNS name without wildcard is needed)"
-                );
-            }
-            configured.insert(name);
-        }
-        for domain in &settings.domain {
-            let domain = normalize_host(domain);
-            if orderable(&domain) {
-                configured.insert(domain);
-            } else {
-                tracing::info!("tls: no ACME certificate for the domain {domain}: not public");
-            }
-        }
+        let acme = open_acme(settings, &store)?;
+        let configured = names::configured_names(settings)?;
 
         let challenges = Arc::new(Challenges::default());
         let inner = Arc::new(Inner {
@@ -251,7 +184,7 @@ impl TlsManager {
             orders: OrderBook::new(&tuning),
             orders_started: AtomicU64::new(0),
             names,
-            configured: configured.into_iter().collect(),
+            configured,
             own_error: Mutex::new(None),
             tuning,
         });
@@ -280,40 +213,7 @@ impl TlsManager {
     /// `Tuning::handshake_wait`) for its first certificate; other handshakes go on meanwhile.
     /// The negotiated ALPN protocol (`h2` or `http/1.1`) is in the stream's connection.
     pub async fn accept(&self, tcp: TcpStream) -> io::Result<Option<TlsStream<TcpStream>>> {
-        let inner = &self.inner;
-        let start = timeout(
-            HELLO_TIMEOUT,
-            LazyConfigAcceptor::new(Acceptor::default(), tcp),
-        )
-        .await
-        .map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("TLS: no ClientHello within {HELLO_TIMEOUT:?}"),
-            )
-        })??;
-        let hello = start.client_hello();
-        let name = hello.server_name().map(normalize_host);
-        let validation = hello
-            .alpn()
-            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
-        let shown = name.as_deref().unwrap_or("(no SNI)").to_string();
-
-        if validation {
-            let config = inner.challenge_config.clone();
-            let mut stream = finish_handshake(start.into_stream(config), &shown, None).await?;
-            // RFC 8737: the validation ends with the handshake.
-            let _ = stream.shutdown().await;
-            return Ok(None);
-        }
-
-        let missing = match &name {
-            Some(name) => inner.wait_for_certificate(name).await.err(),
-            None => None,
-        };
-        let config = inner.server_config.clone();
-        let stream = finish_handshake(start.into_stream(config), &shown, missing).await?;
-        Ok(Some(stream))
+        self.inner.accept(tcp).await
     }
 
     /// The key authorization to answer `GET /.well-known/acme-challenge/{token}` with, while
@@ -352,225 +252,47 @@ impl TlsManager {
     }
 }
 
-impl Inner {
-    /// Ok when a certificate for `name` is there (now or after waiting for its order);
-    /// otherwise why not.
-    async fn wait_for_certificate(self: &Arc<Self>, name: &str) -> Result<(), String> {
-        if self.store.lookup(name).is_some() {
-            return Ok(());
-        }
-        if self.acme.is_none() {
-            return Err("no certificate covers it, and ACME is off".into());
-        }
-        if !orderable(name) || !self.names.routes(name) {
-            return Err("it routes nowhere, so no certificate is ordered for it".into());
-        }
-        let mut outcome = self.request(name, Reason::OnDemand)?;
-        let wait = self.tuning.handshake_wait;
-        // Bound to a local so that the channel's read guard is gone before `outcome` is.
-        let waited = match timeout(wait, outcome.wait_for(Option::is_some)).await {
-            Ok(Ok(result)) => result.clone().unwrap_or(Ok(())),
-            Ok(Err(_)) => Err("the order ended without a result".into()),
-            Err(_) => Err(format!(
-                "its certificate is still being issued after {}",
-                humantime::format_duration(wait)
-            )),
-        };
-        waited
-    }
-
-    /// Starts an order for `name` in the background, or joins the running one.
-    fn request(
-        self: &Arc<Self>,
-        name: &str,
-        reason: Reason,
-    ) -> Result<tokio::sync::watch::Receiver<Outcome>, String> {
-        let Some(acme) = &self.acme else {
-            return Err("ACME is off".into());
-        };
-        let (done, outcome, failed_before) = match self.orders.admit(name) {
-            Admission::Join(outcome) => return Ok(outcome),
-            Admission::Refused(why) => {
-                tracing::debug!("tls: not ordering a certificate for {name} now: {why}");
-                return Err(why);
-            }
-            Admission::Start {
-                done,
-                outcome,
-                failed_before,
-            } => (done, outcome, failed_before),
-        };
-        self.orders_started.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(
-            "tls: ordering a certificate for {name} ({reason}) from {}",
-            acme.directory
-        );
-        let inner = self.clone();
-        let name = name.to_string();
-        tokio::spawn(async move {
-            let result = inner.order(&name, failed_before).await;
-            if let Some(pause) = inner.orders.finish(&name, &result) {
-                let error = result.as_ref().err().map(String::as_str).unwrap_or("");
-                let serving = match inner.store.lookup(&name) {
-                    Some(_) => "the current certificate keeps serving; ",
-                    None => "",
-                };
-                tracing::error!(
-                    "tls: no certificate for {name} from {}: {error}; {serving}retrying in {}",
-                    inner
-                        .acme
-                        .as_ref()
-                        .map_or("", |acme| acme.directory.as_str()),
-                    humantime::format_duration(pause)
-                );
-            }
-            let _ = done.send(Some(result));
-        });
-        Ok(outcome)
-    }
-
-    async fn order(&self, name: &str, failed_before: u32) -> Result<(), String> {
-        let acme = self.acme.as_ref().ok_or("ACME is off")?;
-        let issue = acme.issue(name, &self.challenges, failed_before);
-        let issued = timeout(self.tuning.order_timeout, issue).await;
-        match issued {
-            Ok(Ok(cert)) => {
-                tracing::info!(
-                    "tls: certificate for {name} issued by {}, valid until {}, renewal from {}",
-                    cert.issuer,
-                    humantime::format_rfc3339_seconds(cert.not_after),
-                    humantime::format_rfc3339_seconds(cert.renew_at())
-                );
-                self.store.insert_acme(name, Arc::new(cert));
-                Ok(())
-            }
-            Ok(Err(err)) => Err(acme::describe(&err)),
-            Err(_) => Err(format!(
-                "the order took longer than {}",
-                humantime::format_duration(self.tuning.order_timeout)
-            )),
-        }
-    }
-
-    /// One pass of the background work: configured names without a certificate, and
-    /// certificates due for renewal.
-    fn maintain(self: &Arc<Self>) {
-        let now = SystemTime::now();
-        let mut due: Vec<(String, Reason)> = Vec::new();
-        for name in &self.configured {
-            if self.store.own_covering(name).is_none() && self.store.acme(name).is_none() {
-                due.push((name.clone(), Reason::Configured));
-            }
-        }
-        for (name, cert) in self.store.acme_all() {
-            if now < cert.renew_at() || self.store.own_covering(&name).is_some() {
-                continue;
-            }
-            // A certificate of a tenant that no longer exists is left to expire.
-            if self.configured.contains(&name) || self.names.routes(&name) {
-                due.push((name, Reason::Renewal));
-            }
-        }
-        for (name, reason) in due {
-            let _ = self.request(&name, reason);
-        }
+fn own_certificate_files(tls: &Tls) -> Result<Option<OwnCertFiles>> {
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => Ok(Some(OwnCertFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        })),
+        (None, None) => Ok(None),
+        (Some(_), None) => bail!("settings.tls: `cert` is set but `key` is not"),
+        (None, Some(_)) => bail!("settings.tls: `key` is set but `cert` is not"),
     }
 }
 
-async fn finish_handshake(
-    handshake: tokio_rustls::Accept<TcpStream>,
-    name: &str,
-    missing: Option<String>,
-) -> io::Result<TlsStream<TcpStream>> {
-    let because = missing
-        .map(|why| format!(" (no certificate: {why})"))
-        .unwrap_or_default();
-    match timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(err)) => Err(io::Error::new(
-            err.kind(),
-            format!("TLS handshake for {name} failed: {err}{because}"),
-        )),
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("TLS handshake for {name} did not finish within {HANDSHAKE_TIMEOUT:?}"),
-        )),
+/// The ACME client, with the certificates stored for its directory loaded into `store`;
+/// `None` when ACME is off. Nothing here talks to the ACME server.
+fn open_acme(settings: &Settings, store: &CertStore) -> Result<Option<Acme>> {
+    let tls = &settings.tls;
+    if tls.acme_directory.trim().is_empty() || tls.challenges.is_empty() {
+        tracing::info!("tls: ACME is off (no acme_directory or no challenges)");
+        return Ok(None);
     }
-}
-
-fn server_config(
-    resolver: Arc<dyn ResolvesServerCert>,
-    alpn: &[&[u8]],
-) -> Result<Arc<ServerConfig>> {
-    // rustls' safe defaults: TLS 1.2 and 1.3, AEAD suites with forward secrecy only.
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(Arc::new(config))
-}
-
-/// The token of an HTTP-01 challenge request path, for the plain listener:
-/// `/.well-known/acme-challenge/{token}` (tokens are base64url).
-pub fn http01_token(path: &str) -> Option<&str> {
-    let token = path.strip_prefix("/.well-known/acme-challenge/")?;
-    let base64url = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
-    (!token.is_empty() && token.bytes().all(base64url)).then_some(token)
-}
-
-/// Host names as compared everywhere here: lower case, without the root's trailing dot.
-pub(crate) fn normalize_host(name: &str) -> String {
-    name.trim_end_matches('.').to_ascii_lowercase()
-}
-
-/// A name an ACME CA can issue for and that is safe as a file name: letters, digits and
-/// hyphens in dot-separated labels, at least two labels, no wildcard, nothing under
-/// `localhost`.
-fn orderable(name: &str) -> bool {
-    let labels_ok = name.split('.').all(|label| {
-        (1..=63).contains(&label.len())
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-    });
-    labels_ok
-        && name.len() <= 253
-        && name.contains('.')
-        && name != "localhost"
-        && !name.ends_with(".localhost")
-        && name.parse::<std::net::IpAddr>().is_err()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn challenge_paths() {
-        assert_eq!(
-            http01_token("/.well-known/acme-challenge/abc-DEF_123"),
-            Some("abc-DEF_123")
-        );
-        assert_eq!(http01_token("/.well-known/acme-challenge/"), None);
-        assert_eq!(http01_token("/.well-known/acme-challenge/../x"), None);
-        assert_eq!(http01_token("/index.html"), None);
+    if let Some(email) = &tls.acme_email {
+        if !email.contains('@') || email.contains(char::is_whitespace) {
+            bail!("settings.tls.acme_email {email:?} is not an e-mail address");
+        }
     }
-
-    #[test]
-    fn orderable_names() {
-        assert!(orderable("alice.notes.example.com"));
-        assert!(orderable("example.com"));
-        assert!(!orderable("localhost"));
-        assert!(!orderable("a.localhost"));
-        assert!(!orderable("*.example.com"));
-        assert!(!orderable("a..example.com"));
-        assert!(!orderable("-a.example.com"));
-        assert!(!orderable("a/b.example.com"));
-        assert!(!orderable("Example.com"), "callers normalize first");
-        assert_eq!(normalize_host("Alice.Example.COM."), "alice.example.com");
+    if let Some(root) = &tls.acme_root {
+        std::fs::metadata(root)
+            .with_context(|| format!("settings.tls.acme_root {}", root.display()))?;
     }
+    let disk = disk::Disk::open(&settings.data_dir, &tls.acme_directory)?;
+    for (name, loaded) in disk.load_certificates() {
+        match loaded {
+            Ok(cert) => store.insert_acme(&name, Arc::new(cert)),
+            Err(err) => tracing::error!("tls: {err:#}"),
+        }
+    }
+    Ok(Some(Acme::new(
+        tls.acme_directory.clone(),
+        tls.acme_email.clone(),
+        tls.acme_root.clone(),
+        tls.challenges.clone(),
+        disk,
+    )))
 }

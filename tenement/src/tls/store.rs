@@ -78,7 +78,7 @@ pub(crate) struct StoreResolver(pub Arc<CertStore>);
 impl ResolvesServerCert for StoreResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let cert = match hello.server_name() {
-            Some(name) => self.0.lookup(&super::normalize_host(name)),
+            Some(name) => self.0.lookup(&super::names::normalize_host(name)),
             None => self.0.own(),
         };
         cert.map(|cert| cert.key.clone())
