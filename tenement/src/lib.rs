@@ -9,3 +9,4 @@ pub mod monitor;
 pub mod store;
 pub mod supervisor;
 pub mod systemd;
+pub mod tls;

@@ -3,6 +3,9 @@
 //! free ports on 127.0.0.1.
 
 pub mod cgroup;
+pub mod logs;
+pub mod pebble;
+pub mod tls;
 
 use std::{
     net::TcpListener,
