@@ -10,3 +10,4 @@ pub mod store;
 pub mod supervisor;
 pub mod systemd;
 pub mod tls;
+pub mod proxy;

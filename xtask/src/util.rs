@@ -56,3 +56,16 @@ extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
 }
+
+/// Sends SIGTERM to one process we started.
+pub fn terminate(pid: u32) {
+    // SAFETY: kill has no memory preconditions; the PID is a child of ours.
+    unsafe {
+        libc_kill(pid as i32, 15);
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}

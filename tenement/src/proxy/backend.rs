@@ -1,0 +1,128 @@
+//! The seam between the proxy and whoever runs the instances (the supervisor). The proxy
+//! only routes and forwards; starting, readiness and idle accounting belong to the other side.
+
+use std::{fmt, time::Duration};
+
+use futures_util::future::BoxFuture;
+use tokio::sync::watch;
+
+use crate::config::InstanceName;
+
+pub trait Backends: Send + Sync + 'static {
+    /// Every known instance with its routing-relevant facts. Called when `changes()` fires.
+    fn instances(&self) -> Vec<BackendInstance>;
+    /// Bumps whenever instances, states or weights change; the proxy rebuilds its table then.
+    fn changes(&self) -> watch::Receiver<u64>;
+    /// Starts the instance if it is not running (one shared start for all concurrent callers),
+    /// waits until ready, returns its port. Fails fast for unknown/failed instances.
+    fn ensure_running(&self, name: &InstanceName) -> BoxFuture<'static, Result<u16, WakeError>>;
+    /// Marks proxied activity: the guard counts an open connection/request until dropped.
+    fn activity(&self, name: &InstanceName) -> ActivityGuard;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendInstance {
+    pub name: InstanceName,
+    /// 0-100: its share of the service-level traffic. 0 keeps it reachable by its own name only.
+    pub weight: u8,
+    pub state: BackendState,
+    /// The port it listens on while it serves (`Running`, `Degraded`, `Unhealthy`). With it the
+    /// proxy forwards without asking `ensure_running` on every request; a refused connection
+    /// to a stale port falls back to `ensure_running` once.
+    pub port: Option<u16>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendState {
+    Running,
+    Starting,
+    Sleeping,
+    Stopped,
+    /// Out of restarts: the proxy answers 503 naming this state instead of waking it.
+    Failed,
+    Degraded,
+    Unhealthy,
+}
+
+impl BackendState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendState::Running => "running",
+            BackendState::Starting => "starting",
+            BackendState::Sleeping => "sleeping",
+            BackendState::Stopped => "stopped",
+            BackendState::Failed => "failed",
+            BackendState::Degraded => "degraded",
+            BackendState::Unhealthy => "unhealthy",
+        }
+    }
+
+    /// States in which the process is up and its port can take requests.
+    pub fn is_serving(self) -> bool {
+        matches!(
+            self,
+            BackendState::Running | BackendState::Degraded | BackendState::Unhealthy
+        )
+    }
+}
+
+impl fmt::Display for BackendState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why `ensure_running` could not hand out a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WakeError {
+    /// No such instance (answered 404).
+    Unknown,
+    /// The instance cannot run now, e.g. it is `failed` (answered 503 naming the state).
+    Failed { state: String, reason: String },
+    /// Not ready within its `startup_timeout` (answered 503 with `Retry-After`).
+    Timeout { after: Duration },
+}
+
+impl fmt::Display for WakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WakeError::Unknown => f.write_str("no such instance"),
+            WakeError::Failed { state, reason } if reason.is_empty() => write!(f, "is {state}"),
+            WakeError::Failed { state, reason } => write!(f, "is {state}: {reason}"),
+            WakeError::Timeout { after } => {
+                write!(
+                    f,
+                    "was not ready within {}",
+                    humantime::format_duration(*after)
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for WakeError {}
+
+/// Proof of proxied activity for the idle reaper: whatever the supervisor puts inside counts
+/// one open request or connection until this guard is dropped.
+pub struct ActivityGuard(Option<Box<dyn Send + Sync>>);
+
+impl ActivityGuard {
+    pub fn new(inner: impl Send + Sync + 'static) -> ActivityGuard {
+        ActivityGuard(Some(Box::new(inner)))
+    }
+
+    /// A guard that counts nothing (for backends without idle accounting, and tests).
+    pub fn none() -> ActivityGuard {
+        ActivityGuard(None)
+    }
+}
+
+impl fmt::Debug for ActivityGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "ActivityGuard(active)"
+        } else {
+            "ActivityGuard(none)"
+        })
+    }
+}

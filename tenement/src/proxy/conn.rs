@@ -1,0 +1,146 @@
+//! One client connection as hyper sees it: a service that routes each request by host and
+//! path, then hands it to `forward`.
+
+use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc};
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::{
+    backend::Backends,
+    body::ProxyBody,
+    exchange::{ConnTracker, Exchange, InFlight},
+    forward::{answer, forward},
+    host,
+    reply::{self, Format},
+    router::TableReader,
+    server::{Counted, Shared},
+    table::Miss,
+};
+
+/// What every request on one connection shares.
+pub(crate) struct ConnContext {
+    shared: Arc<Shared>,
+    /// The client's address, formatted once per connection for `X-Forwarded-For`.
+    peer_ip: HeaderValue,
+    https: bool,
+}
+
+impl ConnContext {
+    pub(crate) fn backends(&self) -> &Arc<dyn Backends> {
+        self.shared.router.backends()
+    }
+
+    /// Asks the backends for a running instance, on the runtime they live on.
+    pub(crate) async fn ensure_running(
+        &self,
+        name: &crate::config::InstanceName,
+    ) -> Result<u16, super::backend::WakeError> {
+        let waking = self.backends().ensure_running(name);
+        match self.shared.main.spawn(waking).await {
+            Ok(result) => result,
+            Err(error) => Err(super::backend::WakeError::Failed {
+                state: "unknown".into(),
+                reason: format!("waking it failed: {error}"),
+            }),
+        }
+    }
+
+    pub(crate) fn peer_ip(&self) -> &HeaderValue {
+        &self.peer_ip
+    }
+
+    pub(crate) fn is_https(&self) -> bool {
+        self.https
+    }
+
+    /// Counts an upgraded tunnel among the connections a shutdown waits for.
+    pub(crate) fn track_tunnel(&self) -> Counted {
+        self.shared.connections.enter()
+    }
+
+    pub(crate) fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shared.shutdown.subscribe()
+    }
+}
+
+pub(crate) struct ConnService {
+    context: Arc<ConnContext>,
+    table: TableReader,
+    tracker: Arc<ConnTracker>,
+}
+
+impl ConnService {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        peer: std::net::IpAddr,
+        https: bool,
+        tracker: Arc<ConnTracker>,
+    ) -> ConnService {
+        let peer_ip = HeaderValue::from_str(&peer.to_string())
+            .expect("an IP address is a valid header value");
+        ConnService {
+            table: shared.router.reader(),
+            context: Arc::new(ConnContext {
+                shared,
+                peer_ip,
+                https,
+            }),
+            tracker,
+        }
+    }
+}
+
+type Answer = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn call(&self, request: Request<Incoming>) -> Answer {
+        let exchange = Exchange::begin(&request, Some(InFlight::new(&self.tracker)));
+        if let Some(pre_router) = &self.context.shared.options.pre_router {
+            if let Some(response) = pre_router(&request) {
+                return ready(answer(response, exchange));
+            }
+        }
+        let format = Format::of(request.headers());
+        let Some(host) = host::request_host(&request) else {
+            let message = "the request has no Host header (or it is not text)";
+            return ready(answer(
+                reply::error(StatusCode::BAD_REQUEST, message, format),
+                exchange,
+            ));
+        };
+        let host = host::normalize(host);
+        let routed = self
+            .table
+            .with(|table| table.resolve(&host, request.uri().path()).cloned());
+        match routed {
+            Ok(entry) => {
+                // `map` rather than an async block around it: one state machine, not two.
+                let forwarding = forward(self.context.clone(), entry, request, exchange, format);
+                Box::pin(futures_util::FutureExt::map(forwarding, Ok))
+            }
+            Err(Miss::NoRoute) => {
+                let message = format!("no route for host {host}");
+                ready(answer(
+                    reply::error(StatusCode::NOT_FOUND, &message, format),
+                    exchange,
+                ))
+            }
+            Err(Miss::NoWeightedInstance { service }) => {
+                let message = format!(
+                    "service {service} has no instance taking traffic (none has a weight above 0 and has not failed)"
+                );
+                let response = reply::error(StatusCode::SERVICE_UNAVAILABLE, &message, format);
+                ready(answer(response, exchange))
+            }
+        }
+    }
+}
+
+fn ready(response: Response<ProxyBody>) -> Answer {
+    Box::pin(std::future::ready(Ok(response)))
+}

@@ -1,0 +1,228 @@
+//! A routed request on its way to its instance: wake it if needed, rewrite the hop-level
+//! headers, send it over a pooled connection (or a dedicated one for an `Upgrade`), and
+//! turn every failure into an answer that names the instance.
+
+use bytes::Bytes;
+use http::{
+    header::{COOKIE, HOST},
+    HeaderValue, Request, Response, StatusCode, Version,
+};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+
+use super::{
+    backend::{BackendState, WakeError},
+    body::ProxyBody,
+    conn::ConnContext,
+    exchange::Exchange,
+    headers,
+    http1::Forwarded,
+    reply::{self, Format},
+    table::Entry,
+    upstream::{self, UpstreamBody, UpstreamError},
+};
+use std::sync::Arc;
+
+/// Never fails: every failure becomes an answer that names the instance.
+pub(crate) async fn forward(
+    conn: Arc<ConnContext>,
+    entry: Arc<Entry>,
+    mut request: Request<Incoming>,
+    mut exchange: Exchange,
+    format: Format,
+) -> Response<ProxyBody> {
+    if entry.state == BackendState::Failed {
+        let message = format!("instance {} is failed", entry.label);
+        return answer(
+            reply::error(StatusCode::SERVICE_UNAVAILABLE, &message, format),
+            exchange,
+        );
+    }
+    let backends = conn.backends();
+    exchange.set_instance(entry.clone(), backends.activity(&entry.name));
+    let upgrade =
+        request.version() == Version::HTTP_11 && headers::wants_upgrade(request.headers());
+    let forwarded = prepare_request(&mut request, &conn);
+
+    let known_port = entry.port.filter(|_| entry.state.is_serving());
+    let port = match known_port {
+        Some(port) => port,
+        None => match wake(&conn, &entry, format).await {
+            Ok(port) => port,
+            Err(response) => return answer(response, exchange),
+        },
+    };
+    if upgrade {
+        let port_from_table = known_port.is_some();
+        return tunnel(
+            conn,
+            entry,
+            port,
+            port_from_table,
+            request,
+            forwarded,
+            exchange,
+            format,
+        )
+        .await;
+    }
+    let sent = match upstream::send(&entry.pool, port, request, &forwarded).await {
+        Err((error, Some(request))) if error.is_refused() && known_port.is_some() => {
+            // The table still said it runs, but it has stopped or moved since: wake it once.
+            match wake(&conn, &entry, format).await {
+                Ok(port) => upstream::send(&entry.pool, port, request, &forwarded).await,
+                Err(response) => return answer(response, exchange),
+            }
+        }
+        sent => sent,
+    };
+    match sent {
+        Ok(response) => relay(response, exchange),
+        Err((error, _)) => answer(bad_gateway(&entry, &error, format), exchange),
+    }
+}
+
+/// An answer the proxy wrote itself, as a response with the request's bookkeeping attached.
+pub(crate) fn answer(response: Response<Bytes>, mut exchange: Exchange) -> Response<ProxyBody> {
+    exchange.set_status(response.status().as_u16());
+    let (parts, bytes) = response.into_parts();
+    Response::from_parts(parts, ProxyBody::local(bytes, exchange))
+}
+
+/// The instance's answer, streamed back with its hop-by-hop headers left behind.
+fn relay(response: Response<UpstreamBody>, mut exchange: Exchange) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    exchange.set_status(parts.status.as_u16());
+    Response::from_parts(parts, ProxyBody::upstream(body, exchange))
+}
+
+async fn wake(conn: &ConnContext, entry: &Entry, format: Format) -> Result<u16, Response<Bytes>> {
+    conn.ensure_running(&entry.name).await.map_err(|error| {
+        let message = format!("instance {} {error}", entry.label);
+        tracing::warn!("{message}");
+        match error {
+            WakeError::Unknown => reply::error(StatusCode::NOT_FOUND, &message, format),
+            WakeError::Failed { .. } => {
+                reply::error(StatusCode::SERVICE_UNAVAILABLE, &message, format)
+            }
+            WakeError::Timeout { after } => reply::retry_later(&message, after, format),
+        }
+    })
+}
+
+fn bad_gateway(entry: &Entry, error: &UpstreamError, format: Format) -> Response<Bytes> {
+    let message = format!("instance {} {error}", entry.label);
+    tracing::warn!("{message}");
+    reply::error(StatusCode::BAD_GATEWAY, &message, format)
+}
+
+/// Readies the client's request for the instance: a `Host` header (HTTP/2 and absolute-form
+/// requests carry it in the URI, which outranks any Host header, RFC 9112 3.2.2), cookies
+/// in one header, no headers that `Connection` names. The rest of the hop-level rewriting
+/// (hop-by-hop headers out, `X-Forwarded-*` in, origin-form path) happens as the head is
+/// written, see `http1::encode_request_head`.
+fn prepare_request(request: &mut Request<Incoming>, conn: &ConnContext) -> Forwarded {
+    let host = match request.uri().authority() {
+        Some(authority) => {
+            let host = HeaderValue::from_str(authority.as_str()).ok();
+            if let Some(host) = &host {
+                request.headers_mut().insert(HOST, host.clone());
+            }
+            host
+        }
+        None => request.headers().get(HOST).cloned(),
+    };
+    if request.version() == Version::HTTP_2 {
+        join_cookies(request.headers_mut());
+    }
+    headers::remove_connection_named(request.headers_mut());
+    Forwarded {
+        client_ip: conn.peer_ip().clone(),
+        https: conn.is_https(),
+        host,
+    }
+}
+
+/// HTTP/2 may split `Cookie` into one header per pair; HTTP/1.1 wants one (RFC 9113 8.2.3).
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut cookies = headers.get_all(COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(COOKIE, value);
+    }
+}
+
+/// `Upgrade` (WebSocket and others): a dedicated connection to the instance; once both
+/// sides agreed to switch, the two sockets are spliced until either closes. The activity
+/// guard lives as long as the tunnel, so an open WebSocket keeps its instance awake.
+async fn tunnel(
+    conn: Arc<ConnContext>,
+    entry: Arc<Entry>,
+    port: u16,
+    port_from_table: bool,
+    mut request: Request<Incoming>,
+    forwarded: Forwarded,
+    mut exchange: Exchange,
+    format: Format,
+) -> Response<ProxyBody> {
+    let client_side = hyper::upgrade::on(&mut request);
+    let sent = match upstream::send_upgrade(port, request, &forwarded).await {
+        Err((error, Some(request))) if error.is_refused() && port_from_table => {
+            match wake(&conn, &entry, format).await {
+                Ok(port) => upstream::send_upgrade(port, request, &forwarded).await,
+                Err(response) => return answer(response, exchange),
+            }
+        }
+        sent => sent,
+    };
+    let (head, switched) = match sent {
+        Ok(sent) => sent,
+        Err((error, _)) => return answer(bad_gateway(&entry, &error, format), exchange),
+    };
+    let (mut parts, ()) = head.into_parts();
+    let (mut instance, early) = match switched {
+        Ok(socket) => socket,
+        // The instance declined to switch; its answer goes back as it is.
+        Err(body) => return relay(Response::from_parts(parts, body), exchange),
+    };
+    headers::strip_hop_by_hop(&mut parts.headers, true);
+    exchange.set_status(parts.status.as_u16());
+    let activity = exchange.take_activity();
+    let counted = conn.track_tunnel();
+    let mut shutdown = conn.shutdown_signal();
+    let label = entry.label.clone();
+    tokio::spawn(async move {
+        let _activity = activity;
+        let _counted = counted;
+        let mut client = match client_side.await {
+            Ok(client) => TokioIo::new(client),
+            Err(error) => {
+                tracing::debug!("upgrade to instance {label} did not complete: {error}");
+                return;
+            }
+        };
+        let splice = async {
+            // Whatever the instance sent right behind its 101 goes first.
+            client.write_all(&early).await?;
+            tokio::io::copy_bidirectional(&mut client, &mut instance).await
+        };
+        tokio::select! {
+            copied = splice => {
+                if let Err(error) = copied {
+                    tracing::debug!("tunnel to instance {label} ended: {error}");
+                }
+            }
+            _ = shutdown.wait_for(|stopping| *stopping) => {}
+        }
+    });
+    Response::from_parts(parts, ProxyBody::local(Bytes::new(), exchange))
+}

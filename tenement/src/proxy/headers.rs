@@ -1,0 +1,149 @@
+//! Header rules at the hop between client and instance: hop-by-hop headers stay behind,
+//! everything else passes unchanged. (The `X-Forwarded-*` headers tenement adds are written
+//! with the request head, see `http1::encode_request_head`.)
+
+use http::{
+    header::{CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE},
+    HeaderMap, HeaderName, HeaderValue,
+};
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that describe one connection, never the message (RFC 9110 7.6.1), plus the
+/// proxy credentials meant for a proxy, which tenement does not use.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    TE,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    PROXY_AUTHORIZATION,
+    PROXY_AUTHENTICATE,
+];
+
+/// True for an HTTP/1.1 request asking to switch protocols (`Connection: upgrade` + `Upgrade`).
+pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+/// True for a header that describes the hop, not the message. With `upgrade`, `Upgrade`
+/// is kept so that the switch reaches the other side.
+pub(crate) fn is_hop_by_hop(name: &HeaderName, upgrade: bool) -> bool {
+    (name == CONNECTION || HOP_BY_HOP.contains(name)) && !(upgrade && name == UPGRADE)
+}
+
+/// The headers tenement writes itself, whatever the client claims.
+pub(crate) fn is_forwarded(name: &HeaderName) -> bool {
+    name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST
+}
+
+/// Removes the headers the `Connection` header names (RFC 9110 7.6.1), except `Upgrade`
+/// when the request asks to switch protocols.
+pub(crate) fn remove_connection_named(headers: &mut HeaderMap) {
+    if !headers.contains_key(CONNECTION) {
+        return;
+    }
+    // The usual tokens name no header; skipping them keeps this allocation-free.
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter(|t| {
+            !["close", "keep-alive", "upgrade"]
+                .iter()
+                .any(|u| t.eq_ignore_ascii_case(u))
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+}
+
+/// Removes the hop-by-hop headers and those the `Connection` header names. With `upgrade`,
+/// the `Upgrade` header stays and `Connection: upgrade` is set.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none: one look at each name costs less than a removal per name.
+    if headers.keys().any(|name| is_hop_by_hop(name, false)) {
+        remove_connection_named(headers);
+        headers.remove(CONNECTION);
+        for name in HOP_BY_HOP {
+            if !(upgrade && name == UPGRADE) {
+                headers.remove(name);
+            }
+        }
+    }
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::{AUTHORIZATION, COOKIE, HOST};
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut map = headers(&[
+            ("host", "a.example.com"),
+            ("connection", "close, X-Private"),
+            ("connection", "keep-alive"),
+            ("x-private", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Basic eA=="),
+            ("authorization", "Bearer t"),
+            ("cookie", "a=1"),
+            ("upgrade", "websocket"),
+        ]);
+        strip_hop_by_hop(&mut map, false);
+        let mut left: Vec<_> = map.keys().map(|k| k.as_str().to_string()).collect();
+        left.sort();
+        assert_eq!(left, ["authorization", "cookie", "host"]);
+        assert_eq!(map[AUTHORIZATION], "Bearer t");
+        assert_eq!(map[COOKIE], "a=1");
+        assert_eq!(map[HOST], "a.example.com");
+    }
+
+    #[test]
+    fn upgrade_survives_when_asked_for() {
+        let mut map = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("keep-alive", "5"),
+        ]);
+        assert!(wants_upgrade(&map));
+        strip_hop_by_hop(&mut map, true);
+        assert_eq!(map[UPGRADE], "websocket");
+        assert_eq!(map[CONNECTION], "upgrade");
+        assert!(!map.contains_key(KEEP_ALIVE));
+        assert!(!wants_upgrade(&headers(&[("upgrade", "websocket")])));
+        assert!(!wants_upgrade(&headers(&[("connection", "upgrade")])));
+    }
+}
