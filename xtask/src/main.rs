@@ -67,6 +67,14 @@ fn test(args: &[String]) -> Result<()> {
     // tenement-ebpf builds only for the BPF target (tenement/build.rs does that).
     let mut cargo_args = vec!["test", "--workspace", "--exclude", "tenement-ebpf"];
     cargo_args.extend(args.iter().map(String::as_str));
+    // The end-to-end tests run this binary instead of building their own copy.
+    std::env::set_var(
+        "TENEMENT_BIN",
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| util::workspace_root().join("target"))
+            .join("debug/tenement"),
+    );
     util::cargo(&cargo_args)
 }
 

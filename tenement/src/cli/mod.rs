@@ -50,7 +50,7 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
     /// Run the daemon: start the instances, supervise them, stop them on SIGTERM/SIGINT
-    Serve,
+    Serve(serve::ServeOptions),
     /// Internal: first process of a namespaced instance (started by `serve`)
     #[command(name = "__init", hide = true)]
     Init {
@@ -134,10 +134,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(shell, &mut command, "tenement", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve => serve::serve(cli.config.as_deref()),
+        Command::Serve(options) => serve::serve(cli.config.as_deref(), &options),
         Command::Init { spec, argv } => crate::supervisor::init::main(&spec, &argv),
         Command::Guard { parent, subtrees } => crate::supervisor::guard::main(parent, &subtrees),
     }
 }
 
 mod doctor;
+mod front;

@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::front::FrontDoor;
 use crate::{
     api::{Api, ApiServer},
     config::{self, Config},
@@ -21,7 +22,18 @@ use crate::{
     systemd,
 };
 
-pub fn serve(explicit: Option<&Path>) -> Result<ExitCode> {
+/// `--tls` / `--email` on the command line: the common case without editing the file.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ServeOptions {
+    /// Terminate TLS with ACME certificates (same as `[settings.tls] enabled = true`)
+    #[arg(long)]
+    pub tls: bool,
+    /// Contact email for the ACME account (`[settings.tls] acme_email`)
+    #[arg(long, requires = "tls")]
+    pub email: Option<String>,
+}
+
+pub fn serve(explicit: Option<&Path>, options: &ServeOptions) -> Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -30,7 +42,13 @@ pub fn serve(explicit: Option<&Path>) -> Result<ExitCode> {
         .with_writer(|| LossyStderr)
         .init();
     let path = config::locate(explicit)?;
-    let config = Config::load(&path)?;
+    let mut config = Config::load(&path)?;
+    if options.tls {
+        config.settings.tls.enabled = true;
+    }
+    if let Some(email) = &options.email {
+        config.settings.tls.acme_email = Some(email.clone());
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(run(Arc::new(config)))?;
     Ok(ExitCode::SUCCESS)
@@ -56,6 +74,7 @@ async fn run(config: Arc<Config>) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let monitor = Arc::new(Mutex::new(monitor));
+    let monitor_for_wiring = monitor.clone();
     let supervisor =
         Supervisor::start(config.clone(), store.clone(), logs.clone(), monitor.clone()).await?;
     let api = ApiServer::start(Api {
@@ -66,6 +85,8 @@ async fn run(config: Arc<Config>) -> Result<()> {
         monitor,
     })
     .await?;
+    watch_kernel(&supervisor, &monitor_for_wiring);
+    let front = FrontDoor::start(config.clone(), supervisor.clone()).await?;
     tracing::info!(
         "tenement {} serving {} (data in {})",
         env!("CARGO_PKG_VERSION"),
@@ -86,10 +107,35 @@ async fn run(config: Arc<Config>) -> Result<()> {
         _ = interrupt.recv() => tracing::info!("SIGINT: stopping every instance"),
     }
     let _ = systemd::notify::stopping();
+    front.shutdown().await;
     api.shutdown().await;
     supervisor.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Feeds the kernel's view to the supervisor: traffic on an instance's sockets counts as
+/// activity for the idle reaper, and a listen event ends a start's wait at once.
+fn watch_kernel(supervisor: &Supervisor, monitor: &Arc<Mutex<Monitor>>) {
+    let kernel = monitor.clone();
+    supervisor.set_activity_source(Arc::new(move |cgroup_id| {
+        let stats = kernel.lock().ok()?.stats(cgroup_id)?;
+        std::time::Instant::now().checked_sub(stats.idle_for()?)
+    }));
+    let mut events = match monitor.lock() {
+        Ok(monitor) => monitor.listen_events(),
+        Err(_) => return,
+    };
+    let supervisor = supervisor.clone();
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(event) => supervisor.notify_listening(event.cgroup_id),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
 }
 
 /// stderr that never fails: a daemon whose log reader went away keeps running (the default

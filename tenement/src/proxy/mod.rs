@@ -106,6 +106,12 @@ impl Proxy {
         }
     }
 
+    /// Whether requests for `host` (lower case, no port, no trailing dot) reach a service or
+    /// instance: what the TLS layer asks before ordering a certificate for a name.
+    pub fn routes(&self, host: &str) -> bool {
+        self.shared.router.routes(host)
+    }
+
     /// Routes by a new configuration (domains, `[routing]`, services) from now on.
     pub fn set_config(&self, config: Arc<Config>) {
         self.shared.router.set_config(config);

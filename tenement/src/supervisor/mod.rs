@@ -5,6 +5,7 @@
 //! start of tenement) shares that loop and waits on the instance's status, so a thousand
 //! concurrent requests to a sleeping tenant cause exactly one spawn.
 
+mod backends;
 pub mod cgroup;
 mod environment;
 pub mod guard;
