@@ -162,10 +162,7 @@ fn acme_and_redirect(tls: Arc<std::sync::OnceLock<TlsManager>>) -> PreRouter {
                 host
             }
         });
-        let target = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str());
+        let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         Some(response(
             StatusCode::PERMANENT_REDIRECT,
             String::new(),

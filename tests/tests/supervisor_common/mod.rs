@@ -43,8 +43,17 @@ impl Daemon {
                 break port;
             }
         };
+        // The proxy listens too: each daemon on its own port, outside the instance range.
+        let listen = std::iter::repeat_with(free_port)
+            .find(|port| !(base..=base + 200).contains(port))
+            .unwrap();
+        let listen_line = if settings.contains("listen") {
+            String::new()
+        } else {
+            format!("listen = \"127.0.0.1:{listen}\"\n")
+        };
         let text = format!(
-            "[settings]\ndata_dir = {data:?}\nport_range = [{base}, {}]\n{settings}\n\n",
+            "[settings]\ndata_dir = {data:?}\nport_range = [{base}, {}]\n{listen_line}{settings}\n\n",
             base + 200,
             data = data_dir.display().to_string(),
         );
