@@ -80,7 +80,7 @@ pub fn ebpf(layout: &CgroupLayout) -> Check {
             )
         }
     };
-    let mut monitor = Monitor::start(&cgroup.0);
+    let monitor = Monitor::start(&cgroup.0);
     let status = monitor.kernel_counters().clone();
     let check = match status {
         KernelCounters::Active => match cgroup_id(&cgroup.0).and_then(|id| {
