@@ -174,6 +174,16 @@ fn blue_green_swap_under_load_fails_no_request() {
         not_v1.is_empty(),
         "before the route every answer should come from v1: {not_v1:?}"
     );
+    // The swap is one step: once v2 has answered, v1 never answers again.
+    if let Some(first_v2) = bodies.iter().position(|body| *body == "hello from v2") {
+        let back: Vec<usize> = (first_v2..bodies.len())
+            .filter(|&index| bodies[index] != "hello from v2")
+            .collect();
+        assert!(
+            back.is_empty(),
+            "v2 first answered #{first_v2}, yet #{back:?} did not come from v2"
+        );
+    }
     let last = &bodies[bodies.len() - 30..];
     assert!(
         last.iter().all(|body| *body == "hello from v2"),
