@@ -37,16 +37,7 @@ pub fn run() -> Result<()> {
     if !util::is_root() {
         bail!("bench spawn needs root (cgroups, namespaces, tenant uids)");
     }
-    util::step("building tenement (release)");
-    util::cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "tenement",
-        "--bin",
-        "tenement",
-    ])?;
-    let tenement = util::workspace_root().join("target/release/tenement");
+    let tenement = util::build_release_binary()?;
     let scratch = PathBuf::from(format!("/tmp/tenement-bench-spawn-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
     let result = measure_all(&tenement, &scratch);

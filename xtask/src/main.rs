@@ -81,15 +81,7 @@ fn test(args: &[String]) -> Result<()> {
 /// The README's first command: serve the bundled notes example on 127.0.0.1:8080.
 fn run_example() -> Result<()> {
     setup::setup(false)?;
-    util::step("building tenement");
-    util::cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "tenement",
-        "--bin",
-        "tenement",
-    ])?;
+    let tenement = util::build_release_binary()?;
     // Tenants run under their own uids and cannot read a checkout under /root (mode 0700),
     // so the example is served from a world-readable copy.
     let staged = std::path::Path::new("/tmp/tenement-example/app");
@@ -107,7 +99,7 @@ fn run_example() -> Result<()> {
          \n  curl -H 'Host: alice.notes.localhost' http://127.0.0.1:8080/notes\
          \n  curl -H 'Host: bob.notes.localhost' http://127.0.0.1:8080/notes   # bob has his own notes\n"
     );
-    let status = std::process::Command::new(util::workspace_root().join("target/release/tenement"))
+    let status = std::process::Command::new(tenement)
         .arg("serve")
         .arg("--config")
         .arg(staged.join("tenement.toml"))
