@@ -7,12 +7,14 @@ mod supervisor_common;
 use std::{
     io::{Read, Write},
     net::TcpStream,
+    os::unix::net::UnixStream,
+    process::Command,
 };
 
 use supervisor_common::{eventually, Daemon};
 use tenement_tests::{
     pebble::{Pebble, PebbleOptions},
-    privileged,
+    privileged, tenement_bin,
     tls::https_get,
 };
 
@@ -47,6 +49,20 @@ fn plain_get(port: u16, host: &str, path: &str) -> String {
     response
         .split_once("\r\n\r\n")
         .map_or(response.clone(), |(head, _)| head.to_string())
+}
+
+/// A GET on the management API's unix socket; returns the body.
+fn unix_get(socket: &std::path::Path, path: &str) -> String {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
 }
 
 #[test]
@@ -124,5 +140,44 @@ fn serve_gets_certificates_for_its_tenants_from_pebble() {
         assert!(!pebble.log().contains(name), "{}", pebble.log());
         assert!(!daemon.log().contains(&format!("certificate for {name}")));
     }
+
+    // The operator sees the certificates: `tenement status` and an expiry gauge on /metrics.
+    let socket = daemon.data_dir.join("tenement.sock");
+    let status = Command::new(tenement_bin())
+        .arg("--server")
+        .arg(format!("unix:{}", socket.display()))
+        .arg("status")
+        .env_remove("TENEMENT_TOKEN")
+        .env_remove("TENEMENT_SERVER")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    for name in [
+        "example.test",
+        "alice.notes.example.test",
+        "bob.notes.example.test",
+    ] {
+        assert!(
+            text.contains(&format!("{name} (acme), valid until ")),
+            "{name} missing from `tenement status`:\n{text}"
+        );
+    }
+    let metrics = unix_get(&socket, "/metrics");
+    let gauge = "tenement_tls_certificate_expiry_timestamp_seconds";
+    assert!(
+        metrics.contains(&format!(
+            "{gauge}{{name=\"alice.notes.example.test\",source=\"acme\"}}"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("tenement_tls_certificate_errors{"),
+        "{metrics}"
+    );
     daemon.stop();
 }
