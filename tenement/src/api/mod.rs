@@ -8,6 +8,7 @@
 pub mod address;
 pub mod auth;
 mod body;
+mod certificates;
 mod deploy;
 pub mod error;
 mod handlers;
@@ -21,7 +22,7 @@ pub mod types;
 mod view;
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::{Instant, SystemTime},
 };
 
@@ -31,7 +32,10 @@ use tokio::{sync::watch, task::JoinHandle};
 pub use address::ApiAddress;
 pub use metrics::{Exposition, Kind, Metrics};
 
-use crate::{config::Config, logs::LogHub, monitor::Monitor, store::Store, supervisor::Supervisor};
+use crate::{
+    config::Config, logs::LogHub, monitor::Monitor, store::Store, supervisor::Supervisor,
+    tls::TlsManager,
+};
 
 /// What the API serves from: the daemon's parts, shared with the rest of `serve`.
 pub struct Api {
@@ -49,6 +53,8 @@ pub(crate) struct Context {
     pub metrics: Arc<Metrics>,
     pub started_at: SystemTime,
     pub started: Instant,
+    /// The front door's certificates, once it has started with TLS on.
+    pub tls: Arc<OnceLock<TlsManager>>,
     /// Turns true when the daemon shuts down: long streams end.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -67,6 +73,7 @@ impl Context {
 pub struct ApiServer {
     addresses: Vec<ApiAddress>,
     metrics: Arc<Metrics>,
+    tls: Arc<OnceLock<TlsManager>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -82,6 +89,7 @@ impl ApiServer {
             listeners.push(listener::Listener::bind(address).await?);
         }
         let metrics = Metrics::new();
+        let tls: Arc<OnceLock<TlsManager>> = Arc::default();
         let (stop, shutdown) = watch::channel(false);
         let context = Arc::new(Context {
             api,
@@ -89,6 +97,7 @@ impl ApiServer {
             metrics: metrics.clone(),
             started_at: SystemTime::now(),
             started: Instant::now(),
+            tls: tls.clone(),
             shutdown: shutdown.clone(),
         });
         stats::register_metrics(&context);
@@ -108,6 +117,7 @@ impl ApiServer {
         Ok(ApiServer {
             addresses,
             metrics,
+            tls,
             stop,
             tasks,
         })
@@ -120,6 +130,14 @@ impl ApiServer {
     /// The `/metrics` registry: other parts add their collectors here.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Shows the front door's certificates in the status and on `/metrics`. The API starts
+    /// before the front door (whose TLS manager needs the proxy), hence this late step.
+    pub fn attach_tls(&self, manager: TlsManager) {
+        if self.tls.set(manager.clone()).is_ok() {
+            certificates::register_metrics(&self.metrics, manager);
+        }
     }
 
     /// Stops accepting, ends open connections and streams, removes the unix socket.

@@ -48,6 +48,11 @@ pub fn status(context: &Context, caller: &Caller) -> ApiResult<Response<Body>> {
         kernel_counters: view::kernel_counters(&context.monitor()),
         services: context.api.config.service.keys().cloned().collect(),
         instances,
+        certificates: context
+            .tls
+            .get()
+            .map(|manager| manager.certificates())
+            .unwrap_or_default(),
     };
     Ok(body::json(StatusCode::OK, &status))
 }

@@ -77,6 +77,9 @@ pub struct StatusView {
     pub services: Vec<String>,
     /// Number of instances in each state.
     pub instances: BTreeMap<String, usize>,
+    /// TLS certificates and names waiting for one (empty with TLS off).
+    #[serde(default)]
+    pub certificates: Vec<crate::tls::CertificateInfo>,
 }
 
 /// `POST /v1/instances`

@@ -426,7 +426,7 @@ fn status_text(status: &StatusView) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    format!(
+    let mut text = format!(
         "tenement {} (pid {}), up {}\n\
          api:             {}\n\
          data dir:        {}\n\
@@ -443,7 +443,33 @@ fn status_text(status: &StatusView) -> String {
         } else {
             status.services.join(", ")
         },
-    )
+    );
+    for (index, info) in status.certificates.iter().enumerate() {
+        let label = if index == 0 { "certificates:" } else { "" };
+        text.push_str(&format!("\n{label:<17}{}", certificate_line(info)));
+    }
+    text
+}
+
+/// One certificate of `tenement status`: its names, where it comes from, until when it is
+/// valid, and what went wrong last if anything did.
+fn certificate_line(info: &crate::tls::CertificateInfo) -> String {
+    let source = match info.source {
+        crate::tls::CertificateSource::Acme => "acme",
+        crate::tls::CertificateSource::File => "file",
+    };
+    let mut line = format!("{} ({source})", info.names.join(", "));
+    match info.not_after {
+        Some(not_after) => line.push_str(&format!(
+            ", valid until {}",
+            humantime::format_rfc3339_seconds(not_after)
+        )),
+        None => line.push_str(", none yet"),
+    }
+    if let Some(error) = &info.last_error {
+        line.push_str(&format!(", last error: {error}"));
+    }
+    line
 }
 
 /// `--since`: a duration back from now (`10m`) or a point in time (RFC 3339).

@@ -87,6 +87,9 @@ async fn run(config: Arc<Config>) -> Result<()> {
     .await?;
     watch_kernel(&supervisor, &monitor_for_wiring);
     let front = FrontDoor::start(config.clone(), supervisor.clone()).await?;
+    if let Some(manager) = &front.tls {
+        api.attach_tls(manager.clone());
+    }
     tracing::info!(
         "tenement {} serving {} (data in {})",
         env!("CARGO_PKG_VERSION"),

@@ -48,7 +48,7 @@ pub use exchange::ACCESS_LOG;
 use crate::config::Config;
 
 /// Answers requests before routing, e.g. ACME HTTP-01 challenges: `Some` answers, `None` lets
-/// the request through to the instances.
+/// the request through to the instances. Asked on plain (non-TLS) connections only.
 pub type PreRouter = Arc<dyn Fn(&Request<Incoming>) -> Option<Response<Bytes>> + Send + Sync>;
 
 /// Limits that protect the proxy from slow or oversized clients, and its optional hook.
