@@ -10,7 +10,8 @@ use super::{
     backend::Backends,
     body::ProxyBody,
     exchange::{ConnTracker, Exchange, InFlight},
-    forward::{answer, forward},
+    forward::{answer, forward, Asked},
+    headers::RequestFacts,
     host,
     reply::{self, Format},
     router::TableReader,
@@ -109,8 +110,18 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 return ready(answer(response, exchange));
             }
         }
-        let format = Format::of(request.headers());
-        let Some(host) = host::request_host(&request) else {
+        let facts = RequestFacts::of(request.headers());
+        let asked = Asked {
+            format: if facts.wants_json {
+                Format::Json
+            } else {
+                Format::Text
+            },
+            upgrade: facts.upgrade && request.version() == http::Version::HTTP_11,
+            connection_header: facts.connection,
+        };
+        let format = asked.format;
+        let Some(host) = host::request_host(request.uri(), facts.host) else {
             let message = "the request has no Host header (or it is not text)";
             return ready(answer(
                 reply::error(StatusCode::BAD_REQUEST, message, format),
@@ -124,7 +135,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         match routed {
             Ok(entry) => {
                 // `map` rather than an async block around it: one state machine, not two.
-                let forwarding = forward(self.context.clone(), entry, request, exchange, format);
+                let forwarding = forward(self.context.clone(), entry, request, exchange, asked);
                 Box::pin(futures_util::FutureExt::map(forwarding, Ok))
             }
             Err(Miss::NoRoute) => {

@@ -52,7 +52,7 @@ impl Drop for InFlight {
 
 pub(crate) struct Exchange {
     /// What the access log line names; not collected when that log is off.
-    logged: Option<Logged>,
+    logged: Option<Box<Logged>>,
     instance: Option<Arc<Entry>>,
     activity: ActivityGuard,
     _in_flight: Option<InFlight>,
@@ -70,11 +70,13 @@ struct Logged {
 
 impl Exchange {
     pub(crate) fn begin<B>(request: &Request<B>, in_flight: Option<InFlight>) -> Exchange {
-        let logged = tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO).then(|| Logged {
-            start: Instant::now(),
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            host: request.headers().get(http::header::HOST).cloned(),
+        let logged = tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO).then(|| {
+            Box::new(Logged {
+                start: Instant::now(),
+                method: request.method().clone(),
+                uri: request.uri().clone(),
+                host: request.headers().get(http::header::HOST).cloned(),
+            })
         });
         Exchange {
             logged,

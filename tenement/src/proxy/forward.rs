@@ -24,14 +24,25 @@ use super::{
 };
 use std::sync::Arc;
 
+/// What the request asks of the proxy, read from its headers before routing.
+#[derive(Clone, Copy)]
+pub(crate) struct Asked {
+    pub format: Format,
+    /// Switch protocols (HTTP/1.1 `Upgrade`).
+    pub upgrade: bool,
+    /// Has a `Connection` header, which may name headers to drop.
+    pub connection_header: bool,
+}
+
 /// Never fails: every failure becomes an answer that names the instance.
 pub(crate) async fn forward(
     conn: Arc<ConnContext>,
     entry: Arc<Entry>,
     mut request: Request<Incoming>,
     mut exchange: Exchange,
-    format: Format,
+    asked: Asked,
 ) -> Response<ProxyBody> {
+    let format = asked.format;
     if entry.state == BackendState::Failed {
         let message = format!("instance {} is failed", entry.label);
         return answer(
@@ -41,9 +52,8 @@ pub(crate) async fn forward(
     }
     let backends = conn.backends();
     exchange.set_instance(entry.clone(), backends.activity(&entry.name));
-    let upgrade =
-        request.version() == Version::HTTP_11 && headers::wants_upgrade(request.headers());
-    let forwarded = prepare_request(&mut request, &conn);
+    let upgrade = asked.upgrade;
+    let forwarded = prepare_request(&mut request, &conn, asked.connection_header);
 
     let known_port = entry.port.filter(|_| entry.state.is_serving());
     let port = match known_port {
@@ -123,7 +133,11 @@ fn bad_gateway(entry: &Entry, error: &UpstreamError, format: Format) -> Response
 /// in one header, no headers that `Connection` names. The rest of the hop-level rewriting
 /// (hop-by-hop headers out, `X-Forwarded-*` in, origin-form path) happens as the head is
 /// written, see `http1::encode_request_head`.
-fn prepare_request(request: &mut Request<Incoming>, conn: &ConnContext) -> Forwarded {
+fn prepare_request(
+    request: &mut Request<Incoming>,
+    conn: &ConnContext,
+    connection_header: bool,
+) -> Forwarded {
     let host = match request.uri().authority() {
         Some(authority) => {
             let host = HeaderValue::from_str(authority.as_str()).ok();
@@ -137,7 +151,9 @@ fn prepare_request(request: &mut Request<Incoming>, conn: &ConnContext) -> Forwa
     if request.version() == Version::HTTP_2 {
         join_cookies(request.headers_mut());
     }
-    headers::remove_connection_named(request.headers_mut());
+    if connection_header {
+        headers::remove_connection_named(request.headers_mut());
+    }
     Forwarded {
         client_ip: conn.peer_ip().clone(),
         https: conn.is_https(),

@@ -3,7 +3,10 @@
 //! with the request head, see `http1::encode_request_head`.)
 
 use http::{
-    header::{CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE},
+    header::{
+        ACCEPT, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING,
+        UPGRADE,
+    },
     HeaderMap, HeaderName, HeaderValue,
 };
 
@@ -25,10 +28,45 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     PROXY_AUTHENTICATE,
 ];
 
-/// True for an HTTP/1.1 request asking to switch protocols (`Connection: upgrade` + `Upgrade`).
-pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE)
-        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+/// What the proxy needs to know of a request's headers, gathered in one pass: a request has
+/// a handful, and comparing each name once costs less than a hashed lookup per question.
+#[derive(Default)]
+pub(crate) struct RequestFacts<'h> {
+    pub host: Option<&'h HeaderValue>,
+    /// The client asks for `application/json` (error bodies follow suit).
+    pub wants_json: bool,
+    /// `Upgrade` plus a `Connection` that says `upgrade`.
+    pub upgrade: bool,
+    /// Has a `Connection` header (which may name more headers to drop).
+    pub connection: bool,
+}
+
+impl<'h> RequestFacts<'h> {
+    pub(crate) fn of(headers: &'h HeaderMap) -> RequestFacts<'h> {
+        let mut facts = RequestFacts::default();
+        let mut upgrade_header = false;
+        let mut upgrade_token = false;
+        for (name, value) in headers {
+            if name == HOST {
+                facts.host.get_or_insert(value);
+            } else if name == ACCEPT {
+                facts.wants_json |= value
+                    .as_bytes()
+                    .windows(b"application/json".len())
+                    .any(|w| w.eq_ignore_ascii_case(b"application/json"));
+            } else if name == CONNECTION {
+                facts.connection = true;
+                upgrade_token |= value
+                    .as_bytes()
+                    .split(|&b| b == b',')
+                    .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+            } else if name == UPGRADE {
+                upgrade_header = true;
+            }
+        }
+        facts.upgrade = upgrade_header && upgrade_token;
+        facts
+    }
 }
 
 /// True for a header that describes the hop, not the message. With `upgrade`, `Upgrade`
@@ -132,18 +170,34 @@ mod tests {
     }
 
     #[test]
+    fn facts_in_one_pass() {
+        let map = headers(&[
+            ("host", "a.example.com"),
+            ("accept", "text/html, Application/JSON;q=0.9"),
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        let facts = RequestFacts::of(&map);
+        assert_eq!(facts.host.unwrap(), "a.example.com");
+        assert!(facts.wants_json && facts.upgrade && facts.connection);
+        let empty = HeaderMap::new();
+        let plain = RequestFacts::of(&empty);
+        assert!(plain.host.is_none() && !plain.wants_json && !plain.upgrade && !plain.connection);
+    }
+
+    #[test]
     fn upgrade_survives_when_asked_for() {
         let mut map = headers(&[
             ("connection", "Upgrade"),
             ("upgrade", "websocket"),
             ("keep-alive", "5"),
         ]);
-        assert!(wants_upgrade(&map));
+        assert!(RequestFacts::of(&map).upgrade);
         strip_hop_by_hop(&mut map, true);
         assert_eq!(map[UPGRADE], "websocket");
         assert_eq!(map[CONNECTION], "upgrade");
         assert!(!map.contains_key(KEEP_ALIVE));
-        assert!(!wants_upgrade(&headers(&[("upgrade", "websocket")])));
-        assert!(!wants_upgrade(&headers(&[("connection", "upgrade")])));
+        assert!(!RequestFacts::of(&headers(&[("upgrade", "websocket")])).upgrade);
+        assert!(!RequestFacts::of(&headers(&[("connection", "upgrade")])).upgrade);
     }
 }

@@ -181,7 +181,25 @@ pub(crate) fn response_framing(
     {
         return Ok(Framing::Empty);
     }
-    if let Some(encoding) = parts.headers.get_all(TRANSFER_ENCODING).iter().last() {
+    // One pass over the headers (a response has a handful) instead of a lookup per name.
+    let mut last_encoding = None;
+    let mut length = None;
+    for (name, value) in &parts.headers {
+        if name == TRANSFER_ENCODING {
+            last_encoding = Some(value);
+        } else if name == CONTENT_LENGTH {
+            let parsed = std::str::from_utf8(value.as_bytes())
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| malformed(format!("content-length {value:?}")))?;
+            if length.is_some_and(|known| known != parsed) {
+                return Err(malformed("two different content-lengths"));
+            }
+            length = Some(parsed);
+        }
+    }
+    if let Some(encoding) = last_encoding {
         let last = encoding
             .as_bytes()
             .rsplit(|&b| b == b',')
@@ -192,18 +210,6 @@ pub(crate) fn response_framing(
         } else {
             Framing::UntilClose
         });
-    }
-    let mut length = None;
-    for value in parts.headers.get_all(CONTENT_LENGTH) {
-        let parsed = std::str::from_utf8(value.as_bytes())
-            .ok()
-            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or_else(|| malformed(format!("content-length {value:?}")))?;
-        if length.is_some_and(|known| known != parsed) {
-            return Err(malformed("two different content-lengths"));
-        }
-        length = Some(parsed);
     }
     Ok(match length {
         Some(0) => Framing::Empty,
@@ -216,11 +222,12 @@ pub(crate) fn response_framing(
 pub(crate) fn keeps_alive(parts: &response::Parts, framing: Framing) -> bool {
     parts.version == Version::HTTP_11
         && framing != Framing::UntilClose
-        && !parts.headers.get_all(CONNECTION).iter().any(|value| {
-            value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+        && !parts.headers.iter().any(|(name, value)| {
+            name == CONNECTION
+                && value
+                    .as_bytes()
+                    .split(|&b| b == b',')
+                    .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
         })
 }
 

@@ -29,6 +29,7 @@ mod server;
 mod table;
 mod upstream;
 mod weights;
+mod workers;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -142,14 +143,7 @@ impl Proxy {
         };
         // Workers stop when this future ends, even when it is dropped instead of finishing.
         let _stop_workers = StopOnDrop(self.shared.clone());
-        let mut finished = Vec::with_capacity(workers);
-        for index in 0..workers {
-            finished.push(server::start_worker(
-                self.shared.clone(),
-                index,
-                &listeners,
-            )?);
-        }
+        let finished = workers::start(&self.shared, workers, &listeners)?;
         drop(listeners);
         shutdown.await;
         self.shutdown().await;
@@ -195,7 +189,7 @@ pub async fn serve(
 }
 
 /// Binds every address of `settings.listen`, naming the one that fails. Listeners made here
-/// let every worker thread accept on a socket of its own (see `listen.rs`).
+/// are ready for `Proxy::serve`.
 pub fn bind(addresses: &[SocketAddr]) -> Result<Vec<TcpListener>> {
     listen::bind(addresses)?
         .into_iter()

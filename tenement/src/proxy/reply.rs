@@ -5,31 +5,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{
-    header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER},
-    HeaderMap, HeaderValue, Response, StatusCode,
+    header::{CONTENT_TYPE, RETRY_AFTER},
+    HeaderValue, Response, StatusCode,
 };
 
-/// How the client wants errors spelled, read once from its `Accept` header.
+/// How the client wants errors spelled (JSON when its `Accept` names `application/json`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Format {
     Text,
     Json,
-}
-
-impl Format {
-    pub(crate) fn of(headers: &HeaderMap) -> Format {
-        let json = headers.get_all(ACCEPT).iter().any(|value| {
-            value
-                .as_bytes()
-                .windows(b"application/json".len())
-                .any(|w| w.eq_ignore_ascii_case(b"application/json"))
-        });
-        if json {
-            Format::Json
-        } else {
-            Format::Text
-        }
-    }
 }
 
 pub(crate) fn error(status: StatusCode, message: &str, format: Format) -> Response<Bytes> {
@@ -63,15 +47,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn text_or_json_by_accept() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(Format::of(&headers), Format::Text);
-        headers.insert(
-            ACCEPT,
-            HeaderValue::from_static("text/html, Application/JSON;q=0.9"),
-        );
-        assert_eq!(Format::of(&headers), Format::Json);
-
+    fn text_or_json() {
         let text = error(
             StatusCode::NOT_FOUND,
             "no route for host a.example.com",

@@ -16,7 +16,6 @@ use hyper_util::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    net::TcpListener,
     sync::{watch, Notify},
     time::{sleep_until, Instant},
 };
@@ -113,70 +112,6 @@ impl Drop for Counted {
     fn drop(&mut self) {
         if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.all_closed.notify_waiters();
-        }
-    }
-}
-
-/// One worker thread with its own single-threaded runtime, accepting on a copy of every
-/// listener. The returned receiver completes when the worker has finished.
-pub(crate) fn start_worker(
-    shared: Arc<Shared>,
-    index: usize,
-    listeners: &[std::net::TcpListener],
-) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
-    let listeners = listeners
-        .iter()
-        .map(|listener| super::listen::for_worker(listener, index))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (finished, done) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name(format!("proxy-{index}"))
-        .spawn(move || {
-            super::pool::set_worker(index);
-            runtime.block_on(async {
-                for listener in listeners {
-                    match TcpListener::from_std(listener) {
-                        Ok(listener) => {
-                            tokio::spawn(accept_loop(shared.clone(), listener));
-                        }
-                        Err(error) => {
-                            tracing::error!("proxy worker {index} cannot listen: {error}")
-                        }
-                    }
-                }
-                let mut shutdown = shared.shutdown.subscribe();
-                let _ = shutdown.wait_for(|stopping| *stopping).await;
-                // Connections live on this thread: keep serving them until they are done.
-                shared.drain(shared.options.shutdown_grace).await;
-            });
-            // Dropping the runtime ends whatever outlived the grace period.
-            drop(runtime);
-            let _ = finished.send(());
-        })?;
-    Ok(done)
-}
-
-pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
-    let mut shutdown = shared.shutdown.subscribe();
-    let address = listener.local_addr().ok();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stopping| *stopping) => return,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(drive(shared.clone(), stream, peer, false));
-            }
-            Err(error) => {
-                // Out of file descriptors or memory: back off instead of spinning.
-                tracing::warn!("accepting on {address:?} failed: {error}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
         }
     }
 }

@@ -28,8 +28,10 @@ use super::{
 
 /// Small pieces of request body are gathered into one write up to this size.
 const GATHER: usize = 16 * 1024;
-/// Bytes asked from the socket per read.
-const READ_SIZE: usize = 64 * 1024;
+/// Bytes asked from the socket per read: small for heads, growing while big bodies fill
+/// every read.
+const READ_MIN: usize = 8 * 1024;
+const READ_MAX: usize = 64 * 1024;
 
 #[derive(Debug)]
 pub(crate) enum UpstreamError {
@@ -71,6 +73,7 @@ pub(crate) struct Upstream {
     stream: TcpStream,
     port: u16,
     read_buf: BytesMut,
+    read_size: usize,
     write_buf: BytesMut,
     /// Has carried a response before: an error before any answer may just mean the
     /// instance closed it while it sat idle, and the request can go again on a new one.
@@ -93,6 +96,7 @@ impl Upstream {
             stream,
             port,
             read_buf: BytesMut::new(),
+            read_size: READ_MIN,
             write_buf: BytesMut::new(),
             reused: false,
         })
@@ -118,15 +122,19 @@ impl Upstream {
 
     /// Reads more into `read_buf`; `Ok(0)` is the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read_buf.capacity() - self.read_buf.len() < READ_SIZE / 4 {
-            self.read_buf.reserve(READ_SIZE);
+        if self.read_buf.capacity() - self.read_buf.len() < self.read_size / 2 {
+            self.read_buf.reserve(self.read_size);
         }
         // `poll_read` rather than `try_read_buf`: after a short read tokio knows the socket is
         // drained and waits for the next event instead of trying a read that would block.
         let spare = self.read_buf.spare_capacity_mut();
+        let room = spare.len();
         let mut read_buf = ReadBuf::uninit(spare);
         ready!(Pin::new(&mut self.stream).poll_read(cx, &mut read_buf))?;
         let filled = read_buf.filled().len();
+        if filled == room {
+            self.read_size = (self.read_size * 2).min(READ_MAX);
+        }
         // SAFETY: `poll_read` initialized the first `filled` bytes of the spare capacity.
         unsafe { self.read_buf.set_len(self.read_buf.len() + filled) };
         Poll::Ready(Ok(filled))
@@ -393,6 +401,11 @@ impl UpstreamBody {
         if let Some(mut connection) = self.connection.take() {
             if self.reusable && connection.read_buf.is_empty() {
                 connection.reused = true;
+                // An idle connection keeps no big buffer.
+                connection.read_size = READ_MIN;
+                if connection.read_buf.capacity() > READ_MIN {
+                    connection.read_buf = BytesMut::new();
+                }
                 self.pool.put(connection);
             }
         }
