@@ -11,3 +11,6 @@ pub mod store;
 pub mod supervisor;
 pub mod systemd;
 pub mod tls;
+
+#[cfg(test)]
+mod test_support;

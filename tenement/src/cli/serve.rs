@@ -74,9 +74,9 @@ async fn run(config: Arc<Config>) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let monitor = Arc::new(Mutex::new(monitor));
-    let monitor_for_wiring = monitor.clone();
     let supervisor =
         Supervisor::start(config.clone(), store.clone(), logs.clone(), monitor.clone()).await?;
+    watch_kernel(&supervisor, &monitor);
     let api = ApiServer::start(Api {
         config: config.clone(),
         supervisor: supervisor.clone(),
@@ -85,7 +85,6 @@ async fn run(config: Arc<Config>) -> Result<()> {
         monitor,
     })
     .await?;
-    watch_kernel(&supervisor, &monitor_for_wiring);
     let front = FrontDoor::start(config.clone(), supervisor.clone()).await?;
     if let Some(manager) = &front.tls {
         api.attach_tls(manager.clone());

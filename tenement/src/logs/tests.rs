@@ -2,27 +2,11 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use super::*;
 
-/// A directory under /tmp removed on drop, also when the test fails.
-struct TempDir(PathBuf);
+use crate::test_support::TempDir;
 
 impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("tenement-logs-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        TempDir(path)
-    }
-
     fn logs(&self) -> PathBuf {
         self.0.join("logs")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
