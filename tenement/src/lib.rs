@@ -1,7 +1,16 @@
 //! tenement: a process hypervisor for many single-tenant services on one Linux server.
 //! `main.rs` is only the entry point; each concern lives in its own module.
 
+pub mod api;
 pub mod cli;
 pub mod config;
+pub mod logs;
 pub mod monitor;
 pub mod proxy;
+pub mod store;
+pub mod supervisor;
+pub mod systemd;
+pub mod tls;
+
+#[cfg(test)]
+mod test_support;

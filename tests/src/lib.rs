@@ -2,6 +2,11 @@
 //! directories outside /root (tenants run under their own uid and must be able to read them),
 //! free ports on 127.0.0.1.
 
+pub mod cgroup;
+pub mod logs;
+pub mod pebble;
+pub mod tls;
+
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},

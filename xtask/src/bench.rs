@@ -20,7 +20,8 @@ use crate::util::{self, output, step};
 pub fn bench(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("proxy") => proxy(&args[1..]),
-        other => bail!("unknown benchmark {other:?}; available: proxy"),
+        Some("spawn") => crate::bench_spawn::run(),
+        other => bail!("unknown benchmark {other:?}; available: proxy, spawn"),
     }
 }
 

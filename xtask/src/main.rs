@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own tasks, so that a fresh machine needs nothing by hand.
 
 mod bench;
+mod bench_spawn;
 mod setup;
 mod util;
 
@@ -17,7 +18,7 @@ tasks:
   build-ebpf           build the eBPF object and list its programs and maps
   test [ARGS...]       setup, then run the whole test suite (ARGS go to `cargo test`)
   run                  setup, build, and serve the bundled example (examples/notes)
-  bench [proxy]        benchmarks; results go to docs/benchmarks.md
+  bench [proxy|spawn]  benchmarks; results go to docs/benchmarks.md (spawn: docs/isolation.md)
 ";
 
 fn main() -> ExitCode {
@@ -63,35 +64,45 @@ fn test(args: &[String]) -> Result<()> {
     util::step("building tenement");
     util::cargo(&["build", "--package", "tenement", "--bin", "tenement"])?;
     util::step("running the test suite");
-    let mut cargo_args = vec!["test", "--workspace"];
+    // tenement-ebpf builds only for the BPF target (tenement/build.rs does that).
+    let mut cargo_args = vec!["test", "--workspace", "--exclude", "tenement-ebpf"];
     cargo_args.extend(args.iter().map(String::as_str));
+    // The end-to-end tests run this binary instead of building their own copy.
+    std::env::set_var(
+        "TENEMENT_BIN",
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| util::workspace_root().join("target"))
+            .join("debug/tenement"),
+    );
     util::cargo(&cargo_args)
 }
 
 /// The README's first command: serve the bundled notes example on 127.0.0.1:8080.
 fn run_example() -> Result<()> {
     setup::setup(false)?;
-    util::step("building tenement");
-    util::cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "tenement",
-        "--bin",
-        "tenement",
-    ])?;
-    let root = util::workspace_root();
-    let config = root.join("examples/notes/tenement.toml");
+    let tenement = util::build_release_binary()?;
+    // Tenants run under their own uids and cannot read a checkout under /root (mode 0700),
+    // so the example is served from a world-readable copy.
+    let staged = std::path::Path::new("/tmp/tenement-example/app");
+    std::fs::create_dir_all(staged)?;
+    for file in ["app.py", "tenement.toml"] {
+        std::fs::copy(
+            util::workspace_root().join("examples/notes").join(file),
+            staged.join(file),
+        )?;
+    }
+    util::run(std::process::Command::new("chmod").args(["-R", "a+rX", "/tmp/tenement-example"]))?;
     println!(
         "\ntenement serves the notes example on http://127.0.0.1:8080 . Try:\n\
          \n  curl -H 'Host: alice.notes.localhost' -d 'first note' http://127.0.0.1:8080/notes\
          \n  curl -H 'Host: alice.notes.localhost' http://127.0.0.1:8080/notes\
          \n  curl -H 'Host: bob.notes.localhost' http://127.0.0.1:8080/notes   # bob has his own notes\n"
     );
-    let status = std::process::Command::new(root.join("target/release/tenement"))
+    let status = std::process::Command::new(tenement)
         .arg("serve")
         .arg("--config")
-        .arg(&config)
+        .arg(staged.join("tenement.toml"))
         .status()?;
     if !status.success() {
         bail!("tenement serve exited with {status}");

@@ -135,38 +135,48 @@ pub fn build_ebpf() -> Result<()> {
     util::cargo(&["build", "--package", "tenement"])?;
     let object = newest_object().context("the build left no eBPF object behind")?;
     println!("{}", object.display());
-    let listing = output(
-        Command::new("readelf")
-            .args(["--sections", "--wide"])
-            .arg(&object),
-    )
-    .unwrap_or_default();
-    for line in listing.lines() {
-        if let Some(name) = line.split_whitespace().find(|w| {
-            w.starts_with("cgroup")
-                || w.starts_with("sock")
-                || w.starts_with("raw_tp")
-                || w.starts_with("tp_btf")
-                || w.starts_with("tracepoint")
-        }) {
-            println!("  program section {name}");
-        }
-    }
-    let symbols = output(
-        Command::new("readelf")
-            .args(["--syms", "--wide"])
-            .arg(&object),
-    )
-    .unwrap_or_default();
-    for line in symbols.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() == 8 && fields[3] == "OBJECT" && fields[4] == "GLOBAL" {
-            println!("  map {}", fields[7]);
-        } else if fields.len() == 8 && fields[3] == "FUNC" && fields[4] == "GLOBAL" {
-            println!("  program {}", fields[7]);
-        }
+    for line in object_listing(&object) {
+        println!("  {line}");
     }
     Ok(())
+}
+
+/// "program NAME in SECTION" for every program and "map NAME" for every map of the object,
+/// read from its symbol table: programs are functions in their own sections (helpers such as
+/// memcpy live in .text), maps are objects in `.maps` (BTF) or `maps` (legacy).
+fn object_listing(object: &std::path::Path) -> Vec<String> {
+    let readelf = |flag: &str| {
+        output(Command::new("readelf").args([flag, "--wide"]).arg(object)).unwrap_or_default()
+    };
+    let mut sections = std::collections::HashMap::new();
+    for line in readelf("--sections").lines() {
+        let Some((number, rest)) = line
+            .trim_start()
+            .strip_prefix('[')
+            .and_then(|l| l.split_once(']'))
+        else {
+            continue;
+        };
+        if let Some(name) = rest.split_whitespace().next() {
+            sections.insert(number.trim().to_string(), name.to_string());
+        }
+    }
+    let mut listing = Vec::new();
+    for line in readelf("--syms").lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() != 8 || fields[4] != "GLOBAL" {
+            continue;
+        }
+        let section = sections.get(fields[6]).map(String::as_str).unwrap_or("");
+        match (fields[3], section) {
+            ("FUNC", ".text") => {}
+            ("FUNC", _) => listing.push(format!("program {} in {section}", fields[7])),
+            ("OBJECT", ".maps" | "maps") => listing.push(format!("map {}", fields[7])),
+            _ => {}
+        }
+    }
+    listing.sort();
+    listing
 }
 
 fn newest_object() -> Option<PathBuf> {

@@ -29,6 +29,20 @@ pub fn cargo(args: &[&str]) -> Result<()> {
         .current_dir(workspace_root()))
 }
 
+/// Builds the release `tenement` binary and returns its path.
+pub fn build_release_binary() -> Result<PathBuf> {
+    step("building tenement (release)");
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "tenement",
+        "--bin",
+        "tenement",
+    ])?;
+    Ok(workspace_root().join("target/release/tenement"))
+}
+
 pub fn run(command: &mut Command) -> Result<()> {
     let status = command
         .status()

@@ -1,10 +1,18 @@
 //! Command line: parses arguments and hands each command to the module that owns it.
 
+mod client;
+mod remote;
+mod serve;
+mod table;
+
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::config::{self, Config};
+use crate::{
+    config::{self, Config},
+    systemd::install,
+};
 
 #[derive(Parser)]
 #[command(
@@ -16,15 +24,43 @@ pub struct Cli {
     /// Configuration file [default: $TENEMENT_CONFIG, ./tenement.toml, /etc/tenement/tenement.toml]
     #[arg(long, short = 'c', global = true)]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub server: remote::ServerOptions,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Check what this machine offers tenement (kernel, eBPF, cgroups, namespaces, runsc,
+    /// ports, data directory); no daemon needed
+    Doctor,
     /// Check or show the configuration
     #[command(subcommand)]
     Config(ConfigCommand),
+    #[command(flatten)]
+    Remote(remote::RemoteCommand),
+    /// Install tenement as a systemd service (unit, default configuration, data directory)
+    Install(install::InstallArgs),
+    /// Remove the systemd service (keeps the configuration and the data)
+    Uninstall(install::UninstallArgs),
+    /// Print a shell completion script
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Run the daemon: start the instances, supervise them, stop them on SIGTERM/SIGINT
+    Serve(serve::ServeOptions),
+    /// Internal: first process of a namespaced instance (started by `serve`)
+    #[command(name = "__init", hide = true)]
+    Init {
+        spec: String,
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
+    /// Internal: kills what is left in the instance cgroups when `serve` dies
+    #[command(name = "__guard", hide = true)]
+    Guard { parent: i32, subtrees: Vec<PathBuf> },
 }
 
 #[derive(Subcommand)]
@@ -40,22 +76,69 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            match err.downcast_ref::<config::ConfigErrors>() {
+                // Already one `file:line:column: ...` line per mistake.
+                Some(errors) => {
+                    let count = errors.len();
+                    eprintln!(
+                        "{errors}\n{count} error{}",
+                        if count == 1 { "" } else { "s" }
+                    )
+                }
+                None => eprintln!("error: {err:#}"),
+            }
             ExitCode::FAILURE
         }
     }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if matches!(
+        cli.command,
+        Command::Remote(_)
+            | Command::Install(_)
+            | Command::Uninstall(_)
+            | Command::Completions { .. }
+    ) {
+        // Printing commands end quietly when their reader does (`tenement ps | head`), as
+        // other Unix tools do, instead of panicking on EPIPE. Not for `serve`: the daemon
+        // must survive a closed socket or pipe.
+        // SAFETY: setting a signal disposition has no memory preconditions.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
+        Command::Doctor => Ok(doctor::run(cli.config.as_deref())),
         Command::Config(command) => {
             let path = config::locate(cli.config.as_deref())?;
             let config = Config::load(&path)?;
             match command {
                 ConfigCommand::Check => println!("{}: ok", path.display()),
-                ConfigCommand::Show => print!("{}", toml::to_string_pretty(&config)?),
+                ConfigCommand::Show => print!("{}", config.to_resolved_toml()?),
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Remote(command) => {
+            remote::run(command, &cli.server, cli.config.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Install(args) => {
+            install::install(&args, cli.config.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Uninstall(args) => {
+            install::uninstall(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "tenement", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve(options) => serve::serve(cli.config.as_deref(), &options),
+        Command::Init { spec, argv } => crate::supervisor::init::main(&spec, &argv),
+        Command::Guard { parent, subtrees } => crate::supervisor::guard::main(parent, &subtrees),
     }
 }
+
+mod doctor;
+mod front;

@@ -190,20 +190,38 @@ pub struct Routing {
     pub path: BTreeMap<String, String>,
 }
 
-/// Accepts `key = "x"` as well as `key = ["x", "y"]`.
+/// Accepts `key = "x"` as well as `key = ["x", "y"]`. Written as a visitor rather than an
+/// untagged enum so a bad value gets the element type's own message ("invalid socket address
+/// syntax"), not "did not match any variant".
 fn one_or_many<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany<T> {
-        One(T),
-        Many(Vec<T>),
+    struct OneOrMany<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for OneOrMany<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string or an array of strings")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Vec<T>, E> {
+            use serde::de::IntoDeserializer;
+            T::deserialize(text.into_deserializer())
+                .map(|one| vec![one])
+                .map_err(|err: E| E::custom(format!("{text:?}: {err}")))
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut many = Vec::new();
+            while let Some(one) = seq.next_element()? {
+                many.push(one);
+            }
+            Ok(many)
+        }
     }
-    Ok(match OneOrMany::deserialize(deserializer)? {
-        OneOrMany::One(value) => vec![value],
-        OneOrMany::Many(values) => values,
-    })
+
+    deserializer.deserialize_any(OneOrMany(std::marker::PhantomData))
 }

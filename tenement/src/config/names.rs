@@ -29,6 +29,35 @@ pub fn check_label(kind: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A host name tenement serves or gets certificates for: dot-separated DNS labels
+/// (`[a-z0-9-]`, 1-63 characters each), 253 characters at most.
+pub fn check_hostname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!(
+            "host name {name:?} must be 1-253 characters long (it is {})",
+            name.len()
+        ));
+    }
+    for label in name.split('.') {
+        let problem = if label.is_empty() {
+            "has an empty label".to_string()
+        } else if label.len() > 63 {
+            format!("has a label longer than 63 characters ({label:?})")
+        } else if let Some(bad) = label
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+        {
+            format!("contains {bad:?}; only a-z, 0-9, '-' and '.' are allowed")
+        } else if label.starts_with('-') || label.ends_with('-') {
+            format!("has a label starting or ending with '-' ({label:?})")
+        } else {
+            continue;
+        };
+        return Err(format!("host name {name:?} {problem}"));
+    }
+    Ok(())
+}
+
 /// `service:id`, both parts valid labels.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -93,6 +122,19 @@ mod tests {
         assert!(check_label("service", "-a").is_err());
         assert!(check_label("service", &"a".repeat(64)).is_err());
         assert!(check_label("service", &"a".repeat(63)).is_ok());
+    }
+
+    #[test]
+    fn hostnames() {
+        assert!(check_hostname("localhost").is_ok());
+        assert!(check_hostname("api.example.com").is_ok());
+        assert!(check_hostname("xn--bcher-kva.example").is_ok());
+        assert!(check_hostname("").is_err());
+        assert!(check_hostname("example..com").is_err());
+        assert!(check_hostname("exa_mple.com").is_err());
+        assert!(check_hostname("Example.com").is_err());
+        assert!(check_hostname("example.com.").is_err());
+        assert!(check_hostname(&["a"; 130].join(".")).is_err());
     }
 
     #[test]

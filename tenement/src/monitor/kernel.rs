@@ -1,20 +1,26 @@
-//! The eBPF side of the monitor: loads tenement's embedded object, attaches its programs to
-//! the instance cgroup subtree and reads the per-instance maps.
+//! The eBPF side of the monitor: loads tenement's embedded object, attaches its programs and
+//! reads the per-instance maps.
 //!
-//! Programs are attached through bpf links owned by this process, so the kernel detaches
-//! them when tenement exits for any reason, a crash included: nothing is pinned, nothing can
-//! be left behind.
+//! Every program is attached through a bpf link owned by this process, so the kernel detaches
+//! it when tenement exits for any reason, a crash included: nothing is pinned, nothing can be
+//! left behind, and the next start simply loads afresh.
 
-use std::{fs::File, path::Path};
+use std::{fs::File, path::Path, sync::Mutex};
 
 use anyhow::{Context, Result};
 use aya::{
-    maps::{MapData, PerCpuHashMap, PerCpuValues},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
-    util::{nr_cpus, KernelVersion},
-    Ebpf,
+    maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues, RingBuf},
+    programs::{
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, PerfEvent,
+        RawTracePoint, SockOps,
+    },
+    util::{nr_cpus, online_cpus, KernelVersion},
+    Btf, Ebpf,
 };
-use tenement_common::{maps, programs, TrafficCounters};
+use tenement_common::{maps, programs, CpuCounters, TcpCounters, TrafficCounters, CPU_TICK_NS};
+
+use super::stats::KernelStats;
 
 /// The object built by build.rs from tenement-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tenement"));
@@ -22,71 +28,220 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/te
 pub struct KernelPrograms {
     // Owns the loaded programs and their links: dropping it detaches everything.
     _ebpf: Ebpf,
-    traffic: PerCpuHashMap<MapData, u64, TrafficCounters>,
+    maps: Mutex<InstanceMaps>,
     cpus: usize,
 }
 
+/// The maps keyed by instance cgroup id. Userspace alone inserts and removes their entries;
+/// presence is what "registered" means to the programs.
+struct InstanceMaps {
+    traffic: PerCpuHashMap<MapData, u64, TrafficCounters>,
+    cpu: PerCpuHashMap<MapData, u64, CpuCounters>,
+    tcp: HashMap<MapData, u64, TcpCounters>,
+}
+
 impl KernelPrograms {
-    /// Loads the programs and attaches them to `subtree`, a directory of the cgroup v2
-    /// hierarchy; they then see every socket of every cgroup below it.
-    pub fn attach(subtree: &Path) -> Result<Self> {
+    /// Loads the programs, attaches the cgroup ones to `subtree` (a directory of the cgroup
+    /// v2 hierarchy; they then see every socket of every cgroup below it) and the tracing ones
+    /// to their tracepoints. Also hands back the listen-event ring buffer for its reader.
+    pub fn attach(subtree: &Path) -> Result<(Self, RingBuf<MapData>)> {
         let mut ebpf = Ebpf::load(OBJECT).context("loading tenement's eBPF object")?;
-        // Kernels from 5.7 attach through bpf links, which always coexist with other programs
-        // and take no flags (the kernel rejects BPF_F_ALLOW_MULTI there); older ones use
-        // prog_attach, where only ALLOW_MULTI leaves other users' programs in place.
-        let mode = if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 7, 0)) {
-            CgroupAttachMode::Single
-        } else {
-            CgroupAttachMode::AllowMultiple
+        attach_to_subtree(&mut ebpf, subtree)?;
+        attach_cpu_time(&mut ebpf)?;
+        attach_tcp_health(&mut ebpf)?;
+
+        let maps = InstanceMaps {
+            traffic: PerCpuHashMap::try_from(take_map(&mut ebpf, maps::TRAFFIC)?)?,
+            cpu: PerCpuHashMap::try_from(take_map(&mut ebpf, maps::CPU)?)?,
+            tcp: HashMap::try_from(take_map(&mut ebpf, maps::TCP)?)?,
         };
-        let cgroup =
-            File::open(subtree).with_context(|| format!("opening cgroup {}", subtree.display()))?;
-        for (name, direction) in [
-            (programs::TRAFFIC_INGRESS, CgroupSkbAttachType::Ingress),
-            (programs::TRAFFIC_EGRESS, CgroupSkbAttachType::Egress),
-        ] {
-            let program: &mut CgroupSkb = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the object"))?
-                .try_into()?;
-            program.load().with_context(|| format!("loading {name}"))?;
-            program
-                .attach(&cgroup, direction, mode)
-                .with_context(|| format!("attaching {name} to {}", subtree.display()))?;
-        }
-        let traffic = PerCpuHashMap::try_from(
-            ebpf.take_map(maps::TRAFFIC)
-                .with_context(|| format!("map {} missing from the object", maps::TRAFFIC))?,
-        )?;
+        let listen_events = RingBuf::try_from(take_map(&mut ebpf, maps::LISTEN_EVENTS)?)?;
         let cpus = nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
-        Ok(Self {
-            _ebpf: ebpf,
-            traffic,
-            cpus,
-        })
+        Ok((
+            Self {
+                _ebpf: ebpf,
+                maps: Mutex::new(maps),
+                cpus,
+            },
+            listen_events,
+        ))
     }
 
-    /// Starts counting for one cgroup (an instance's), from zero.
-    pub fn register(&mut self, cgroup_id: u64) -> Result<()> {
-        let zeros = PerCpuValues::try_from(vec![TrafficCounters::default(); self.cpus])?;
-        self.traffic
-            .insert(cgroup_id, zeros, 0)
-            .with_context(|| format!("registering cgroup {cgroup_id}"))
+    /// Starts counting for one cgroup (an instance's), every counter from zero.
+    pub fn register(&self, cgroup_id: u64) -> Result<()> {
+        let mut maps = self.maps();
+        let context = || format!("registering cgroup {cgroup_id} with the eBPF maps");
+        maps.traffic
+            .insert(cgroup_id, self.zeros()?, 0)
+            .with_context(context)?;
+        maps.cpu
+            .insert(cgroup_id, self.zeros()?, 0)
+            .with_context(context)?;
+        maps.tcp
+            .insert(cgroup_id, TcpCounters::default(), 0)
+            .with_context(context)
     }
 
-    /// Stops counting for a cgroup; its counters are gone.
-    pub fn unregister(&mut self, cgroup_id: u64) {
-        // Absent already is fine: unregistering is idempotent.
-        let _ = self.traffic.remove(&cgroup_id);
+    /// Stops counting for a cgroup; its counters are gone. Idempotent.
+    pub fn unregister(&self, cgroup_id: u64) {
+        let mut maps = self.maps();
+        // Absent already is fine.
+        let _ = maps.traffic.remove(&cgroup_id);
+        let _ = maps.cpu.remove(&cgroup_id);
+        let _ = maps.tcp.remove(&cgroup_id);
     }
 
-    /// Sum over CPUs of what the kernel counted for this cgroup, if it is registered.
+    /// Traffic alone (what the idle check needs), summed over CPUs.
     pub fn traffic(&self, cgroup_id: u64) -> Option<TrafficCounters> {
-        let per_cpu = self.traffic.get(&cgroup_id, 0).ok()?;
+        let per_cpu = self.maps().traffic.get(&cgroup_id, 0).ok()?;
         let mut total = TrafficCounters::default();
-        for counters in per_cpu.iter() {
-            total.merge(counters);
-        }
+        per_cpu.iter().for_each(|c| total.merge(c));
         Some(total)
     }
+
+    /// Every counter of a registered cgroup, summed over CPUs.
+    pub fn stats(&self, cgroup_id: u64) -> Option<KernelStats> {
+        let maps = self.maps();
+        let mut traffic = TrafficCounters::default();
+        maps.traffic
+            .get(&cgroup_id, 0)
+            .ok()?
+            .iter()
+            .for_each(|c| traffic.merge(c));
+        let mut cpu = CpuCounters::default();
+        maps.cpu
+            .get(&cgroup_id, 0)
+            .ok()?
+            .iter()
+            .for_each(|c| cpu.merge(c));
+        let tcp = maps.tcp.get(&cgroup_id, 0).ok()?;
+        Some(KernelStats::from_counters(&traffic, &cpu, &tcp))
+    }
+
+    fn maps(&self) -> std::sync::MutexGuard<'_, InstanceMaps> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters (each kernel update is atomic), so a poisoned lock is still usable.
+        self.maps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn zeros<T: aya::Pod + Default>(&self) -> Result<PerCpuValues<T>> {
+        Ok(PerCpuValues::try_from(vec![T::default(); self.cpus])?)
+    }
+}
+
+/// Socket programs, on the instance subtree: they run for sockets of cgroups below it only.
+fn attach_to_subtree(ebpf: &mut Ebpf, subtree: &Path) -> Result<()> {
+    let cgroup =
+        File::open(subtree).with_context(|| format!("opening cgroup {}", subtree.display()))?;
+    let mode = cgroup_attach_mode();
+    let on_subtree = |what: &str| format!("attaching {what} to {}", subtree.display());
+    for (name, direction) in [
+        (programs::TRAFFIC_INGRESS, CgroupSkbAttachType::Ingress),
+        (programs::TRAFFIC_EGRESS, CgroupSkbAttachType::Egress),
+    ] {
+        let program: &mut CgroupSkb = program_named(ebpf, name)?.try_into()?;
+        program.load().with_context(|| format!("loading {name}"))?;
+        program
+            .attach(&cgroup, direction, mode)
+            .with_context(|| on_subtree(name))?;
+    }
+    let name = programs::SOCKET_OWNER;
+    let program: &mut CgroupSock = program_named(ebpf, name)?.try_into()?;
+    program.load().with_context(|| format!("loading {name}"))?;
+    program
+        .attach(&cgroup, mode)
+        .with_context(|| on_subtree(name))?;
+    let name = programs::TCP_LIFECYCLE;
+    let program: &mut SockOps = program_named(ebpf, name)?.try_into()?;
+    program.load().with_context(|| format!("loading {name}"))?;
+    program
+        .attach(&cgroup, mode)
+        .with_context(|| on_subtree(name))?;
+    Ok(())
+}
+
+/// The context-switch tracepoint (machine-wide) and the slow per-CPU clock.
+fn attach_cpu_time(ebpf: &mut Ebpf) -> Result<()> {
+    let name = programs::ON_CPU;
+    let program: &mut RawTracePoint = program_named(ebpf, name)?.try_into()?;
+    program.load().with_context(|| format!("loading {name}"))?;
+    program
+        .attach("sched_switch")
+        .with_context(|| format!("attaching {name} to tracepoint sched_switch"))?;
+    if let Err(err) = attach_cpu_tick(ebpf) {
+        // Context switches still credit all CPU time, only in bigger lumps.
+        tracing::warn!("{err:#}; CPU time is credited at context switches only");
+    }
+    Ok(())
+}
+
+/// TCP tracepoints (machine-wide, typed through the kernel's BTF).
+fn attach_tcp_health(ebpf: &mut Ebpf) -> Result<()> {
+    let btf = Btf::from_sys_fs()
+        .context("reading the kernel's BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF)")?;
+    for (name, tracepoint) in programs::TCP_HEALTH {
+        let name = match load_btf_tracepoint(ebpf, name, tracepoint, &btf) {
+            Err(err) if name == programs::TCP_RETRANSMIT => {
+                let fallback = programs::TCP_RETRANSMIT_SENT_ONLY;
+                tracing::debug!("{err:#}; trying {fallback} (older tracepoint, no err)");
+                load_btf_tracepoint(ebpf, fallback, tracepoint, &btf)?;
+                fallback
+            }
+            loaded => loaded.map(|()| name)?,
+        };
+        let program: &mut BtfTracePoint = program_named(ebpf, name)?.try_into()?;
+        program
+            .attach()
+            .with_context(|| format!("attaching {name} to tracepoint {tracepoint}"))?;
+    }
+    Ok(())
+}
+
+/// Kernels from 5.7 attach through bpf links, which always coexist with other programs and
+/// take no flags (the kernel rejects BPF_F_ALLOW_MULTI there); older ones use prog_attach,
+/// where only ALLOW_MULTI leaves other users' programs in place.
+fn cgroup_attach_mode() -> CgroupAttachMode {
+    if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 7, 0)) {
+        CgroupAttachMode::Single
+    } else {
+        CgroupAttachMode::AllowMultiple
+    }
+}
+
+fn program_named<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))
+}
+
+/// The slow clock on every online CPU that credits slices of tasks that keep their CPU.
+fn attach_cpu_tick(ebpf: &mut Ebpf) -> Result<()> {
+    let name = programs::ON_CPU_TICK;
+    let program: &mut PerfEvent = program_named(ebpf, name)?.try_into()?;
+    program.load().with_context(|| format!("loading {name}"))?;
+    let cpus = online_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
+    for cpu in cpus {
+        program
+            .attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Period(CPU_TICK_NS),
+                false,
+            )
+            .with_context(|| format!("attaching {name} to the CPU clock of CPU {cpu}"))?;
+    }
+    Ok(())
+}
+
+fn load_btf_tracepoint(ebpf: &mut Ebpf, name: &str, tracepoint: &str, btf: &Btf) -> Result<()> {
+    let program: &mut BtfTracePoint = program_named(ebpf, name)?.try_into()?;
+    program
+        .load(tracepoint, btf)
+        .with_context(|| format!("loading {name} for tracepoint {tracepoint}"))
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .with_context(|| format!("map {name} missing from the eBPF object"))
 }

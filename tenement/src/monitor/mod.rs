@@ -1,57 +1,143 @@
 //! Kernel-side observation of instances. With the `ebpf` feature and the privileges to load
-//! programs, the kernel counts each instance's traffic; otherwise the monitor says plainly
-//! that kernel counters are off, and why, instead of pretending.
+//! programs, the kernel counts each instance's traffic, connections, TCP health and CPU time,
+//! and reports the moment it starts listening; otherwise the monitor says plainly that kernel
+//! counters are off, and why, instead of pretending. Memory always comes from cgroup files.
+//!
+//! Typical use by the supervisor: `Monitor::start(subtree)` once; per instance, subscribe
+//! to `listen_events()` and `register(cgroup_id)` before its process starts, `sample()` it
+//! every refresh through one `StatsTracker`, and `unregister` it when it stops.
 
+mod cgroup_files;
 #[cfg(feature = "ebpf")]
 mod kernel;
+#[cfg(feature = "ebpf")]
+mod listen;
+mod stats;
 
-use std::path::Path;
+use std::{path::Path, time::Instant};
 
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+pub use cgroup_files::{cgroup_id, memory_usage};
+pub use stats::{monotonic_now_ns, InstanceStats, KernelStats, Rates, Sample, StatsTracker};
 pub use tenement_common::TrafficCounters;
 
 /// Whether kernel counters are running, and if not, the reason a person can act on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "reason", rename_all = "lowercase")]
 pub enum KernelCounters {
     Active,
     Off(String),
 }
 
+impl KernelCounters {
+    pub fn is_active(&self) -> bool {
+        matches!(self, KernelCounters::Active)
+    }
+}
+
+impl std::fmt::Display for KernelCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KernelCounters::Active => f.write_str("kernel counters active"),
+            KernelCounters::Off(reason) => write!(f, "kernel counters off: {reason}"),
+        }
+    }
+}
+
+/// A process of an instance started listening: connections to `port` succeed from now on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ListenEvent {
+    pub cgroup_id: u64,
+    pub port: u16,
+}
+
+/// The next time a process of `cgroup_id` starts listening, skipping other instances' events.
+/// `None` once the monitor is gone. A subscriber that fell too far behind may have missed the
+/// event, so race this against a connect check rather than waiting on it alone.
+pub async fn next_listen(
+    events: &mut broadcast::Receiver<ListenEvent>,
+    cgroup_id: u64,
+) -> Option<ListenEvent> {
+    loop {
+        match events.recv().await {
+            Ok(event) if event.cgroup_id == cgroup_id => return Some(event),
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return None,
+        }
+    }
+}
+
+/// Subscribers that fall this far behind lose the oldest events (and see `Lagged`).
+const LISTEN_EVENT_BACKLOG: usize = 1024;
+
 pub struct Monitor {
     #[cfg(feature = "ebpf")]
-    programs: Option<kernel::KernelPrograms>,
+    kernel: Option<Kernel>,
     status: KernelCounters,
+    listen_events: broadcast::Sender<ListenEvent>,
+}
+
+/// The loaded programs and the thread that forwards their listen events.
+#[cfg(feature = "ebpf")]
+struct Kernel {
+    programs: kernel::KernelPrograms,
+    _listen_reader: listen::ListenReader,
 }
 
 impl Monitor {
-    /// Attaches the kernel programs to the cgroup v2 directory `subtree`. Never fails: when
-    /// the programs cannot run, the monitor works without them and reports why.
+    /// Loads and attaches the kernel programs: the cgroup ones to the cgroup v2 directory
+    /// `subtree` (tenement's instance subtree), the tracing ones machine-wide. Never fails:
+    /// when the programs cannot run, the monitor works without them and reports why.
     pub fn start(subtree: &Path) -> Self {
+        let (listen_events, _) = broadcast::channel(LISTEN_EVENT_BACKLOG);
         #[cfg(feature = "ebpf")]
         {
-            match kernel::KernelPrograms::attach(subtree) {
-                Ok(programs) => Self {
-                    programs: Some(programs),
-                    status: KernelCounters::Active,
-                },
-                Err(err) => Self {
-                    programs: None,
-                    status: KernelCounters::Off(format!("{err:#}")),
-                },
+            let started = kernel::KernelPrograms::attach(subtree).and_then(|(programs, ring)| {
+                let reader = listen::ListenReader::start(ring, listen_events.clone())?;
+                Ok(Kernel {
+                    programs,
+                    _listen_reader: reader,
+                })
+            });
+            match started {
+                Ok(kernel) => {
+                    tracing::info!("kernel counters active on {}", subtree.display());
+                    Self {
+                        kernel: Some(kernel),
+                        status: KernelCounters::Active,
+                        listen_events,
+                    }
+                }
+                Err(err) => {
+                    let monitor = Self::off(off_reason(&err), listen_events);
+                    tracing::warn!("{}", monitor.status);
+                    monitor
+                }
             }
         }
         #[cfg(not(feature = "ebpf"))]
         {
             let _ = subtree;
-            Self::without_kernel("built without the `ebpf` feature")
+            Self::off("built without the `ebpf` feature".into(), listen_events)
         }
     }
 
     /// A monitor with kernel counters off, for the given reason.
     pub fn without_kernel(reason: &str) -> Self {
+        Self::off(
+            reason.to_string(),
+            broadcast::channel(LISTEN_EVENT_BACKLOG).0,
+        )
+    }
+
+    fn off(reason: String, listen_events: broadcast::Sender<ListenEvent>) -> Self {
         Self {
             #[cfg(feature = "ebpf")]
-            programs: None,
-            status: KernelCounters::Off(reason.to_string()),
+            kernel: None,
+            status: KernelCounters::Off(reason),
+            listen_events,
         }
     }
 
@@ -59,31 +145,138 @@ impl Monitor {
         &self.status
     }
 
-    /// Starts counting for an instance's cgroup (its cgroup v2 id).
-    pub fn register(&mut self, cgroup_id: u64) -> anyhow::Result<()> {
+    /// Starts counting for an instance's cgroup (its cgroup v2 id, see [`cgroup_id`]), every
+    /// counter from zero. Register before the instance's process starts: sockets it creates
+    /// earlier are not attributed. Without kernel counters this does nothing.
+    pub fn register(&self, cgroup_id: u64) -> anyhow::Result<()> {
         #[cfg(feature = "ebpf")]
-        if let Some(programs) = self.programs.as_mut() {
-            return programs.register(cgroup_id);
+        if let Some(kernel) = &self.kernel {
+            return kernel.programs.register(cgroup_id);
         }
         let _ = cgroup_id;
         Ok(())
     }
 
-    pub fn unregister(&mut self, cgroup_id: u64) {
+    /// Stops counting for a cgroup and forgets its counters. Idempotent.
+    pub fn unregister(&self, cgroup_id: u64) {
         #[cfg(feature = "ebpf")]
-        if let Some(programs) = self.programs.as_mut() {
-            programs.unregister(cgroup_id);
+        if let Some(kernel) = &self.kernel {
+            kernel.programs.unregister(cgroup_id);
         }
         let _ = cgroup_id;
     }
 
-    /// What the kernel counted for a registered cgroup; `None` when counters are off.
+    /// Socket traffic alone (one map read: what an idle check needs); `None` when counters
+    /// are off or the cgroup is not registered.
     pub fn traffic(&self, cgroup_id: u64) -> Option<TrafficCounters> {
         #[cfg(feature = "ebpf")]
-        if let Some(programs) = self.programs.as_ref() {
-            return programs.traffic(cgroup_id);
+        if let Some(kernel) = &self.kernel {
+            return kernel.programs.traffic(cgroup_id);
         }
         let _ = cgroup_id;
         None
+    }
+
+    /// Every kernel counter of a registered cgroup, summed over CPUs; `None` when counters
+    /// are off or the cgroup is not registered.
+    pub fn stats(&self, cgroup_id: u64) -> Option<KernelStats> {
+        #[cfg(feature = "ebpf")]
+        if let Some(kernel) = &self.kernel {
+            return kernel.programs.stats(cgroup_id);
+        }
+        let _ = cgroup_id;
+        None
+    }
+
+    /// One reading of an instance now: its kernel counters and, if its memory cgroup
+    /// directory is given (v2, or the v1 memory controller's on hybrid hosts), its memory.
+    pub fn sample(&self, cgroup_id: u64, memory_cgroup: Option<&Path>) -> Sample {
+        Sample {
+            taken: Instant::now(),
+            kernel: self.stats(cgroup_id),
+            memory_bytes: memory_cgroup.and_then(|dir| memory_usage(dir).ok()),
+        }
+    }
+
+    /// Listen events of registered instances, as they happen. Subscribe before the instance
+    /// starts so its event cannot slip by. Without kernel counters nothing ever arrives, so
+    /// wait on this together with a connect check.
+    pub fn listen_events(&self) -> broadcast::Receiver<ListenEvent> {
+        self.listen_events.subscribe()
+    }
+}
+
+/// Loading fails for reasons a person can fix; say which one applies.
+#[cfg(feature = "ebpf")]
+fn off_reason(err: &anyhow::Error) -> String {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        format!(
+            "not running as root (loading eBPF programs needs CAP_BPF, CAP_PERFMON and \
+             CAP_NET_ADMIN): {err:#}"
+        )
+    } else {
+        format!("{err:#}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_kernel_reports_why_and_still_works() {
+        let monitor = Monitor::without_kernel("testing");
+        assert_eq!(
+            monitor.kernel_counters(),
+            &KernelCounters::Off("testing".into())
+        );
+        assert_eq!(
+            monitor.kernel_counters().to_string(),
+            "kernel counters off: testing"
+        );
+        monitor.register(42).unwrap();
+        assert_eq!(monitor.stats(42), None);
+        assert_eq!(monitor.traffic(42), None);
+        let sample = monitor.sample(42, None);
+        assert_eq!(sample.kernel, None);
+        let mut events = monitor.listen_events();
+        assert!(matches!(
+            events.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty)
+        ));
+        monitor.unregister(42);
+    }
+
+    #[test]
+    fn can_be_shared_across_tasks() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Monitor>();
+    }
+
+    #[tokio::test]
+    async fn next_listen_picks_the_instance_and_ends_with_the_monitor() {
+        let (sender, mut events) = broadcast::channel(4);
+        let other = ListenEvent {
+            cgroup_id: 1,
+            port: 80,
+        };
+        let mine = ListenEvent {
+            cgroup_id: 2,
+            port: 8080,
+        };
+        sender.send(other).unwrap();
+        sender.send(mine).unwrap();
+        assert_eq!(next_listen(&mut events, 2).await, Some(mine));
+        drop(sender);
+        assert_eq!(next_listen(&mut events, 2).await, None);
+    }
+
+    #[test]
+    fn status_serializes_with_its_reason() {
+        let off = serde_json::to_value(KernelCounters::Off("no BTF".into())).unwrap();
+        assert_eq!(off, serde_json::json!({"state": "off", "reason": "no BTF"}));
+        let on = serde_json::to_value(KernelCounters::Active).unwrap();
+        assert_eq!(on, serde_json::json!({"state": "active"}));
     }
 }

@@ -100,7 +100,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 
     fn call(&self, request: Request<Incoming>) -> Answer {
         let exchange = Exchange::begin(&request, Some(InFlight::new(&self.tracker)));
-        if let Some(pre_router) = &self.context.shared.options.pre_router {
+        // Plain connections only: over TLS there is nothing left to redirect or validate.
+        let pre_router = (!self.context.https)
+            .then_some(self.context.shared.options.pre_router.as_ref())
+            .flatten();
+        if let Some(pre_router) = pre_router {
             if let Some(response) = pre_router(&request) {
                 return ready(answer(response, exchange));
             }

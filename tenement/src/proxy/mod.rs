@@ -58,7 +58,7 @@ pub use exchange::ACCESS_LOG;
 use crate::config::Config;
 
 /// Answers requests before routing, e.g. ACME HTTP-01 challenges: `Some` answers, `None` lets
-/// the request through to the instances.
+/// the request through to the instances. Asked on plain (non-TLS) connections only.
 pub type PreRouter = Arc<dyn Fn(&Request<Incoming>) -> Option<Response<Bytes>> + Send + Sync>;
 
 /// Limits that protect the proxy from slow or oversized clients, and its optional hook.
@@ -114,6 +114,12 @@ impl Proxy {
         Proxy {
             shared: Arc::new(server::Shared::new(router, options)),
         }
+    }
+
+    /// Whether requests for `host` (lower case, no port, no trailing dot) reach a service or
+    /// instance: what the TLS layer asks before ordering a certificate for a name.
+    pub fn routes(&self, host: &str) -> bool {
+        self.shared.router.routes(host)
     }
 
     /// Routes by a new configuration (domains, `[routing]`, services) from now on.

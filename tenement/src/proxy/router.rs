@@ -76,6 +76,11 @@ impl Router {
         }
     }
 
+    /// Whether `host` resolves to anything in the current table.
+    pub(crate) fn routes(&self, host: &str) -> bool {
+        self.load().resolve(host, "/").is_ok()
+    }
+
     fn load(&self) -> Arc<Table> {
         self.current
             .read()

@@ -313,12 +313,7 @@ pub(crate) async fn send(
             && http1::keeps_alive(&head, framing)
             && head.status != StatusCode::SWITCHING_PROTOCOLS;
         let body = UpstreamBody {
-            decoder: match framing {
-                Framing::Empty => Decoder::Done,
-                Framing::Length(left) => Decoder::Length(left),
-                Framing::Chunked => Decoder::Chunked(ChunkedDecoder::new()),
-                Framing::UntilClose => Decoder::UntilClose,
-            },
+            decoder: Decoder::for_framing(framing),
             connection: Some(connection),
             reusable,
             pool: pool.clone(),
@@ -364,12 +359,7 @@ pub(crate) async fn send_upgrade(
         Err(error) => return Err((UpstreamError::Wire { port, error }, None)),
     };
     let body = UpstreamBody {
-        decoder: match framing {
-            Framing::Empty => Decoder::Done,
-            Framing::Length(left) => Decoder::Length(left),
-            Framing::Chunked => Decoder::Chunked(ChunkedDecoder::new()),
-            Framing::UntilClose => Decoder::UntilClose,
-        },
+        decoder: Decoder::for_framing(framing),
         connection: Some(connection),
         reusable: false,
         pool: Arc::default(),
@@ -383,6 +373,18 @@ enum Decoder {
     Chunked(ChunkedDecoder),
     UntilClose,
     Done,
+}
+
+impl Decoder {
+    /// How a response body of this framing is read off the connection.
+    fn for_framing(framing: Framing) -> Decoder {
+        match framing {
+            Framing::Empty => Decoder::Done,
+            Framing::Length(left) => Decoder::Length(left),
+            Framing::Chunked => Decoder::Chunked(ChunkedDecoder::new()),
+            Framing::UntilClose => Decoder::UntilClose,
+        }
+    }
 }
 
 /// A response body read from the instance's socket as the client consumes it.

@@ -1,0 +1,96 @@
+//! The TLS certificates in the API's view: the expiry gauge on `/metrics` (the status lists
+//! them too, see `stats::status`). The TLS manager is attached once the front door exists.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::{Exposition, Kind, Metrics};
+use crate::tls::{CertificateInfo, CertificateSource, TlsManager};
+
+/// Registers `tenement_tls_certificate_expiry_timestamp_seconds` (one sample per certificate,
+/// labelled by its first name and its source) and `tenement_tls_certificate_errors` (names
+/// whose last attempt to obtain or renew failed), read from `manager` at every scrape.
+pub fn register_metrics(metrics: &Metrics, manager: TlsManager) {
+    metrics.register(move |out| collect(&manager.certificates(), out));
+}
+
+fn collect(certificates: &[CertificateInfo], out: &mut Exposition) {
+    let name = "tenement_tls_certificate_expiry_timestamp_seconds";
+    out.family(
+        name,
+        Kind::Gauge,
+        "When each TLS certificate expires (not after), in seconds since the Unix epoch.",
+    );
+    for info in certificates {
+        if let Some(not_after) = info.not_after {
+            out.sample(name, &labels(info), unix_seconds(not_after));
+        }
+    }
+    let name = "tenement_tls_certificate_errors";
+    out.family(
+        name,
+        Kind::Gauge,
+        "1 for each certificate name whose last attempt to obtain, renew or reload it failed.",
+    );
+    for info in certificates {
+        if info.last_error.is_some() {
+            out.sample(name, &labels(info), 1.0);
+        }
+    }
+}
+
+fn labels(info: &CertificateInfo) -> [(&str, &str); 2] {
+    let source = match info.source {
+        CertificateSource::Acme => "acme",
+        CertificateSource::File => "file",
+    };
+    [
+        ("name", info.names.first().map_or("", String::as_str)),
+        ("source", source),
+    ]
+}
+
+fn unix_seconds(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |elapsed| elapsed.as_secs() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn expiry_and_errors_per_certificate() {
+        let issued = CertificateInfo {
+            names: vec!["alice.notes.example.com".into()],
+            source: CertificateSource::Acme,
+            issuer: Some("CN=Test".into()),
+            not_before: Some(UNIX_EPOCH),
+            not_after: Some(UNIX_EPOCH + Duration::from_secs(1_900_000_000)),
+            renew_at: None,
+            last_error: None,
+        };
+        let failing = CertificateInfo {
+            names: vec!["bob.notes.example.com".into()],
+            source: CertificateSource::Acme,
+            issuer: None,
+            not_before: None,
+            not_after: None,
+            renew_at: None,
+            last_error: Some("validation failed".into()),
+        };
+        let mut out = Exposition::default();
+        collect(&[issued, failing], &mut out);
+        let text = out.as_str();
+        assert!(text.contains(
+            "tenement_tls_certificate_expiry_timestamp_seconds{name=\"alice.notes.example.com\",source=\"acme\"} 1900000000\n"
+        ), "{text}");
+        assert!(
+            !text.contains("expiry_timestamp_seconds{name=\"bob"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "tenement_tls_certificate_errors{name=\"bob.notes.example.com\",source=\"acme\"} 1\n"
+        ), "{text}");
+    }
+}

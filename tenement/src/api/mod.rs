@@ -1,0 +1,150 @@
+//! The management API: JSON over HTTP on the management listeners only (always a unix
+//! socket, plus `settings.api` when it is a TCP address), never on the public listeners.
+//! `docs/api.md` documents every endpoint.
+//!
+//! The CLI (`cli/`) is its client and shares its types (`types`) and address syntax
+//! (`address`).
+
+pub mod address;
+pub mod auth;
+mod body;
+mod certificates;
+mod deploy;
+pub mod error;
+mod handlers;
+mod listener;
+mod logs;
+pub mod metrics;
+pub mod query;
+mod routes;
+mod stats;
+pub mod types;
+mod view;
+
+use std::{
+    sync::{Arc, Mutex, OnceLock},
+    time::{Instant, SystemTime},
+};
+
+use anyhow::Result;
+use tokio::{sync::watch, task::JoinHandle};
+
+pub use address::ApiAddress;
+pub use metrics::{Exposition, Kind, Metrics};
+
+use crate::{
+    config::Config, logs::LogHub, monitor::Monitor, store::Store, supervisor::Supervisor,
+    tls::TlsManager,
+};
+
+/// What the API serves from: the daemon's parts, shared with the rest of `serve`.
+pub struct Api {
+    pub config: Arc<Config>,
+    pub supervisor: Supervisor,
+    pub store: Store,
+    pub logs: LogHub,
+    pub monitor: Arc<Mutex<Monitor>>,
+}
+
+/// Everything a request handler reads.
+pub(crate) struct Context {
+    pub api: Api,
+    pub addresses: Vec<ApiAddress>,
+    pub metrics: Arc<Metrics>,
+    pub started_at: SystemTime,
+    pub started: Instant,
+    /// The front door's certificates, once it has started with TLS on.
+    pub tls: Arc<OnceLock<TlsManager>>,
+    /// Turns true when the daemon shuts down: long streams end.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Context {
+    /// The monitor, locked for a moment (never across an await).
+    pub fn monitor(&self) -> std::sync::MutexGuard<'_, Monitor> {
+        self.api
+            .monitor
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The running management listener.
+pub struct ApiServer {
+    addresses: Vec<ApiAddress>,
+    metrics: Arc<Metrics>,
+    tls: Arc<OnceLock<TlsManager>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ApiServer {
+    /// Binds the management listeners (see [`ApiAddress::listeners`]) and serves them in the
+    /// background. Returns once they accept connections.
+    pub async fn start(api: Api) -> Result<ApiServer> {
+        let addresses =
+            ApiAddress::listeners(&api.config.settings).map_err(|err| anyhow::anyhow!(err))?;
+        let mut listeners = Vec::new();
+        for address in &addresses {
+            listeners.push(listener::Listener::bind(address).await?);
+        }
+        let metrics = Metrics::new();
+        let tls: Arc<OnceLock<TlsManager>> = Arc::default();
+        let (stop, shutdown) = watch::channel(false);
+        let context = Arc::new(Context {
+            api,
+            addresses: addresses.clone(),
+            metrics: metrics.clone(),
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+            tls: tls.clone(),
+            shutdown: shutdown.clone(),
+        });
+        stats::register_metrics(&context);
+        let tasks = listeners
+            .into_iter()
+            .map(|listener| {
+                let context = context.clone();
+                tokio::spawn(listener.serve(
+                    move |peer, request| routes::handle(context.clone(), peer, request),
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
+        for address in &addresses {
+            tracing::info!("management API listening on {address}");
+        }
+        Ok(ApiServer {
+            addresses,
+            metrics,
+            tls,
+            stop,
+            tasks,
+        })
+    }
+
+    pub fn addresses(&self) -> &[ApiAddress] {
+        &self.addresses
+    }
+
+    /// The `/metrics` registry: other parts add their collectors here.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Shows the front door's certificates in the status and on `/metrics`. The API starts
+    /// before the front door (whose TLS manager needs the proxy), hence this late step.
+    pub fn attach_tls(&self, manager: TlsManager) {
+        if self.tls.set(manager.clone()).is_ok() {
+            certificates::register_metrics(&self.metrics, manager);
+        }
+    }
+
+    /// Stops accepting, ends open connections and streams, removes the unix socket.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}

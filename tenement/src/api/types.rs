@@ -1,0 +1,171 @@
+//! The JSON the management API speaks, shared with the CLI so both ends stay in step.
+//! Requests refuse unknown fields: a typo (`"wieght"`) is an error, not a silent no-op.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One instance as `GET /v1/instances` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceView {
+    /// `service:id`
+    pub name: String,
+    pub service: String,
+    pub id: String,
+    /// `stopped`, `sleeping`, `starting`, `running`, `degraded`, `unhealthy`, `failed`, `stopping`
+    pub state: String,
+    /// `healthy`, `degraded` or `unhealthy` while the instance runs; `null` otherwise.
+    pub health: Option<String>,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    /// Share of its service's traffic, 0-100.
+    pub weight: u8,
+    pub restarts: u32,
+    /// When the current process started, unix milliseconds.
+    pub started_at_ms: Option<u64>,
+    pub uptime_secs: Option<u64>,
+    pub last_error: Option<String>,
+    /// What the kernel counted for this instance; `null` when no counters exist for it
+    /// (kernel counters off, or the instance has no cgroup registered).
+    pub stats: Option<StatsView>,
+}
+
+/// Kernel-counted activity of one instance (eBPF, at its cgroup's socket hooks).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsView {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    /// Seconds since the kernel last saw a packet of this instance; `null` if it never did.
+    pub idle_secs: Option<f64>,
+}
+
+/// `GET /v1/stats`: one line of the stats stream, or the snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatsSnapshot {
+    pub time_ms: u64,
+    pub kernel_counters: KernelCountersView,
+    pub instances: Vec<InstanceStatsView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatsView {
+    pub name: String,
+    pub state: String,
+    pub stats: Option<StatsView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KernelCountersView {
+    pub active: bool,
+    /// Why they are off, when they are.
+    pub reason: Option<String>,
+}
+
+/// `GET /v1/status`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub version: String,
+    pub pid: u32,
+    pub started_at_ms: u64,
+    pub uptime_secs: u64,
+    /// The management listeners, as the CLI's `--server` accepts them.
+    pub api: Vec<String>,
+    pub data_dir: String,
+    pub kernel_counters: KernelCountersView,
+    pub services: Vec<String>,
+    /// Number of instances in each state.
+    pub instances: BTreeMap<String, usize>,
+    /// TLS certificates and names waiting for one (empty with TLS off).
+    #[serde(default)]
+    pub certificates: Vec<crate::tls::CertificateInfo>,
+}
+
+/// `POST /v1/instances`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpawnRequest {
+    /// `service:id`
+    pub instance: String,
+}
+
+/// `PUT /v1/instances/{name}/weight`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightRequest {
+    /// Wide on purpose: `101` or `-1` gets a message about the range, not about integer types.
+    pub weight: i64,
+}
+
+/// `POST /v1/services/{service}/deploy`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// The new instance's id, e.g. `v2`: the deploy starts `service:v2`.
+    pub version: String,
+    /// Weight given once it is healthy; default 0 (started, but no traffic until `route`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i64>,
+    /// How long it may take to become healthy; default 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeployResponse {
+    pub instance: InstanceView,
+    pub weights: Vec<WeightView>,
+}
+
+/// `POST /v1/services/{service}/route`: swaps the weights of two instances in one step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRequest {
+    /// An id (`v1`) or a full name (`api:v1`) of the service.
+    pub from: String,
+    pub to: String,
+}
+
+/// The weights of a service after a change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouteResponse {
+    pub weights: Vec<WeightView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WeightView {
+    pub instance: String,
+    pub weight: u8,
+}
+
+/// `POST /v1/tokens`: an admin token, or with `tenant` one scoped to that instance.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+/// A token as listed: never its secret.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: i64,
+    /// `admin` or `tenant:service:id`
+    pub scope: String,
+    pub created_ms: i64,
+}
+
+/// The answer to `POST /v1/tokens`, the only time the secret is ever shown.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub id: i64,
+    pub scope: String,
+    pub token: String,
+}
+
+/// Every error body.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

@@ -1,0 +1,182 @@
+//! The front door of `tenement serve`: the plain HTTP listeners and, with TLS on, the TLS
+//! listeners, both feeding the one proxy. Glue only: routing lives in `proxy`, certificates
+//! in `tls`.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::{
+    config::Config,
+    proxy::{self, Options, PreRouter, Proxy, Scheme},
+    supervisor::Supervisor,
+    tls::{http01_token, TlsManager},
+};
+
+pub struct FrontDoor {
+    pub proxy: Proxy,
+    pub tls: Option<TlsManager>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl FrontDoor {
+    /// Binds every listener (failing with the address that could not be bound) and starts
+    /// serving. Certificates are looked up or ordered in the background.
+    pub async fn start(config: Arc<Config>, supervisor: Supervisor) -> Result<FrontDoor> {
+        let settings = &config.settings;
+        let plain = proxy::bind(&settings.listen)?;
+        let tls_listeners = if settings.tls.enabled {
+            let mut bound = Vec::new();
+            for address in &settings.tls.listen {
+                bound.push(
+                    TcpListener::bind(address)
+                        .await
+                        .with_context(|| format!("binding the TLS listener {address}"))?,
+                );
+            }
+            bound
+        } else {
+            Vec::new()
+        };
+
+        // The pre-router needs the TLS manager, and the manager asks the proxy which names
+        // route: the manager is filled in once both exist.
+        let tls_slot: Arc<std::sync::OnceLock<TlsManager>> = Arc::default();
+        let mut options = Options::default();
+        if settings.tls.enabled {
+            options.pre_router = Some(acme_and_redirect(tls_slot.clone()));
+        }
+        let proxy = Proxy::new(config.clone(), Arc::new(supervisor), options);
+        let tls = if settings.tls.enabled {
+            let routes = proxy.clone();
+            let manager =
+                TlsManager::start(settings, Arc::new(move |host: &str| routes.routes(host)))
+                    .await?;
+            let _ = tls_slot.set(manager.clone());
+            Some(manager)
+        } else {
+            None
+        };
+
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        {
+            let proxy = proxy.clone();
+            let mut stopped = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                if let Err(err) = proxy.serve(plain, shutdown).await {
+                    tracing::error!("proxy: {err:#}");
+                }
+            }));
+        }
+        if let Some(manager) = &tls {
+            for listener in tls_listeners {
+                tasks.push(tokio::spawn(serve_tls(
+                    listener,
+                    manager.clone(),
+                    proxy.clone(),
+                    stopped.clone(),
+                )));
+            }
+        }
+        Ok(FrontDoor {
+            proxy,
+            tls,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops accepting and lets in-flight requests finish.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.proxy.shutdown().await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Accepts TLS connections; each handshake runs in its own task because a first certificate
+/// for a name may take a while to arrive.
+async fn serve_tls(
+    listener: TcpListener,
+    manager: TlsManager,
+    proxy: Proxy,
+    mut stopped: watch::Receiver<bool>,
+) {
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!("TLS listening on https://{address}");
+    }
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!("TLS accept: {err}");
+                    continue;
+                }
+            },
+            _ = stopped.wait_for(|stop| *stop) => return,
+        };
+        let manager = manager.clone();
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            match manager.accept(tcp).await {
+                Ok(Some(stream)) => proxy.serve_connection(stream, peer, Scheme::Https).await,
+                Ok(None) => {} // an ACME validation handshake, answered by the manager
+                Err(err) => tracing::info!("TLS handshake from {peer}: {err}"),
+            }
+        });
+    }
+}
+
+/// On the plain listener with TLS on: ACME HTTP-01 challenges are answered here, everything
+/// else is sent to HTTPS with a 308 (method and body kept).
+fn acme_and_redirect(tls: Arc<std::sync::OnceLock<TlsManager>>) -> PreRouter {
+    Arc::new(move |request| {
+        let path = request.uri().path();
+        if let Some(token) = http01_token(path) {
+            let answer = tls.get().and_then(|manager| manager.http01_response(token));
+            return Some(match answer {
+                Some(key_authorization) => response(StatusCode::OK, key_authorization, None),
+                None => response(StatusCode::NOT_FOUND, "no such challenge\n".into(), None),
+            });
+        }
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().host())?;
+        let host = host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        });
+        let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        Some(response(
+            StatusCode::PERMANENT_REDIRECT,
+            String::new(),
+            Some(format!("https://{host}{target}")),
+        ))
+    })
+}
+
+fn response(status: StatusCode, body: String, location: Option<String>) -> Response<Bytes> {
+    let mut builder = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain");
+    if let Some(location) = location {
+        builder = builder.header(header::LOCATION, location);
+    }
+    builder.body(Bytes::from(body)).expect("valid response")
+}

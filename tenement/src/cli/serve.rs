@@ -1,0 +1,157 @@
+//! `tenement serve`: the daemon. Loads the configuration, opens the store and the logs,
+//! attaches the kernel monitor to tenement's cgroup subtree, starts the supervisor, and on
+//! SIGTERM or SIGINT stops every instance cleanly (they start again with the next `serve`).
+
+use std::{
+    path::Path,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::front::FrontDoor;
+use crate::{
+    api::{Api, ApiServer},
+    config::{self, Config},
+    logs::LogHub,
+    monitor::Monitor,
+    store::Store,
+    supervisor::{self, Supervisor},
+    systemd,
+};
+
+/// `--tls` / `--email` on the command line: the common case without editing the file.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ServeOptions {
+    /// Terminate TLS with ACME certificates (same as `[settings.tls] enabled = true`)
+    #[arg(long)]
+    pub tls: bool,
+    /// Contact email for the ACME account (`[settings.tls] acme_email`)
+    #[arg(long, requires = "tls")]
+    pub email: Option<String>,
+}
+
+pub fn serve(explicit: Option<&Path>, options: &ServeOptions) -> Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(|| LossyStderr)
+        .init();
+    let path = config::locate(explicit)?;
+    let mut config = Config::load(&path)?;
+    if options.tls {
+        config.settings.tls.enabled = true;
+    }
+    if let Some(email) = &options.email {
+        config.settings.tls.acme_email = Some(email.clone());
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(run(Arc::new(config)))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(config: Arc<Config>) -> Result<()> {
+    let settings = &config.settings;
+    let store = Store::open(&settings.data_dir)?;
+    let logs = LogHub::new(settings.data_dir.join("logs"))?;
+    let monitor = match supervisor::cgroup_tree(&config) {
+        Ok(tree) => match tree.unified_dir() {
+            Some(subtree) => Monitor::start(subtree),
+            None => Monitor::without_kernel("this host has no cgroup v2 hierarchy"),
+        },
+        Err(err) => Monitor::without_kernel(&format!("no cgroup subtree: {err:#}")),
+    };
+    match monitor.kernel_counters() {
+        crate::monitor::KernelCounters::Active => tracing::info!("kernel counters: active"),
+        crate::monitor::KernelCounters::Off(reason) => {
+            tracing::warn!("kernel counters: off ({reason})")
+        }
+    }
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let monitor = Arc::new(Mutex::new(monitor));
+    let supervisor =
+        Supervisor::start(config.clone(), store.clone(), logs.clone(), monitor.clone()).await?;
+    watch_kernel(&supervisor, &monitor);
+    let api = ApiServer::start(Api {
+        config: config.clone(),
+        supervisor: supervisor.clone(),
+        store,
+        logs,
+        monitor,
+    })
+    .await?;
+    let front = FrontDoor::start(config.clone(), supervisor.clone()).await?;
+    if let Some(manager) = &front.tls {
+        api.attach_tls(manager.clone());
+    }
+    tracing::info!(
+        "tenement {} serving {} (data in {})",
+        env!("CARGO_PKG_VERSION"),
+        config
+            .service
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
+        settings.data_dir.display()
+    );
+    // Listeners are bound: systemd (Type=notify) may now consider tenement started.
+    if let Err(err) = systemd::notify::ready("serving") {
+        tracing::warn!("{err:#}");
+    }
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: stopping every instance"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: stopping every instance"),
+    }
+    let _ = systemd::notify::stopping();
+    front.shutdown().await;
+    api.shutdown().await;
+    supervisor.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Feeds the kernel's view to the supervisor: traffic on an instance's sockets counts as
+/// activity for the idle reaper, and a listen event ends a start's wait at once.
+fn watch_kernel(supervisor: &Supervisor, monitor: &Arc<Mutex<Monitor>>) {
+    let kernel = monitor.clone();
+    supervisor.set_activity_source(Arc::new(move |cgroup_id| {
+        let stats = kernel.lock().ok()?.stats(cgroup_id)?;
+        std::time::Instant::now().checked_sub(stats.idle_for()?)
+    }));
+    let mut events = match monitor.lock() {
+        Ok(monitor) => monitor.listen_events(),
+        Err(_) => return,
+    };
+    let supervisor = supervisor.clone();
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(event) => supervisor.notify_listening(event.cgroup_id),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
+/// stderr that never fails: a daemon whose log reader went away keeps running (the default
+/// writer's error path panics).
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}

@@ -1,0 +1,142 @@
+use super::*;
+
+fn errors(text: &str) -> Vec<String> {
+    Config::parse(text, "t.toml")
+        .expect_err("the text has mistakes")
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn an_empty_file_is_all_defaults() {
+    assert_eq!(Config::parse("", "t.toml").unwrap(), Config::default());
+}
+
+#[test]
+fn every_type_error_is_reported_at_its_value() {
+    let found = errors(
+        "[service.api]\ncommand = \"app\"\nidle_timeout = \"x\"\nisolation = \"vm\"\n\
+         env = { A = 1 }\n[settings]\nport_range = [1, \"y\"]\nlisten = \"nowhere\"\n",
+    );
+    assert_eq!(found.len(), 5, "{found:#?}");
+    assert_eq!(
+        found[0],
+        "t.toml:3:16: `idle_timeout` in [service.api]: invalid type: string \"x\", expected u64"
+    );
+    assert!(
+        found[1].starts_with("t.toml:4:13: `isolation` in [service.api]: unknown variant `vm`, expected one of `process`, `namespace`, `sandbox`"),
+        "{}",
+        found[1]
+    );
+    assert!(found[2].starts_with("t.toml:5:13: `A` in [service.api.env]: invalid type: integer"));
+    assert!(found[3].starts_with("t.toml:7:"), "{}", found[3]);
+    assert!(
+        found[4].starts_with(
+            "t.toml:8:10: `listen` in [settings]: \"nowhere\": invalid socket address syntax"
+        ),
+        "{}",
+        found[4]
+    );
+}
+
+#[test]
+fn a_rejected_value_is_not_reported_twice() {
+    // `command = 3` is a type error; the empty default standing in must not add
+    // "command must name the program".
+    let found = errors("[service.api]\ncommand = 3\n");
+    assert_eq!(found.len(), 1, "{found:#?}");
+}
+
+#[test]
+fn unknown_keys_type_errors_and_meaning_are_reported_together() {
+    let found = errors(
+        "[settings]\nport_range = [2000, 1000]\n\n[service.api]\ncommand = \"app\"\n\
+         idel_timeout = 3\ncpu_weight = \"high\"\n\n[instances]\nweb = [\"a\"]\n",
+    );
+    assert_eq!(
+        found,
+        [
+            "t.toml:2:1: `port_range` in [settings]: the low port 2000 is above the high port 1000",
+            "t.toml:6:1: unknown key `idel_timeout` in [service.api]; did you mean `idle_timeout`?",
+            "t.toml:7:14: `cpu_weight` in [service.api]: invalid type: string \"high\", expected u64",
+            "t.toml:10:1: `web` in [instances]: no service `web` is defined; defined: `api`",
+        ]
+    );
+}
+
+#[test]
+fn dotted_and_inline_forms_are_checked_too() {
+    let found = errors("service.api.command = \"app\"\nservice.api.comand = \"x\"\nsettings = { tls = { enabeld = true } }\n");
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0].starts_with(
+            "t.toml:2:13: unknown key `comand` in [service.api]; did you mean `command`?"
+        ),
+        "{}",
+        found[0]
+    );
+    assert!(
+        found[1].contains("unknown key `enabeld` in [settings.tls]; did you mean `enabled`?"),
+        "{}",
+        found[1]
+    );
+}
+
+#[test]
+fn the_alias_cpu_shares_is_accepted_and_named_in_errors() {
+    let config = Config::parse(
+        "[service.api]\ncommand = \"app\"\ncpu_shares = 200\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(config.service["api"].cpu_weight, Some(200));
+    let found = errors("[service.api]\ncommand = \"app\"\ncpu_shares = 0\n");
+    assert_eq!(found, ["t.toml:3:1: `cpu_shares` in [service.api]: must be 1-10000 (100 is an even share), got 0"]);
+}
+
+#[test]
+fn load_anchors_relative_paths_at_the_file() {
+    let dir = std::env::temp_dir().join(format!("tenement-config-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tenement.toml");
+    std::fs::write(
+        &file,
+        "[settings]\ndata_dir = \"data\"\n[service.api]\ncommand = \"app\"\nworkdir = \".\"\n\
+         [service.abs]\ncommand = \"app\"\nworkdir = \"/srv\"\n",
+    )
+    .unwrap();
+    let config = Config::load(&file);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let config = config.unwrap();
+    assert_eq!(config.settings.data_dir, dir.join("data"));
+    assert_eq!(
+        config.service["api"].workdir.as_deref(),
+        Some(dir.as_path())
+    );
+    assert_eq!(
+        config.service["abs"].workdir.as_deref(),
+        Some(Path::new("/srv"))
+    );
+}
+
+#[test]
+fn load_errors_keep_the_config_errors_text() {
+    let dir = std::env::temp_dir().join(format!("tenement-config-unit-err-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tenement.toml");
+    std::fs::write(&file, "bogus = 1\n").unwrap();
+    let err = Config::load(&file).unwrap_err();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let errors = err
+        .downcast_ref::<ConfigErrors>()
+        .expect("ConfigErrors inside");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}:1:1: unknown key `bogus` in the top-level table",
+            file.display()
+        )
+    );
+}

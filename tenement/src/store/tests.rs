@@ -1,0 +1,297 @@
+use super::*;
+
+use crate::test_support::TempDir;
+
+fn name(text: &str) -> InstanceName {
+    InstanceName::parse(text).unwrap()
+}
+
+const RANGE: [u32; 2] = [61000, 64999];
+
+#[test]
+fn reopen_keeps_desired_weights_uids_and_events() {
+    let dir = TempDir::new("reopen");
+    let (alice, bob, carol) = (name("api:alice"), name("api:bob"), name("web:carol"));
+    let (alice_uid, bob_uid);
+    {
+        let store = Store::open(&dir.0.join("nested")).unwrap();
+        store.set_desired(&alice, true).unwrap();
+        store.set_desired(&bob, true).unwrap();
+        store.set_desired(&carol, true).unwrap();
+        store.set_desired(&carol, false).unwrap();
+        store
+            .set_weights(&[(alice.clone(), 30), (bob.clone(), 70)])
+            .unwrap();
+        alice_uid = store.uid_for(&alice, RANGE).unwrap();
+        bob_uid = store.uid_for(&bob, RANGE).unwrap();
+        store
+            .record_event(&alice, EventKind::Spawned, "pid 42")
+            .unwrap();
+        store
+            .record_event(&alice, EventKind::OomKilled, "memory.max 64 MiB")
+            .unwrap();
+    }
+    let store = Store::open(&dir.0.join("nested")).unwrap();
+    assert_eq!(
+        store.desired_running().unwrap(),
+        vec![alice.clone(), bob.clone()]
+    );
+    assert_eq!(store.weight(&alice).unwrap(), Some(30));
+    assert_eq!(store.weight(&bob).unwrap(), Some(70));
+    assert_eq!(store.weight(&carol).unwrap(), Some(DEFAULT_WEIGHT));
+    assert_eq!(store.weight(&name("api:nobody")).unwrap(), None);
+    assert_eq!(store.uid_for(&alice, RANGE).unwrap(), alice_uid);
+    assert_eq!(store.uid_for(&bob, RANGE).unwrap(), bob_uid);
+    let known = store.known_instances().unwrap();
+    assert_eq!(
+        known,
+        vec![
+            InstanceRecord {
+                name: alice.clone(),
+                desired_running: true,
+                weight: 30,
+                uid: Some(alice_uid)
+            },
+            InstanceRecord {
+                name: bob.clone(),
+                desired_running: true,
+                weight: 70,
+                uid: Some(bob_uid)
+            },
+            InstanceRecord {
+                name: carol.clone(),
+                desired_running: false,
+                weight: 100,
+                uid: None
+            },
+        ]
+    );
+    let events = store.events(&alice, 10).unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.kind, e.detail.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (EventKind::OomKilled, "memory.max 64 MiB"),
+            (EventKind::Spawned, "pid 42")
+        ]
+    );
+    assert!(events[0].time >= events[1].time);
+    assert_eq!(store.events(&alice, 1).unwrap().len(), 1);
+    assert!(store.events(&bob, 10).unwrap().is_empty());
+}
+
+#[test]
+fn set_weights_is_all_or_nothing() {
+    let dir = TempDir::new("weights");
+    let store = Store::open(&dir.0).unwrap();
+    let (blue, green) = (name("api:blue"), name("api:green"));
+    store
+        .set_weights(&[(blue.clone(), 100), (green.clone(), 0)])
+        .unwrap();
+    let err = store
+        .set_weights(&[(blue.clone(), 0), (green.clone(), 101)])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("api:green") && err.contains("101"), "{err}");
+    assert_eq!(store.weight(&blue).unwrap(), Some(100));
+    assert_eq!(store.weight(&green).unwrap(), Some(0));
+
+    // A failure inside the transaction (here the CHECK constraint, bypassing the range check)
+    // also leaves every weight as it was.
+    let result = store.write(|tx| {
+        tx.execute(
+            "UPDATE instances SET weight = 0 WHERE name = 'api:blue'",
+            [],
+        )?;
+        tx.execute(
+            "UPDATE instances SET weight = 200 WHERE name = 'api:green'",
+            [],
+        )?;
+        Ok(())
+    });
+    assert!(result.is_err());
+    assert_eq!(store.weight(&blue).unwrap(), Some(100));
+    assert_eq!(store.weight(&green).unwrap(), Some(0));
+
+    store
+        .set_weights(&[(blue.clone(), 10), (green.clone(), 90)])
+        .unwrap();
+    assert_eq!(store.weight(&blue).unwrap(), Some(10));
+    assert_eq!(store.weight(&green).unwrap(), Some(90));
+}
+
+#[test]
+fn uids_are_stable_unique_and_bounded() {
+    let dir = TempDir::new("uids");
+    let store = Store::open(&dir.0).unwrap();
+    let range = [62000, 62002];
+    let names = [name("a:one"), name("a:two"), name("b:one")];
+    let uids: Vec<u32> = names
+        .iter()
+        .map(|n| store.uid_for(n, range).unwrap())
+        .collect();
+    let mut unique = uids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 3, "{uids:?}");
+    assert!(uids.iter().all(|uid| (62000..=62002).contains(uid)));
+    for (n, uid) in names.iter().zip(&uids) {
+        assert_eq!(store.uid_for(n, range).unwrap(), *uid);
+    }
+    let err = store.uid_for(&name("c:four"), range).unwrap_err();
+    let err = format!("{err:#}");
+    assert!(err.contains("c:four") && err.contains("62000"), "{err}");
+
+    // Forgetting keeps the uid reserved for the name; releasing frees it.
+    store.set_desired(&names[0], true).unwrap();
+    store.forget(&names[0]).unwrap();
+    assert!(store.known_instances().unwrap().is_empty());
+    assert!(store.uid_for(&name("c:four"), range).is_err());
+    assert_eq!(store.uid_for(&names[0], range).unwrap(), uids[0]);
+    store.release_uid(&names[0]).unwrap();
+    assert_eq!(store.uid_for(&name("c:four"), range).unwrap(), uids[0]);
+}
+
+#[test]
+fn uids_skip_system_accounts_and_root() {
+    let dir = TempDir::new("sysuid");
+    let store = Store::open(&dir.0).unwrap();
+    // uid 0 is root, an account on every system.
+    assert!(store.uid_for(&name("a:one"), [0, 0]).is_err());
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .map(|u| u.uid.as_raw());
+    if let Some(nobody) = nobody {
+        let err = store.uid_for(&name("a:one"), [nobody, nobody]).unwrap_err();
+        assert!(format!("{err:#}").contains("no free uid"), "{err:#}");
+    }
+    // A group id alone is enough to skip it: the tenant's gid is the same number.
+    let group_only = (1..60000u32).find(|id| {
+        nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(*id))
+            .ok()
+            .flatten()
+            .is_some()
+            && nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(*id))
+                .ok()
+                .flatten()
+                .is_none()
+    });
+    if let Some(id) = group_only {
+        assert!(
+            store.uid_for(&name("a:one"), [id, id]).is_err(),
+            "gid {id} handed out"
+        );
+    }
+}
+
+#[test]
+fn forget_drops_instance_and_events() {
+    let dir = TempDir::new("forget");
+    let store = Store::open(&dir.0).unwrap();
+    let alice = name("api:alice");
+    store.set_desired(&alice, true).unwrap();
+    store.record_event(&alice, EventKind::Stopped, "").unwrap();
+    store.forget(&alice).unwrap();
+    assert!(store.desired_running().unwrap().is_empty());
+    assert!(store.events(&alice, 10).unwrap().is_empty());
+    assert_eq!(store.weight(&alice).unwrap(), None);
+}
+
+#[test]
+fn events_are_capped_per_instance() {
+    let dir = TempDir::new("cap");
+    let store = Store::open(&dir.0).unwrap();
+    let alice = name("api:alice");
+    let bob = name("api:bob");
+    store.record_event(&bob, EventKind::Ready, "bob").unwrap();
+    for n in 0..EVENTS_KEPT_PER_INSTANCE + 5 {
+        store
+            .record_event(&alice, EventKind::Crashed, &n.to_string())
+            .unwrap();
+    }
+    let events = store.events(&alice, usize::MAX).unwrap();
+    assert_eq!(events.len(), EVENTS_KEPT_PER_INSTANCE);
+    assert_eq!(events[0].detail, (EVENTS_KEPT_PER_INSTANCE + 4).to_string());
+    assert_eq!(events.last().unwrap().detail, "5");
+    assert_eq!(store.events(&bob, 10).unwrap().len(), 1);
+}
+
+#[test]
+fn event_kinds_round_trip() {
+    for kind in EventKind::ALL {
+        assert_eq!(kind.as_str().parse::<EventKind>().unwrap(), kind);
+        assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{kind}\""));
+    }
+    let event = Event {
+        time: events::from_ms(1_700_000_000_123),
+        kind: EventKind::OomKilled,
+        detail: "x".into(),
+    };
+    let json = serde_json::to_string(&event).unwrap();
+    assert_eq!(
+        json,
+        r#"{"time":1700000000123,"kind":"oom-killed","detail":"x"}"#
+    );
+    assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), event);
+}
+
+#[test]
+fn schema_is_versioned_and_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("schema");
+    let store = Store::open(&dir.0).unwrap();
+    let version: u32 = store
+        .lock()
+        .query_row("SELECT MAX(version) FROM schema_migrations", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert_eq!(version, migrations::latest());
+    let mode: String = store
+        .lock()
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let perms = std::fs::metadata(store.path()).unwrap().permissions();
+    assert_eq!(perms.mode() & 0o777, 0o600);
+    // A database from a newer tenement is refused with a clear message.
+    store
+        .lock()
+        .execute("INSERT INTO schema_migrations VALUES (999, 0)", [])
+        .unwrap();
+    drop(store);
+    let err = format!("{:#}", Store::open(&dir.0).err().unwrap());
+    assert!(
+        err.contains("newer") && err.contains("tenement.db"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tokens_store_only_hashes() {
+    let dir = TempDir::new("tokens");
+    let store = Store::open(&dir.0).unwrap();
+    let (admin, secret) = store.issue_token("admin").unwrap();
+    let (tenant, tenant_secret) = store.issue_token("instance:api:alice").unwrap();
+    assert_ne!(secret, tenant_secret);
+    assert_eq!(store.verify_token(&secret).unwrap(), Some(admin.clone()));
+    assert_eq!(
+        store.verify_token(&tenant_secret).unwrap(),
+        Some(tenant.clone())
+    );
+    assert_eq!(store.verify_token("tnm_wrong").unwrap(), None);
+    let needle = secret.as_bytes();
+    for file in ["tenement.db", "tenement.db-wal"] {
+        let raw = std::fs::read(dir.0.join(file)).unwrap_or_default();
+        assert!(
+            !raw.windows(needle.len()).any(|w| w == needle),
+            "secret in {file}"
+        );
+    }
+    assert_eq!(store.tokens().unwrap(), vec![admin.clone(), tenant]);
+    assert!(store.revoke_token(admin.id).unwrap());
+    assert!(!store.revoke_token(admin.id).unwrap());
+    assert_eq!(store.verify_token(&secret).unwrap(), None);
+}

@@ -1,0 +1,93 @@
+//! API tokens. Only a SHA-256 of each secret is stored: a leaked database grants nothing.
+//! What a scope means (admin, one service, one instance) is the API's business; the store
+//! keeps it as text.
+
+use anyhow::{Context, Result};
+use rand::RngCore;
+use rusqlite::{params, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+use super::{events, Store};
+
+/// A stored token, without its secret.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TokenRecord {
+    pub id: i64,
+    pub scope: String,
+    /// Unix milliseconds.
+    pub created_ms: i64,
+}
+
+/// Prefix of every secret, so a leaked one is recognisable (e.g. by secret scanners).
+const SECRET_PREFIX: &str = "tnm_";
+
+fn digest(secret: &str) -> Vec<u8> {
+    Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+impl Store {
+    /// Creates a token for `scope`; returns its record and the secret, which is shown once
+    /// and never stored.
+    pub fn issue_token(&self, scope: &str) -> Result<(TokenRecord, String)> {
+        let mut random = [0u8; 32];
+        rand::rng().fill_bytes(&mut random);
+        let secret = format!("{SECRET_PREFIX}{}", hex::encode(random));
+        let created_ms = events::now_ms();
+        let id = self
+            .write(|tx| {
+                tx.execute(
+                    "INSERT INTO tokens (scope, sha256, created_ms) VALUES (?1, ?2, ?3)",
+                    params![scope, digest(&secret), created_ms],
+                )?;
+                Ok(tx.last_insert_rowid())
+            })
+            .with_context(|| format!("issuing a token for scope {scope:?}"))?;
+        let record = TokenRecord {
+            id,
+            scope: scope.to_string(),
+            created_ms,
+        };
+        Ok((record, secret))
+    }
+
+    /// The token whose secret is `secret`, if any. The lookup goes by hash, so its timing
+    /// reveals nothing usable about the secret.
+    pub fn verify_token(&self, secret: &str) -> Result<Option<TokenRecord>> {
+        let db = self.lock();
+        Ok(db
+            .query_row(
+                "SELECT id, scope, created_ms FROM tokens WHERE sha256 = ?1",
+                [digest(secret)],
+                |row| {
+                    Ok(TokenRecord {
+                        id: row.get(0)?,
+                        scope: row.get(1)?,
+                        created_ms: row.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Every token, oldest first.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        let db = self.lock();
+        let mut query = db.prepare("SELECT id, scope, created_ms FROM tokens ORDER BY id")?;
+        let rows = query
+            .query_map([], |row| {
+                Ok(TokenRecord {
+                    id: row.get(0)?,
+                    scope: row.get(1)?,
+                    created_ms: row.get(2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Deletes token `id`; false when there was none.
+    pub fn revoke_token(&self, id: i64) -> Result<bool> {
+        self.write(|tx| Ok(tx.execute("DELETE FROM tokens WHERE id = ?1", [id])? > 0))
+            .with_context(|| format!("revoking token {id}"))
+    }
+}

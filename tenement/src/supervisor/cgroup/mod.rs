@@ -1,0 +1,11 @@
+//! Per-instance cgroups under the cgroup tenement runs in.
+
+mod files;
+mod instance;
+mod layout;
+mod tree;
+
+pub use files::Version;
+pub use instance::{InstanceCgroup, Limits};
+pub use layout::{CgroupLayout, ControllerHome, Hierarchy, LayoutKind, CONTROLLERS};
+pub use tree::{subtree_name, CgroupTree};

@@ -1,0 +1,172 @@
+//! One instance as the supervisor holds it: its service, its status (watched by anyone
+//! waiting for it to become ready), the handle of its run loop, and its activity.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::{Instant, SystemTime},
+};
+
+use tokio::sync::{watch, Notify};
+
+use super::state::{InstanceInfo, InstanceState};
+use crate::config::{InstanceName, Service};
+
+/// How a run loop is asked to end, and so what state the instance is left in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopKind {
+    /// `stop`: stopped, not wanted running.
+    Stop,
+    /// Idle: sleeping until the next request.
+    Sleep,
+    /// tenement shuts down: stopped, still wanted running at the next start.
+    Shutdown,
+    /// `restart`: stopped for a moment, started again by the caller.
+    Restart,
+}
+
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub state: InstanceState,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    pub weight: u8,
+    pub restarts: u32,
+    pub started_at: Option<SystemTime>,
+    pub last_error: Option<String>,
+    /// The last failure happened before any process existed (bad command, missing runsc):
+    /// waiters get `StartError::Spawn`.
+    pub cannot_start: bool,
+    pub cgroup_id: Option<u64>,
+    pub cgroup_path: Option<std::path::PathBuf>,
+}
+
+/// The run loop of a started instance.
+pub struct RunHandle {
+    pub stop: watch::Sender<Option<StopKind>>,
+    pub done: watch::Receiver<bool>,
+}
+
+impl RunHandle {
+    pub fn finished(&self) -> bool {
+        *self.done.borrow()
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.borrow().is_some()
+    }
+}
+
+pub struct Activity {
+    /// Open proxied connections or requests.
+    pub open: usize,
+    pub last: Instant,
+}
+
+pub struct Instance {
+    pub name: InstanceName,
+    pub service: Service,
+    pub status: watch::Sender<Status>,
+    pub run: Mutex<Option<RunHandle>>,
+    pub activity: Mutex<Activity>,
+    /// Notified when the kernel sees the instance listen: readiness need not wait for the
+    /// next connect poll.
+    pub listening: Notify,
+    /// Over `storage_quota_mb` at the last measurement (an event is recorded on crossing).
+    pub over_quota: AtomicBool,
+}
+
+impl Instance {
+    pub fn new(name: InstanceName, service: Service, weight: u8) -> Instance {
+        let status = Status {
+            state: InstanceState::Stopped,
+            pid: None,
+            port: None,
+            weight,
+            restarts: 0,
+            started_at: None,
+            last_error: None,
+            cannot_start: false,
+            cgroup_id: None,
+            cgroup_path: None,
+        };
+        Instance {
+            name,
+            service,
+            status: watch::channel(status).0,
+            run: Mutex::new(None),
+            activity: Mutex::new(Activity {
+                open: 0,
+                last: Instant::now(),
+            }),
+            listening: Notify::new(),
+            over_quota: AtomicBool::new(false),
+        }
+    }
+
+    pub fn info(&self) -> InstanceInfo {
+        let s = self.status.borrow();
+        InstanceInfo {
+            name: self.name.clone(),
+            state: s.state,
+            pid: s.pid,
+            port: s.port,
+            weight: s.weight,
+            restarts: s.restarts,
+            started_at: s.started_at,
+            last_error: s.last_error.clone(),
+            cgroup_id: s.cgroup_id,
+            cgroup_path: s.cgroup_path.clone(),
+        }
+    }
+
+    pub fn state(&self) -> InstanceState {
+        self.status.borrow().state
+    }
+
+    pub fn lock_run(&self) -> MutexGuard<'_, Option<RunHandle>> {
+        self.run.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn lock_activity(&self) -> MutexGuard<'_, Activity> {
+        self.activity.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts as traffic for the idle reaper.
+    pub fn touch(&self) {
+        self.lock_activity().last = Instant::now();
+    }
+
+    pub fn set_over_quota(&self, over: bool) -> bool {
+        self.over_quota.swap(over, Ordering::Relaxed)
+    }
+}
+
+/// One open connection or request to an instance, from the proxy's point of view. Creating
+/// and dropping it count as activity; while any is alive the instance is never idle.
+pub struct ActivityGuard {
+    instance: Option<Arc<Instance>>,
+}
+
+impl ActivityGuard {
+    pub(super) fn new(instance: Option<Arc<Instance>>) -> ActivityGuard {
+        if let Some(instance) = &instance {
+            let mut activity = instance.lock_activity();
+            activity.open += 1;
+            activity.last = Instant::now();
+        }
+        ActivityGuard { instance }
+    }
+}
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        if let Some(instance) = &self.instance {
+            let mut activity = instance.lock_activity();
+            activity.open = activity.open.saturating_sub(1);
+            activity.last = Instant::now();
+        }
+    }
+}

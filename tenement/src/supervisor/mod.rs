@@ -1,0 +1,582 @@
+//! Instances: spawn, isolation, cgroups, health checks, restarts, idle stop, stop.
+//!
+//! [`Supervisor`] is the handle the rest of tenement uses. Each started instance has one run
+//! loop (`runner.rs`); everything that wants it running (a request waking it, `spawn`, the
+//! start of tenement) shares that loop and waits on the instance's status, so a thousand
+//! concurrent requests to a sleeping tenant cause exactly one spawn.
+
+mod backends;
+pub mod cgroup;
+mod environment;
+pub mod guard;
+mod health;
+mod identity;
+pub mod init;
+mod instance;
+mod launch;
+mod ports;
+mod prepare;
+mod privacy;
+mod reaper;
+mod restart;
+mod runner;
+mod sandbox;
+mod spawner;
+mod state;
+
+use std::{
+    collections::BTreeMap,
+    os::unix::fs::PermissionsExt,
+    sync::{Arc, Mutex, MutexGuard, RwLock},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+
+use crate::{
+    config::{Config, InstanceName},
+    logs::LogHub,
+    monitor::Monitor,
+    store::{EventKind, Store, DEFAULT_WEIGHT},
+};
+
+use cgroup::{CgroupLayout, CgroupTree};
+use instance::{Instance, RunHandle, Status, StopKind};
+use ports::PortAllocator;
+use spawner::Spawner;
+
+pub use environment::DEFAULT_PATH;
+pub use instance::ActivityGuard;
+pub use sandbox::find_runsc;
+pub use state::{InstanceInfo, InstanceState, StartError};
+
+/// Extra time a waiter gives a start beyond the service's `startup_timeout` (spawning,
+/// backoff of a restart in progress).
+const START_WAIT_SLACK: Duration = Duration::from_secs(5);
+
+/// When the kernel last saw traffic of the cgroup with this v2 id (the eBPF monitor's
+/// view); consulted by the idle reaper beside the proxy's own activity.
+pub type ActivitySource = Arc<dyn Fn(u64) -> Option<Instant> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct Supervisor {
+    shared: Arc<Shared>,
+}
+
+/// State shared by the supervisor handle, the run loops and the reaper.
+pub(crate) struct Shared {
+    config: Arc<Config>,
+    store: Store,
+    logs: LogHub,
+    monitor: Arc<Mutex<Monitor>>,
+    cgroups: Option<CgroupTree>,
+    ports: PortAllocator,
+    spawner: Spawner,
+    instances: Mutex<BTreeMap<InstanceName, Arc<Instance>>>,
+    changes: watch::Sender<u64>,
+    activity_source: RwLock<Option<ActivitySource>>,
+    shutting_down: std::sync::atomic::AtomicBool,
+}
+
+/// Creates (or finds) tenement's cgroup subtree for `config`: what `tenement serve` attaches
+/// the eBPF monitor to before starting the supervisor.
+pub fn cgroup_tree(config: &Config) -> Result<CgroupTree> {
+    let layout = CgroupLayout::detect().context("reading the cgroup layout from /proc")?;
+    CgroupTree::create(&layout, &config.settings.data_dir)
+}
+
+impl Supervisor {
+    /// Creates the cgroup subtree, cleans what a crashed earlier run left (kills its
+    /// processes by cgroup, removes the groups), then starts `[instances]` and every
+    /// instance that was running when tenement last stopped. Returns without waiting for
+    /// them to be ready.
+    pub async fn start(
+        config: Arc<Config>,
+        store: Store,
+        logs: LogHub,
+        monitor: Arc<Mutex<Monitor>>,
+    ) -> Result<Supervisor> {
+        let settings = &config.settings;
+        let root = identity::running_as_root();
+        let cgroups = match cgroup_tree(&config) {
+            Ok(tree) => Some(tree),
+            Err(err) if !root => {
+                tracing::warn!(
+                    "cgroups unavailable ({err:#}): no memory/cpu/pids limits, no OOM \
+                     detection, and stopping kills by process group only"
+                );
+                None
+            }
+            Err(err) => return Err(err),
+        };
+        if let Some(tree) = &cgroups {
+            let leftovers = tree.clean_leftovers().await?;
+            if !leftovers.is_empty() {
+                tracing::warn!(
+                    "killed processes left by an earlier run of tenement in cgroups {}",
+                    leftovers.join(", ")
+                );
+            }
+            let missing = tree.missing_controllers();
+            if !missing.is_empty() {
+                tracing::warn!(
+                    "cgroup controllers unavailable here: {} (their limits are not applied)",
+                    missing.join(", ")
+                );
+            }
+            tracing::info!(
+                "cgroups: {}, instance groups under {}",
+                tree.kind(),
+                tree.dirs()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            );
+        }
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+        if root {
+            // Tenants must reach their own directory below, never list the others.
+            std::fs::set_permissions(&settings.data_dir, std::fs::Permissions::from_mode(0o711))
+                .with_context(|| format!("setting the mode of {}", settings.data_dir.display()))?;
+        }
+        // Sandbox state of the earlier run: its processes are gone with their cgroups.
+        let _ = std::fs::remove_dir_all(settings.data_dir.join(".sandbox"));
+
+        let spawner = Spawner::start()?;
+        if let Some(tree) = &cgroups {
+            start_guard(&spawner, tree).await?;
+        }
+        let shared = Arc::new(Shared {
+            ports: PortAllocator::new(settings.port_range),
+            spawner,
+            cgroups,
+            instances: Mutex::new(BTreeMap::new()),
+            changes: watch::channel(0).0,
+            activity_source: RwLock::new(None),
+            shutting_down: false.into(),
+            config: config.clone(),
+            store,
+            logs,
+            monitor,
+        });
+
+        // Every known instance: configured ones, and those the store remembers.
+        let mut wanted: Vec<InstanceName> = Vec::new();
+        for (service, ids) in &config.instances {
+            for id in ids {
+                let name = InstanceName::new(service, id)
+                    .map_err(|err| anyhow::anyhow!("[instances] {service}: {err}"))?;
+                shared.store.set_desired(&name, true)?;
+                wanted.push(name);
+            }
+        }
+        for record in shared.store.known_instances()? {
+            if !config.service.contains_key(&record.name.service) {
+                tracing::warn!(
+                    "{} is in the store, but service {:?} is not configured: ignored",
+                    record.name,
+                    record.name.service
+                );
+                continue;
+            }
+            shared.entry(&record.name)?;
+            if record.desired_running && !wanted.contains(&record.name) {
+                wanted.push(record.name);
+            }
+        }
+        let supervisor = Supervisor { shared };
+        for name in &wanted {
+            let instance = supervisor.shared.entry(name)?;
+            supervisor.shared.start_run(&instance).await;
+        }
+        tokio::spawn(reaper::run(Arc::downgrade(&supervisor.shared)));
+        Ok(supervisor)
+    }
+
+    /// Every known instance (configured in `[instances]`, or spawned and not forgotten),
+    /// stopped and sleeping ones included, in name order.
+    pub fn instances(&self) -> Vec<InstanceInfo> {
+        self.shared.snapshot().iter().map(|i| i.info()).collect()
+    }
+
+    pub fn info(&self, name: &InstanceName) -> Option<InstanceInfo> {
+        self.shared.get(name).map(|i| i.info())
+    }
+
+    /// Bumps on any change of state, weight or the set of instances.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.shared.changes.subscribe()
+    }
+
+    /// Wants `name` running (also after a restart of tenement), starts it if needed (a
+    /// failed instance gets a fresh start) and waits until it is ready.
+    pub async fn spawn(&self, name: &InstanceName) -> Result<InstanceInfo, StartError> {
+        let instance = self.shared.known_service(name)?;
+        if instance.state() == InstanceState::Failed {
+            self.shared.stop_run(&instance, StopKind::Restart).await;
+        }
+        self.wake(&instance).await?;
+        Ok(instance.info())
+    }
+
+    /// The port of `name` once it is ready, starting it if it is stopped or sleeping. All
+    /// concurrent callers share one start. Fails at once for an unknown service or a
+    /// failed instance.
+    pub async fn ensure_running(&self, name: &InstanceName) -> Result<u16, StartError> {
+        let instance = self.shared.known_service(name)?;
+        {
+            let status = instance.status.borrow();
+            if status.state.serves() {
+                if let Some(port) = status.port {
+                    return Ok(port);
+                }
+            }
+            if status.state == InstanceState::Failed {
+                return Err(failed(&instance, &status));
+            }
+        }
+        self.wake(&instance).await
+    }
+
+    async fn wake(&self, instance: &Arc<Instance>) -> Result<u16, StartError> {
+        if self.shared.is_shutting_down() {
+            return Err(StartError::Failed {
+                state: instance.state(),
+                reason: format!("{}: tenement is shutting down", instance.name),
+            });
+        }
+        if let Err(err) = self.shared.store.set_desired(&instance.name, true) {
+            tracing::warn!("{err:#}");
+        }
+        self.shared.start_run(instance).await;
+        let limit = Duration::from_secs(instance.service.startup_timeout) + START_WAIT_SLACK;
+        let mut status = instance.status.subscribe();
+        let waited = tokio::time::timeout(
+            limit,
+            status.wait_for(|s| {
+                s.state.serves()
+                    || matches!(
+                        s.state,
+                        InstanceState::Failed | InstanceState::Stopped | InstanceState::Sleeping
+                    )
+            }),
+        )
+        .await;
+        let status = match waited {
+            Err(_) => return Err(StartError::Timeout { after: limit }),
+            Ok(Err(_)) => {
+                return Err(StartError::Failed {
+                    state: instance.state(),
+                    reason: format!("{}: the supervisor is gone", instance.name),
+                })
+            }
+            Ok(Ok(status)) => status.clone(),
+        };
+        match (status.state.serves(), status.port) {
+            (true, Some(port)) => Ok(port),
+            _ => Err(failed(instance, &status)),
+        }
+    }
+
+    /// Wants `name` stopped, stops it, and returns when its processes are gone and its
+    /// cgroup removed.
+    pub async fn stop(&self, name: &InstanceName) -> Result<()> {
+        let instance = self
+            .shared
+            .get(name)
+            .with_context(|| format!("no instance {name}"))?;
+        self.shared.store.set_desired(name, false)?;
+        self.shared.stop_run(&instance, StopKind::Stop).await;
+        Ok(())
+    }
+
+    /// Stops `name` (if running), clears a `failed` state and its restart history, starts
+    /// it and waits until it is ready.
+    pub async fn restart(&self, name: &InstanceName) -> Result<InstanceInfo, StartError> {
+        let instance = self.shared.known_service(name)?;
+        self.shared.stop_run(&instance, StopKind::Restart).await;
+        self.shared
+            .record(&instance, EventKind::Restarted, "restart requested");
+        self.wake(&instance).await?;
+        Ok(instance.info())
+    }
+
+    /// Stops `name` and forgets it: its desired state, weight, events and logs. Its data
+    /// directory (and so its uid) is kept.
+    pub async fn forget(&self, name: &InstanceName) -> Result<()> {
+        if let Some(instance) = self.shared.get(name) {
+            self.shared.stop_run(&instance, StopKind::Stop).await;
+        }
+        self.shared.store.forget(name)?;
+        self.shared.logs.forget(name)?;
+        self.shared.lock_instances().remove(name);
+        self.shared.bump();
+        Ok(())
+    }
+
+    pub fn set_weight(&self, name: &InstanceName, weight: u8) -> Result<()> {
+        self.set_weights(&[(name.clone(), weight)])
+    }
+
+    /// Sets several routing weights at once (all or none).
+    pub fn set_weights(&self, weights: &[(InstanceName, u8)]) -> Result<()> {
+        for (name, _) in weights {
+            if !self.shared.config.service.contains_key(&name.service) {
+                anyhow::bail!("{name}: no service {:?} in the configuration", name.service);
+            }
+        }
+        self.shared.store.set_weights(weights)?;
+        for (name, weight) in weights {
+            let instance = self.shared.entry(name)?;
+            instance.status.send_modify(|s| s.weight = *weight);
+        }
+        self.shared.bump();
+        Ok(())
+    }
+
+    /// Marks one open connection or request to `name` until the guard is dropped.
+    pub fn activity(&self, name: &InstanceName) -> ActivityGuard {
+        ActivityGuard::new(self.shared.get(name))
+    }
+
+    /// Lets the idle reaper also count the kernel's view of each instance's traffic.
+    pub fn set_activity_source(&self, source: ActivitySource) {
+        *self
+            .shared
+            .activity_source
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(source);
+    }
+
+    /// The kernel saw the instance in cgroup `cgroup_id` start listening: a start in progress
+    /// checks readiness at once instead of at its next connect poll.
+    pub fn notify_listening(&self, cgroup_id: u64) {
+        for instance in self.shared.snapshot() {
+            if instance.status.borrow().cgroup_id == Some(cgroup_id) {
+                instance.listening.notify_one();
+            }
+        }
+    }
+
+    /// The cgroup v2 directory holding every instance's group, if there is one.
+    pub fn cgroup_subtree(&self) -> Option<std::path::PathBuf> {
+        self.shared
+            .cgroups
+            .as_ref()
+            .and_then(|t| t.unified_dir())
+            .map(|d| d.to_path_buf())
+    }
+
+    /// Stops every instance (their desired state stays "running" for the next start) and
+    /// removes every cgroup, the subtree included.
+    pub async fn shutdown(&self) {
+        self.shared
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let stops = self
+            .shared
+            .snapshot()
+            .into_iter()
+            .map(|instance| {
+                let shared = self.shared.clone();
+                tokio::spawn(async move { shared.stop_run(&instance, StopKind::Shutdown).await })
+            })
+            .collect::<Vec<_>>();
+        for stop in stops {
+            let _ = stop.await;
+        }
+        if let Some(tree) = &self.shared.cgroups {
+            if let Err(err) = tree.remove() {
+                tracing::error!("removing tenement's cgroups: {err:#}");
+            }
+        }
+        self.shared.logs.flush();
+    }
+}
+
+/// Starts `tenement __guard` (see `guard.rs`), in its own session so that a terminal's
+/// Ctrl-C reaches tenement's graceful shutdown first.
+async fn start_guard(spawner: &Spawner, tree: &CgroupTree) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(launch::helper_binary());
+    command
+        .arg0("tenement-guard")
+        .arg("__guard")
+        .arg(std::process::id().to_string())
+        .args(tree.dirs())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = spawner
+        .spawn(command)
+        .await
+        .context("starting tenement's guard process")?;
+    let mut child = spawner::Child::watch(child)?;
+    tokio::spawn(async move {
+        if let Ok(status) = child.wait().await {
+            tracing::warn!(
+                "tenement's guard process ended ({}): tenants' background processes may outlive                  a crash of tenement until its next start",
+                spawner::describe(status)
+            );
+        }
+    });
+    Ok(())
+}
+
+fn failed(instance: &Instance, status: &Status) -> StartError {
+    let reason = status
+        .last_error
+        .clone()
+        .unwrap_or_else(|| format!("{} is {}", instance.name, status.state));
+    if status.cannot_start {
+        StartError::Spawn(reason)
+    } else {
+        StartError::Failed {
+            state: status.state,
+            reason,
+        }
+    }
+}
+
+impl Shared {
+    fn lock_instances(&self) -> MutexGuard<'_, BTreeMap<InstanceName, Arc<Instance>>> {
+        self.instances.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn monitor_lock(&self) -> MutexGuard<'_, Monitor> {
+        self.monitor.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn snapshot(&self) -> Vec<Arc<Instance>> {
+        self.lock_instances().values().cloned().collect()
+    }
+
+    fn get(&self, name: &InstanceName) -> Option<Arc<Instance>> {
+        self.lock_instances().get(name).cloned()
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The instance `name`, created on first use when its service is configured.
+    fn known_service(&self, name: &InstanceName) -> Result<Arc<Instance>, StartError> {
+        if !self.config.service.contains_key(&name.service) {
+            return Err(StartError::UnknownService(name.service.clone()));
+        }
+        self.entry(name)
+            .map_err(|err| StartError::Spawn(format!("{name}: {err:#}")))
+    }
+
+    fn entry(&self, name: &InstanceName) -> Result<Arc<Instance>> {
+        let service = self.config.service.get(&name.service).with_context(|| {
+            format!("{name}: no service {:?} in the configuration", name.service)
+        })?;
+        let created = {
+            let mut instances = self.lock_instances();
+            if let Some(instance) = instances.get(name) {
+                return Ok(instance.clone());
+            }
+            let weight = self.store.weight(name)?.unwrap_or(DEFAULT_WEIGHT);
+            let instance = Arc::new(Instance::new(name.clone(), service.clone(), weight));
+            instances.insert(name.clone(), instance.clone());
+            instance
+        };
+        self.bump();
+        Ok(created)
+    }
+
+    fn bump(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes an instance's status and tells whoever watches.
+    fn update(&self, instance: &Instance, change: impl FnOnce(&mut Status)) {
+        instance.status.send_modify(change);
+        self.bump();
+    }
+
+    fn record(&self, instance: &Instance, kind: EventKind, detail: &str) {
+        if let Err(err) = self.store.record_event(&instance.name, kind, detail) {
+            tracing::warn!("{err:#}");
+        }
+    }
+
+    /// Starts the run loop of `instance` unless one is running; waits for one that is
+    /// being stopped to finish first.
+    async fn start_run(self: &Arc<Self>, instance: &Arc<Instance>) {
+        loop {
+            let stopping = {
+                let mut run = instance.lock_run();
+                match run.as_ref() {
+                    Some(handle) if !handle.finished() && handle.stopping() => handle.done.clone(),
+                    Some(handle) if !handle.finished() => return,
+                    _ => {
+                        let (stop, stop_rx) = watch::channel(None);
+                        let (done_tx, done) = watch::channel(false);
+                        *run = Some(RunHandle { stop, done });
+                        self.update(instance, |s| {
+                            s.state = InstanceState::Starting;
+                            s.last_error = None;
+                            s.cannot_start = false;
+                        });
+                        tokio::spawn(runner::run(
+                            self.clone(),
+                            instance.clone(),
+                            stop_rx,
+                            done_tx,
+                        ));
+                        return;
+                    }
+                }
+            };
+            let mut stopping = stopping;
+            let _ = stopping.wait_for(|done| *done).await;
+        }
+    }
+
+    /// Asks the run loop of `instance` to end as `kind`, and waits until it has. A loop
+    /// that ended by itself (failed, exited) is left as it is, except that `Restart` and
+    /// `Stop` clear a `failed` state.
+    async fn stop_run(&self, instance: &Instance, kind: StopKind) {
+        let done = {
+            let run = instance.lock_run();
+            match run.as_ref() {
+                Some(handle) if !handle.finished() => {
+                    if handle.stop.borrow().is_none() {
+                        let _ = handle.stop.send(Some(kind));
+                        if kind != StopKind::Restart {
+                            self.update(instance, |s| s.state = InstanceState::Stopping);
+                        }
+                    }
+                    Some(handle.done.clone())
+                }
+                _ => None,
+            }
+        };
+        match done {
+            Some(mut done) => {
+                let _ = done.wait_for(|done| *done).await;
+            }
+            None => {
+                if matches!(kind, StopKind::Stop | StopKind::Restart)
+                    && instance.state() == InstanceState::Failed
+                {
+                    self.update(instance, |s| {
+                        s.state = InstanceState::Stopped;
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Periodic housekeeping: puts idle instances to sleep, and measures data directories
+//! against `storage_quota_mb`.
+
+use std::{
+    path::Path,
+    sync::{Arc, Weak},
+    time::{Duration, Instant},
+};
+
+use super::{instance::StopKind, prepare, Shared};
+use crate::store::EventKind;
+
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+const QUOTA_CHECK: Duration = Duration::from_secs(30);
+
+pub async fn run(shared: Weak<Shared>) {
+    let mut ticks = tokio::time::interval(IDLE_CHECK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_quota_check: Option<Instant> = None;
+    loop {
+        ticks.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.is_shutting_down() {
+            return;
+        }
+        put_idle_to_sleep(&shared);
+        if last_quota_check.is_none_or(|at| at.elapsed() >= QUOTA_CHECK) {
+            last_quota_check = Some(Instant::now());
+            tokio::spawn(check_quotas(shared.clone()));
+        }
+    }
+}
+
+/// An instance is idle when no connection to it is open and neither the proxy nor the
+/// kernel saw traffic for `idle_timeout`.
+fn put_idle_to_sleep(shared: &Arc<Shared>) {
+    let kernel = shared
+        .activity_source
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for instance in shared.snapshot() {
+        let timeout = instance.service.idle_timeout;
+        let (serving, cgroup_id) = {
+            let status = instance.status.borrow();
+            (status.state.serves(), status.cgroup_id)
+        };
+        if timeout == 0 || !serving {
+            continue;
+        }
+        let last = {
+            let activity = instance.lock_activity();
+            if activity.open > 0 {
+                continue;
+            }
+            activity.last
+        };
+        let kernel_last = kernel.as_ref().zip(cgroup_id).and_then(|(f, id)| f(id));
+        let last = kernel_last.map_or(last, |k| k.max(last));
+        if last.elapsed() >= Duration::from_secs(timeout) {
+            tracing::info!("{}: idle for {timeout}s, going to sleep", instance.name);
+            shared
+                .logs
+                .system(&instance.name, &format!("idle for {timeout}s: sleeping"));
+            if let Err(err) = shared.store.set_desired(&instance.name, false) {
+                tracing::warn!("{err:#}");
+            }
+            let shared = shared.clone();
+            tokio::spawn(async move { shared.stop_run(&instance, StopKind::Sleep).await });
+        }
+    }
+}
+
+async fn check_quotas(shared: Arc<Shared>) {
+    for instance in shared.snapshot() {
+        let Some(quota_mb) = instance.service.storage_quota_mb else {
+            continue;
+        };
+        let dir = prepare::data_dir(&shared.config.settings.data_dir, &instance.name);
+        let Ok(Some(bytes)) = tokio::task::spawn_blocking(move || disk_usage(&dir)).await else {
+            continue;
+        };
+        let over = bytes > quota_mb * 1024 * 1024;
+        let was_over = instance.set_over_quota(over);
+        if over && !was_over {
+            let detail = format!(
+                "data directory uses {} MB, over storage_quota_mb = {quota_mb}",
+                bytes.div_ceil(1024 * 1024)
+            );
+            tracing::warn!("{}: {detail}", instance.name);
+            shared
+                .logs
+                .system(&instance.name, &format!("warning: {detail}"));
+            shared.record(&instance, EventKind::QuotaExceeded, &detail);
+        }
+    }
+}
+
+/// Bytes allocated on disk under `dir` (like `du`), hard links counted once; `None` when
+/// the directory does not exist.
+pub fn disk_usage(dir: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0u64;
+    let mut pending = vec![dir.to_path_buf()];
+    std::fs::symlink_metadata(dir).ok()?;
+    while let Some(path) = pending.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
+        total += meta.blocks() * 512;
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                pending.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_usage_counts_allocated_bytes() {
+        let dir = std::env::temp_dir().join(format!("du-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/a"), vec![1u8; 300_000]).unwrap();
+        std::fs::hard_link(dir.join("sub/a"), dir.join("b")).unwrap();
+        let used = disk_usage(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!((300_000..400_000).contains(&used), "{used}");
+        assert_eq!(disk_usage(&dir), None);
+    }
+}

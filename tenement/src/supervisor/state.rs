@@ -1,0 +1,130 @@
+//! What the rest of tenement sees of an instance.
+
+use std::{
+    fmt,
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use serde::Serialize;
+
+use crate::config::InstanceName;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    /// Not running, not wanted (or never started).
+    Stopped,
+    /// Stopped after `idle_timeout` without traffic; the next request wakes it.
+    Sleeping,
+    /// Started (or waiting for its next restart) and not ready yet.
+    Starting,
+    Running,
+    /// Running, but the last one or two health checks failed.
+    Degraded,
+    /// Three health checks failed in a row; it is being restarted.
+    Unhealthy,
+    /// Gave up: too many restarts, or it could not be started at all. Stays so until
+    /// `spawn` or `restart`.
+    Failed,
+    Stopping,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Stopped => "stopped",
+            InstanceState::Sleeping => "sleeping",
+            InstanceState::Starting => "starting",
+            InstanceState::Running => "running",
+            InstanceState::Degraded => "degraded",
+            InstanceState::Unhealthy => "unhealthy",
+            InstanceState::Failed => "failed",
+            InstanceState::Stopping => "stopping",
+        }
+    }
+
+    /// Ready to take requests.
+    pub fn serves(self) -> bool {
+        matches!(self, InstanceState::Running | InstanceState::Degraded)
+    }
+}
+
+impl fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InstanceInfo {
+    pub name: InstanceName,
+    pub state: InstanceState,
+    /// The process tenement started (for `namespace`, the init outside the namespace; for
+    /// `sandbox`, runsc).
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    /// Routing weight, 0-100.
+    pub weight: u8,
+    /// Restarts since tenement started it (crashes, failed health, failed starts).
+    pub restarts: u32,
+    #[serde(with = "optional_unix_ms")]
+    pub started_at: Option<SystemTime>,
+    pub last_error: Option<String>,
+    /// cgroup v2 id (what the eBPF programs key by), when there is a v2 hierarchy.
+    pub cgroup_id: Option<u64>,
+    pub cgroup_path: Option<PathBuf>,
+}
+
+/// Why an instance is not ready. The reasons name the instance; callers that want the name
+/// in a `Timeout` message add it themselves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartError {
+    /// No such service in the configuration (the service name).
+    UnknownService(String),
+    /// The instance is in `state`: failed, or stopped while it was starting.
+    Failed {
+        state: InstanceState,
+        reason: String,
+    },
+    Timeout {
+        after: Duration,
+    },
+    /// It could not be started at all (missing program, permissions, runsc not installed).
+    Spawn(String),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::UnknownService(service) => {
+                write!(f, "no service {service:?} in the configuration")
+            }
+            StartError::Failed { state, reason } => write!(f, "{reason} (state: {state})"),
+            StartError::Timeout { after } => write!(
+                f,
+                "the instance did not become ready within {}s",
+                after.as_secs()
+            ),
+            StartError::Spawn(reason) => write!(f, "{reason}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+mod optional_unix_ms {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(
+        time: &Option<SystemTime>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match time.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
+            Some(since) => serializer.serialize_u64(since.as_millis() as u64),
+            None => serializer.serialize_none(),
+        }
+    }
+}
