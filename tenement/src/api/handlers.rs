@@ -65,7 +65,7 @@ pub fn lookup(context: &Context, caller: &Caller, name: &InstanceName) -> ApiRes
 }
 
 pub fn instance_view(context: &Context, info: &InstanceInfo) -> InstanceView {
-    view::instance(info, &context.monitor())
+    view::instance(info, context.api.supervisor.stats(&info.name))
 }
 
 pub fn list(context: &Context, caller: &Caller, query: &Query) -> ApiResult<Response<Body>> {
@@ -75,12 +75,11 @@ pub fn list(context: &Context, caller: &Caller, query: &Query) -> ApiResult<Resp
         known_service(context, service)?;
     }
     let instances = context.api.supervisor.instances();
-    let monitor = context.monitor();
     let views: Vec<InstanceView> = instances
         .iter()
         .filter(|info| caller.may_read(&info.name))
         .filter(|info| service.is_none_or(|service| info.name.service == service))
-        .map(|info| view::instance(info, &monitor))
+        .map(|info| instance_view(context, info))
         .collect();
     Ok(body::json(StatusCode::OK, &views))
 }

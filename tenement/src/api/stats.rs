@@ -14,7 +14,7 @@ use super::{
     handlers::lookup,
     metrics::{Exposition, Kind},
     query::Query,
-    types::{InstanceStatsView, StatsSnapshot, StatusView},
+    types::{StatsSnapshot, StatusView},
     view, Context,
 };
 use crate::{config::InstanceName, supervisor::InstanceState};
@@ -59,14 +59,10 @@ pub fn status(context: &Context, caller: &Caller) -> ApiResult<Response<Body>> {
 
 pub fn one(context: &Context, caller: &Caller, name: &InstanceName) -> ApiResult<Response<Body>> {
     let info = lookup(context, caller, name)?;
-    let monitor = context.monitor();
+    let stats = context.api.supervisor.stats(&info.name);
     Ok(body::json(
         StatusCode::OK,
-        &InstanceStatsView {
-            name: info.name.to_string(),
-            state: info.state.as_str().to_string(),
-            stats: view::stats(&info, &monitor),
-        },
+        &view::instance_stats(&info, stats),
     ))
 }
 
@@ -105,19 +101,15 @@ pub fn all(context: &Arc<Context>, caller: &Caller, query: &Query) -> ApiResult<
 }
 
 fn snapshot(context: &Context, caller: &Caller) -> StatsSnapshot {
-    let instances = context.api.supervisor.instances();
-    let monitor = context.monitor();
+    let supervisor = &context.api.supervisor;
     StatsSnapshot {
         time_ms: view::unix_ms(SystemTime::now()),
-        kernel_counters: view::kernel_counters(&monitor),
-        instances: instances
+        kernel_counters: view::kernel_counters(&context.monitor()),
+        instances: supervisor
+            .instances()
             .iter()
             .filter(|info| caller.may_read(&info.name))
-            .map(|info| InstanceStatsView {
-                name: info.name.to_string(),
-                state: info.state.as_str().to_string(),
-                stats: view::stats(info, &monitor),
-            })
+            .map(|info| view::instance_stats(info, supervisor.stats(&info.name)))
             .collect(),
     }
 }

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::monitor::{InstanceStats, KernelStats, Rates};
+
 /// One instance as `GET /v1/instances` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InstanceView {
@@ -25,20 +27,9 @@ pub struct InstanceView {
     pub started_at_ms: Option<u64>,
     pub uptime_secs: Option<u64>,
     pub last_error: Option<String>,
-    /// What the kernel counted for this instance; `null` when no counters exist for it
-    /// (kernel counters off, or the instance has no cgroup registered).
-    pub stats: Option<StatsView>,
-}
-
-/// Kernel-counted activity of one instance (eBPF, at its cgroup's socket hooks).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct StatsView {
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    pub rx_packets: u64,
-    pub tx_packets: u64,
-    /// Seconds since the kernel last saw a packet of this instance; `null` if it never did.
-    pub idle_secs: Option<f64>,
+    /// The sampler's latest stats of the current process (see [`InstanceStats`]); `null`
+    /// while no process runs.
+    pub stats: Option<InstanceStats>,
 }
 
 /// `GET /v1/stats`: one line of the stats stream, or the snapshot.
@@ -49,11 +40,20 @@ pub struct StatsSnapshot {
     pub instances: Vec<InstanceStatsView>,
 }
 
+/// One instance in `GET /v1/stats`, and `GET /v1/instances/{name}/stats`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InstanceStatsView {
+    /// `service:id`
     pub name: String,
+    pub service: String,
     pub state: String,
-    pub stats: Option<StatsView>,
+    pub restarts: u32,
+    /// Why it is degraded, unhealthy or failed (a failing health check, `kernel: 140 TCP
+    /// retransmits/s`, an exit status); `null` when all is well.
+    pub last_error: Option<String>,
+    /// Totals since the process started, per-second rates over the last second, memory and
+    /// idle time; `null` while no process runs.
+    pub stats: Option<InstanceStats>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -2,9 +2,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::types::{InstanceView, KernelCountersView, StatsView};
+use super::types::{InstanceStatsView, InstanceView, KernelCountersView};
 use crate::{
-    monitor::{KernelCounters, Monitor},
+    monitor::{InstanceStats, KernelCounters, Monitor},
     supervisor::{InstanceInfo, InstanceState},
 };
 
@@ -29,7 +29,7 @@ pub fn is_live(state: InstanceState) -> bool {
     )
 }
 
-pub fn instance(info: &InstanceInfo, monitor: &Monitor) -> InstanceView {
+pub fn instance(info: &InstanceInfo, stats: Option<InstanceStats>) -> InstanceView {
     let now = SystemTime::now();
     let running = info.pid.is_some();
     InstanceView {
@@ -50,25 +50,21 @@ pub fn instance(info: &InstanceInfo, monitor: &Monitor) -> InstanceView {
             .and_then(|started| now.duration_since(started).ok())
             .map(|up| up.as_secs()),
         last_error: info.last_error.clone(),
-        stats: stats(info, monitor),
+        stats: stats.filter(|_| running),
     }
 }
 
-/// What the kernel counted for the instance's cgroup. `None` when there is nothing real to
-/// show: no cgroup, kernel counters off, or the cgroup not registered with the monitor.
-pub fn stats(info: &InstanceInfo, monitor: &Monitor) -> Option<StatsView> {
-    let traffic = monitor.traffic(info.cgroup_id?)?;
-    let idle_secs = (traffic.last_activity_ns != 0).then(|| {
-        let now = monotonic_ns();
-        now.saturating_sub(traffic.last_activity_ns) as f64 / 1e9
-    });
-    Some(StatsView {
-        rx_bytes: traffic.rx_bytes,
-        tx_bytes: traffic.tx_bytes,
-        rx_packets: traffic.rx_packets,
-        tx_packets: traffic.tx_packets,
-        idle_secs,
-    })
+/// The stats endpoints' view of an instance: its state and the sampler's latest stats.
+pub fn instance_stats(info: &InstanceInfo, stats: Option<InstanceStats>) -> InstanceStatsView {
+    InstanceStatsView {
+        name: info.name.to_string(),
+        service: info.name.service.clone(),
+        state: info.state.as_str().to_string(),
+        restarts: info.restarts,
+        last_error: info.last_error.clone(),
+        // A stopped instance shows nothing, even for the moment before the next sample.
+        stats: stats.filter(|_| info.pid.is_some()),
+    }
 }
 
 pub fn kernel_counters(monitor: &Monitor) -> KernelCountersView {
@@ -88,17 +84,4 @@ pub fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map(|since| since.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// The clock `bpf_ktime_get_ns()` reads, so kernel timestamps compare with it.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec it is given.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
-        return 0;
-    }
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }

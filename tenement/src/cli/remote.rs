@@ -354,8 +354,10 @@ fn ps_table(views: &[InstanceView]) -> String {
     }
     let mut table = Table::new(&[
         "INSTANCE", "STATE", "HEALTH", "PID", "PORT", "UPTIME", "WEIGHT", "RESTARTS", "RX", "TX",
+        "REASON",
     ]);
     for view in views {
+        let totals = view.stats.as_ref().and_then(|stats| stats.totals);
         table.row(vec![
             view.name.clone(),
             view.state.clone(),
@@ -365,16 +367,10 @@ fn ps_table(views: &[InstanceView]) -> String {
             or_dash(view.uptime_secs.map(table::duration)),
             view.weight.to_string(),
             view.restarts.to_string(),
-            or_dash(
-                view.stats
-                    .as_ref()
-                    .map(|stats| table::bytes(stats.rx_bytes)),
-            ),
-            or_dash(
-                view.stats
-                    .as_ref()
-                    .map(|stats| table::bytes(stats.tx_bytes)),
-            ),
+            or_dash(totals.map(|totals| table::bytes(totals.rx_bytes))),
+            or_dash(totals.map(|totals| table::bytes(totals.tx_bytes))),
+            // Why it is degraded, unhealthy or failed; last, so a long reason wraps alone.
+            or_dash(view.last_error.as_ref()),
         ]);
     }
     table.render().trim_end().to_string()

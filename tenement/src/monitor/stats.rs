@@ -4,11 +4,11 @@
 
 use std::{collections::HashMap, hash::Hash, time::Duration, time::Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tenement_common::{CpuCounters, TcpCounters, TrafficCounters};
 
 /// What the kernel counted for one instance since it was registered, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelStats {
     /// IP packets and their bytes (headers included) of the instance's sockets.
     pub rx_bytes: u64,
@@ -94,7 +94,7 @@ pub struct Sample {
 }
 
 /// Per-second rates over the interval between two samples.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Rates {
     pub interval_secs: f64,
     pub rx_bytes_per_sec: f64,
@@ -109,7 +109,7 @@ pub struct Rates {
 }
 
 /// Everything known about one instance's activity, as every consumer shows it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct InstanceStats {
     /// Totals since registration; `None` when kernel counters are off for this instance.
     pub totals: Option<KernelStats>,

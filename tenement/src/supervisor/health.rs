@@ -1,5 +1,6 @@
 //! Is an instance up? Its port accepts connections and, when the service has a `health`
-//! path, `GET {health}` answers 2xx.
+//! path, `GET {health}` answers 2xx. And does the kernel see it in trouble? A storm of TCP
+//! retransmits or resets on its sockets makes it `degraded` until the storm passes.
 
 use std::{net::Ipv4Addr, time::Duration};
 
@@ -9,6 +10,8 @@ use tokio::{
     sync::Notify,
     time::timeout,
 };
+
+use crate::monitor::Rates;
 
 /// How often a starting instance's port is tried: short, so a fast app is seen ready fast.
 const CONNECT_POLL: Duration = Duration::from_millis(15);
@@ -113,6 +116,68 @@ async fn get_status(port: u16, path: &str) -> std::io::Result<u16> {
         })
 }
 
+/// TCP retransmits per second, sustained, from which an instance counts as degraded. A
+/// healthy server on a sound network retransmits a handful of segments a second at most;
+/// dozens mean packet loss, an overloaded peer or a stalled reader.
+pub const RETRANSMITS_PER_SEC_DEGRADED: f64 = 20.0;
+/// TCP resets (sent plus received) per second, sustained, from which an instance counts as
+/// degraded: connections refused or aborted in bulk (a dependency down, a crash loop behind
+/// it, a client flood it cannot take). Browsers aborting the odd connection stay far below.
+pub const RESETS_PER_SEC_DEGRADED: f64 = 50.0;
+/// Samples in a row over a threshold before it counts as a storm: one burst is not.
+pub const STORM_SAMPLES: u32 = 2;
+/// Samples in a row under every threshold before a storm counts as over.
+pub const CALM_SAMPLES: u32 = 5;
+
+/// What the kernel's TCP counters say about one process of an instance, fed one sample of
+/// rates at a time. Hysteresis on both edges keeps a borderline rate from flapping the state.
+#[derive(Debug, Default)]
+pub struct KernelHealth {
+    stormy: u32,
+    calm: u32,
+    reason: Option<String>,
+}
+
+impl KernelHealth {
+    /// Takes the rates of the last interval; returns the reason while the instance is in a
+    /// storm (`kernel: 140 TCP retransmits/s`), `None` otherwise.
+    pub fn observe(&mut self, rates: &Rates) -> Option<&str> {
+        match storm(rates) {
+            Some(reason) => {
+                self.calm = 0;
+                self.stormy = self.stormy.saturating_add(1);
+                if self.stormy >= STORM_SAMPLES {
+                    // The latest value: what `ps` shows follows the storm.
+                    self.reason = Some(reason);
+                }
+            }
+            None => {
+                self.stormy = 0;
+                self.calm = self.calm.saturating_add(1);
+                if self.calm >= CALM_SAMPLES {
+                    self.reason = None;
+                }
+            }
+        }
+        self.reason.as_deref()
+    }
+}
+
+/// The counters over their thresholds in these rates, named with their values.
+fn storm(rates: &Rates) -> Option<String> {
+    let mut over = Vec::new();
+    if rates.retransmits_per_sec >= RETRANSMITS_PER_SEC_DEGRADED {
+        over.push(format!(
+            "{:.0} TCP retransmits/s",
+            rates.retransmits_per_sec
+        ));
+    }
+    if rates.resets_per_sec >= RESETS_PER_SEC_DEGRADED {
+        over.push(format!("{:.0} TCP resets/s", rates.resets_per_sec));
+    }
+    (!over.is_empty()).then(|| format!("kernel: {}", over.join(", ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +195,44 @@ mod tests {
             }
         });
         port
+    }
+
+    fn rates(retransmits: f64, resets: f64) -> Rates {
+        Rates {
+            interval_secs: 1.0,
+            retransmits_per_sec: retransmits,
+            resets_per_sec: resets,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_sustained_storm_degrades_until_it_passes() {
+        let mut health = KernelHealth::default();
+        assert_eq!(health.observe(&rates(0.0, 0.0)), None);
+        assert_eq!(health.observe(&rates(140.0, 0.0)), None, "one burst is no storm");
+        assert_eq!(
+            health.observe(&rates(140.0, 0.0)),
+            Some("kernel: 140 TCP retransmits/s")
+        );
+        assert_eq!(
+            health.observe(&rates(30.0, 400.0)),
+            Some("kernel: 30 TCP retransmits/s, 400 TCP resets/s")
+        );
+        for _ in 1..CALM_SAMPLES {
+            assert!(health.observe(&rates(1.0, 2.0)).is_some(), "not calm yet");
+        }
+        assert_eq!(health.observe(&rates(1.0, 2.0)), None);
+    }
+
+    #[test]
+    fn a_calm_sample_interrupts_the_count_towards_a_storm() {
+        let mut health = KernelHealth::default();
+        for _ in 0..5 {
+            assert_eq!(health.observe(&rates(0.0, 60.0)), None);
+            assert_eq!(health.observe(&rates(0.0, 0.0)), None);
+        }
+        assert_eq!(health.observe(&rates(0.0, 49.0)), None, "under the threshold");
     }
 
     #[tokio::test]

@@ -12,7 +12,10 @@ use std::{
 use tokio::sync::{watch, Notify};
 
 use super::state::{InstanceInfo, InstanceState};
-use crate::config::{InstanceName, Service};
+use crate::{
+    config::{InstanceName, Service},
+    monitor::InstanceStats,
+};
 
 /// How a run loop is asked to end, and so what state the instance is left in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +44,12 @@ pub struct Status {
     pub cannot_start: bool,
     pub cgroup_id: Option<u64>,
     pub cgroup_path: Option<std::path::PathBuf>,
+    /// The directory whose memory files count the instance's memory (the v2 group, or the
+    /// v1 memory controller's on hybrid hosts).
+    pub memory_cgroup: Option<std::path::PathBuf>,
+    /// While the kernel's TCP counters show a storm: why (`kernel: 140 TCP retransmits/s`).
+    /// Keeps the instance `degraded` even when its health checks pass.
+    pub kernel_trouble: Option<String>,
 }
 
 /// The run loop of a started instance.
@@ -76,6 +85,8 @@ pub struct Instance {
     pub listening: Notify,
     /// Over `storage_quota_mb` at the last measurement (an event is recorded on crossing).
     pub over_quota: AtomicBool,
+    /// The sampler's latest stats of the current process; `None` while none runs.
+    pub stats: Mutex<Option<InstanceStats>>,
 }
 
 impl Instance {
@@ -91,6 +102,8 @@ impl Instance {
             cannot_start: false,
             cgroup_id: None,
             cgroup_path: None,
+            memory_cgroup: None,
+            kernel_trouble: None,
         };
         Instance {
             name,
@@ -103,6 +116,7 @@ impl Instance {
             }),
             listening: Notify::new(),
             over_quota: AtomicBool::new(false),
+            stats: Mutex::new(None),
         }
     }
 
@@ -137,6 +151,14 @@ impl Instance {
     /// Counts as traffic for the idle reaper.
     pub fn touch(&self) {
         self.lock_activity().last = Instant::now();
+    }
+
+    pub fn stats(&self) -> Option<InstanceStats> {
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_stats(&self, stats: Option<InstanceStats>) {
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = stats;
     }
 
     pub fn set_over_quota(&self, over: bool) -> bool {

@@ -20,6 +20,7 @@ mod privacy;
 mod reaper;
 mod restart;
 mod runner;
+mod sampler;
 mod sandbox;
 mod spawner;
 mod state;
@@ -37,7 +38,7 @@ use tokio::sync::watch;
 use crate::{
     config::{Config, InstanceName},
     logs::LogHub,
-    monitor::Monitor,
+    monitor::{InstanceStats, Monitor},
     store::{EventKind, Store, DEFAULT_WEIGHT},
 };
 
@@ -47,6 +48,9 @@ use ports::PortAllocator;
 use spawner::Spawner;
 
 pub use environment::DEFAULT_PATH;
+pub use health::{
+    CALM_SAMPLES, RESETS_PER_SEC_DEGRADED, RETRANSMITS_PER_SEC_DEGRADED, STORM_SAMPLES,
+};
 pub use instance::ActivityGuard;
 pub use sandbox::find_runsc;
 pub use state::{InstanceInfo, InstanceState, StartError};
@@ -192,6 +196,7 @@ impl Supervisor {
             supervisor.shared.start_run(&instance).await;
         }
         tokio::spawn(reaper::run(Arc::downgrade(&supervisor.shared)));
+        tokio::spawn(sampler::run(Arc::downgrade(&supervisor.shared)));
         Ok(supervisor)
     }
 
@@ -203,6 +208,13 @@ impl Supervisor {
 
     pub fn info(&self, name: &InstanceName) -> Option<InstanceInfo> {
         self.shared.get(name).map(|i| i.info())
+    }
+
+    /// The latest stats of `name`'s current process (sampled every second: kernel totals,
+    /// per-second rates, memory, idle time); `None` while no process runs or before its
+    /// first sample. Every reader shows these, never its own reading of the monitor.
+    pub fn stats(&self, name: &InstanceName) -> Option<InstanceStats> {
+        self.shared.get(name).and_then(|i| i.stats())
     }
 
     /// Bumps on any change of state, weight or the set of instances.

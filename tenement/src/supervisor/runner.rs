@@ -227,6 +227,8 @@ fn clear_process(status: &mut super::instance::Status) {
     status.port = None;
     status.cgroup_id = None;
     status.cgroup_path = None;
+    status.memory_cgroup = None;
+    status.kernel_trouble = None;
 }
 
 /// Resolves once a stop is requested, with its kind.
@@ -319,6 +321,10 @@ async fn attempt(
         s.cgroup_path = cgroup
             .as_ref()
             .and_then(|c| c.path())
+            .map(|p| p.to_path_buf());
+        s.memory_cgroup = cgroup
+            .as_ref()
+            .and_then(|c| c.memory_dir())
             .map(|p| p.to_path_buf());
     });
     shared.record(
@@ -450,9 +456,13 @@ async fn supervise(
             Ok(()) if failures > 0 => {
                 failures = 0;
                 shared.logs.system(&instance.name, "healthy again");
+                // A TCP storm the kernel still sees keeps it degraded (see sampler.rs).
                 shared.update(instance, |s| {
-                    s.state = InstanceState::Running;
-                    s.last_error = None;
+                    s.state = match s.kernel_trouble {
+                        Some(_) => InstanceState::Degraded,
+                        None => InstanceState::Running,
+                    };
+                    s.last_error = s.kernel_trouble.clone();
                 });
             }
             Ok(()) => {}

@@ -84,6 +84,16 @@ impl InstanceCgroup {
         self.groups.first().map(|g| g.dir.as_path())
     }
 
+    /// The group whose memory files count the instance's memory: the one with the memory
+    /// controller (v1 on hybrid hosts), else the v2 group.
+    pub fn memory_dir(&self) -> Option<&Path> {
+        self.groups
+            .iter()
+            .find(|g| g.has("memory"))
+            .or_else(|| self.groups.iter().find(|g| g.version == Version::V2))
+            .map(|g| g.dir.as_path())
+    }
+
     /// `cgroup.procs` of every group, opened for writing before the child is forked: the
     /// child writes "0" to each (which moves the writer) before it execs, so it never runs a
     /// single instruction of the tenant's program outside its cgroup.
