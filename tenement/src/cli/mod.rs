@@ -4,6 +4,7 @@ mod client;
 mod remote;
 mod serve;
 mod table;
+mod top;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -40,6 +41,8 @@ pub enum Command {
     Config(ConfigCommand),
     #[command(flatten)]
     Remote(remote::RemoteCommand),
+    /// Live view of every instance: CPU, memory, traffic, connections, TCP health
+    Top(top::TopArgs),
     /// Install tenement as a systemd service (unit, default configuration, data directory)
     Install(install::InstallArgs),
     /// Remove the systemd service (keeps the configuration and the data)
@@ -96,6 +99,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if matches!(
         cli.command,
         Command::Remote(_)
+            | Command::Top(_)
             | Command::Install(_)
             | Command::Uninstall(_)
             | Command::Completions { .. }
@@ -119,6 +123,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Remote(command) => {
             remote::run(command, &cli.server, cli.config.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Top(args) => {
+            top::run(&args, &cli.server, cli.config.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Install(args) => {
