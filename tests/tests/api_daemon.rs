@@ -104,7 +104,7 @@ fn stats_snapshot_and_stream() {
     if !privileged("stats_snapshot_and_stream") {
         return;
     }
-    let daemon = Daemon::start("api-stats");
+    let mut daemon = Daemon::start("api-stats");
     daemon.ok(&["spawn", "api:alice"]);
     let port = daemon.instance("api:alice").unwrap()["port"]
         .as_u64()
@@ -118,19 +118,25 @@ fn stats_snapshot_and_stream() {
     let alice = &snapshot["instances"][0];
     assert_eq!(alice["name"], "api:alice");
     if snapshot["kernel_counters"]["active"] == true {
-        // The kernel counted the requests above: real numbers, not placeholders.
+        // The kernel counted the requests above (the sampler reads every second): real
+        // numbers, not placeholders.
+        let mut alice = alice.clone();
+        daemon.wait_until("alice's traffic in the sampled stats", |daemon| {
+            let (_, body) = request(&daemon.unix(), "GET", "/v1/stats", None, "").unwrap();
+            let snapshot: serde_json::Value = serde_json::from_str(&body).unwrap();
+            alice = snapshot["instances"][0].clone();
+            alice["stats"]["totals"]["rx_bytes"].as_u64() > Some(0)
+        });
         assert!(
-            alice["stats"]["rx_bytes"].as_u64().unwrap() > 0,
-            "{snapshot}"
+            alice["stats"]["totals"]["tx_bytes"].as_u64().unwrap() > 0,
+            "{alice}"
         );
-        assert!(
-            alice["stats"]["tx_bytes"].as_u64().unwrap() > 0,
-            "{snapshot}"
-        );
+        assert!(alice["stats"]["memory_bytes"].as_u64().is_some(), "{alice}");
+        assert_eq!(alice["restarts"], 0, "{alice}");
     } else {
         assert!(
-            alice["stats"].is_null(),
-            "stats without kernel counters: {snapshot}"
+            alice["stats"].is_null() || alice["stats"]["totals"].is_null(),
+            "kernel totals without kernel counters: {snapshot}"
         );
         assert!(snapshot["kernel_counters"]["reason"].is_string());
     }

@@ -68,21 +68,24 @@ startup_timeout = 20
     );
     let mut daemon = Daemon::start_with(scratch, &services, &[]);
     daemon.ok(&["spawn", "api:alice"]);
-    let status: serde_json::Value = serde_json::from_str(&daemon.ok(&["status", "--json"])).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&daemon.ok(&["status", "--json"])).unwrap();
     assert_eq!(
         status["kernel_counters"]["active"], true,
         "kernel health needs the kernel counters: {status}"
     );
-    let port = daemon.instance("api:alice").unwrap()["port"].as_u64().unwrap() as u16;
+    let port = daemon.instance("api:alice").unwrap()["port"]
+        .as_u64()
+        .unwrap() as u16;
     assert_eq!(daemon.instance("api:alice").unwrap()["state"], "running");
 
     assert_eq!(get_instance(port, "/storm").unwrap().0, 200);
     daemon.wait_until("api:alice degraded by the reset storm", |daemon| {
         let view = daemon.instance("api:alice").unwrap();
         view["state"] == "degraded"
-            && view["last_error"]
-                .as_str()
-                .is_some_and(|reason| reason.starts_with("kernel: ") && reason.contains("TCP resets/s"))
+            && view["last_error"].as_str().is_some_and(|reason| {
+                reason.starts_with("kernel: ") && reason.contains("TCP resets/s")
+            })
     });
     let view = daemon.instance("api:alice").unwrap();
     assert_eq!(view["health"], "degraded", "{view}");
@@ -97,7 +100,10 @@ startup_timeout = 20
         .find(|line| line.starts_with("api:alice"))
         .unwrap_or_else(|| panic!("api:alice missing from ps:\n{ps}"));
     assert!(row.contains("degraded"), "{ps}");
-    assert!(row.contains("kernel: ") && row.contains("TCP resets/s"), "{ps}");
+    assert!(
+        row.contains("kernel: ") && row.contains("TCP resets/s"),
+        "{ps}"
+    );
     // And its history keeps it.
     let events = daemon.ok(&["events", "api:alice"]);
     assert!(

@@ -92,20 +92,23 @@ fn top_once_lists_every_instance_with_its_counters() {
     let _traffic = Traffic::start(daemon.http_port);
 
     let mut table = String::new();
-    daemon.wait_until("every instance with CPU, RX/s and TX/s in top --once", |daemon| {
-        table = daemon.ok(&["top", "--once"]);
-        TENANTS.iter().all(|tenant| {
-            row(&table, &format!("api:{tenant}")).is_some_and(|cells| {
-                // NAME STATE CPU% MEM RX/s TX/s CONNS RETRANS RESTARTS IDLE-FOR
-                cells.len() == 10
-                    && cells[1] == "running"
-                    && !["-", "0.0"].contains(&cells[2])
-                    && cells[3] != "-"
-                    && !["-", "0B"].contains(&cells[4])
-                    && !["-", "0B"].contains(&cells[5])
+    daemon.wait_until(
+        "every instance with CPU, RX/s and TX/s in top --once",
+        |daemon| {
+            table = daemon.ok(&["top", "--once"]);
+            TENANTS.iter().all(|tenant| {
+                row(&table, &format!("api:{tenant}")).is_some_and(|cells| {
+                    // NAME STATE CPU% MEM RX/s TX/s CONNS RETRANS RESTARTS IDLE-FOR
+                    cells.len() == 10
+                        && cells[1] == "running"
+                        && !["-", "0.0"].contains(&cells[2])
+                        && cells[3] != "-"
+                        && !["-", "0B"].contains(&cells[4])
+                        && !["-", "0B"].contains(&cells[5])
+                })
             })
-        })
-    });
+        },
+    );
     assert!(table.starts_with("NAME"), "{table}");
     assert!(
         table.lines().next().unwrap().contains("IDLE-FOR"),
@@ -129,7 +132,10 @@ fn top_once_lists_every_instance_with_its_counters() {
         assert!(stats["totals"]["tx_bytes"].as_u64().unwrap() > 0, "{json}");
         assert!(stats["totals"]["cpu_ns"].as_u64().unwrap() > 0, "{json}");
         assert!(stats["memory_bytes"].as_u64().unwrap() > 0, "{json}");
-        assert!(stats["rates"]["interval_secs"].as_f64().unwrap() > 0.0, "{json}");
+        assert!(
+            stats["rates"]["interval_secs"].as_f64().unwrap() > 0.0,
+            "{json}"
+        );
     }
 
     // The service filter.
@@ -164,7 +170,11 @@ impl Tmux {
     }
 
     fn screen(&self) -> String {
-        let output = self.command().args(["capture-pane", "-p"]).output().unwrap();
+        let output = self
+            .command()
+            .args(["capture-pane", "-p"])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
@@ -237,19 +247,19 @@ fn top_runs_sorts_and_quits_in_a_terminal() {
                 })
             })
     });
-    for column in ["NAME", "STATE", "CPU%", "MEM", "RX/s", "TX/s", "CONNS", "RETRANS", "RESTARTS", "IDLE-FOR"] {
+    for column in [
+        "NAME", "STATE", "CPU%", "MEM", "RX/s", "TX/s", "CONNS", "RETRANS", "RESTARTS", "IDLE-FOR",
+    ] {
         assert!(screen.contains(column), "no {column} column:\n{screen}");
     }
 
     tmux.keys("n");
     tmux.wait_for("sorted by name, alice first", |screen| {
-        screen.contains("sort: name")
-            && above(screen, "api:alice", "api:bob")
+        screen.contains("sort: name") && above(screen, "api:alice", "api:bob")
     });
     tmux.keys("n");
     tmux.wait_for("sorted by name reversed, bob first", |screen| {
-        screen.contains("sort: name")
-            && above(screen, "api:bob", "api:alice")
+        screen.contains("sort: name") && above(screen, "api:bob", "api:alice")
     });
 
     tmux.keys("q");

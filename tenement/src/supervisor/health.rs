@@ -210,7 +210,11 @@ mod tests {
     fn a_sustained_storm_degrades_until_it_passes() {
         let mut health = KernelHealth::default();
         assert_eq!(health.observe(&rates(0.0, 0.0)), None);
-        assert_eq!(health.observe(&rates(140.0, 0.0)), None, "one burst is no storm");
+        assert_eq!(
+            health.observe(&rates(140.0, 0.0)),
+            None,
+            "one burst is no storm"
+        );
         assert_eq!(
             health.observe(&rates(140.0, 0.0)),
             Some("kernel: 140 TCP retransmits/s")
@@ -232,7 +236,11 @@ mod tests {
             assert_eq!(health.observe(&rates(0.0, 60.0)), None);
             assert_eq!(health.observe(&rates(0.0, 0.0)), None);
         }
-        assert_eq!(health.observe(&rates(0.0, 49.0)), None, "under the threshold");
+        assert_eq!(
+            health.observe(&rates(0.0, 49.0)),
+            None,
+            "under the threshold"
+        );
     }
 
     #[tokio::test]

@@ -149,7 +149,9 @@ fn apply_kernel_health(shared: &Shared, instance: &Instance, trouble: Option<Str
     }
     if let Some(reason) = began {
         tracing::warn!("{}: degraded: {reason}", instance.name);
-        shared.logs.system(&instance.name, &format!("degraded: {reason}"));
+        shared
+            .logs
+            .system(&instance.name, &format!("degraded: {reason}"));
         shared.record(instance, EventKind::Degraded, &reason);
     }
     if ended {

@@ -92,7 +92,11 @@ fn instance_table<'a>(view: &TopView, rows: &'a [Row]) -> Table<'a> {
         TableRow::new(row.cells()).style(style)
     });
     // As wide as the longest name, so the numbers stay next to it on a wide terminal.
-    let name_width = rows.iter().map(|row| row.name.chars().count()).max().unwrap_or(0);
+    let name_width = rows
+        .iter()
+        .map(|row| row.name.chars().count())
+        .max()
+        .unwrap_or(0);
     let widths = [
         Constraint::Length(name_width.max(HEADERS[0].len() + 1) as u16),
         Constraint::Length(10),

@@ -43,9 +43,7 @@ pub fn run(client: Client, mut view: TopView) -> Result<()> {
                 continue;
             }
             let key = match press.code {
-                KeyCode::Char('c') if press.modifiers.contains(KeyModifiers::CONTROL) => {
-                    Key::CtrlC
-                }
+                KeyCode::Char('c') if press.modifiers.contains(KeyModifiers::CONTROL) => Key::CtrlC,
                 KeyCode::Char(c) => Key::Char(c),
                 KeyCode::Backspace => Key::Backspace,
                 KeyCode::Enter => Key::Enter,

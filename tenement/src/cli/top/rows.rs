@@ -284,7 +284,18 @@ mod tests {
         let row = Row::from_view(&view("api:alice", Some(12.345)));
         assert_eq!(
             row.cells(),
-            ["api:alice", "running", "12.3", "5.0M", "2.0K", "0B", "3", "7", "1", "1m15s"]
+            [
+                "api:alice",
+                "running",
+                "12.3",
+                "5.0M",
+                "2.0K",
+                "0B",
+                "3",
+                "7",
+                "1",
+                "1m15s"
+            ]
         );
         let mut stopped = view("api:bob", None);
         stopped.stats = None;

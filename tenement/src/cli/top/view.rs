@@ -119,7 +119,11 @@ mod tests {
 
         view.key(Key::Char('/'));
         for c in "apiq".chars() {
-            assert_eq!(view.key(Key::Char(c)), Flow::Continue, "typing, not quitting");
+            assert_eq!(
+                view.key(Key::Char(c)),
+                Flow::Continue,
+                "typing, not quitting"
+            );
         }
         view.key(Key::Backspace);
         assert_eq!(view.shown_filter(), "api");
