@@ -141,6 +141,14 @@ fn top_once_lists_every_instance_with_its_counters() {
     // The service filter.
     let only_other = daemon.ok(&["top", "--once", "nothing-like-it"]);
     assert_eq!(only_other.trim().lines().count(), 1, "{only_other}");
+
+    // A tenant's token sees its own instance only.
+    let token = daemon.ok(&["token-gen", "--tenant", "api:alice"]);
+    let output = daemon.cli_tcp(Some(token.trim()), &["top", "--once"]);
+    assert!(output.status.success(), "{output:?}");
+    let tenant_view = String::from_utf8_lossy(&output.stdout);
+    assert!(row(&tenant_view, "api:alice").is_some(), "{tenant_view}");
+    assert!(row(&tenant_view, "api:bob").is_none(), "{tenant_view}");
     daemon.stop();
 }
 
