@@ -41,6 +41,7 @@ pub struct Status {
     pub cannot_start: bool,
     pub cgroup_id: Option<u64>,
     pub cgroup_path: Option<std::path::PathBuf>,
+    pub memory_cgroup: Option<std::path::PathBuf>,
 }
 
 /// The run loop of a started instance.
@@ -91,6 +92,7 @@ impl Instance {
             cannot_start: false,
             cgroup_id: None,
             cgroup_path: None,
+            memory_cgroup: None,
         };
         Instance {
             name,
@@ -119,6 +121,7 @@ impl Instance {
             last_error: s.last_error.clone(),
             cgroup_id: s.cgroup_id,
             cgroup_path: s.cgroup_path.clone(),
+            memory_cgroup: s.memory_cgroup.clone(),
         }
     }
 

@@ -227,6 +227,7 @@ fn clear_process(status: &mut super::instance::Status) {
     status.port = None;
     status.cgroup_id = None;
     status.cgroup_path = None;
+    status.memory_cgroup = None;
 }
 
 /// Resolves once a stop is requested, with its kind.
@@ -319,6 +320,10 @@ async fn attempt(
         s.cgroup_path = cgroup
             .as_ref()
             .and_then(|c| c.path())
+            .map(|p| p.to_path_buf());
+        s.memory_cgroup = cgroup
+            .as_ref()
+            .and_then(|c| c.memory_dir())
             .map(|p| p.to_path_buf());
     });
     shared.record(

@@ -84,6 +84,15 @@ impl InstanceCgroup {
         self.groups.first().map(|g| g.dir.as_path())
     }
 
+    /// The group holding the memory controller (v2, or v1 on hybrid hosts): where the
+    /// instance's memory usage is read.
+    pub fn memory_dir(&self) -> Option<&Path> {
+        self.groups
+            .iter()
+            .find(|g| g.has("memory"))
+            .map(|g| g.dir.as_path())
+    }
+
     /// `cgroup.procs` of every group, opened for writing before the child is forked: the
     /// child writes "0" to each (which moves the writer) before it execs, so it never runs a
     /// single instruction of the tenant's program outside its cgroup.
