@@ -1,8 +1,10 @@
 //! `/metrics` after real traffic: requests sent through the proxy to two instances show up
 //! exactly in the request counters and histograms, the kernel's per-instance counters are
-//! non-zero for both, and promtool accepts the whole exposition.
+//! non-zero for both, and promtool accepts the whole exposition. Wakes are counted with
+//! their outcome.
 
 mod api_support;
+mod proxy_support;
 
 use std::{
     io::{Read, Write},
@@ -229,4 +231,61 @@ fn promtool_accepts(text: &str) {
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
+}
+
+/// Requests that had to wait for their instance count as wakes, ready or failed, and still
+/// count once each as requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wakes_are_counted_with_their_outcome() {
+    use proxy_support::{config, sleeping, Stack};
+    use std::sync::atomic::Ordering::Relaxed;
+    use tenement::proxy::WakeError;
+
+    let stack = Stack::start(
+        &config(""),
+        &[sleeping("api:alice", 100), sleeping("api:broken", 100)],
+    )
+    .await;
+    stack.backends.slot("api:broken", |slot| {
+        slot.wake_error = Some(WakeError::Failed {
+            state: "failed".into(),
+            reason: "exited with status 3 five times".into(),
+        })
+    });
+    assert_eq!(stack.get("alice.api.example.com", "/").await.status, 200);
+    assert_eq!(stack.get("broken.api.example.com", "/").await.status, 503);
+
+    let metrics = stack.proxy.request_metrics();
+    let slot = |name: &str| {
+        metrics
+            .instances()
+            .into_iter()
+            .find(|(instance, _)| instance.to_string() == name)
+            .map(|(_, slot)| slot)
+            .unwrap_or_else(|| panic!("no request counters for {name}"))
+    };
+    let class = |name: &str, class: &str| {
+        slot(name)
+            .outcomes
+            .read()
+            .into_iter()
+            .find(|(c, _)| *c == class)
+            .map_or(0, |(_, count)| count)
+    };
+    // A response reaches the client a moment before the proxy closes its books on it.
+    let deadline = Instant::now() + PATIENCE;
+    while class("api:alice", "2xx") + class("api:broken", "5xx") < 2 {
+        assert!(Instant::now() < deadline, "the requests were never counted");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(class("api:alice", "2xx"), 1);
+    assert_eq!(class("api:broken", "5xx"), 1);
+    assert_eq!(slot("api:alice").wakes_ready.load(Relaxed), 1);
+    assert_eq!(slot("api:alice").wakes_failed.load(Relaxed), 0);
+    assert_eq!(slot("api:broken").wakes_ready.load(Relaxed), 0);
+    assert_eq!(slot("api:broken").wakes_failed.load(Relaxed), 1);
+    let (service, histograms) = &metrics.services()[0];
+    assert_eq!(service, "api");
+    assert_eq!(histograms.wake_duration.read().count, 2);
+    assert_eq!(histograms.duration.read().count, 2);
 }
