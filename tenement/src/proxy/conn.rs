@@ -89,6 +89,13 @@ impl ConnService {
             tracker,
         }
     }
+
+    /// An answer to a request that reaches no instance, counted as such for `/metrics`.
+    fn unrouted(&self, response: Response<bytes::Bytes>, exchange: Exchange) -> Answer {
+        let requests = self.context.shared.router.requests();
+        requests.count_unrouted(response.status().as_u16());
+        ready(answer(response, exchange))
+    }
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
@@ -152,15 +159,6 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 self.unrouted(response, exchange)
             }
         }
-    }
-}
-
-impl ConnService {
-    /// An answer to a request that reaches no instance, counted as such for `/metrics`.
-    fn unrouted(&self, response: Response<bytes::Bytes>, exchange: Exchange) -> Answer {
-        let requests = self.context.shared.router.requests();
-        requests.count_unrouted(response.status().as_u16());
-        ready(answer(response, exchange))
     }
 }
 
