@@ -15,6 +15,8 @@ mod handlers;
 mod listener;
 mod logs;
 pub mod metrics;
+mod metrics_kernel;
+mod metrics_proxy;
 pub mod query;
 mod routes;
 mod stats;
@@ -89,6 +91,7 @@ impl ApiServer {
             listeners.push(listener::Listener::bind(address).await?);
         }
         let metrics = Metrics::new();
+        metrics_kernel::register(&metrics, api.supervisor.clone());
         let tls: Arc<OnceLock<TlsManager>> = Arc::default();
         let (stop, shutdown) = watch::channel(false);
         let context = Arc::new(Context {
@@ -138,6 +141,11 @@ impl ApiServer {
         if self.tls.set(manager.clone()).is_ok() {
             certificates::register_metrics(&self.metrics, manager);
         }
+    }
+
+    /// Shows the proxy's request counters on `/metrics`. The front door starts after the API.
+    pub fn attach_proxy(&self, requests: Arc<crate::proxy::RequestMetrics>) {
+        metrics_proxy::register(&self.metrics, requests);
     }
 
     /// Stops accepting, ends open connections and streams, removes the unix socket.

@@ -58,13 +58,7 @@ async fn run(config: Arc<Config>) -> Result<()> {
     let settings = &config.settings;
     let store = Store::open(&settings.data_dir)?;
     let logs = LogHub::new(settings.data_dir.join("logs"))?;
-    let monitor = match supervisor::cgroup_tree(&config) {
-        Ok(tree) => match tree.unified_dir() {
-            Some(subtree) => Monitor::start(subtree),
-            None => Monitor::without_kernel("this host has no cgroup v2 hierarchy"),
-        },
-        Err(err) => Monitor::without_kernel(&format!("no cgroup subtree: {err:#}")),
-    };
+    let monitor = start_monitor(&config);
     match monitor.kernel_counters() {
         crate::monitor::KernelCounters::Active => tracing::info!("kernel counters: active"),
         crate::monitor::KernelCounters::Off(reason) => {
@@ -86,6 +80,7 @@ async fn run(config: Arc<Config>) -> Result<()> {
     })
     .await?;
     let front = FrontDoor::start(config.clone(), supervisor.clone()).await?;
+    api.attach_proxy(front.proxy.request_metrics());
     if let Some(manager) = &front.tls {
         api.attach_tls(manager.clone());
     }
@@ -114,6 +109,24 @@ async fn run(config: Arc<Config>) -> Result<()> {
     supervisor.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The kernel monitor on tenement's cgroup subtree; without one, a monitor that says why
+/// kernel counters are off in words a person can act on.
+fn start_monitor(config: &Config) -> Monitor {
+    match supervisor::cgroup_tree(config) {
+        Ok(tree) => match tree.unified_dir() {
+            Some(subtree) => Monitor::start(subtree),
+            None => Monitor::without_kernel("this host has no cgroup v2 hierarchy"),
+        },
+        // Without root, a missing subtree is the lesser problem: say what it takes.
+        Err(err) if !nix::unistd::geteuid().is_root() => Monitor::without_kernel(&format!(
+            "not running as root (loading eBPF programs needs CAP_BPF, CAP_PERFMON and \
+             CAP_NET_ADMIN, and a cgroup subtree tenement may write, e.g. systemd's \
+             Delegate=yes): {err:#}"
+        )),
+        Err(err) => Monitor::without_kernel(&format!("no cgroup subtree: {err:#}")),
+    }
 }
 
 /// Feeds the kernel's view to the supervisor: traffic on an instance's sockets counts as

@@ -89,6 +89,13 @@ impl ConnService {
             tracker,
         }
     }
+
+    /// An answer to a request that reaches no instance, counted as such for `/metrics`.
+    fn unrouted(&self, response: Response<bytes::Bytes>, exchange: Exchange) -> Answer {
+        let requests = self.context.shared.router.requests();
+        requests.count_unrouted(response.status().as_u16());
+        ready(answer(response, exchange))
+    }
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
@@ -106,7 +113,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             .flatten();
         if let Some(pre_router) = pre_router {
             if let Some(response) = pre_router(&request) {
-                return ready(answer(response, exchange));
+                return self.unrouted(response, exchange);
             }
         }
         let facts = RequestFacts::of(request.headers());
@@ -122,10 +129,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let format = asked.format;
         let Some(host) = host::request_host(request.uri(), facts.host) else {
             let message = "the request has no Host header (or it is not text)";
-            return ready(answer(
+            return self.unrouted(
                 reply::error(StatusCode::BAD_REQUEST, message, format),
                 exchange,
-            ));
+            );
         };
         let host = host::normalize(host);
         let routed = self
@@ -139,17 +146,17 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             }
             Err(Miss::NoRoute) => {
                 let message = format!("no route for host {host}");
-                ready(answer(
+                self.unrouted(
                     reply::error(StatusCode::NOT_FOUND, &message, format),
                     exchange,
-                ))
+                )
             }
             Err(Miss::NoWeightedInstance { service }) => {
                 let message = format!(
                     "service {service} has no instance taking traffic (none has a weight above 0 and has not failed)"
                 );
                 let response = reply::error(StatusCode::SERVICE_UNAVAILABLE, &message, format);
-                ready(answer(response, exchange))
+                self.unrouted(response, exchange)
             }
         }
     }

@@ -1,5 +1,6 @@
 //! One request's bookkeeping, from arrival until its response body is done: the activity
-//! guard the idle reaper counts, the connection's in-flight count, and the access log line.
+//! guard the idle reaper counts, the connection's in-flight count, the request counters of
+//! `/metrics`, and the access log line.
 
 use std::{
     sync::{
@@ -51,6 +52,7 @@ impl Drop for InFlight {
 }
 
 pub(crate) struct Exchange {
+    start: Instant,
     /// What the access log line names; not collected when that log is off.
     logged: Option<Box<Logged>>,
     instance: Option<Arc<Entry>>,
@@ -62,7 +64,6 @@ pub(crate) struct Exchange {
 }
 
 struct Logged {
-    start: Instant,
     method: Method,
     uri: Uri,
     host: Option<HeaderValue>,
@@ -72,13 +73,13 @@ impl Exchange {
     pub(crate) fn begin<B>(request: &Request<B>, in_flight: Option<InFlight>) -> Exchange {
         let logged = tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO).then(|| {
             Box::new(Logged {
-                start: Instant::now(),
                 method: request.method().clone(),
                 uri: request.uri().clone(),
                 host: request.headers().get(http::header::HOST).cloned(),
             })
         });
         Exchange {
+            start: Instant::now(),
             logged,
             instance: None,
             activity: ActivityGuard::none(),
@@ -114,6 +115,11 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
+        let elapsed = self.start.elapsed();
+        // Requests answered before routing are counted where they are answered (`conn`).
+        if let Some(instance) = &self.instance {
+            instance.requests.finished(self.status, elapsed);
+        }
         let Some(logged) = &self.logged else { return };
         let host = logged
             .uri
@@ -130,7 +136,7 @@ impl Drop for Exchange {
             path,
             status = self.status,
             bytes = self.bytes,
-            ms = format_args!("{:.3}", logged.start.elapsed().as_secs_f64() * 1000.0),
+            ms = format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
             complete = self.complete,
         );
     }

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 
 use super::{
-    backend::{BackendState, WakeError},
+    backend::{ActivityGuard, BackendState, WakeError},
     body::ProxyBody,
     conn::ConnContext,
     exchange::Exchange,
@@ -44,6 +44,8 @@ pub(crate) async fn forward(
 ) -> Response<ProxyBody> {
     let format = asked.format;
     if entry.state == BackendState::Failed {
+        // Named in the access log and counted under the instance, but not activity.
+        exchange.set_instance(entry.clone(), ActivityGuard::none());
         let message = format!("instance {} is failed", entry.label);
         return answer(
             reply::error(StatusCode::SERVICE_UNAVAILABLE, &message, format),
@@ -102,7 +104,10 @@ fn relay(response: Response<UpstreamBody>, mut exchange: Exchange) -> Response<P
 }
 
 async fn wake(conn: &ConnContext, entry: &Entry, format: Format) -> Result<u16, Response<Bytes>> {
-    conn.ensure_running(&entry.name).await.map_err(|error| {
+    let started = std::time::Instant::now();
+    let woken = conn.ensure_running(&entry.name).await;
+    entry.requests.woke(started.elapsed(), woken.is_ok());
+    woken.map_err(|error| {
         let message = format!("instance {} {error}", entry.label);
         tracing::warn!("{message}");
         match error {

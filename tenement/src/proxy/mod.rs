@@ -17,7 +17,8 @@
 //!   `upstream` + `http1` + `pool` (HTTP/1.1 to the instance, from the request's own task,
 //!   over kept-alive connections), `body` (the streamed response body);
 //! - answers and bookkeeping: `reply` (errors the proxy writes itself), `exchange`
-//!   (per-request accounting and the access log);
+//!   (per-request accounting and the access log), `metrics` (request counters for
+//!   `/metrics`);
 //! - `backend`: the seam to the supervisor.
 
 mod backend;
@@ -29,6 +30,7 @@ mod headers;
 mod host;
 mod http1;
 mod listen;
+pub mod metrics;
 mod pool;
 mod reply;
 mod router;
@@ -54,6 +56,7 @@ use tokio::{
 pub use backend::{ActivityGuard, BackendInstance, BackendState, Backends, WakeError};
 pub use body::ProxyBody;
 pub use exchange::ACCESS_LOG;
+pub use metrics::RequestMetrics;
 
 use crate::config::Config;
 
@@ -110,7 +113,7 @@ pub struct Proxy {
 impl Proxy {
     /// Builds the routing table and follows `backends.changes()`. Call inside a tokio runtime.
     pub fn new(config: Arc<Config>, backends: Arc<dyn Backends>, options: Options) -> Proxy {
-        let router = router::Router::new(config, backends);
+        let router = router::Router::new(config, backends, RequestMetrics::new());
         Proxy {
             shared: Arc::new(server::Shared::new(router, options)),
         }
@@ -120,6 +123,11 @@ impl Proxy {
     /// instance: what the TLS layer asks before ordering a certificate for a name.
     pub fn routes(&self, host: &str) -> bool {
         self.shared.router.routes(host)
+    }
+
+    /// What the proxy counts per instance and service, for `/metrics`.
+    pub fn request_metrics(&self) -> Arc<RequestMetrics> {
+        self.shared.router.requests().clone()
     }
 
     /// Routes by a new configuration (domains, `[routing]`, services) from now on.

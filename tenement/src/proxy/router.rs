@@ -13,6 +13,7 @@ use std::{
 
 use super::{
     backend::Backends,
+    metrics::RequestMetrics,
     table::{Pools, Table},
 };
 use crate::config::Config;
@@ -21,6 +22,7 @@ pub(crate) struct Router {
     backends: Arc<dyn Backends>,
     config: Mutex<Arc<Config>>,
     pools: Pools,
+    requests: Arc<RequestMetrics>,
     current: RwLock<Arc<Table>>,
     generation: AtomicU64,
     /// One rebuild at a time, so an older instance list never overwrites a newer one.
@@ -30,13 +32,18 @@ pub(crate) struct Router {
 impl Router {
     /// Builds the first table and, inside a tokio runtime, follows the backends' changes
     /// for as long as the router lives.
-    pub(crate) fn new(config: Arc<Config>, backends: Arc<dyn Backends>) -> Arc<Router> {
+    pub(crate) fn new(
+        config: Arc<Config>,
+        backends: Arc<dyn Backends>,
+        requests: Arc<RequestMetrics>,
+    ) -> Arc<Router> {
         // Subscribe before the first build so that no change falls between the two.
         let changes = backends.changes();
         let router = Arc::new(Router {
             backends,
             config: Mutex::new(config),
             pools: Pools::default(),
+            requests,
             current: RwLock::new(Arc::new(Table::default())),
             generation: AtomicU64::new(0),
             rebuilding: Mutex::new(()),
@@ -58,13 +65,22 @@ impl Router {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let table = Table::build(&config, self.backends.instances(), &self.pools);
+        let table = Table::build(
+            &config,
+            self.backends.instances(),
+            &self.pools,
+            &self.requests,
+        );
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
         self.generation.fetch_add(1, Ordering::Release);
     }
 
     pub(crate) fn backends(&self) -> &Arc<dyn Backends> {
         &self.backends
+    }
+
+    pub(crate) fn requests(&self) -> &Arc<RequestMetrics> {
+        &self.requests
     }
 
     /// A reader for one connection.

@@ -16,6 +16,7 @@ use std::{
 
 use super::{
     backend::{BackendInstance, BackendState},
+    metrics::{InstanceRequests, RequestMetrics},
     pool::Pool,
     weights::Rotation,
 };
@@ -29,6 +30,8 @@ pub(crate) struct Entry {
     pub state: BackendState,
     pub port: Option<u16>,
     pub pool: Arc<Pool>,
+    /// Where requests to it are counted for `/metrics`.
+    pub requests: Arc<InstanceRequests>,
 }
 
 /// Why a host and path lead nowhere.
@@ -92,9 +95,15 @@ pub(crate) struct Table {
 pub(crate) struct Pools(Mutex<HashMap<InstanceName, Arc<Pool>>>);
 
 impl Table {
-    pub(crate) fn build(config: &Config, instances: Vec<BackendInstance>, pools: &Pools) -> Table {
+    pub(crate) fn build(
+        config: &Config,
+        instances: Vec<BackendInstance>,
+        pools: &Pools,
+        requests: &RequestMetrics,
+    ) -> Table {
         let mut pools = pools.0.lock().unwrap_or_else(|poison| poison.into_inner());
         pools.retain(|name, _| instances.iter().any(|i| &i.name == name));
+        requests.retain(|name| instances.iter().any(|i| &i.name == name));
 
         let mut services: NameMap<ServiceRoutes> = config
             .service
@@ -104,12 +113,14 @@ impl Table {
         let mut weighted: HashMap<String, Vec<(Arc<Entry>, u8)>> = HashMap::new();
         for instance in instances {
             let pool = pools.entry(instance.name.clone()).or_default().clone();
+            let counted = requests.instance(&instance.name);
             let entry = Arc::new(Entry {
                 label: instance.name.to_string().into_boxed_str(),
                 name: instance.name,
                 state: instance.state,
                 port: instance.port,
                 pool,
+                requests: counted,
             });
             if entry.state != BackendState::Failed {
                 weighted
@@ -305,7 +316,12 @@ mod tests {
             instance("web:docs", 0, BackendState::Running),
             instance("extra:one", 10, BackendState::Running),
         ];
-        Table::build(&config, instances, &Pools::default())
+        Table::build(
+            &config,
+            instances,
+            &Pools::default(),
+            &RequestMetrics::default(),
+        )
     }
 
     fn route(table: &Table, host: &str, path: &str) -> Result<String, Miss> {
@@ -421,20 +437,24 @@ mod tests {
     #[test]
     fn pools_survive_rebuilds() {
         let pools = Pools::default();
+        let requests = RequestMetrics::default();
         let config = Config::default();
         let first = Table::build(
             &config,
             vec![instance("api:a", 1, BackendState::Running)],
             &pools,
+            &requests,
         );
         let second = Table::build(
             &config,
             vec![instance("api:a", 1, BackendState::Sleeping)],
             &pools,
+            &requests,
         );
         let a1 = first.resolve("a.api.localhost", "/").unwrap();
         let a2 = second.resolve("a.api.localhost", "/").unwrap();
         assert!(Arc::ptr_eq(&a1.pool, &a2.pool));
+        assert!(Arc::ptr_eq(&a1.requests, &a2.requests));
         assert_eq!(a2.state, BackendState::Sleeping);
     }
 }

@@ -133,6 +133,7 @@ impl Instance {
             last_error: s.last_error.clone(),
             cgroup_id: s.cgroup_id,
             cgroup_path: s.cgroup_path.clone(),
+            memory_cgroup: s.memory_cgroup.clone(),
         }
     }
 

@@ -74,6 +74,9 @@ pub struct InstanceInfo {
     /// cgroup v2 id (what the eBPF programs key by), when there is a v2 hierarchy.
     pub cgroup_id: Option<u64>,
     pub cgroup_path: Option<PathBuf>,
+    /// The directory with the memory controller (`cgroup_path` on pure cgroup v2, the v1
+    /// memory group on hybrid hosts), when the instance has one.
+    pub memory_cgroup: Option<PathBuf>,
 }
 
 /// Why an instance is not ready. The reasons name the instance; callers that want the name

@@ -80,6 +80,7 @@ pub fn failed(name: &'static str) -> Spec {
 pub struct Stack {
     pub addr: SocketAddr,
     pub backends: Arc<TestBackends>,
+    pub proxy: Proxy,
     stop: Option<oneshot::Sender<()>>,
     _scratch: Scratch,
 }
@@ -104,10 +105,12 @@ impl Stack {
         let addr = listener.local_addr().unwrap();
         let proxy = Proxy::new(config, backends.clone(), options);
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move { proxy.serve(vec![listener], stopped).await });
+        let serving = proxy.clone();
+        tokio::spawn(async move { serving.serve(vec![listener], stopped).await });
         Stack {
             addr,
             backends,
+            proxy,
             stop: Some(stop),
             _scratch: scratch,
         }

@@ -1,0 +1,273 @@
+//! Without root, `tenement serve` still serves: the proxy answers, instances run without
+//! cgroups, and every place that shows stats says that kernel counters are off and why (the
+//! daemon log, `/v1/status`, `tenement status`, `/metrics`).
+//!
+//! The test itself needs root, to start the daemon as the unprivileged user `nobody`.
+
+mod api_support;
+
+use std::{
+    io::{Read, Write},
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use api_support::{request, Target, PATIENCE};
+use tenement_tests::{free_port, privileged, tenement_bin, Scratch};
+
+/// `nobody`/`nogroup` on Debian and Ubuntu (and the overflow ids everywhere else).
+const NOBODY: u32 = 65534;
+
+const APP: &str = r#"
+import http.server, os
+port = int(os.environ["PORT"])
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"hello from {os.environ['TENANT']} as uid {os.getuid()}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):
+        pass
+
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"#;
+
+/// `tenement serve` running as `nobody`, stopped (and waited for) when dropped.
+struct UnprivilegedDaemon {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+    http_port: u16,
+    bin: PathBuf,
+    // Last: removed after the daemon has stopped.
+    _scratch: Scratch,
+}
+
+impl UnprivilegedDaemon {
+    fn start() -> UnprivilegedDaemon {
+        let scratch = Scratch::new("unprivileged");
+        // The binary may sit where `nobody` cannot reach it (under /root): use a copy.
+        let bin = scratch.join("tenement");
+        std::fs::copy(tenement_bin(), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let app = scratch.write("app.py", APP);
+        let data = scratch.join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::os::unix::fs::chown(&data, Some(NOBODY), Some(NOBODY)).unwrap();
+        let http_port = free_port();
+        let base = loop {
+            let port = free_port();
+            if (32768..60000).contains(&port) && !(port..=port + 19).contains(&http_port) {
+                break port;
+            }
+        };
+        let config = scratch.write(
+            "tenement.toml",
+            &format!(
+                r#"
+[settings]
+data_dir = "{data}"
+listen = "127.0.0.1:{http_port}"
+domain = "localhost"
+port_range = [{base}, {high}]
+
+[service.api]
+command = "/usr/bin/python3 {app}"
+startup_timeout = 30
+env = {{ TENANT = "{{id}}" }}
+
+[instances]
+api = ["alice"]
+"#,
+                data = data.display(),
+                high = base + 19,
+                app = app.display(),
+            ),
+        );
+        let log = scratch.join("daemon.log");
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(&bin)
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            // std drops the supplementary groups too when it switches from root.
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .env("HOME", &scratch.path)
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .current_dir(&scratch.path)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("starting tenement serve as nobody");
+        let mut daemon = UnprivilegedDaemon {
+            child,
+            socket: data.join("tenement.sock"),
+            log,
+            http_port,
+            bin,
+            _scratch: scratch,
+        };
+        daemon.wait_until("the management API answers /health", |daemon| {
+            request(&daemon.api(), "GET", "/health", None, "")
+                .is_ok_and(|(status, _)| status == 200)
+        });
+        daemon
+    }
+
+    fn api(&self) -> Target {
+        Target::Unix(self.socket.clone())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_until(&mut self, what: &str, mut condition: impl FnMut(&Self) -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        while !condition(self) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "tenement serve (as nobody) exited ({status}) while waiting for {what}\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting for {what}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for UnprivilegedDaemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- daemon log ---\n{}", self.log());
+        }
+        // SAFETY: kill has no memory preconditions; the pid is our own child's.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + PATIENCE;
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One GET through the proxy; returns the status and the body.
+fn through_proxy(port: u16, host: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(PATIENCE))?;
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+#[test]
+fn serves_without_root_and_says_kernel_counters_are_off() {
+    if !privileged("serves_without_root_and_says_kernel_counters_are_off") {
+        return;
+    }
+    let mut daemon = UnprivilegedDaemon::start();
+
+    // The instance started at boot answers through the proxy, running as nobody too.
+    daemon.wait_until("api:alice answers through the proxy", |daemon| {
+        through_proxy(daemon.http_port, "alice.api.localhost")
+            .is_ok_and(|(status, _)| status == 200)
+    });
+    let (_, body) = through_proxy(daemon.http_port, "alice.api.localhost").unwrap();
+    assert_eq!(body, format!("hello from alice as uid {NOBODY}\n"));
+
+    // /v1/status: off, with a reason a person can act on.
+    let (status, body) = request(&daemon.api(), "GET", "/v1/status", None, "").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["kernel_counters"]["active"], false, "{view}");
+    let reason = view["kernel_counters"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("not running as root") && reason.contains("CAP_BPF"),
+        "{reason}"
+    );
+
+    // The daemon log says so at start.
+    let log = daemon.log();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("kernel counters: off") && line.contains("CAP_BPF")),
+        "{log}"
+    );
+
+    // `tenement status` shows it.
+    let output = Command::new(&daemon.bin)
+        .arg("--server")
+        .arg(format!("unix:{}", daemon.socket.display()))
+        .arg("status")
+        .env_remove("TENEMENT_TOKEN")
+        .env_remove("TENEMENT_SERVER")
+        .env_remove("TENEMENT_CONFIG")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        shown
+            .lines()
+            .any(|line| line.starts_with("kernel counters: off: not running as root")),
+        "{shown}"
+    );
+
+    // /metrics: the gauge is 0, no kernel series, but the proxy's counters carry on.
+    let (status, text) = request(&daemon.api(), "GET", "/metrics", None, "").unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l == "tenement_kernel_counters_active 0"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("tenement_instance_rx_bytes_total{"),
+        "kernel series without kernel counters:\n{text}"
+    );
+    let served = text.lines().find_map(|line| {
+        line.strip_prefix(
+            "tenement_proxy_requests_total{instance=\"api:alice\",service=\"api\",code_class=\"2xx\"} ",
+        )
+    });
+    assert!(
+        served
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n >= 2),
+        "{text}"
+    );
+}
