@@ -102,19 +102,13 @@ impl Monitor {
                 })
             });
             match started {
-                Ok(kernel) => {
-                    tracing::info!("kernel counters active on {}", subtree.display());
-                    Self {
-                        kernel: Some(kernel),
-                        status: KernelCounters::Active,
-                        listen_events,
-                    }
-                }
-                Err(err) => {
-                    let monitor = Self::off(off_reason(&err), listen_events);
-                    tracing::warn!("{}", monitor.status);
-                    monitor
-                }
+                // The caller logs the outcome once, whichever path turned the counters off.
+                Ok(kernel) => Self {
+                    kernel: Some(kernel),
+                    status: KernelCounters::Active,
+                    listen_events,
+                },
+                Err(err) => Self::off(off_reason(&err), listen_events),
             }
         }
         #[cfg(not(feature = "ebpf"))]
