@@ -18,7 +18,7 @@ use crate::{
     logs::LogHub,
     monitor::Monitor,
     store::Store,
-    supervisor::{self, Supervisor},
+    supervisor::{self, KernelTraffic, Supervisor},
     systemd,
 };
 
@@ -123,13 +123,18 @@ async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
     Ok(())
 }
 
-/// Feeds the kernel's view to the supervisor: traffic on an instance's sockets counts as
-/// activity for the idle reaper, and a listen event ends a start's wait at once.
+/// Feeds the kernel's view to the supervisor: traffic on an instance's sockets is what the
+/// idle reaper goes by (open but silent connections no longer keep it awake), and a listen
+/// event ends a start's wait at once.
 fn watch_kernel(supervisor: &Supervisor, monitor: &Arc<Mutex<Monitor>>) {
     let kernel = monitor.clone();
     supervisor.set_activity_source(Arc::new(move |cgroup_id| {
         let stats = kernel.lock().ok()?.stats(cgroup_id)?;
-        std::time::Instant::now().checked_sub(stats.idle_for()?)
+        Some(KernelTraffic {
+            last_packet: stats
+                .idle_for()
+                .and_then(|idle| std::time::Instant::now().checked_sub(idle)),
+        })
     }));
     let mut events = match monitor.lock() {
         Ok(monitor) => monitor.listen_events(),

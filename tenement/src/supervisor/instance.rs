@@ -11,7 +11,10 @@ use std::{
 
 use tokio::sync::{watch, Notify};
 
-use super::state::{InstanceInfo, InstanceState};
+use super::{
+    idle::Activity,
+    state::{InstanceInfo, InstanceState},
+};
 use crate::config::{InstanceName, Service};
 
 /// How a run loop is asked to end, and so what state the instance is left in.
@@ -59,12 +62,6 @@ impl RunHandle {
     }
 }
 
-pub struct Activity {
-    /// Open proxied connections or requests.
-    pub open: usize,
-    pub last: Instant,
-}
-
 pub struct Instance {
     pub name: InstanceName,
     pub service: Service,
@@ -97,10 +94,7 @@ impl Instance {
             service,
             status: watch::channel(status).0,
             run: Mutex::new(None),
-            activity: Mutex::new(Activity {
-                open: 0,
-                last: Instant::now(),
-            }),
+            activity: Mutex::new(Activity::new()),
             listening: Notify::new(),
             over_quota: AtomicBool::new(false),
         }
@@ -145,7 +139,8 @@ impl Instance {
 }
 
 /// One open connection or request to an instance, from the proxy's point of view. Creating
-/// and dropping it count as activity; while any is alive the instance is never idle.
+/// and dropping it count as activity; without kernel counters, the instance is never idle
+/// while any is alive (with them, only traffic counts: see `idle.rs`).
 pub struct ActivityGuard {
     instance: Option<Arc<Instance>>,
 }
