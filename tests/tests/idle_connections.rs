@@ -174,8 +174,9 @@ impl CountingServer {
                     }
                 }
                 counter.fetch_add(1, Ordering::Relaxed);
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
             }
         });
         CountingServer { port, count }

@@ -53,7 +53,9 @@ fn an_idle_tenant_sleeps_and_wakes_with_its_data() {
         "{logs}"
     );
     assert_eq!(pid(&daemon, "notes:alice"), None);
-    eventually("alice's process to be gone", || (!alive(first)).then_some(()));
+    eventually("alice's process to be gone", || {
+        (!alive(first)).then_some(())
+    });
     eventually("no tenant process left", || {
         daemon.tenant_processes().is_empty().then_some(())
     });

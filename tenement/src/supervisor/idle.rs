@@ -70,6 +70,15 @@ impl Activity {
     /// Since when the instance has been idle; `None` while it is busy. `kernel` is `None`
     /// when the kernel does not count this instance.
     pub fn idle_since(&mut self, kernel: Option<KernelTraffic>) -> Option<Instant> {
+        // Mid-probe, every packet looks like the probe's (a slow answer can take seconds):
+        // decide once it is over.
+        if self
+            .probe
+            .as_ref()
+            .is_some_and(|probe| probe.ended.is_none())
+        {
+            return None;
+        }
         match kernel {
             None => (self.open == 0).then_some(self.last),
             Some(traffic) => Some(match self.tenant_packet(traffic.last_packet) {
@@ -127,11 +136,18 @@ impl Shared {
         instance: &Instance,
         probe: impl std::future::Future<Output = T>,
     ) -> T {
+        /// Ends the span however the probe ends, cancelled included: a span left open
+        /// would keep the instance awake for good.
+        struct Span<'a>(&'a Instance);
+        impl Drop for Span<'_> {
+            fn drop(&mut self) {
+                self.0.lock_activity().probe_ended();
+            }
+        }
         let kernel = self.kernel_traffic(instance);
         instance.lock_activity().probe_began(kernel);
-        let result = probe.await;
-        instance.lock_activity().probe_ended();
-        result
+        let _span = Span(instance);
+        probe.await
     }
 }
 
@@ -175,10 +191,21 @@ mod tests {
         let before = Instant::now();
         activity.probe_began(seen(before));
         let during = Instant::now();
+        assert_eq!(
+            activity.idle_since(seen(during)),
+            None,
+            "not decided mid-probe"
+        );
         activity.probe_ended();
         let tail = activity.probe.as_ref().unwrap().ended.unwrap() + PROBE_TAIL / 2;
-        assert_eq!(activity.idle_since(seen(during)), Some(before.max(activity.last)));
-        assert_eq!(activity.idle_since(seen(tail)), Some(before.max(activity.last)));
+        assert_eq!(
+            activity.idle_since(seen(during)),
+            Some(before.max(activity.last))
+        );
+        assert_eq!(
+            activity.idle_since(seen(tail)),
+            Some(before.max(activity.last))
+        );
         // Traffic after the probe is the tenant's again.
         let after = tail + PROBE_TAIL;
         assert_eq!(activity.idle_since(seen(after)), Some(after));
