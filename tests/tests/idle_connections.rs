@@ -87,6 +87,32 @@ fn silent_open_connections_do_not_keep_an_instance_awake() {
 }
 
 #[test]
+fn bare_connect_probes_do_not_keep_an_instance_awake() {
+    if !privileged("bare_connect_probes_do_not_keep_an_instance_awake") {
+        return;
+    }
+    // No `health` path: tenement's probe is a bare connect, which the app closes on its
+    // own schedule, a moment after the probe returned.
+    let mut daemon = idle_support::daemon("idle-bare");
+    let app = daemon.app("idle_app.py", idle_support::IDLE_APP);
+    daemon.configure(&format!(
+        "[service.bare]\ncommand = \"/usr/bin/python3 {}\"\nidle_timeout = {IDLE_TIMEOUT}\n\n\
+         [instances]\nbare = [\"frank\"]\n",
+        app.display()
+    ));
+    daemon.start();
+    assert_kernel_counters_active(&daemon);
+    wait_state(
+        &daemon,
+        "bare:frank",
+        "running",
+        supervisor_common::PATIENCE,
+    );
+    wait_state(&daemon, "bare:frank", "sleeping", ASLEEP_WITHIN);
+    daemon.stop();
+}
+
+#[test]
 fn outbound_requests_keep_the_tenant_awake() {
     if !privileged("outbound_requests_keep_the_tenant_awake") {
         return;
