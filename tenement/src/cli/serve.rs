@@ -124,7 +124,7 @@ async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
 }
 
 /// Feeds the kernel's view to the supervisor: traffic on an instance's sockets is what the
-/// idle reaper goes by (open but silent connections no longer keep it awake), and a listen
+/// idle reaper goes by (open but silent connections do not keep it awake), and a listen
 /// event ends a start's wait at once.
 fn watch_kernel(supervisor: &Supervisor, monitor: &Arc<Mutex<Monitor>>) {
     let kernel = monitor.clone();
