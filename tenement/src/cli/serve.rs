@@ -18,7 +18,7 @@ use crate::{
     logs::LogHub,
     monitor::Monitor,
     store::Store,
-    supervisor::{self, Supervisor},
+    supervisor::{self, KernelTraffic, Supervisor},
     systemd,
 };
 
@@ -31,6 +31,9 @@ pub struct ServeOptions {
     /// Contact email for the ACME account (`[settings.tls] acme_email`)
     #[arg(long, requires = "tls")]
     pub email: Option<String>,
+    /// Run without the eBPF counters (idle detection falls back to the proxy's view)
+    #[arg(long)]
+    pub no_kernel_counters: bool,
 }
 
 pub fn serve(explicit: Option<&Path>, options: &ServeOptions) -> Result<ExitCode> {
@@ -50,15 +53,19 @@ pub fn serve(explicit: Option<&Path>, options: &ServeOptions) -> Result<ExitCode
         config.settings.tls.acme_email = Some(email.clone());
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(run(Arc::new(config)))?;
+    runtime.block_on(run(Arc::new(config), options.no_kernel_counters))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run(config: Arc<Config>) -> Result<()> {
+async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
     let settings = &config.settings;
     let store = Store::open(&settings.data_dir)?;
     let logs = LogHub::new(settings.data_dir.join("logs"))?;
-    let monitor = start_monitor(&config);
+    let monitor = if no_kernel_counters {
+        Monitor::without_kernel("disabled with --no-kernel-counters")
+    } else {
+        start_monitor(&config)
+    };
     match monitor.kernel_counters() {
         crate::monitor::KernelCounters::Active => tracing::info!("kernel counters: active"),
         crate::monitor::KernelCounters::Off(reason) => {
@@ -129,13 +136,18 @@ fn start_monitor(config: &Config) -> Monitor {
     }
 }
 
-/// Feeds the kernel's view to the supervisor: traffic on an instance's sockets counts as
-/// activity for the idle reaper, and a listen event ends a start's wait at once.
+/// Feeds the kernel's view to the supervisor: traffic on an instance's sockets is what the
+/// idle reaper goes by (open but silent connections do not keep it awake), and a listen
+/// event ends a start's wait at once.
 fn watch_kernel(supervisor: &Supervisor, monitor: &Arc<Mutex<Monitor>>) {
     let kernel = monitor.clone();
     supervisor.set_activity_source(Arc::new(move |cgroup_id| {
         let stats = kernel.lock().ok()?.stats(cgroup_id)?;
-        std::time::Instant::now().checked_sub(stats.idle_for()?)
+        Some(KernelTraffic {
+            last_packet: stats
+                .idle_for()
+                .and_then(|idle| std::time::Instant::now().checked_sub(idle)),
+        })
     }));
     let mut events = match monitor.lock() {
         Ok(monitor) => monitor.listen_events(),

@@ -102,13 +102,28 @@ impl fmt::Display for WakeError {
 
 impl std::error::Error for WakeError {}
 
-/// Proof of proxied activity for the idle reaper: whatever the supervisor puts inside counts
-/// one open request or connection until this guard is dropped.
-pub struct ActivityGuard(Option<Box<dyn Send + Sync>>);
+/// What a backend keeps inside an [`ActivityGuard`]: it counts one proxied request until
+/// dropped.
+pub trait ProxiedActivity: Send + Sync {
+    /// The request switched protocols (WebSocket and others) and is now a tunnel: its
+    /// traffic, not its being open, says whether it is active.
+    fn upgraded(&mut self);
+}
+
+/// Proof of proxied activity for the idle reaper: whatever the backend puts inside counts
+/// one open request or tunnel until this guard is dropped.
+pub struct ActivityGuard(Option<Box<dyn ProxiedActivity>>);
 
 impl ActivityGuard {
-    pub fn new(inner: impl Send + Sync + 'static) -> ActivityGuard {
+    pub fn new(inner: impl ProxiedActivity + 'static) -> ActivityGuard {
         ActivityGuard(Some(Box::new(inner)))
+    }
+
+    /// See [`ProxiedActivity::upgraded`].
+    pub fn upgraded(&mut self) {
+        if let Some(inner) = &mut self.0 {
+            inner.upgraded();
+        }
     }
 
     /// A guard that counts nothing (for backends without idle accounting, and tests).

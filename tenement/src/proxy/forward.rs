@@ -185,7 +185,8 @@ struct Port {
 
 /// `Upgrade` (WebSocket and others): a dedicated connection to the instance; once both
 /// sides agreed to switch, the two sockets are spliced until either closes. The activity
-/// guard lives as long as the tunnel, so an open WebSocket keeps its instance awake.
+/// guard lives as long as the tunnel, marked as one: with kernel counters only its traffic
+/// keeps the instance awake, without them its being open does.
 async fn tunnel(
     conn: Arc<ConnContext>,
     entry: Arc<Entry>,
@@ -217,7 +218,8 @@ async fn tunnel(
     };
     headers::strip_hop_by_hop(&mut parts.headers, true);
     exchange.set_status(parts.status.as_u16());
-    let activity = exchange.take_activity();
+    let mut activity = exchange.take_activity();
+    activity.upgraded();
     let counted = conn.track_tunnel();
     let mut shutdown = conn.shutdown_signal();
     let label = entry.label.clone();

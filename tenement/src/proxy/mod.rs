@@ -53,7 +53,9 @@ use tokio::{
     net::TcpListener,
 };
 
-pub use backend::{ActivityGuard, BackendInstance, BackendState, Backends, WakeError};
+pub use backend::{
+    ActivityGuard, BackendInstance, BackendState, Backends, ProxiedActivity, WakeError,
+};
 pub use body::ProxyBody;
 pub use exchange::ACCESS_LOG;
 pub use metrics::RequestMetrics;

@@ -11,7 +11,10 @@ use std::{
 
 use tokio::sync::{watch, Notify};
 
-use super::state::{InstanceInfo, InstanceState};
+use super::{
+    idle::Activity,
+    state::{InstanceInfo, InstanceState},
+};
 use crate::{
     config::{InstanceName, Service},
     monitor::InstanceStats,
@@ -68,12 +71,6 @@ impl RunHandle {
     }
 }
 
-pub struct Activity {
-    /// Open proxied connections or requests.
-    pub open: usize,
-    pub last: Instant,
-}
-
 pub struct Instance {
     pub name: InstanceName,
     pub service: Service,
@@ -110,10 +107,7 @@ impl Instance {
             service,
             status: watch::channel(status).0,
             run: Mutex::new(None),
-            activity: Mutex::new(Activity {
-                open: 0,
-                last: Instant::now(),
-            }),
+            activity: Mutex::new(Activity::new()),
             listening: Notify::new(),
             over_quota: AtomicBool::new(false),
             stats: Mutex::new(None),
@@ -168,9 +162,11 @@ impl Instance {
 }
 
 /// One open connection or request to an instance, from the proxy's point of view. Creating
-/// and dropping it count as activity; while any is alive the instance is never idle.
+/// and dropping it count as activity; without kernel counters, the instance is never idle
+/// while any is alive (with them, only traffic counts: see `idle.rs`).
 pub struct ActivityGuard {
     instance: Option<Arc<Instance>>,
+    tunnel: bool,
 }
 
 impl ActivityGuard {
@@ -180,7 +176,19 @@ impl ActivityGuard {
             activity.open += 1;
             activity.last = Instant::now();
         }
-        ActivityGuard { instance }
+        ActivityGuard {
+            instance,
+            tunnel: false,
+        }
+    }
+}
+
+impl crate::proxy::ProxiedActivity for ActivityGuard {
+    fn upgraded(&mut self) {
+        if let (Some(instance), false) = (&self.instance, self.tunnel) {
+            self.tunnel = true;
+            instance.lock_activity().tunnels += 1;
+        }
     }
 }
 
@@ -189,6 +197,9 @@ impl Drop for ActivityGuard {
         if let Some(instance) = &self.instance {
             let mut activity = instance.lock_activity();
             activity.open = activity.open.saturating_sub(1);
+            if self.tunnel {
+                activity.tunnels = activity.tunnels.saturating_sub(1);
+            }
             activity.last = Instant::now();
         }
     }

@@ -11,6 +11,7 @@ mod environment;
 pub mod guard;
 mod health;
 mod identity;
+mod idle;
 pub mod init;
 mod instance;
 mod launch;
@@ -29,7 +30,7 @@ use std::{
     collections::BTreeMap,
     os::unix::fs::PermissionsExt,
     sync::{Arc, Mutex, MutexGuard, RwLock},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
@@ -51,6 +52,7 @@ pub use environment::DEFAULT_PATH;
 pub use health::{
     CALM_SAMPLES, RESETS_PER_SEC_DEGRADED, RETRANSMITS_PER_SEC_DEGRADED, STORM_SAMPLES,
 };
+pub use idle::KernelTraffic;
 pub use instance::ActivityGuard;
 pub use sandbox::find_runsc;
 pub use state::{InstanceInfo, InstanceState, StartError};
@@ -59,9 +61,10 @@ pub use state::{InstanceInfo, InstanceState, StartError};
 /// backoff of a restart in progress).
 const START_WAIT_SLACK: Duration = Duration::from_secs(5);
 
-/// When the kernel last saw traffic of the cgroup with this v2 id (the eBPF monitor's
-/// view); consulted by the idle reaper beside the proxy's own activity.
-pub type ActivitySource = Arc<dyn Fn(u64) -> Option<Instant> + Send + Sync>;
+/// The kernel's view of the sockets of the cgroup with this v2 id (the eBPF monitor's);
+/// `None` when the kernel does not count that cgroup. With it, the idle reaper goes by
+/// traffic rather than open connections (see `idle.rs`).
+pub type ActivitySource = Arc<dyn Fn(u64) -> Option<KernelTraffic> + Send + Sync>;
 
 #[derive(Clone)]
 pub struct Supervisor {

@@ -33,33 +33,18 @@ pub async fn run(shared: Weak<Shared>) {
     }
 }
 
-/// An instance is idle when no connection to it is open and neither the proxy nor the
-/// kernel saw traffic for `idle_timeout`.
+/// Puts to sleep every instance idle for its `idle_timeout` (what idle means: `idle.rs`).
 fn put_idle_to_sleep(shared: &Arc<Shared>) {
-    let kernel = shared
-        .activity_source
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
     for instance in shared.snapshot() {
         let timeout = instance.service.idle_timeout;
-        let (serving, cgroup_id) = {
-            let status = instance.status.borrow();
-            (status.state.serves(), status.cgroup_id)
-        };
-        if timeout == 0 || !serving {
+        if timeout == 0 || !instance.state().serves() {
             continue;
         }
-        let last = {
-            let activity = instance.lock_activity();
-            if activity.open > 0 {
-                continue;
-            }
-            activity.last
+        let kernel = shared.kernel_traffic(&instance);
+        let Some(idle_since) = instance.lock_activity().idle_since(kernel) else {
+            continue;
         };
-        let kernel_last = kernel.as_ref().zip(cgroup_id).and_then(|(f, id)| f(id));
-        let last = kernel_last.map_or(last, |k| k.max(last));
-        if last.elapsed() >= Duration::from_secs(timeout) {
+        if idle_since.elapsed() >= Duration::from_secs(timeout) {
             tracing::info!("{}: idle for {timeout}s, going to sleep", instance.name);
             shared
                 .logs

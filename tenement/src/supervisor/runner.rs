@@ -452,7 +452,8 @@ async fn supervise(
                 shared.logs.system(&instance.name, detail);
             }
         }
-        match health::check(port, service.health.as_deref(), interval).await {
+        let check = health::check(port, service.health.as_deref(), interval);
+        match shared.probe(instance, check).await {
             Ok(()) if failures > 0 => {
                 failures = 0;
                 shared.logs.system(&instance.name, "healthy again");

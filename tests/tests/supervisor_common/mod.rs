@@ -29,6 +29,7 @@ pub struct Daemon {
     child: Option<Child>,
     runs: u32,
     envs: Vec<(String, String)>,
+    serve_args: Vec<String>,
 }
 
 impl Daemon {
@@ -65,6 +66,7 @@ impl Daemon {
             child: None,
             runs: 0,
             envs: Vec::new(),
+            serve_args: Vec::new(),
         }
     }
 
@@ -82,6 +84,11 @@ impl Daemon {
     }
 
     /// Writes a file of the test's apps (world-readable: tenants run under their own uids).
+    /// An extra argument to `tenement serve` (e.g. `--no-kernel-counters`).
+    pub fn serve_arg(&mut self, arg: &str) {
+        self.serve_args.push(arg.to_string());
+    }
+
     pub fn app(&self, name: &str, text: &str) -> PathBuf {
         self.scratch.write(&format!("app/{name}"), text)
     }
@@ -98,6 +105,7 @@ impl Daemon {
         let child = Command::new(tenement_bin())
             .args(["serve", "--config"])
             .arg(&self.config)
+            .args(&self.serve_args)
             .env("RUST_LOG", "info")
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

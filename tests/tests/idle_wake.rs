@@ -1,0 +1,84 @@
+//! Idle stop and wake end to end, with the kernel counting: the bundled notes app with
+//! `idle_timeout = 2` goes to sleep although tenement health-checks it every second, and the
+//! next request wakes a new process that finds the tenant's data where it was.
+
+mod api_support;
+mod idle_support;
+mod supervisor_common;
+
+use std::time::Duration;
+
+use idle_support::{
+    assert_kernel_counters_active, cli, http, pid, proxy_port, state, wait_state, IDLE_TIMEOUT,
+};
+use supervisor_common::{alive, eventually};
+use tenement_tests::{privileged, workspace_root};
+
+#[test]
+fn an_idle_tenant_sleeps_and_wakes_with_its_data() {
+    if !privileged("an_idle_tenant_sleeps_and_wakes_with_its_data") {
+        return;
+    }
+    let mut daemon = idle_support::daemon("idle-wake");
+    let app = daemon.app(
+        "app.py",
+        &std::fs::read_to_string(workspace_root().join("examples/notes/app.py")).unwrap(),
+    );
+    daemon.configure(&format!(
+        "[service.notes]\ncommand = \"/usr/bin/python3 {}\"\nhealth = \"/health\"\n\
+         idle_timeout = {IDLE_TIMEOUT}\n\n[instances]\nnotes = [\"alice\"]\n",
+        app.display()
+    ));
+    daemon.start();
+    assert_kernel_counters_active(&daemon);
+    let port = proxy_port(&daemon);
+    let alice = "alice.notes.localhost";
+
+    let (status, body) = http(port, alice, "POST", "/notes", "buy milk");
+    assert_eq!(status, 201, "{body}");
+    let first = pid(&daemon, "notes:alice").expect("alice runs");
+
+    // No request: asleep within 10x idle_timeout, though health checks hit it every second.
+    wait_state(
+        &daemon,
+        "notes:alice",
+        "sleeping",
+        Duration::from_secs(10 * IDLE_TIMEOUT),
+    );
+    let events = cli(&daemon, &["events", "notes:alice"]);
+    assert!(events.contains("idle-stopped"), "{events}");
+    let logs = cli(&daemon, &["logs", "notes:alice"]);
+    assert!(
+        logs.contains(&format!("idle for {IDLE_TIMEOUT}s")),
+        "{logs}"
+    );
+    assert_eq!(pid(&daemon, "notes:alice"), None);
+    eventually("alice's process to be gone", || {
+        (!alive(first)).then_some(())
+    });
+    eventually("no tenant process left", || {
+        daemon.tenant_processes().is_empty().then_some(())
+    });
+    eventually("no instance cgroup left", || {
+        daemon.instance_cgroups().is_empty().then_some(())
+    });
+
+    // The next request wakes a new process, which finds the note.
+    let (status, notes) = http(port, alice, "GET", "/notes", "");
+    assert_eq!(status, 200, "{notes}");
+    assert!(notes.contains("buy milk"), "{notes}");
+    assert_eq!(state(&daemon, "notes:alice"), "running");
+    let second = pid(&daemon, "notes:alice").expect("alice runs again");
+    assert_ne!(first, second, "a new process after the wake");
+    // One group per cgroup hierarchy (several on hybrid hosts), holding the new process only.
+    for group in daemon.instance_cgroups() {
+        let procs = std::fs::read_to_string(group.join("cgroup.procs")).unwrap();
+        assert_eq!(
+            procs.split_whitespace().collect::<Vec<_>>(),
+            [second.to_string()],
+            "{}",
+            group.display()
+        );
+    }
+    daemon.stop();
+}
