@@ -31,6 +31,10 @@ pub struct ServeOptions {
     /// Contact email for the ACME account (`[settings.tls] acme_email`)
     #[arg(long, requires = "tls")]
     pub email: Option<String>,
+    /// Run without the eBPF programs: activity from the proxy only, readiness by connect
+    /// polling (an escape hatch, and the baseline of `cargo xtask bench wake|ebpf`)
+    #[arg(long)]
+    pub no_kernel_counters: bool,
 }
 
 pub fn serve(explicit: Option<&Path>, options: &ServeOptions) -> Result<ExitCode> {
@@ -50,20 +54,24 @@ pub fn serve(explicit: Option<&Path>, options: &ServeOptions) -> Result<ExitCode
         config.settings.tls.acme_email = Some(email.clone());
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(run(Arc::new(config)))?;
+    runtime.block_on(run(Arc::new(config), options.no_kernel_counters))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run(config: Arc<Config>) -> Result<()> {
+async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
     let settings = &config.settings;
     let store = Store::open(&settings.data_dir)?;
     let logs = LogHub::new(settings.data_dir.join("logs"))?;
-    let monitor = match supervisor::cgroup_tree(&config) {
-        Ok(tree) => match tree.unified_dir() {
-            Some(subtree) => Monitor::start(subtree),
-            None => Monitor::without_kernel("this host has no cgroup v2 hierarchy"),
-        },
-        Err(err) => Monitor::without_kernel(&format!("no cgroup subtree: {err:#}")),
+    let monitor = if no_kernel_counters {
+        Monitor::without_kernel("disabled with --no-kernel-counters")
+    } else {
+        match supervisor::cgroup_tree(&config) {
+            Ok(tree) => match tree.unified_dir() {
+                Some(subtree) => Monitor::start(subtree),
+                None => Monitor::without_kernel("this host has no cgroup v2 hierarchy"),
+            },
+            Err(err) => Monitor::without_kernel(&format!("no cgroup subtree: {err:#}")),
+        }
     };
     match monitor.kernel_counters() {
         crate::monitor::KernelCounters::Active => tracing::info!("kernel counters: active"),
