@@ -367,7 +367,6 @@ fn milliseconds(value: &str) -> Result<f64> {
     Ok(number.parse::<f64>()? * scale)
 }
 
-
 fn report(scenarios: &[Scenario], runs: &[Vec<Vec<Run>>], settings: &Settings) -> Result<String> {
     let mut text = String::new();
     let machine = format!(

@@ -143,10 +143,7 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new(what: &str) -> Result<Scratch> {
-        let path = PathBuf::from(format!(
-            "/tmp/tenement-bench-{what}-{}",
-            std::process::id()
-        ));
+        let path = PathBuf::from(format!("/tmp/tenement-bench-{what}-{}", std::process::id()));
         std::fs::create_dir_all(&path)?;
         util::run(Command::new("chmod").arg("755").arg(&path))?;
         Ok(Scratch { path })
@@ -218,10 +215,16 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", proxy_port)).is_err() {
             if let Some(status) = daemon.child.try_wait()? {
-                bail!("{label}: tenement serve exited ({status}):\n{}", daemon.log());
+                bail!(
+                    "{label}: tenement serve exited ({status}):\n{}",
+                    daemon.log()
+                );
             }
             if Instant::now() > deadline {
-                bail!("{label}: the proxy does not listen after 60 s:\n{}", daemon.log());
+                bail!(
+                    "{label}: the proxy does not listen after 60 s:\n{}",
+                    daemon.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -265,8 +268,7 @@ impl Daemon {
     /// The state of `instance` as the API reports it (`running`, `sleeping`, ...).
     pub fn state(&self, instance: &str) -> Result<String> {
         let body = self.api_get(&format!("/v1/instances/{instance}"))?;
-        json_field(&body, "state")
-            .with_context(|| format!("{}: no state in {body}", self.label))
+        json_field(&body, "state").with_context(|| format!("{}: no state in {body}", self.label))
     }
 
     pub fn wait_state(&self, instance: &str, wanted: &str, limit: Duration) -> Result<()> {

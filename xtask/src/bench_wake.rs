@@ -31,6 +31,8 @@ const USAGE: &str = "usage: cargo xtask bench wake [--runs N]";
 const DIRECT_POLL: Duration = Duration::from_micros(200);
 /// The issue's target: wake time minus the app's own exec-to-listening time.
 const TARGET_MS: f64 = 5.0;
+/// tenement's PATH for instances (supervisor::DEFAULT_PATH).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const HOST: &str = "b.notes.localhost";
 const INSTANCE: &str = "notes:b";
 
@@ -78,7 +80,6 @@ struct Samples {
     direct_listening: Vec<f64>,
     direct_answer: Vec<f64>,
     wake: Vec<Vec<f64>>,
-    warm: Vec<f64>,
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -133,11 +134,7 @@ pub fn run(args: &[String]) -> Result<()> {
         samples.direct_answer.push(answer);
         for k in 0..daemons.len() {
             let d = (k + round) % daemons.len();
-            let (wake, warm) = wake(&daemons[d])?;
-            samples.wake[d].push(wake);
-            if d == 0 {
-                samples.warm.push(warm);
-            }
+            samples.wake[d].push(wake(&daemons[d])?);
         }
         eprint!("\r    {}/{runs}", round + 1);
     }
@@ -161,7 +158,8 @@ fn parse(args: &[String]) -> Result<usize> {
     }
 }
 
-/// The app started by hand as tenement would (PORT and DATA_DIR set): milliseconds from
+/// The app started by hand with the environment tenement gives it (PATH, PORT, DATA_DIR,
+/// TENEMENT_INSTANCE), as root: milliseconds from
 /// just before the spawn until a connect succeeds, and until its first answer to
 /// `GET /health` (on a new connection, right after).
 fn direct(app: &Path, scratch: &Path) -> Result<(f64, f64)> {
@@ -173,6 +171,7 @@ fn direct(app: &Path, scratch: &Path) -> Result<(f64, f64)> {
     let mut child = Command::new("/usr/bin/python3")
         .arg(app)
         .env_clear()
+        .env("PATH", DEFAULT_PATH)
         .env("PORT", port.to_string())
         .env("DATA_DIR", &data)
         .env("TENEMENT_INSTANCE", "notes:direct")
@@ -205,9 +204,8 @@ fn direct(app: &Path, scratch: &Path) -> Result<(f64, f64)> {
 }
 
 /// Once the idle reaper has put the instance to sleep: the time of one `GET /health`
-/// through the proxy (connection already open), then of a second one on the same
-/// connection to the now running instance.
-fn wake(daemon: &Daemon) -> Result<(f64, f64)> {
+/// through the proxy, on a connection opened before.
+fn wake(daemon: &Daemon) -> Result<f64> {
     daemon.wait_state(INSTANCE, "sleeping", Duration::from_secs(60))?;
     let mut stream = TcpStream::connect(("127.0.0.1", daemon.proxy_port))?;
     stream.set_nodelay(true)?;
@@ -215,17 +213,14 @@ fn wake(daemon: &Daemon) -> Result<(f64, f64)> {
     let began = Instant::now();
     let status = bench_support::http_get(&mut stream, HOST, "/health")?;
     let wake = began.elapsed();
-    let began = Instant::now();
-    let again = bench_support::http_get(&mut stream, HOST, "/health")?;
-    let warm = began.elapsed();
-    if status != 200 || again != 200 {
+    if status != 200 {
         bail!(
-            "{}: GET /health answered {status}, then {again}:\n{}",
+            "{}: GET /health answered {status}:\n{}",
             daemon.label,
             daemon.log()
         );
     }
-    Ok((ms(wake), ms(warm)))
+    Ok(ms(wake))
 }
 
 fn ms(duration: Duration) -> f64 {
@@ -253,8 +248,6 @@ fn report(samples: &Samples, runs: usize) -> Result<String> {
          through the proxy on an open connection, first byte sent to last byte received. \
          That covers routing, the cgroup, fork and exec, the app's start-up, readiness \
          (listening, then tenement's own `GET /health`) and the proxied request.\n\
-         - *Warm*: the next `GET /health` on the same connection, the instance running \
-         (process isolation, listen events).\n\
          - *Above app alone*: wake median minus the app's own exec-to-listening median \
          (p99 likewise); the issue's target is under {TARGET_MS} ms.\n",
         bench_support::machine(),
@@ -301,8 +294,10 @@ fn report(samples: &Samples, runs: usize) -> Result<String> {
     for (setup, values) in SETUPS.iter().zip(&samples.wake) {
         row(&setup.label(), values, true)?;
     }
-    row("warm GET through the proxy", &samples.warm, false)?;
-    writeln!(text, "\nTarget (wake < {TARGET_MS} ms above the app's own exec to listening, median):")?;
+    writeln!(
+        text,
+        "\nTarget (wake < {TARGET_MS} ms above the app's own exec to listening, median):"
+    )?;
     for (setup, values) in SETUPS.iter().zip(&samples.wake) {
         let above = median_of(values) - alone.0;
         writeln!(
