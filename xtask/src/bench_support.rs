@@ -52,11 +52,17 @@ pub fn percentile(values: impl Iterator<Item = f64>, p: f64) -> f64 {
     values[rank.clamp(1, values.len()) - 1]
 }
 
-/// One line saying where the numbers come from.
+/// Where the numbers come from: CPUs, kernel, and the load average as the report is
+/// written (other work on the machine moves every figure).
 pub fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = util::output(Command::new("uname").arg("-r")).unwrap_or_default();
-    format!("{cpus} CPU(s), Linux {}", kernel.trim())
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().next().unwrap_or("unknown");
+    format!(
+        "{cpus} CPU(s), Linux {}, load average {load} at the end",
+        kernel.trim()
+    )
 }
 
 /// Replaces the section `name` of docs/benchmarks.md (between its markers), keeping
@@ -75,7 +81,7 @@ pub fn write_section(name: &str, heading: &str, report: &str) -> Result<()> {
             section,
             &existing[stop + end.len()..]
         ),
-        _ => format!("{}\n## {heading}\n\n{section}\n", existing.trim_end()),
+        _ => format!("{}\n\n## {heading}\n\n{section}\n", existing.trim_end()),
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
