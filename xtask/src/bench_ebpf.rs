@@ -165,23 +165,25 @@ fn report(runs: &[Vec<Vec<Run>>], seconds: u64, rounds: usize, counted: u64) -> 
     )?;
     writeln!(
         text,
-        "| scenario | attached req/s | detached req/s | attached / detached | \
+        "| scenario | attached req/s | detached req/s | attached / detached (rounds' range) | \
          p99 attached / detached (ms) | errors |"
     )?;
     writeln!(text, "|---|---:|---:|---:|---:|---:|")?;
     for (scenario, runs) in SCENARIOS.iter().zip(runs) {
         let rps = |t: usize| median(runs[t].iter().map(|r| r.requests_per_second));
         let p99 = |t: usize| median(runs[t].iter().map(|r| r.p99_ms));
-        let ratio = median(
-            runs[0]
-                .iter()
-                .zip(&runs[1])
-                .map(|(on, off)| on.requests_per_second / off.requests_per_second),
-        );
+        let ratios: Vec<f64> = runs[0]
+            .iter()
+            .zip(&runs[1])
+            .map(|(on, off)| on.requests_per_second / off.requests_per_second)
+            .collect();
+        let ratio = median(ratios.iter().copied());
+        let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let highest = ratios.iter().copied().fold(0.0, f64::max);
         let errors: u64 = runs.iter().flatten().map(|r| r.errors).sum();
         writeln!(
             text,
-            "| {} | {:.0} | {:.0} | {ratio:.3} | {:.2} / {:.2} | {errors} |",
+            "| {} | {:.0} | {:.0} | {ratio:.2} ({lowest:.2}-{highest:.2}) | {:.2} / {:.2} | {errors} |",
             scenario.label(),
             rps(0),
             rps(1),
