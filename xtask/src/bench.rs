@@ -7,23 +7,38 @@
 
 use std::{
     fmt::Write as _,
-    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
 
-use crate::util::{self, output, step};
+use crate::{
+    bench_support::{free_port, median, wait_listening, write_section, Processes, Scratch},
+    util::{self, output, step},
+};
 
 pub fn bench(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("proxy") => proxy(&args[1..]),
         Some("spawn") => crate::bench_spawn::run(),
-        other => bail!("unknown benchmark {other:?}; available: proxy, spawn"),
+        Some("wake") => crate::bench_wake::run(&args[1..]),
+        Some("ebpf") => crate::bench_ebpf::run(&args[1..]),
+        Some(other) => bail!("unknown benchmark {other:?}; {AVAILABLE}"),
+        None => {
+            print!("{AVAILABLE}");
+            Ok(())
+        }
     }
 }
+
+const AVAILABLE: &str = "\
+benchmarks (run as root; results go to docs/benchmarks.md unless noted):
+  proxy  wrk through tenement's proxy vs nginx vs the backend directly
+  spawn  spawn-to-ready per isolation level (printed; see docs/isolation.md)
+  wake   cold wake of the notes app through tenement vs the app's own start-up
+  ebpf   proxy throughput to an instance with the eBPF programs attached vs detached
+";
 
 const USAGE: &str =
     "usage: cargo xtask bench proxy [--seconds N] [--rounds N] [--only KEEPALIVE|CLOSE]";
@@ -66,20 +81,20 @@ fn parse(args: &[String]) -> Result<Settings> {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     KeepAlive,
     Close,
 }
 
 #[derive(Clone, Copy)]
-struct Scenario {
-    mode: Mode,
-    connections: u32,
-    large: bool,
+pub(crate) struct Scenario {
+    pub mode: Mode,
+    pub connections: u32,
+    pub large: bool,
 }
 
 impl Scenario {
-    fn label(&self) -> String {
+    pub fn label(&self) -> String {
         format!(
             "{}, {} conns, {}",
             match self.mode {
@@ -102,16 +117,16 @@ enum Target {
 const TARGETS: [Target; 3] = [Target::Direct, Target::Tenement, Target::Nginx];
 
 #[derive(Clone, Copy, Default)]
-struct Run {
-    requests_per_second: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
+pub(crate) struct Run {
+    pub requests_per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
 }
 
 fn proxy(args: &[String]) -> Result<()> {
     let settings = parse(args)?;
-    tools()?;
+    tools(&["wrk", "nginx"])?;
     step("building the benchmark backend and tenement's proxy (release)");
     util::cargo(&[
         "build",
@@ -124,7 +139,7 @@ fn proxy(args: &[String]) -> Result<()> {
         "bench-proxy",
     ])?;
     let release = util::workspace_root().join("target/release");
-    let scratch = Scratch::new()?;
+    let scratch = Scratch::new("proxy")?;
 
     let backend_port = free_port()?;
     let tenement_port = free_port()?;
@@ -211,16 +226,14 @@ fn proxy(args: &[String]) -> Result<()> {
 
     let report = report(&scenarios, &runs, &settings)?;
     println!("\n{report}");
-    let path = util::workspace_root().join("docs/benchmarks.md");
-    write_section(&path, &report)?;
-    println!("written to {}", path.display());
-    Ok(())
+    write_section("proxy", "Proxy", &report)
 }
 
-/// wrk and nginx from Debian, installed when missing (as root).
-fn tools() -> Result<()> {
-    let missing: Vec<&str> = ["wrk", "nginx"]
-        .into_iter()
+/// Tools from Debian (wrk, nginx), installed when missing (as root).
+pub(crate) fn tools(needed: &[&'static str]) -> Result<()> {
+    let missing: Vec<&str> = needed
+        .iter()
+        .copied()
         .filter(|tool| {
             output(Command::new("sh").args(["-c", &format!("command -v {tool}")])).is_none()
         })
@@ -230,7 +243,7 @@ fn tools() -> Result<()> {
     }
     if !util::is_root() {
         bail!(
-            "the proxy benchmark needs {}: apt-get install {}",
+            "this benchmark needs {}: apt-get install {}",
             missing.join(" and "),
             missing.join(" ")
         );
@@ -292,7 +305,8 @@ http {{
     Ok(path)
 }
 
-fn wrk(port: u16, scenario: Scenario, seconds: u64) -> Result<Run> {
+/// wrk against 127.0.0.1:port with `Host: one.bench.localhost` (instance `bench:one`).
+pub(crate) fn wrk(port: u16, scenario: Scenario, seconds: u64) -> Result<Run> {
     let mut command = Command::new("wrk");
     command
         .args(["-t2", "--latency"])
@@ -351,17 +365,6 @@ fn milliseconds(value: &str) -> Result<f64> {
         bail!("unexpected latency {value:?}")
     };
     Ok(number.parse::<f64>()? * scale)
-}
-
-fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut values: Vec<f64> = values.collect();
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
 }
 
 fn report(scenarios: &[Scenario], runs: &[Vec<Vec<Run>>], settings: &Settings) -> Result<String> {
@@ -444,111 +447,6 @@ fn report(scenarios: &[Scenario], runs: &[Vec<Vec<Run>>], settings: &Settings) -
     }
     writeln!(text, "\nTargets:\n{}", verdicts.join("\n"))?;
     Ok(text)
-}
-
-const BEGIN: &str = "<!-- cargo xtask bench proxy: begin -->";
-const END: &str = "<!-- cargo xtask bench proxy: end -->";
-
-/// Replaces the proxy section of docs/benchmarks.md, keeping everything around it.
-fn write_section(path: &Path, report: &str) -> Result<()> {
-    let existing = std::fs::read_to_string(path).unwrap_or_else(|_| {
-        format!("# Benchmarks\n\nRegenerate with `cargo xtask bench NAME`.\n\n## Proxy\n\n{BEGIN}\n{END}\n")
-    });
-    let section = format!("{BEGIN}\n{report}{END}");
-    let updated = match (existing.find(BEGIN), existing.find(END)) {
-        (Some(start), Some(end)) if start < end => {
-            format!(
-                "{}{}{}",
-                &existing[..start],
-                section,
-                &existing[end + END.len()..]
-            )
-        }
-        _ => format!("{existing}\n## Proxy\n\n{section}\n"),
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn wait_listening(port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listens on 127.0.0.1:{port} after 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-/// The processes the benchmark started, stopped by PID when it ends, whatever happens.
-#[derive(Default)]
-struct Processes(Vec<(&'static str, Child)>);
-
-impl Processes {
-    fn start(&mut self, name: &'static str, command: &mut Command) -> Result<()> {
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {name}: {command:?}"))?;
-        self.0.push((name, child));
-        Ok(())
-    }
-
-    /// Fails if one of them died.
-    fn check(&mut self) -> Result<()> {
-        for (name, child) in &mut self.0 {
-            if let Some(status) = child.try_wait()? {
-                bail!("{name} exited during the benchmark ({status})");
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
-            // SIGTERM: nginx's master stops its workers; the others just exit.
-            util::terminate(child.id());
-        }
-        for (name, child) in &mut self.0 {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if matches!(child.try_wait(), Ok(None)) {
-                eprintln!("{name} did not stop on SIGTERM; killing it");
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-}
-
-struct Scratch {
-    path: PathBuf,
-}
-
-impl Scratch {
-    fn new() -> Result<Scratch> {
-        let path = std::env::temp_dir().join(format!("tenement-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&path)?;
-        Ok(Scratch { path })
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 //! `cargo xtask`: the project's own tasks, so that a fresh machine needs nothing by hand.
 
 mod bench;
+mod bench_ebpf;
 mod bench_spawn;
+mod bench_support;
+mod bench_wake;
 mod setup;
 mod util;
 
@@ -18,7 +21,8 @@ tasks:
   build-ebpf           build the eBPF object and list its programs and maps
   test [ARGS...]       setup, then run the whole test suite (ARGS go to `cargo test`)
   run                  setup, build, and serve the bundled example (examples/notes)
-  bench [proxy|spawn]  benchmarks; results go to docs/benchmarks.md (spawn: docs/isolation.md)
+  bench [NAME]         benchmarks: proxy, spawn, wake, ebpf (no NAME: list them); results
+                       go to docs/benchmarks.md (spawn: docs/isolation.md)
 ";
 
 fn main() -> ExitCode {

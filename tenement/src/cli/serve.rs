@@ -31,7 +31,8 @@ pub struct ServeOptions {
     /// Contact email for the ACME account (`[settings.tls] acme_email`)
     #[arg(long, requires = "tls")]
     pub email: Option<String>,
-    /// Run without the eBPF counters (idle detection falls back to the proxy's view)
+    /// Run without the eBPF programs: activity from the proxy only, readiness by connect
+    /// polling (an escape hatch, and the baseline of `cargo xtask bench wake|ebpf`)
     #[arg(long)]
     pub no_kernel_counters: bool,
 }

@@ -370,7 +370,10 @@ impl Supervisor {
     pub fn notify_listening(&self, cgroup_id: u64) {
         for instance in self.shared.snapshot() {
             if instance.status.borrow().cgroup_id == Some(cgroup_id) {
-                instance.listening.notify_one();
+                // Only a wait in progress is woken. A stored permit (`notify_one`) would
+                // outlive a start that its connect poll had already ended, and cut the
+                // next start's wait short before the new process listens.
+                instance.listening.notify_waiters();
             }
         }
     }

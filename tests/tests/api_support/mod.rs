@@ -77,6 +77,16 @@ impl Daemon {
 
     /// Starts `tenement serve` with `services` and extra environment variables.
     pub fn start_with(scratch: Scratch, services: &str, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_serving(scratch, services, env, &[])
+    }
+
+    /// Like `start_with`, with options for `tenement serve` (`--no-kernel-counters`).
+    pub fn start_serving(
+        scratch: Scratch,
+        services: &str,
+        env: &[(&str, &str)],
+        serve_args: &[&str],
+    ) -> Daemon {
         // Daemons running at the same time (these tests run in parallel, other tests too)
         // must not share instance ports: each gets its own block of the ephemeral range.
         let base = loop {
@@ -113,6 +123,7 @@ health_check_interval = 1
             .arg("--config")
             .arg(&config)
             .arg("serve")
+            .args(serve_args)
             .env("RUST_LOG", "info,tenement=debug")
             .env_remove("NOTIFY_SOCKET")
             .envs(env.iter().copied())
