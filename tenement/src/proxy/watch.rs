@@ -126,7 +126,9 @@ impl Drop for Unwatch {
             let Ok(mut list) = list.try_borrow_mut() else {
                 return;
             };
-            let entry = &mut list.slots[self.slot];
+            let Some(entry) = list.slots.get_mut(self.slot) else {
+                return;
+            };
             if entry
                 .as_ref()
                 .is_some_and(|(token, _)| *token == self.token)
