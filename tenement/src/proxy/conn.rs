@@ -1,8 +1,9 @@
 //! One client connection as hyper sees it: a service that routes each request by host and
 //! path, then hands it to `forward`.
 
-use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc};
+use std::{convert::Infallible, future::Future, sync::Arc};
 
+use futures_util::{future::Either, FutureExt};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -98,14 +99,14 @@ impl ConnService {
     }
 }
 
-type Answer = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
-
-impl hyper::service::Service<Request<Incoming>> for ConnService {
-    type Response = Response<ProxyBody>;
-    type Error = Infallible;
-    type Future = Answer;
-
-    fn call(&self, request: Request<Incoming>) -> Answer {
+impl ConnService {
+    /// Answers one request. The future is a concrete type (hyper keeps it in a slot it
+    /// allocated once per connection), not a boxed one: no allocation per request.
+    /// Use through `hyper::service::service_fn`.
+    pub(crate) fn call(
+        &self,
+        request: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
         let exchange = Exchange::begin(&request, Some(InFlight::new(&self.tracker)));
         // Plain connections only: over TLS there is nothing left to redirect or validate.
         let pre_router = (!self.context.https)
@@ -142,7 +143,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             Ok(entry) => {
                 // `map` rather than an async block around it: one state machine, not two.
                 let forwarding = forward(self.context.clone(), entry, request, exchange, asked);
-                Box::pin(futures_util::FutureExt::map(forwarding, Ok))
+                Either::Right(forwarding.map(Ok))
             }
             Err(Miss::NoRoute) => {
                 let message = format!("no route for host {host}");
@@ -162,8 +163,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     }
 }
 
-fn ready(response: Response<ProxyBody>) -> Answer {
-    Box::pin(std::future::ready(Ok(response)))
+/// An answer known at once, as the same future type as a forwarded one.
+fn ready<F>(
+    response: Response<ProxyBody>,
+) -> Either<std::future::Ready<Result<Response<ProxyBody>, Infallible>>, F> {
+    Either::Left(std::future::ready(Ok(response)))
 }
 
 /// The client's address as a header value. IPv4 is spelled out by hand: `Display` goes

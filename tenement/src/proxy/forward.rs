@@ -60,7 +60,7 @@ pub(crate) async fn forward(
     let known_port = entry.port.filter(|_| entry.state.is_serving());
     let port = match known_port {
         Some(port) => port,
-        None => match wake(&conn, &entry, format).await {
+        None => match Box::pin(wake(&conn, &entry, format)).await {
             Ok(port) => port,
             Err(response) => return answer(response, exchange),
         },
@@ -70,13 +70,18 @@ pub(crate) async fn forward(
             number: port,
             from_table: known_port.is_some(),
         };
-        return tunnel(conn, entry, port, request, forwarded, exchange, format).await;
+        // Boxed, like the other rare paths below: the future of every request is as big as
+        // its biggest path, and hyper and the runtime copy it around whole.
+        return Box::pin(tunnel(
+            conn, entry, port, request, forwarded, exchange, format,
+        ))
+        .await;
     }
     let sent = match upstream::send(&entry.pool, port, request, &forwarded).await {
         Err((error, Some(request))) if error.is_refused() && known_port.is_some() => {
             // The table still said it runs, but it has stopped or moved since: wake it once.
-            match wake(&conn, &entry, format).await {
-                Ok(port) => upstream::send(&entry.pool, port, request, &forwarded).await,
+            match Box::pin(wake(&conn, &entry, format)).await {
+                Ok(port) => Box::pin(upstream::send(&entry.pool, port, request, &forwarded)).await,
                 Err(response) => return answer(response, exchange),
             }
         }

@@ -83,21 +83,25 @@ pub(crate) fn is_forwarded(name: &HeaderName) -> bool {
 /// Removes the headers the `Connection` header names (RFC 9110 7.6.1), except `Upgrade`
 /// when the request asks to switch protocols.
 pub(crate) fn remove_connection_named(headers: &mut HeaderMap) {
-    if !headers.contains_key(CONNECTION) {
+    // Usually there is no `Connection` header, or it says only `close` or `keep-alive`:
+    // one look, and nothing to collect or remove.
+    if connection_tokens(headers).all(is_usual_token) {
         return;
     }
-    // The usual tokens name no header; skipping them keeps this allocation-free.
     let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter(|t| {
-            !["close", "keep-alive", "upgrade"]
-                .iter()
-                .any(|u| t.eq_ignore_ascii_case(u))
-        })
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|token| !is_usual_token(token))
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
     }
+}
+
+/// The tokens of `Connection` that name no header.
+fn is_usual_token(token: &str) -> bool {
+    ["close", "keep-alive", "upgrade"]
+        .iter()
+        .any(|usual| token.eq_ignore_ascii_case(usual))
 }
 
 /// Removes the hop-by-hop headers and those the `Connection` header names. With `upgrade`,

@@ -139,7 +139,9 @@ pub(crate) fn parse_response_head(
         );
     }
     let head = buf.split_to(length).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // One spare slot: hyper adds `connection: close` to responses on closing connections,
+    // and a full map would be reallocated for it.
+    let mut headers = HeaderMap::with_capacity(count + 1);
     for &(name_start, name_end, value_start, value_end) in &spans[..count] {
         let (name_start, name_end) = (usize::from(name_start), usize::from(name_end));
         let (value_start, value_end) = (usize::from(value_start), usize::from(value_end));

@@ -170,6 +170,7 @@ async fn serve<IO>(
         }
     };
     let service = ConnService::new(shared.clone(), peer.ip(), https, tracker);
+    let service = hyper::service::service_fn(move |request| service.call(request));
     let io = TokioIo::new(io);
     // The same dance for both protocols: serve, and on `stop` finish what is in flight.
     macro_rules! until_stopped {

@@ -5,12 +5,13 @@
 
 use std::{
     io,
+    mem::MaybeUninit,
     pin::Pin,
-    task::{Context, Poll},
+    task::{ready, Context, Poll},
 };
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FIRST_READ: usize = 4096;
@@ -26,9 +27,9 @@ pub(crate) async fn sniff<IO>(mut io: IO) -> io::Result<(Protocol, Prefixed<IO>)
 where
     IO: AsyncRead + Unpin,
 {
-    let mut seen = BytesMut::with_capacity(FIRST_READ);
+    let mut seen = read_some(&mut io).await?;
+    let mut read = seen.len();
     let protocol = loop {
-        let read = io.read_buf(&mut seen).await?;
         let compared = seen.len().min(PREFACE.len());
         if read == 0 || seen[..compared] != PREFACE[..compared] {
             break Protocol::Http1;
@@ -36,14 +37,26 @@ where
         if seen.len() >= PREFACE.len() {
             break Protocol::Http2;
         }
+        // A preface in pieces (rare): gather them.
+        let more = read_some(&mut io).await?;
+        read = more.len();
+        let mut joined = BytesMut::from(&seen[..]);
+        joined.extend_from_slice(&more);
+        seen = joined.freeze();
     };
-    Ok((
-        protocol,
-        Prefixed {
-            prefix: seen.freeze(),
-            io,
-        },
-    ))
+    Ok((protocol, Prefixed { prefix: seen, io }))
+}
+
+/// One read of up to `FIRST_READ` bytes, kept in an allocation of just their size: the
+/// read itself lands on the stack, so a short request costs no big buffer per connection.
+async fn read_some<IO: AsyncRead + Unpin>(io: &mut IO) -> io::Result<Bytes> {
+    std::future::poll_fn(|cx| {
+        let mut storage = [MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut buf = ReadBuf::uninit(&mut storage);
+        ready!(Pin::new(&mut *io).poll_read(cx, &mut buf))?;
+        Poll::Ready(Ok(Bytes::copy_from_slice(buf.filled())))
+    })
+    .await
 }
 
 /// A stream with bytes already read from it put back in front.
@@ -102,7 +115,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn sniffed(sent: &[&[u8]]) -> (Protocol, Vec<u8>) {
         let (mut client, server) = tokio::io::duplex(64);

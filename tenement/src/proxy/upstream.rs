@@ -266,9 +266,11 @@ pub(crate) async fn send(
     request: Request<Incoming>,
     forwarded: &Forwarded,
 ) -> Result<Response<UpstreamBody>, Failed> {
+    // Connecting is boxed: it is rare next to the pool, and would make every request's
+    // future bigger.
     let mut connection = match pool.take(port) {
         Some(connection) => connection,
-        None => match Upstream::connect(port).await {
+        None => match Box::pin(Upstream::connect(port)).await {
             Ok(connection) => connection,
             Err(error) => return Err((error, Some(request))),
         },
@@ -287,7 +289,7 @@ pub(crate) async fn send(
             (Err(ReadHeadError::NothingReceived(_)), _) if connection.reused && without_body => {
                 // The instance closed the idle connection just as it was picked: the
                 // request reached nobody, so it goes again on a new connection.
-                connection = match Upstream::connect(port).await {
+                connection = match Box::pin(Upstream::connect(port)).await {
                     Ok(connection) => connection,
                     Err(error) => return Err((error, Some(Request::from_parts(parts, body)))),
                 };

@@ -72,14 +72,80 @@ fn tick(limit: Duration) -> Duration {
     (limit / 4).max(Duration::from_millis(10))
 }
 
-thread_local! {
-    /// The connections of the worker thread this runs on (empty elsewhere).
-    static WATCHED: RefCell<Vec<Watched>> = const { RefCell::new(Vec::new()) };
+/// A worker's connections, each in a slot of its own that the connection empties itself
+/// when it ends: a finished connection's task and buffers are freed at once, not at the
+/// next look, which keeps memory small and warm when connections come and go quickly.
+#[derive(Default)]
+struct List {
+    slots: Vec<Option<(u64, Watched)>>,
+    vacant: Vec<usize>,
+    /// Tells a slot's occupants apart, so that a guard never empties a reused slot.
+    next_token: u64,
 }
 
-/// Adds a connection to this worker's list.
-pub(crate) fn watch_here(watched: Watched) {
-    WATCHED.with_borrow_mut(|list| list.push(watched));
+impl List {
+    fn reserve(&mut self) -> (usize, u64) {
+        self.next_token += 1;
+        let slot = self.vacant.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        (slot, self.next_token)
+    }
+
+    fn live(&mut self) -> impl Iterator<Item = &mut Watched> {
+        self.slots.iter_mut().flatten().map(|(_, watched)| watched)
+    }
+
+    /// Keeps the connections `keep` says yes to.
+    fn retain(&mut self, mut keep: impl FnMut(&mut Watched) -> bool) {
+        for (slot, entry) in self.slots.iter_mut().enumerate() {
+            if entry.as_mut().is_some_and(|(_, watched)| !keep(watched)) {
+                *entry = None;
+                self.vacant.push(slot);
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// The connections of the worker thread this runs on (empty elsewhere).
+    static WATCHED: RefCell<List> = RefCell::default();
+}
+
+/// Held by a connection's task: takes the connection off its worker's list when dropped.
+pub(crate) struct Unwatch {
+    slot: usize,
+    token: u64,
+}
+
+impl Drop for Unwatch {
+    fn drop(&mut self) {
+        // `try_`: the thread may be ending, or (never on the request path) the list busy.
+        let _ = WATCHED.try_with(|list| {
+            let Ok(mut list) = list.try_borrow_mut() else {
+                return;
+            };
+            let Some(entry) = list.slots.get_mut(self.slot) else {
+                return;
+            };
+            if entry
+                .as_ref()
+                .is_some_and(|(token, _)| *token == self.token)
+            {
+                *entry = None;
+                list.vacant.push(self.slot);
+            }
+        });
+    }
+}
+
+/// Adds a connection to this worker's list: `start` spawns it, holding the `Unwatch` it is
+/// given for as long as it runs.
+pub(crate) fn watch_here(start: impl FnOnce(Unwatch) -> Watched) {
+    let (slot, token) = WATCHED.with_borrow_mut(List::reserve);
+    let watched = start(Unwatch { slot, token });
+    WATCHED.with_borrow_mut(|list| list.slots[slot] = Some((token, watched)));
 }
 
 /// The worker's watcher: runs until shutdown, then asks every connection to finish and
@@ -91,14 +157,17 @@ pub(crate) async fn watch_worker(shared: Arc<Shared>) {
         tokio::select! {
             _ = tokio::time::sleep(tick(limit)) => {
                 let now = Instant::now();
-                WATCHED.with_borrow_mut(|list| list.retain_mut(|watched| watched.check(now, limit)));
+                WATCHED.with_borrow_mut(|list| list.retain(|watched| watched.check(now, limit)));
             }
             _ = shutdown.wait_for(|stopping| *stopping) => break,
         }
     }
-    WATCHED.with_borrow_mut(|list| list.iter_mut().for_each(Watched::stop));
+    WATCHED.with_borrow_mut(|list| list.live().for_each(Watched::stop));
     shared.drain(shared.options.shutdown_grace).await;
-    WATCHED.with_borrow_mut(|list| list.drain(..).for_each(|watched| watched.task.abort()));
+    WATCHED.with_borrow_mut(|list| {
+        list.live().for_each(|watched| watched.task.abort());
+        list.retain(|_| false);
+    });
 }
 
 /// The same watch for one connection served outside the workers (`Proxy::serve_connection`).

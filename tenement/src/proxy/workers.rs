@@ -163,7 +163,7 @@ fn serve(
     match TcpStream::from_std(stream) {
         Ok(stream) => {
             let load = Load::count(crew, index);
-            watch_here(spawn_connection(shared, stream, peer, false, load));
+            watch_here(|unwatch| spawn_connection(shared, stream, peer, false, (load, unwatch)));
         }
         Err(error) => {
             tracing::warn!("proxy worker {index} cannot take a connection from {peer}: {error}")
