@@ -92,7 +92,11 @@ impl ConnService {
     }
 
     /// An answer to a request that reaches no instance, counted as such for `/metrics`.
-    fn unrouted(&self, response: Response<bytes::Bytes>, exchange: Exchange) -> Answer {
+    fn unrouted<F>(
+        &self,
+        response: Response<bytes::Bytes>,
+        exchange: Exchange,
+    ) -> Either<std::future::Ready<Result<Response<ProxyBody>, Infallible>>, F> {
         let requests = self.context.shared.router.requests();
         requests.count_unrouted(response.status().as_u16());
         ready(answer(response, exchange))
