@@ -40,3 +40,28 @@ fn no_kernel_counters_serves_and_says_why() {
     assert_eq!(daemon.instance("api:alice").unwrap()["state"], "running");
     daemon.stop();
 }
+
+/// `cgroup_favordynmods` (on by default): a root daemon leaves the cgroup v2 hierarchy
+/// mounted with `favordynmods`, so joining a cgroup does not wait on the request path.
+#[test]
+fn a_root_daemon_asks_for_fast_cgroup_moves() {
+    if !tenement_tests::privileged("a_root_daemon_asks_for_fast_cgroup_moves") {
+        return;
+    }
+    let scratch = Scratch::new("serve-favordynmods");
+    let app = scratch.write("app.py", APP);
+    let mut daemon = Daemon::start_serving(scratch, &api_service(&app), &[], &[]);
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let cgroup2 = mounts
+        .lines()
+        .find(|line| line.split_whitespace().nth(2) == Some("cgroup2"))
+        .expect("a cgroup v2 hierarchy");
+    assert!(
+        cgroup2
+            .split_whitespace()
+            .nth(3)
+            .is_some_and(|options| options.split(',').any(|o| o == "favordynmods")),
+        "{cgroup2}"
+    );
+    daemon.stop();
+}

@@ -41,6 +41,9 @@ pub struct Settings {
     pub uid_range: [u32; 2],
     /// gVisor platform for `isolation = "sandbox"` (`ptrace`, `kvm`, `systrap`).
     pub sandbox_platform: String,
+    /// Remount the cgroup v2 hierarchy with `favordynmods` so that moving a starting
+    /// process into its cgroups does not wait for an RCU grace period (root only).
+    pub cgroup_favordynmods: bool,
     pub tls: Tls,
 }
 
@@ -59,6 +62,7 @@ impl Default for Settings {
             backoff_max_ms: 30_000,
             uid_range: [61000, 64999],
             sandbox_platform: "ptrace".to_string(),
+            cgroup_favordynmods: true,
             tls: Tls::default(),
         }
     }

@@ -93,6 +93,30 @@ pub fn cgroup_tree(config: &Config) -> Result<CgroupTree> {
     CgroupTree::create(&layout, &config.settings.data_dir)
 }
 
+/// Asks the kernel for fast moves into cgroups (see `cgroup/dynmods.rs`): every start and
+/// wake makes one. Failing that, starts are only slower, so it is a warning.
+fn favor_dynamic_moves() {
+    let layout = match CgroupLayout::detect() {
+        Ok(layout) => layout,
+        Err(err) => return tracing::warn!("reading the cgroup layout: {err}"),
+    };
+    let Some(unified) = &layout.unified else {
+        return;
+    };
+    match cgroup::favor_dynamic_moves(&unified.mount) {
+        Ok(true) => tracing::info!(
+            "remounted {} with favordynmods: a starting instance joins its cgroups without \
+             waiting for an RCU grace period (cgroup_favordynmods = false leaves the mount \
+             alone)",
+            unified.mount.display()
+        ),
+        Ok(false) => {}
+        Err(err) => tracing::warn!(
+            "{err:#}: each start waits a few milliseconds longer to join its cgroups"
+        ),
+    }
+}
+
 impl Supervisor {
     /// Creates the cgroup subtree, cleans what a crashed earlier run left (kills its
     /// processes by cgroup, removes the groups), then starts `[instances]` and every
@@ -117,6 +141,9 @@ impl Supervisor {
             }
             Err(err) => return Err(err),
         };
+        if root && settings.cgroup_favordynmods && cgroups.is_some() {
+            favor_dynamic_moves();
+        }
         if let Some(tree) = &cgroups {
             let leftovers = tree.clean_leftovers().await?;
             if !leftovers.is_empty() {

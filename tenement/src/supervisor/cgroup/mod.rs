@@ -1,10 +1,12 @@
 //! Per-instance cgroups under the cgroup tenement runs in.
 
+mod dynmods;
 mod files;
 mod instance;
 mod layout;
 mod tree;
 
+pub use dynmods::favor_dynamic_moves;
 pub use files::Version;
 pub use instance::{InstanceCgroup, Limits};
 pub use layout::{CgroupLayout, ControllerHome, Hierarchy, LayoutKind, CONTROLLERS};
