@@ -3,6 +3,7 @@
 //! free ports on 127.0.0.1.
 
 pub mod cgroup;
+pub mod http;
 pub mod logs;
 pub mod pebble;
 pub mod tls;

@@ -6,7 +6,6 @@ mod api_support;
 use std::{
     io::{Read, Write},
     os::unix::net::{UnixDatagram, UnixStream},
-    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -77,26 +76,7 @@ fn metrics_are_valid_prometheus_text() {
             "missing {line:?} in:\n{text}"
         );
     }
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is missing: `cargo xtask setup --apt` installs the prometheus package");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    assert!(
-        checked.status.success(),
-        "promtool rejects /metrics:\n{}{}\n{text}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    tenement_tests::http::assert_promtool_accepts(&text);
 }
 
 #[test]

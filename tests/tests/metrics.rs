@@ -6,11 +6,7 @@
 mod api_support;
 mod proxy_support;
 
-use std::{
-    io::{Read, Write},
-    process::{Command, Stdio},
-    time::Instant,
-};
+use std::time::Instant;
 
 use api_support::{request, Daemon, PATIENCE};
 use tenement_tests::{privileged, Scratch};
@@ -38,19 +34,10 @@ http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 
 /// One GET through the proxy with `Host: {host}`; returns the status.
 fn through_proxy(port: u16, host: &str, path: &str) -> u16 {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    raw.split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no status from the proxy: {raw:?}"))
+    match tenement_tests::http::get(port, host, path) {
+        Ok((status, _)) if status != 0 => status,
+        answer => panic!("no status from the proxy: {answer:?}"),
+    }
 }
 
 /// The value of the sample whose line starts with `series` (name and labels, exactly).
@@ -219,30 +206,7 @@ env = {{ TENANT = "{{id}}" }}
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
 
-    promtool_accepts(&text);
-}
-
-fn promtool_accepts(text: &str) {
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is missing: `cargo xtask setup --apt` installs the prometheus package");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    assert!(
-        checked.status.success(),
-        "promtool rejects /metrics:\n{}{}\n{text}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    tenement_tests::http::assert_promtool_accepts(&text);
 }
 
 /// Requests that had to wait for their instance count as wakes, ready or failed, and still
