@@ -113,6 +113,54 @@ fn a_request_still_being_answered_keeps_its_instance_awake() {
 }
 
 #[test]
+fn the_idle_time_shown_leaves_out_tenements_own_probes() {
+    if !privileged("the_idle_time_shown_leaves_out_tenements_own_probes") {
+        return;
+    }
+    // No idle_timeout: the instance never sleeps, but its idle time is still shown.
+    let mut daemon = idle_support::daemon("idle-shown");
+    let app = daemon.app("idle_app.py", idle_support::IDLE_APP);
+    daemon.configure(&format!(
+        "[service.api]\ncommand = \"/usr/bin/python3 {}\"\nhealth = \"/health\"\n\n\
+         [instances]\napi = [\"gina\"]\n",
+        app.display()
+    ));
+    daemon.start();
+    assert_kernel_counters_active(&daemon);
+    let port = proxy_port(&daemon);
+
+    // Probed every second and nothing else: the idle time grows past the probes.
+    let before = wait_idle_for(&daemon, "api:gina", |idle| idle >= 3.0);
+    let (status, _) = http(port, "gina.api.localhost", "GET", "/pid", "");
+    assert_eq!(status, 200);
+    // A request is the tenant's activity: the count starts again.
+    wait_idle_for(&daemon, "api:gina", |idle| idle < before);
+    daemon.stop();
+}
+
+/// Waits until the API shows an idle time of `name` that `wanted` accepts; returns it.
+fn wait_idle_for(
+    daemon: &supervisor_common::Daemon,
+    name: &str,
+    wanted: impl Fn(f64) -> bool,
+) -> f64 {
+    let deadline = Instant::now() + supervisor_common::PATIENCE;
+    loop {
+        let view = idle_support::view(daemon, name);
+        if let Some(idle) = view["stats"]["idle_for_secs"].as_f64() {
+            if wanted(idle) {
+                return idle;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle time of {name} never got there: {view}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
 fn bare_connect_probes_do_not_keep_an_instance_awake() {
     if !privileged("bare_connect_probes_do_not_keep_an_instance_awake") {
         return;

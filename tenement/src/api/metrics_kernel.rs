@@ -118,13 +118,6 @@ const FAMILIES: &[Family] = &[
             },
         ],
     },
-    Family {
-        name: "tenement_instance_idle_seconds",
-        kind: Kind::Gauge,
-        help: "Seconds since the instance's sockets last carried a packet (absent before \
-               the first one).",
-        series: &[plain(|k| k.idle_for().map(|idle| idle.as_secs_f64()))],
-    },
 ];
 
 /// One instance as its latest sample shows it.
@@ -133,6 +126,7 @@ struct Reading {
     service: String,
     kernel: Option<KernelStats>,
     memory_bytes: Option<u64>,
+    idle_secs: Option<f64>,
 }
 
 /// Adds the kernel families to `/metrics`.
@@ -151,6 +145,7 @@ fn read(supervisor: &Supervisor) -> Vec<Reading> {
                 service: info.name.service.clone(),
                 kernel: stats.totals,
                 memory_bytes: stats.memory_bytes,
+                idle_secs: stats.idle_for_secs,
             })
         })
         .collect()
@@ -175,21 +170,42 @@ fn write(readings: &[Reading], out: &mut Exposition) {
             }
         }
     }
-    out.family(
+    gauge(
+        out,
+        readings,
         "tenement_instance_memory_bytes",
-        Kind::Gauge,
         "Memory charged to the instance's memory cgroup (memory.current, or \
          memory.usage_in_bytes on hybrid hosts).",
+        |reading| reading.memory_bytes.map(|bytes| bytes as f64),
     );
+    gauge(
+        out,
+        readings,
+        "tenement_instance_idle_seconds",
+        "Seconds the instance has been idle as the idle reaper sees it: no packet of its own \
+         (tenement's health probes aside) and no proxied request; 0 while one is answered.",
+        |reading| reading.idle_secs,
+    );
+}
+
+/// A gauge family with one sample per instance that has a value.
+fn gauge(
+    out: &mut Exposition,
+    readings: &[Reading],
+    name: &str,
+    help: &str,
+    value: fn(&Reading) -> Option<f64>,
+) {
+    out.family(name, Kind::Gauge, help);
     for reading in readings {
-        if let Some(bytes) = reading.memory_bytes {
+        if let Some(value) = value(reading) {
             out.sample(
-                "tenement_instance_memory_bytes",
+                name,
                 &[
                     ("instance", reading.instance.as_str()),
                     ("service", reading.service.as_str()),
                 ],
-                bytes as f64,
+                value,
             );
         }
     }
@@ -218,12 +234,14 @@ mod tests {
                 service: "api".into(),
                 kernel: Some(kernel),
                 memory_bytes: Some(8192),
+                idle_secs: Some(1.5),
             },
             Reading {
                 instance: "api:bob".into(),
                 service: "api".into(),
                 kernel: None,
                 memory_bytes: None,
+                idle_secs: None,
             },
         ];
         let mut out = Exposition::default();
@@ -237,14 +255,11 @@ mod tests {
             "tenement_instance_connections_open{instance=\"api:alice\",service=\"api\"} 2",
             "tenement_instance_tcp_resets_total{instance=\"api:alice\",service=\"api\",direction=\"received\"} 7",
             "tenement_instance_memory_bytes{instance=\"api:alice\",service=\"api\"} 8192",
+            "tenement_instance_idle_seconds{instance=\"api:alice\",service=\"api\"} 1.5",
             "# TYPE tenement_instance_connections_open gauge",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }
         assert!(!text.contains("api:bob"), "{text}");
-        assert!(
-            !text.contains("tenement_instance_idle_seconds{"),
-            "no packet yet, no idle time:\n{text}"
-        );
     }
 }

@@ -118,7 +118,8 @@ pub struct InstanceStats {
     /// Memory charged to the instance's memory cgroup (`memory.current` or
     /// `memory.usage_in_bytes`).
     pub memory_bytes: Option<u64>,
-    /// Seconds since the instance's sockets last carried a packet; `None` if never, or
+    /// Seconds since the instance's sockets last carried a packet (the supervisor's sampler
+    /// narrows it to the tenant's own activity, see supervisor/idle.rs); `None` if never, or
     /// without kernel counters.
     pub idle_for_secs: Option<f64>,
 }

@@ -96,7 +96,14 @@ fn sample(
             memory_bytes: None,
         },
     };
-    let stats = tracker.update(name.clone(), sample);
+    let mut stats = tracker.update(name.clone(), sample);
+    if stats.totals.is_some() {
+        // Idle time as the idle reaper sees it: the tenant's own packets and requests, not
+        // tenement's health probes (see idle.rs). Busy (a request in flight) shows as 0.
+        let kernel = shared.kernel_traffic(instance);
+        let since = instance.lock_activity().idle_since(kernel);
+        stats.idle_for_secs = Some(since.map_or(0.0, |at| at.elapsed().as_secs_f64()));
+    }
     instance.set_stats(Some(stats));
     if let (Some(rates), Some(watch)) = (stats.rates, watched.get_mut(name)) {
         let trouble = watch.health.observe(&rates).map(str::to_string);
