@@ -12,7 +12,10 @@ use std::{
     net::TcpListener,
     path::{Path, PathBuf},
     process::Command,
-    sync::OnceLock,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        OnceLock,
+    },
 };
 
 /// True when the test may use root-only features. Without root, the test is skipped with a
@@ -102,11 +105,43 @@ impl Drop for Scratch {
     }
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// A port on 127.0.0.1 that was free a moment ago, for a server a test is about to start.
+///
+/// Not from the kernel's ephemeral range (what binding port 0 gives): outgoing connections
+/// of every test running in parallel take their local ports from there, and one may grab the
+/// port before the server binds it. Single ports come from 15000-22499 and blocks (for a
+/// daemon's instances, [`free_port_block`]) from 22500-29999, below instances' default
+/// `port_range`; never the same twice in a process, starting at an offset of the pid so that
+/// test binaries run one after another do not retrace each other's steps.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    take_port(&NEXT, 15_000, 7_500, 1)
+}
+
+/// The first of `len` consecutive ports (at most 250) that no other caller in this process
+/// gets, the first of them free a moment ago: a `port_range` for a test daemon's instances
+/// (which still check each port before using it).
+pub fn free_port_block(len: u16) -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    assert!(len <= 250, "blocks are 250 ports at most");
+    take_port(&NEXT, 22_500, 7_500, 250)
+}
+
+fn take_port(next: &AtomicU32, low: u32, span: u32, step: u32) -> u16 {
+    let _ = next.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % (span / step),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span / step {
+        let port = (low + next.fetch_add(1, Ordering::Relaxed) % (span / step) * step) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!(
+        "no free port on 127.0.0.1 between {low} and {}",
+        low + span - 1
+    )
 }

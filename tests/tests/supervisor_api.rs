@@ -58,7 +58,7 @@ async fn supervisor_api_end_to_end() {
     let data_dir = scratch.join("data");
     let _cleanup = Cleanup(data_dir.clone());
     let app = scratch.write("app/app.py", &python_app(""));
-    let port = tenement_tests::free_port().min(60000);
+    let port = tenement_tests::free_port_block(101);
     let text = format!(
         r#"
 [settings]

@@ -60,12 +60,7 @@ impl UnprivilegedDaemon {
         std::fs::create_dir(&data).unwrap();
         std::os::unix::fs::chown(&data, Some(NOBODY), Some(NOBODY)).unwrap();
         let http_port = free_port();
-        let base = loop {
-            let port = free_port();
-            if (32768..60000).contains(&port) && !(port..=port + 19).contains(&http_port) {
-                break port;
-            }
-        };
+        let base = tenement_tests::free_port_block(20);
         let config = scratch.write(
             "tenement.toml",
             &format!(

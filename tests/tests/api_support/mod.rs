@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tenement_tests::{free_port, tenement_bin, Scratch};
+use tenement_tests::{free_port, free_port_block, tenement_bin, Scratch};
 
 /// A tenant: answers every path with its id; `/health` fails for ids starting with
 /// `broken`, so such an instance starts but never gets healthy. Logs each request.
@@ -88,17 +88,10 @@ impl Daemon {
         serve_args: &[&str],
     ) -> Daemon {
         // Daemons running at the same time (these tests run in parallel, other tests too)
-        // must not share instance ports: each gets its own block of the ephemeral range.
-        let base = loop {
-            let port = free_port();
-            if (32768..60000).contains(&port) {
-                break port;
-            }
-        };
-        let range = base..=base + 99;
-        let outside = |port: &u16| !range.contains(port);
-        let api_port = std::iter::repeat_with(free_port).find(outside).unwrap();
-        let http_port = std::iter::repeat_with(free_port).find(outside).unwrap();
+        // must not share instance ports: each gets its own block.
+        let base = free_port_block(100);
+        let api_port = free_port();
+        let http_port = free_port();
         let data_dir = scratch.join("data");
         let config = scratch.write(
             "tenement.toml",

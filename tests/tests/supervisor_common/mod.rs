@@ -16,7 +16,7 @@ use tenement::{
     store::{Event, EventKind, Store},
     supervisor::cgroup::{CgroupLayout, CgroupTree},
 };
-use tenement_tests::{free_port, tenement_bin, Scratch};
+use tenement_tests::{free_port, free_port_block, tenement_bin, Scratch};
 
 /// Generous: the machine is slow and shared.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -38,16 +38,9 @@ impl Daemon {
     pub fn new(label: &str, settings: &str) -> Daemon {
         let scratch = Scratch::new(label);
         let data_dir = scratch.join("data");
-        let base = loop {
-            let port = free_port();
-            if port < 60000 {
-                break port;
-            }
-        };
+        let base = free_port_block(201);
         // The proxy listens too: each daemon on its own port, outside the instance range.
-        let listen = std::iter::repeat_with(free_port)
-            .find(|port| !(base..=base + 200).contains(port))
-            .unwrap();
+        let listen = free_port();
         let listen_line = if settings.contains("listen") {
             String::new()
         } else {
