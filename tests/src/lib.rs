@@ -145,3 +145,31 @@ fn take_port(next: &AtomicU32, low: u32, span: u32, step: u32) -> u16 {
         low + span - 1
     )
 }
+
+/// SIGTERM to `child` (as systemd stops a daemon), then up to `patience` for it to exit: its
+/// status, or `None` if it is still running (the caller decides what that means).
+pub fn terminate(
+    child: &mut std::process::Child,
+    patience: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    // SAFETY: kill has no memory-safety preconditions; the pid is the caller's own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        if let Some(status) = child.try_wait().ok().flatten() {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// [`terminate`], then SIGKILL if it did not exit in time: for cleanup that must not hang.
+pub fn terminate_or_kill(child: &mut std::process::Child, patience: std::time::Duration) {
+    if terminate(child, patience).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

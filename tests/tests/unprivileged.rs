@@ -149,14 +149,7 @@ impl Drop for UnprivilegedDaemon {
         if std::thread::panicking() {
             eprintln!("--- daemon log ---\n{}", self.log());
         }
-        // SAFETY: kill has no memory preconditions; the pid is our own child's.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + PATIENCE;
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        tenement_tests::terminate_or_kill(&mut self.child, PATIENCE);
     }
 }
 

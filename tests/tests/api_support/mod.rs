@@ -249,19 +249,13 @@ health_check_interval = 1
         let Some(mut child) = self.child.take() else {
             return;
         };
-        // SAFETY: kill has no memory preconditions; the pid is our own child's.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + PATIENCE;
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "tenement serve did not stop on SIGTERM\n{}",
-                    self.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if tenement_tests::terminate(&mut child, PATIENCE).is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "tenement serve did not stop on SIGTERM\n{}",
+                self.log_tail()
+            );
         }
     }
 }
@@ -272,14 +266,7 @@ impl Drop for Daemon {
             eprintln!("{}", self.log_tail());
         }
         if let Some(mut child) = self.child.take() {
-            // SAFETY: as in stop().
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + PATIENCE;
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            tenement_tests::terminate_or_kill(&mut child, PATIENCE);
         }
     }
 }

@@ -16,7 +16,9 @@ use tenement::{
     store::{Event, EventKind, Store},
     supervisor::cgroup::{CgroupLayout, CgroupTree},
 };
-use tenement_tests::{free_port, free_port_block, tenement_bin, Scratch};
+use tenement_tests::{
+    free_port, free_port_block, tenement_bin, terminate, terminate_or_kill, Scratch,
+};
 
 /// Generous: the machine is slow and shared.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -145,9 +147,7 @@ impl Daemon {
     /// SIGTERM, then waits for a clean exit.
     pub fn stop(&mut self) {
         let mut child = self.child.take().expect("daemon running");
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let status = wait_child(&mut child, PATIENCE).unwrap_or_else(|| {
+        let status = terminate(&mut child, PATIENCE).unwrap_or_else(|| {
             let _ = child.kill();
             panic!("tenement did not stop within {PATIENCE:?}:\n{}", self.log())
         });
@@ -265,12 +265,7 @@ impl Drop for Daemon {
             eprintln!("--- tenement log:\n{}", self.log());
         }
         if let Some(mut child) = self.child.take() {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            if wait_child(&mut child, PATIENCE).is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            terminate_or_kill(&mut child, PATIENCE);
         }
         // Whatever is left (a failed test, a killed daemon): kill it by cgroup, remove the
         // groups.
@@ -310,17 +305,6 @@ fn kill_cgroup(dir: &Path) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = std::fs::remove_dir(dir);
-}
-
-fn wait_child(child: &mut Child, patience: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + patience;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
 }
 
 pub fn instance(name: &str) -> InstanceName {
