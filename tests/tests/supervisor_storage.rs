@@ -44,7 +44,7 @@ fn over_quota_is_recorded_and_warned_about() {
         "{}",
         over.detail
     );
-    let logs = LogHub::new(daemon.data_dir.join("logs")).unwrap();
+    let logs = LogHub::new(tenement::datadir::logs_dir(&daemon.data_dir)).unwrap();
     let warnings = logs
         .search(&LogQuery {
             instance: Some(instance("filler:q")),

@@ -15,6 +15,7 @@ use super::front::FrontDoor;
 use crate::{
     api::{Api, ApiServer},
     config::{self, Config},
+    datadir,
     logs::LogHub,
     monitor::Monitor,
     store::Store,
@@ -60,8 +61,21 @@ pub fn serve(explicit: Option<&Path>, options: &ServeOptions) -> Result<ExitCode
 
 async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
     let settings = &config.settings;
+    for step in datadir::prepare(&settings.data_dir, |name| config.service.contains_key(name))? {
+        match step {
+            datadir::Migration::Moved { from, to } => {
+                tracing::info!("moved {} to {}", from.display(), to.display())
+            }
+            datadir::Migration::Kept { path, why } => {
+                tracing::warn!(
+                    "left {} of an earlier version in place: {why}",
+                    path.display()
+                )
+            }
+        }
+    }
     let store = Store::open(&settings.data_dir)?;
-    let logs = LogHub::new(settings.data_dir.join("logs"))?;
+    let logs = LogHub::new(datadir::logs_dir(&settings.data_dir))?;
     let monitor = if no_kernel_counters {
         Monitor::without_kernel("disabled with --no-kernel-counters")
     } else {

@@ -2,7 +2,7 @@
 //! directory, its port, its cgroup, its command line and environment, its isolation.
 
 use std::{
-    os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -74,7 +74,7 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
     let wrapper = match service.isolation {
         Isolation::Process => Wrapper::Direct,
         Isolation::Namespace => Wrapper::Init(InitSpec::new(
-            name.slug(),
+            name.hostname(),
             privacy::covers(&settings.data_dir, &needed),
             &run_as,
             workdir.clone(),
@@ -84,6 +84,7 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
             let covers = privacy::covers(&settings.data_dir, &needed);
             let launch = sandbox::prepare(&sandbox::SandboxSpec {
                 slug: &name.slug(),
+                hostname: &name.hostname(),
                 argv: &argv,
                 env: &env,
                 workdir: &workdir,
@@ -145,7 +146,9 @@ pub fn limits(service: &Service) -> Limits {
 }
 
 /// `{data_root}/{service}/{id}`: owned by the tenant, mode 0700, so no other tenant can
-/// read it. The levels above are traversable but not listable by tenants (0711).
+/// read it. The levels above are traversable but not listable by tenants (0711). Ownership
+/// and mode are set through a descriptor opened with `O_NOFOLLOW`: were the directory ever
+/// replaced by a symlink, root would refuse it rather than chown what the link names.
 fn create_data_dir(data_root: &Path, dir: &Path, run_as: &RunAs, root: bool) -> Result<()> {
     let service_dir = dir.parent().expect("data dirs have a service level");
     for level in [data_root, service_dir] {
@@ -167,13 +170,18 @@ fn create_data_dir(data_root: &Path, dir: &Path, run_as: &RunAs, root: bool) -> 
             _ => Err(err),
         })
         .with_context(|| format!("creating data directory {}", dir.display()))?;
-    let meta = std::fs::metadata(dir)?;
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+        .with_context(|| format!("opening data directory {} (not a symlink)", dir.display()))?;
+    let meta = handle.metadata()?;
     if root && (meta.uid() != run_as.uid || meta.gid() != run_as.gid) {
-        std::os::unix::fs::chown(dir, Some(run_as.uid), Some(run_as.gid))
+        std::os::unix::fs::fchown(&handle, Some(run_as.uid), Some(run_as.gid))
             .with_context(|| format!("giving {} to uid {}", dir.display(), run_as.uid))?;
     }
     if meta.mode() & 0o7777 != 0o700 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        handle.set_permissions(std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
 }

@@ -281,7 +281,10 @@ fn open_acme(settings: &Settings, store: &CertStore) -> Result<Option<Acme>> {
         std::fs::metadata(root)
             .with_context(|| format!("settings.tls.acme_root {}", root.display()))?;
     }
-    let disk = disk::Disk::open(&settings.data_dir, &tls.acme_directory)?;
+    let disk = disk::Disk::open(
+        &crate::datadir::tls_dir(&settings.data_dir),
+        &tls.acme_directory,
+    )?;
     for (name, loaded) in disk.load_certificates() {
         match loaded {
             Ok(cert) => store.insert_acme(&name, Arc::new(cert)),
