@@ -208,3 +208,158 @@ fn an_old_layout_is_moved_into_place_at_start() {
     );
     assert!(daemon.log().contains("moved "), "{}", daemon.log());
 }
+
+#[test]
+fn a_tenant_cannot_read_the_installed_configuration() {
+    if !privileged("a_tenant_cannot_read_the_installed_configuration") {
+        return;
+    }
+    let scratch = tenement_tests::Scratch::new("rooms-install");
+    let root = scratch.join("root");
+    let installed = Command::new(tenement_bin())
+        .args(["install", "--root"])
+        .arg(&root)
+        .arg("--binary")
+        .arg(tenement_bin())
+        .env_remove("TENEMENT_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        installed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
+    let config = root.join("etc/tenement/tenement.toml");
+    let meta = std::fs::metadata(&config).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    // A tenant: some other uid, as every instance runs under.
+    use std::os::unix::process::CommandExt;
+    let read = Command::new("/bin/cat")
+        .arg(&config)
+        .uid(61999)
+        .gid(61999)
+        .output()
+        .unwrap();
+    assert!(!read.status.success());
+    assert!(
+        String::from_utf8_lossy(&read.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    assert!(read.stdout.is_empty());
+
+    // An existing configuration with secrets that others can read: install keeps it, and
+    // says so.
+    std::fs::write(
+        &config,
+        "[service.notes]\ncommand = \"/bin/true\"\nenv = { KEY = \"secret\" }\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let again = Command::new(tenement_bin())
+        .args(["install", "--root"])
+        .arg(&root)
+        .arg("--binary")
+        .arg(tenement_bin())
+        .env_remove("TENEMENT_CONFIG")
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        said.contains("warning: ") && said.contains("other users may read it"),
+        "{said}"
+    );
+}
+
+/// `/` answers with the instance's environment (see `python_app`).
+fn environment_of(port: u16) -> serde_json::Value {
+    let (status, body) = get(port, "/").unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["env"].clone()
+}
+
+#[test]
+fn env_file_secrets_reach_only_their_service() {
+    if !privileged("env_file_secrets_reach_only_their_service") {
+        return;
+    }
+    let mut daemon = Daemon::new("rooms-envfile", "");
+    let app = daemon.app("app.py", &python_app(""));
+    let secrets = daemon.scratch.write(
+        "secrets/notes.env",
+        "# notes' secrets\nDB_PASSWORD=s3cret=with \"quotes\" {id}\nSHARED=from the file\n",
+    );
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+    daemon.configure(&format!(
+        r#"
+[service.notes]
+command = "/usr/bin/python3 {app}"
+env_file = "{secrets}"
+env = {{ SHARED = "from env", PLAIN = "x" }}
+
+[service.other]
+command = "/usr/bin/python3 {app}"
+env = {{ PLAIN = "x" }}
+
+[service.broken]
+command = "/usr/bin/python3 {app}"
+env_file = "secrets/missing.env"
+restart = "never"
+
+[instances]
+notes = ["alice"]
+other = ["bob"]
+"#,
+        app = app.display(),
+        secrets = secrets.display(),
+    ));
+    daemon.start();
+    // The configuration holds `env` values and the test wrote it 0644: serve says so.
+    assert!(
+        daemon.log().contains("other users may read it"),
+        "{}",
+        daemon.log()
+    );
+    let notes = environment_of(daemon.wait_ready("notes:alice", 1));
+    assert_eq!(notes["DB_PASSWORD"], "s3cret=with \"quotes\" {id}");
+    assert_eq!(notes["SHARED"], "from the file", "env_file wins over env");
+    assert_eq!(notes["PLAIN"], "x");
+    let other = environment_of(daemon.wait_ready("other:bob", 1));
+    assert!(other.get("DB_PASSWORD").is_none(), "{other}");
+    assert!(other.get("SHARED").is_none(), "{other}");
+
+    // The tenant itself cannot read the file its secrets come from.
+    use std::os::unix::process::CommandExt;
+    let read = Command::new("/bin/cat")
+        .arg(&secrets)
+        .uid(61999)
+        .gid(61999)
+        .output()
+        .unwrap();
+    assert!(!read.status.success());
+
+    // A missing file: the start fails and says which file.
+    let out = cli(&daemon, &["spawn", "broken:carol"]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = daemon.wait_events("broken:carol", "a failure", |events| {
+        events.iter().any(|e| e.detail.contains("env_file"))
+    });
+    let detail = &events
+        .iter()
+        .find(|e| e.detail.contains("env_file"))
+        .unwrap()
+        .detail;
+    let missing = daemon.config.parent().unwrap().join("secrets/missing.env");
+    assert!(
+        detail.contains(&format!(
+            "reading env_file {}: No such file",
+            missing.display()
+        )),
+        "{detail} / {said}"
+    );
+}

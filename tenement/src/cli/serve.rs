@@ -48,6 +48,9 @@ pub fn serve(explicit: Option<&Path>, options: &ServeOptions) -> Result<ExitCode
         .init();
     let path = config::locate(explicit)?;
     let mut config = Config::load(&path)?;
+    if let Some(warning) = config::readable_secrets(&path, &config) {
+        tracing::warn!("{warning}");
+    }
     if options.tls {
         config.settings.tls.enabled = true;
     }

@@ -9,6 +9,7 @@ mod errors;
 mod model;
 mod names;
 mod schema;
+mod secrets;
 mod service;
 mod settings;
 mod source;
@@ -24,6 +25,7 @@ use anyhow::{Context, Result};
 pub use errors::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use names::{check_hostname, check_label, InstanceName};
+pub use secrets::readable_secrets;
 pub use settings::API_SOCKET_FILE;
 pub use template::PLACEHOLDERS;
 pub use validate::MIN_PORTS;
@@ -121,8 +123,11 @@ impl Config {
             anchor(path);
         }
         for service in self.service.values_mut() {
-            if let Some(workdir) = &mut service.workdir {
-                anchor(workdir);
+            for path in [&mut service.workdir, &mut service.env_file]
+                .into_iter()
+                .flatten()
+            {
+                anchor(path);
             }
         }
     }

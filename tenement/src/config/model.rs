@@ -141,6 +141,9 @@ pub struct Service {
     pub env_inherit: Vec<String>,
     /// Extra environment; values may use `{name}`, `{id}`, `{data_dir}`, `{port}`.
     pub env: BTreeMap<String, String>,
+    /// A file of `KEY=VALUE` lines read by tenement (root) at each start of an instance:
+    /// secrets kept out of the shared configuration. Its values win over `env`.
+    pub env_file: Option<PathBuf>,
 }
 
 impl Default for Service {
@@ -163,6 +166,7 @@ impl Default for Service {
             user: None,
             env_inherit: Vec::new(),
             env: BTreeMap::new(),
+            env_file: None,
         }
     }
 }

@@ -320,6 +320,16 @@ fn service(check: &mut Checker, name: &str, service: &Service) {
             check.key(&path, err);
         }
     }
+    if service
+        .env_file
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        check.key(
+            &at("env_file"),
+            "must be a path, e.g. \"/etc/tenement/secrets/notes.env\"",
+        );
+    }
 }
 
 fn instances(check: &mut Checker, config: &Config) {

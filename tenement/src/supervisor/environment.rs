@@ -46,6 +46,14 @@ pub fn variables(
     env
 }
 
+/// Sets each of `variables` in `env`, replacing a variable of the same name.
+pub fn overlay(env: &mut Vec<(String, String)>, variables: Vec<(String, String)>) {
+    for (key, value) in variables {
+        env.retain(|(k, _)| *k != key);
+        env.push((key, value));
+    }
+}
+
 /// The value of `key` in `env`.
 pub fn lookup<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
     env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())

@@ -7,6 +7,7 @@
 
 mod backends;
 pub mod cgroup;
+mod env_file;
 mod environment;
 pub mod guard;
 mod health;

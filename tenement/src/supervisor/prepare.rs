@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{
     cgroup::{InstanceCgroup, Limits},
+    env_file,
     environment::{self, DEFAULT_PATH},
     identity::{self, RunAs},
     init::InitSpec,
@@ -56,9 +57,13 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
         .with_context(|| format!("{name}: no port"))?;
     let workdir = service.workdir.clone().unwrap_or_else(|| data_dir.clone());
     let mut argv = environment::argv(service, name)?;
-    let env = environment::variables(service, name, &data_dir, port.port(), |key| {
+    let mut env = environment::variables(service, name, &data_dir, port.port(), |key| {
         std::env::var(key).ok()
     });
+    if let Some(path) = &service.env_file {
+        let secrets = env_file::read(path).with_context(|| format!("{name}: its env_file"))?;
+        environment::overlay(&mut env, secrets);
+    }
     let search = environment::lookup(&env, "PATH").unwrap_or(DEFAULT_PATH);
     let program = identity::resolve_program(&argv[0], &workdir, search, &run_as)
         .with_context(|| format!("{name}: starting its command"))?;
