@@ -140,3 +140,27 @@ fn load_errors_keep_the_config_errors_text() {
         )
     );
 }
+
+#[test]
+fn env_file_is_a_path_relative_to_the_file() {
+    let found = errors("[service.api]\ncommand = \"app\"\nenv_file = \"\"\n");
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("t.toml:3:1: `env_file` in [service.api]: must be a path"),
+        "{}",
+        found[0]
+    );
+    let dir = crate::test_support::TempDir::new("env-file");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let file = dir.0.join("tenement.toml");
+    std::fs::write(
+        &file,
+        "[service.api]\ncommand = \"app\"\nenv_file = \"secrets/api.env\"\n",
+    )
+    .unwrap();
+    let config = Config::load(&file).unwrap();
+    assert_eq!(
+        config.service["api"].env_file.as_deref(),
+        Some(dir.0.join("secrets/api.env").as_path())
+    );
+}
