@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod datadir;
+pub mod endpoint;
 pub mod logs;
 pub mod monitor;
 pub mod proxy;

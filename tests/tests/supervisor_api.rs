@@ -106,7 +106,7 @@ restart = "never"
         .collect();
     let mut ports = Vec::new();
     for wake in wakes {
-        ports.push(wake.await.unwrap().expect("woken"));
+        ports.push(wake.await.unwrap().expect("woken").port().expect("a port"));
     }
     ports.dedup();
     assert_eq!(ports.len(), 1, "every caller got the same port");
@@ -137,7 +137,12 @@ restart = "never"
     assert!(!cgroup.exists(), "a sleeping instance has no cgroup");
     assert_eq!(supervisor.info(&zed).unwrap().pid, None);
     // The next request wakes it.
-    let port = supervisor.ensure_running(&zed).await.unwrap();
+    let port = supervisor
+        .ensure_running(&zed)
+        .await
+        .unwrap()
+        .port()
+        .unwrap();
     assert_eq!(get(port, "/health").unwrap().0, 200);
 
     // Weights.

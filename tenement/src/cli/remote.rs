@@ -340,9 +340,15 @@ fn instance_arg(text: &str) -> Result<String> {
 }
 
 fn running_line(view: &InstanceView) -> String {
-    match (view.port, view.pid) {
-        (Some(port), Some(pid)) => {
+    match (view.port, &view.socket, view.pid) {
+        (Some(port), _, Some(pid)) => {
             format!("{} {} on port {port} (pid {pid})", view.name, view.state)
+        }
+        (None, Some(socket), Some(pid)) => {
+            format!(
+                "{} {} on socket {socket} (pid {pid})",
+                view.name, view.state
+            )
         }
         _ => format!("{} {}", view.name, view.state),
     }
@@ -363,7 +369,11 @@ fn ps_table(views: &[InstanceView]) -> String {
             view.state.clone(),
             or_dash(view.health.as_ref()),
             or_dash(view.pid),
-            or_dash(view.port),
+            // A unix socket's path is long: the column says only that there is one.
+            match (view.port, &view.socket) {
+                (None, Some(_)) => "unix".to_string(),
+                (port, _) => or_dash(port),
+            },
             or_dash(view.uptime_secs.map(table::duration)),
             view.weight.to_string(),
             view.restarts.to_string(),

@@ -5,7 +5,7 @@ use std::fmt::Display;
 
 use super::{
     errors::ConfigError,
-    model::{Config, Service, Settings, Tls},
+    model::{Config, Isolation, Listen, Service, Settings, Tls},
     names::{check_hostname, check_label},
     settings::check_api_address,
     source::{section, Source},
@@ -311,14 +311,27 @@ fn service(check: &mut Checker, name: &str, service: &Service) {
                 &path,
                 "is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)",
             );
-        } else if variable == "PORT" {
+        } else if variable == "PORT" || variable == "SOCKET_PATH" {
             check.key(
                 &path,
-                "is set by tenement to the port it gives the instance",
+                "is set by tenement to where the instance listens (PORT, or SOCKET_PATH with listen = \"unix\")",
+            );
+        } else if service.listen == Listen::Unix && value.contains("{port}") {
+            check.key(
+                &path,
+                "uses {port}, but with listen = \"unix\" the instance has no port (use $SOCKET_PATH)",
             );
         } else if let Err(err) = template::check(value) {
             check.key(&path, err);
         }
+    }
+    if service.listen == Listen::Unix && service.isolation == Isolation::Sandbox {
+        check.key(
+            &at("listen"),
+            "\"unix\" cannot be combined with isolation = \"sandbox\": a socket made inside the \
+             gVisor sandbox cannot be reached from the host; use isolation = \"namespace\", \
+             or listen = \"port\"",
+        );
     }
     if service
         .env_file

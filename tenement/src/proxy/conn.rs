@@ -37,7 +37,7 @@ impl ConnContext {
     pub(crate) async fn ensure_running(
         &self,
         name: &crate::config::InstanceName,
-    ) -> Result<u16, super::backend::WakeError> {
+    ) -> Result<crate::endpoint::Endpoint, super::backend::WakeError> {
         let waking = self.backends().ensure_running(name);
         match self.shared.main.spawn(waking).await {
             Ok(result) => result,

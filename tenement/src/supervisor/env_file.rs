@@ -57,7 +57,7 @@ fn parse(text: &str) -> Result<Vec<(String, String)>, (usize, String)> {
                 format!("{key:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"),
             ));
         }
-        if key == "PORT" {
+        if key == "PORT" || key == "SOCKET_PATH" {
             return Err((number, format!("{key} is set by tenement itself")));
         }
         variables.push((key.to_string(), value.to_string()));

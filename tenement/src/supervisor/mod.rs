@@ -39,6 +39,7 @@ use tokio::sync::watch;
 
 use crate::{
     config::{Config, InstanceName},
+    endpoint::Endpoint,
     logs::LogHub,
     monitor::{InstanceStats, Monitor},
     store::{EventKind, Store, DEFAULT_WEIGHT},
@@ -267,13 +268,13 @@ impl Supervisor {
     /// The port of `name` once it is ready, starting it if it is stopped or sleeping. All
     /// concurrent callers share one start. Fails at once for an unknown service or a
     /// failed instance.
-    pub async fn ensure_running(&self, name: &InstanceName) -> Result<u16, StartError> {
+    pub async fn ensure_running(&self, name: &InstanceName) -> Result<Endpoint, StartError> {
         let instance = self.shared.known_service(name)?;
         {
             let status = instance.status.borrow();
             if status.state.serves() {
-                if let Some(port) = status.port {
-                    return Ok(port);
+                if let Some(endpoint) = &status.endpoint {
+                    return Ok(endpoint.clone());
                 }
             }
             if status.state == InstanceState::Failed {
@@ -283,7 +284,7 @@ impl Supervisor {
         self.wake(&instance).await
     }
 
-    async fn wake(&self, instance: &Arc<Instance>) -> Result<u16, StartError> {
+    async fn wake(&self, instance: &Arc<Instance>) -> Result<Endpoint, StartError> {
         if self.shared.is_shutting_down() {
             return Err(StartError::Failed {
                 state: instance.state(),
@@ -317,8 +318,8 @@ impl Supervisor {
             }
             Ok(Ok(status)) => status.clone(),
         };
-        match (status.state.serves(), status.port) {
-            (true, Some(port)) => Ok(port),
+        match (status.state.serves(), status.endpoint.clone()) {
+            (true, Some(endpoint)) => Ok(endpoint),
             _ => Err(failed(instance, &status)),
         }
     }

@@ -18,12 +18,18 @@ use super::{
     ports::PortLease,
     privacy, sandbox, Shared,
 };
-use crate::config::{InstanceName, Isolation, Service};
+use crate::{
+    config::{InstanceName, Isolation, Listen, Service, SOCKET_FILE},
+    endpoint::Endpoint,
+};
 
 /// A launch, and what it holds until the instance stops.
 pub struct Prepared {
     pub launch: Launch,
-    pub port: PortLease,
+    /// Where the instance will listen.
+    pub endpoint: Endpoint,
+    /// Its port, held until it stops (none with `listen = "unix"`).
+    pub port: Option<PortLease>,
     pub cgroup: Option<InstanceCgroup>,
     pub run_as: RunAs,
     /// runsc's bundle and state, removed after the stop.
@@ -51,13 +57,19 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
     )?;
     let data_dir = data_dir(&settings.data_dir, name);
     create_data_dir(&settings.data_dir, &data_dir, &run_as, root)?;
-    let port = shared
-        .ports
-        .lease()
-        .with_context(|| format!("{name}: no port"))?;
+    let (endpoint, port) = match service.listen {
+        Listen::Port => {
+            let port = shared
+                .ports
+                .lease()
+                .with_context(|| format!("{name}: no port"))?;
+            (Endpoint::Port(port.port()), Some(port))
+        }
+        Listen::Unix => (socket_endpoint(name, &data_dir, &run_as)?, None),
+    };
     let workdir = service.workdir.clone().unwrap_or_else(|| data_dir.clone());
     let mut argv = environment::argv(service, name)?;
-    let mut env = environment::variables(service, name, &data_dir, port.port(), |key| {
+    let mut env = environment::variables(service, name, &data_dir, &endpoint, |key| {
         std::env::var(key).ok()
     });
     if let Some(path) = &service.env_file {
@@ -120,10 +132,36 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
             run_as: root.then(|| run_as.clone()),
             wrapper,
         },
+        endpoint,
         port,
         cgroup,
         run_as,
         sandbox_state,
+    })
+}
+
+/// `{data_dir}/app.sock`, owned by the instance's uid once it listens. A socket left by the
+/// instance's last run is removed first: most servers fail to bind over one. (Removing a
+/// name never follows a symlink; the directory itself is the tenant's, below root's.)
+fn socket_endpoint(name: &InstanceName, data_dir: &Path, run_as: &RunAs) -> Result<Endpoint> {
+    let path = data_dir.join(SOCKET_FILE);
+    // sun_path holds 108 bytes, the terminating NUL included.
+    let len = path.as_os_str().len();
+    if len > 107 {
+        bail!(
+            "{name}: its socket path {} is {len} bytes long, more than a unix socket allows              (107): use a shorter data_dir (or shorter service and instance names)",
+            path.display()
+        );
+    }
+    match std::fs::remove_file(&path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            return Err(err).with_context(|| format!("{name}: removing the old {}", path.display()))
+        }
+        _ => {}
+    }
+    Ok(Endpoint::Unix {
+        path: path.into(),
+        owner: run_as.uid,
     })
 }
 
