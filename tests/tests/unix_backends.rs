@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use supervisor_common::{eventually, Daemon, PATIENCE};
+use supervisor_common::{eventually, Daemon};
 use tenement::store::EventKind;
 use tenement_tests::{free_port, privileged, tenement_bin};
 
@@ -239,7 +239,9 @@ fn an_idle_socket_instance_sleeps_and_wakes() {
         return;
     }
     let (daemon, http) = daemon("unix-idle");
-    daemon.wait_ready("web:alice", 1);
+    daemon.wait_events("web:alice", "ready", |events| {
+        events.iter().any(|e| e.kind == EventKind::Ready)
+    });
     assert_eq!(report(http, "alice.web.localhost")["instance"], "web:alice");
     daemon.wait_events("web:alice", "idle stop", |events| {
         events.iter().any(|e| e.kind == EventKind::IdleStopped)
@@ -254,5 +256,4 @@ fn an_idle_socket_instance_sleeps_and_wakes() {
     let readies = events.iter().filter(|e| e.kind == EventKind::Ready).count();
     assert_eq!(readies, 2, "{events:?}");
     eventually("the new socket", || socket.exists().then_some(()));
-    let _ = PATIENCE;
 }
