@@ -262,9 +262,9 @@ async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<
             let deployed: DeployResponse = client.call(Method::POST, &path, Some(&request)).await?;
             print(json, &deployed, || {
                 format!(
-                    "{} is healthy on port {}; weights: {}",
+                    "{} is healthy on {}; weights: {}",
                     deployed.instance.name,
-                    or_dash(deployed.instance.port),
+                    listening_on(&deployed.instance),
                     weights_line(&deployed.weights)
                 )
             })
@@ -340,17 +340,22 @@ fn instance_arg(text: &str) -> Result<String> {
 }
 
 fn running_line(view: &InstanceView) -> String {
-    match (view.port, &view.socket, view.pid) {
-        (Some(port), _, Some(pid)) => {
-            format!("{} {} on port {port} (pid {pid})", view.name, view.state)
-        }
-        (None, Some(socket), Some(pid)) => {
-            format!(
-                "{} {} on socket {socket} (pid {pid})",
-                view.name, view.state
-            )
-        }
+    match view.pid {
+        Some(pid) if view.port.is_some() || view.socket.is_some() => format!(
+            "{} {} on {} (pid {pid})",
+            view.name,
+            view.state,
+            listening_on(view)
+        ),
         _ => format!("{} {}", view.name, view.state),
+    }
+}
+
+/// `port 21000`, `socket /var/lib/tenement/notes/alice/app.sock`, or `port -`.
+fn listening_on(view: &InstanceView) -> String {
+    match (view.port, &view.socket) {
+        (None, Some(socket)) => format!("socket {socket}"),
+        (port, _) => format!("port {}", or_dash(port)),
     }
 }
 
