@@ -67,13 +67,13 @@ async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
     for step in datadir::prepare(&settings.data_dir, |name| config.service.contains_key(name))? {
         match step {
             datadir::Migration::Moved { from, to } => {
-                tracing::info!("moved {} to {}", from.display(), to.display())
+                tracing::info!("moved {} to {}", from.display(), to.display());
             }
             datadir::Migration::Kept { path, why } => {
                 tracing::warn!(
                     "left {} of an earlier version in place: {why}",
                     path.display()
-                )
+                );
             }
         }
     }
