@@ -311,10 +311,15 @@ fn service(check: &mut Checker, name: &str, service: &Service) {
                 &path,
                 "is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)",
             );
-        } else if variable == "PORT" || variable == "SOCKET_PATH" {
+        } else if variable == "PORT" {
             check.key(
                 &path,
-                "is set by tenement to where the instance listens (PORT, or SOCKET_PATH with listen = \"unix\")",
+                "is set by tenement to the port it gives the instance",
+            );
+        } else if variable == "SOCKET_PATH" {
+            check.key(
+                &path,
+                "is set by tenement to the socket it gives the instance (listen = \"unix\")",
             );
         } else if service.listen == Listen::Unix && value.contains("{port}") {
             check.key(
