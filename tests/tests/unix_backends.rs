@@ -17,7 +17,8 @@ use tenement::store::EventKind;
 use tenement_tests::{free_port, privileged, tenement_bin};
 
 /// An HTTP server on `$SOCKET_PATH`: `/` reports who it is, `/health` is 200, `/stream`
-/// sends three chunks, and `GET /echo` with `Upgrade: echo` switches to echoing lines.
+/// sends three chunks, `GET /echo` with `Upgrade: echo` switches to echoing lines, and
+/// `/plant` replaces the socket with a symlink to web:bob's.
 const UNIX_APP: &str = r#"import http.server, json, os, socketserver, time
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -48,6 +49,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.flush()
                 time.sleep(0.05)
             self.wfile.write(b"0\r\n\r\n")
+        elif self.path == "/plant":
+            # Hostile: swap the own socket for a link to the neighbour's (web:bob's).
+            mine = os.environ["SOCKET_PATH"]
+            bob = os.path.join(os.path.dirname(os.path.dirname(mine)), "bob", "app.sock")
+            os.unlink(mine)
+            os.symlink(bob, mine)
+            self.close_connection = True
+            data = b"planted"
+            self.send_response(200)
+            self.send_header("connection", "close")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
         elif self.path == "/echo" and self.headers.get("upgrade") == "echo":
             self.send_response(101)
             self.send_header("upgrade", "echo")
@@ -256,4 +270,30 @@ fn an_idle_socket_instance_sleeps_and_wakes() {
     let readies = events.iter().filter(|e| e.kind == EventKind::Ready).count();
     assert_eq!(readies, 2, "{events:?}");
     eventually("the new socket", || socket.exists().then_some(()));
+}
+
+#[test]
+fn a_socket_swapped_for_a_symlink_is_not_followed() {
+    if !privileged("a_socket_swapped_for_a_symlink_is_not_followed") {
+        return;
+    }
+    let (daemon, http) = daemon("unix-symlink");
+    for name in ["web:alice", "web:bob"] {
+        daemon.wait_events(name, "ready", |events| {
+            events.iter().any(|e| e.kind == EventKind::Ready)
+        });
+    }
+    let (status, _, body) = through_proxy(http, "alice.web.localhost", "/plant");
+    assert_eq!((status, body.as_str()), (200, "planted"));
+    let socket = daemon.data_dir.join("web/alice/app.sock");
+    assert!(std::fs::symlink_metadata(&socket)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // A new connection to alice's path finds a link to bob's socket: refused, never bob.
+    let (status, _, body) = through_proxy(http, "alice.web.localhost", "/");
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("is not a socket of uid"), "{body}");
+    assert!(!body.contains("web:bob"), "{body}");
+    assert_eq!(report(http, "bob.web.localhost")["instance"], "web:bob");
 }

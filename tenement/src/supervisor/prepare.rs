@@ -149,7 +149,8 @@ fn socket_endpoint(name: &InstanceName, data_dir: &Path, run_as: &RunAs) -> Resu
     let len = path.as_os_str().len();
     if len > 107 {
         bail!(
-            "{name}: its socket path {} is {len} bytes long, more than a unix socket allows              (107): use a shorter data_dir (or shorter service and instance names)",
+            "{name}: its socket path {} is {len} bytes long, more than a unix socket \
+             allows (107): use a shorter data_dir (or shorter service and instance names)",
             path.display()
         );
     }
@@ -227,4 +228,36 @@ fn create_data_dir(data_root: &Path, dir: &Path, run_as: &RunAs, root: bool) -> 
         handle.set_permissions(std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_path_too_long_for_a_unix_socket_is_refused() {
+        let name = InstanceName::parse("web:alice").unwrap();
+        let run_as = RunAs {
+            uid: 61000,
+            gid: 61000,
+            groups: vec![],
+        };
+        let long = Path::new("/srv").join("d".repeat(100));
+        let err = socket_endpoint(&name, &long, &run_as)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("more than a unix socket allows (107)"),
+            "{err}"
+        );
+        let short = Path::new("/nonexistent/web/alice");
+        let endpoint = socket_endpoint(&name, short, &run_as).unwrap();
+        assert_eq!(
+            endpoint,
+            Endpoint::Unix {
+                path: short.join("app.sock").into(),
+                owner: 61000
+            }
+        );
+    }
 }
