@@ -5,6 +5,7 @@
 //! new state, never half of it. The journal is in WAL mode: readers never wait for writers.
 
 mod events;
+mod lock;
 mod migrations;
 mod tokens;
 
@@ -20,6 +21,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use crate::config::InstanceName;
 
 pub use events::{Event, EventKind};
+pub use lock::{DataDirLock, LOCK_FILE};
 pub use tokens::TokenRecord;
 
 /// Weight of an instance nobody routed explicitly: it takes its full share.
