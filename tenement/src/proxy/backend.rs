@@ -37,6 +37,7 @@ pub enum BackendState {
     Running,
     Starting,
     Sleeping,
+    /// Stopped by an operator: not woken by requests, and out of the service's rotation.
     Stopped,
     /// Out of restarts: the proxy answers 503 naming this state instead of waking it.
     Failed,

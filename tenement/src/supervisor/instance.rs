@@ -23,7 +23,7 @@ use crate::{
 /// How a run loop is asked to end, and so what state the instance is left in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopKind {
-    /// `stop`: stopped, not wanted running.
+    /// `stop`: stopped by an operator, held so (no wake on request) until started again.
     Stop,
     /// Idle: sleeping until the next request.
     Sleep,
@@ -42,6 +42,9 @@ pub struct Status {
     pub restarts: u32,
     pub started_at: Option<SystemTime>,
     pub last_error: Option<String>,
+    /// Stopped by an operator: requests do not wake it, tenement does not start it, until
+    /// `start`, `spawn` or `restart` (kept in the store across restarts of tenement).
+    pub held: bool,
     /// The last failure happened before any process existed (bad command, missing runsc):
     /// waiters get `StartError::Spawn`.
     pub cannot_start: bool,
@@ -87,9 +90,16 @@ pub struct Instance {
 }
 
 impl Instance {
-    pub fn new(name: InstanceName, service: Service, weight: u8) -> Instance {
+    /// A known instance without a process: `stopped` when an operator's stop holds it,
+    /// else `sleeping` (the next request starts it).
+    pub fn new(name: InstanceName, service: Service, weight: u8, held: bool) -> Instance {
         let status = Status {
-            state: InstanceState::Stopped,
+            state: if held {
+                InstanceState::Stopped
+            } else {
+                InstanceState::Sleeping
+            },
+            held,
             pid: None,
             port: None,
             weight,

@@ -123,9 +123,10 @@ pub async fn run(
         match tracker.decide(instance.service.restart, ending, ready_for, Instant::now()) {
             Decision::Stay => {
                 let state = if ending == Ending::CleanExit {
-                    // Done by its own choice: not restarted at the next start of tenement.
+                    // Done by its own choice: not restarted at the next start of tenement,
+                    // but, like an idle stop, woken by the next request.
                     let _ = shared.store.set_desired(&instance.name, false);
-                    InstanceState::Stopped
+                    InstanceState::Sleeping
                 } else {
                     shared.record(
                         &instance,
@@ -191,8 +192,9 @@ fn finish(shared: &Shared, instance: &Instance, kind: StopKind) {
         StopKind::Sleep => InstanceState::Sleeping,
         StopKind::Stop | StopKind::Shutdown | StopKind::Restart => InstanceState::Stopped,
     };
+    // An operator's stop is recorded by `Supervisor::stop`, which holds it.
     match kind {
-        StopKind::Stop => shared.record(instance, EventKind::Stopped, "stopped"),
+        StopKind::Stop | StopKind::Restart => {}
         StopKind::Shutdown => shared.record(instance, EventKind::Stopped, "tenement shut down"),
         StopKind::Sleep => shared.record(
             instance,
@@ -202,7 +204,6 @@ fn finish(shared: &Shared, instance: &Instance, kind: StopKind) {
                 instance.service.idle_timeout
             ),
         ),
-        StopKind::Restart => {}
     }
     if !instance.service.storage_persist && kind != StopKind::Restart {
         let dir = prepare::data_dir(&shared.config.settings.data_dir, &instance.name);

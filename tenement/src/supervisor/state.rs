@@ -13,9 +13,11 @@ use crate::config::InstanceName;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InstanceState {
-    /// Not running, not wanted (or never started).
+    /// Stopped by an operator (`tenement stop`): stays stopped, also across restarts of
+    /// tenement, until `start`, `spawn` or `restart`; requests get a 503 meanwhile.
     Stopped,
-    /// Stopped after `idle_timeout` without traffic; the next request wakes it.
+    /// No process, and the next request starts one: put to sleep after `idle_timeout`
+    /// without traffic, exited with status 0, or not started yet.
     Sleeping,
     /// Started (or waiting for its next restart) and not ready yet.
     Starting,
@@ -85,6 +87,8 @@ pub struct InstanceInfo {
 pub enum StartError {
     /// No such service in the configuration (the service name).
     UnknownService(String),
+    /// An operator stopped it: requests do not wake it until it is started again.
+    Held(InstanceName),
     /// The instance is in `state`: failed, or stopped while it was starting.
     Failed {
         state: InstanceState,
@@ -103,6 +107,10 @@ impl fmt::Display for StartError {
             StartError::UnknownService(service) => {
                 write!(f, "no service {service:?} in the configuration")
             }
+            StartError::Held(name) => write!(
+                f,
+                "an operator stopped it; `tenement start {name}` starts it again"
+            ),
             StartError::Failed { state, reason } => write!(f, "{reason} (state: {state})"),
             StartError::Timeout { after } => write!(
                 f,
