@@ -44,7 +44,8 @@ impl Backends for Supervisor {
                         state: state.to_string(),
                         reason,
                     },
-                    StartError::Timeout { after } => WakeError::Timeout { after },
+                    StartError::Timeout { after, .. } => WakeError::Timeout { after },
+                    StartError::NotReady(reason) => WakeError::NotStarted(reason),
                     StartError::Spawn(reason) => WakeError::Failed {
                         state: InstanceState::Failed.to_string(),
                         reason,

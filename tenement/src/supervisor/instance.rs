@@ -48,6 +48,10 @@ pub struct Status {
     /// The last failure happened before any process existed (bad command, missing runsc):
     /// waiters get `StartError::Spawn`.
     pub cannot_start: bool,
+    /// Attempts that ended before the process was ready (exited, or not ready within
+    /// `startup_timeout`): a waiter seeing it grow gets `last_error` at once instead of
+    /// waiting out its deadline while restarts go on.
+    pub start_failures: u64,
     pub cgroup_id: Option<u64>,
     pub cgroup_path: Option<std::path::PathBuf>,
     /// The directory whose memory files count the instance's memory (the v2 group, or the
@@ -107,6 +111,7 @@ impl Instance {
             started_at: None,
             last_error: None,
             cannot_start: false,
+            start_failures: 0,
             cgroup_id: None,
             cgroup_path: None,
             memory_cgroup: None,

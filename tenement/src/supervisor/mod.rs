@@ -8,6 +8,7 @@
 mod backends;
 pub mod cgroup;
 mod environment;
+mod failure;
 pub mod guard;
 mod health;
 mod identity;
@@ -331,18 +332,20 @@ impl Supervisor {
                 Err(err) => tracing::warn!("{err:#}"),
             },
         }
+        let failures_before = instance.status.borrow().start_failures;
         self.shared.start_run(instance).await;
         if by == Waker::Request && instance.status.borrow().held {
             // An operator's stop came in between: it wins.
             self.shared.stop_run(instance, StopKind::Stop).await;
             return Err(held);
         }
-        let limit = Duration::from_secs(instance.service.startup_timeout) + START_WAIT_SLACK;
+        let startup = Duration::from_secs(instance.service.startup_timeout);
         let mut status = instance.status.subscribe();
         let waited = tokio::time::timeout(
-            limit,
+            startup + START_WAIT_SLACK,
             status.wait_for(|s| {
                 s.state.serves()
+                    || s.start_failures > failures_before
                     || matches!(
                         s.state,
                         InstanceState::Failed | InstanceState::Stopped | InstanceState::Sleeping
@@ -351,7 +354,12 @@ impl Supervisor {
         )
         .await;
         let status = match waited {
-            Err(_) => return Err(StartError::Timeout { after: limit }),
+            Err(_) => {
+                return Err(StartError::Timeout {
+                    after: startup,
+                    last_error: instance.status.borrow().last_error.clone(),
+                })
+            }
             Ok(Err(_)) => {
                 return Err(StartError::Failed {
                     state: instance.state(),
@@ -362,6 +370,13 @@ impl Supervisor {
         };
         match (status.state.serves(), status.port) {
             (true, Some(port)) => Ok(port),
+            // A failed attempt, restarted in the background: its reason, now.
+            _ if status.state == InstanceState::Starting => Err(StartError::NotReady(
+                status
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| format!("{} did not become ready", instance.name)),
+            )),
             _ => Err(failed(instance, &status)),
         }
     }

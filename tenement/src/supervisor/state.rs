@@ -94,9 +94,16 @@ pub enum StartError {
         state: InstanceState,
         reason: String,
     },
+    /// Still not ready after `after` (its `startup_timeout`) and the waiter's slack, with
+    /// the last attempt's failure if there was one.
     Timeout {
         after: Duration,
+        last_error: Option<String>,
     },
+    /// An attempt ended before the process was ready (the reason names its exit status or
+    /// the `startup_timeout`, its last output and what happens next); tenement may be
+    /// restarting it.
+    NotReady(String),
     /// It could not be started at all (missing program, permissions, runsc not installed).
     Spawn(String),
 }
@@ -112,11 +119,18 @@ impl fmt::Display for StartError {
                 "an operator stopped it; `tenement start {name}` starts it again"
             ),
             StartError::Failed { state, reason } => write!(f, "{reason} (state: {state})"),
-            StartError::Timeout { after } => write!(
-                f,
-                "the instance did not become ready within {}s",
-                after.as_secs()
-            ),
+            StartError::Timeout { after, last_error } => {
+                write!(
+                    f,
+                    "still not ready after startup_timeout ({}s)",
+                    after.as_secs()
+                )?;
+                match last_error {
+                    Some(last) => write!(f, "; last attempt: {last}"),
+                    None => Ok(()),
+                }
+            }
+            StartError::NotReady(reason) => f.write_str(reason),
             StartError::Spawn(reason) => write!(f, "{reason}"),
         }
     }
