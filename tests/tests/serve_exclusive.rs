@@ -151,12 +151,44 @@ fn second_serve_on_the_same_listen_address_is_refused_before_starting_anything()
         "{stderr}"
     );
     assert!(second.tenant_processes().is_empty(), "{stderr}");
-    assert!(!stderr.contains("web:a: ready"), "{stderr}");
+    // Refused before it opened its store, let alone started an instance.
+    assert!(!second.data_dir.join("tenement.db").exists(), "{stderr}");
+    assert!(!second.data_dir.join("web").exists(), "{stderr}");
 
     // Every request still reaches the first daemon's tenant.
     for _ in 0..20 {
         let (status, body) = proxied(port, "a.web.localhost");
         assert_eq!(status, 200, "{body}");
     }
+    first.stop();
+}
+
+#[test]
+fn second_serve_on_the_same_api_address_is_refused_before_starting_anything() {
+    if !privileged("second_serve_on_the_same_api_address_is_refused_before_starting_anything") {
+        return;
+    }
+    let api = tenement_tests::free_port();
+    let mut first = Daemon::new("exclusive-api-1", &format!("api = \"127.0.0.1:{api}\""));
+    web_service(&first);
+    first.start();
+    first.wait_ready("web:a", 1);
+
+    // Another data directory and listener, the same management address.
+    let second = Daemon::new("exclusive-api-2", &format!("api = \"127.0.0.1:{api}\""));
+    web_service(&second);
+    let refused = serve_refused(&second.config);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "listening for the management API on 127.0.0.1:{api} (settings.api)"
+        )),
+        "{stderr}"
+    );
+    assert!(second.tenant_processes().is_empty(), "{stderr}");
+    // Refused before it opened its store, let alone started an instance.
+    assert!(!second.data_dir.join("tenement.db").exists(), "{stderr}");
+    assert!(!second.data_dir.join("web").exists(), "{stderr}");
     first.stop();
 }
