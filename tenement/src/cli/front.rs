@@ -54,8 +54,7 @@ impl FrontDoor {
         let tls = if settings.tls.enabled {
             let routes = proxy.clone();
             let manager =
-                TlsManager::start(settings, Arc::new(move |host: &str| routes.routes(host)))
-                    .await?;
+                TlsManager::start(&config, Arc::new(move |host: &str| routes.routes(host))).await?;
             let _ = tls_slot.set(manager.clone());
             Some(manager)
         } else {

@@ -120,6 +120,9 @@ impl Config {
         {
             anchor(path);
         }
+        if let Some(update) = &mut tls.dns_update {
+            anchor(&mut update.key_secret_file);
+        }
         for service in self.service.values_mut() {
             if let Some(workdir) = &mut service.workdir {
                 anchor(workdir);

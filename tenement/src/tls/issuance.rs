@@ -11,7 +11,7 @@ use tokio::{sync::watch, time::timeout};
 
 use super::{
     acme,
-    names::orderable,
+    names::{certificate_name, orderable},
     orders::{Admission, Outcome},
     Inner,
 };
@@ -47,7 +47,9 @@ impl Inner {
         if !orderable(name) || !self.names.routes(name) {
             return Err("it routes nowhere, so no certificate is ordered for it".into());
         }
-        let mut outcome = self.request(name, Reason::OnDemand)?;
+        // A tenant under a wildcard waits for the wildcard's order, never starts its own.
+        let order_name = certificate_name(name, &self.wildcards);
+        let mut outcome = self.request(&order_name, Reason::OnDemand)?;
         let wait = self.tuning.handshake_wait;
         // Bound to a local so that the channel's read guard is gone before `outcome` is.
         let waited = match timeout(wait, outcome.wait_for(Option::is_some)).await {

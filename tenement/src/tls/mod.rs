@@ -19,6 +19,7 @@ mod acme;
 mod certificate;
 mod challenges;
 mod disk;
+mod dns01;
 mod handshake;
 mod issuance;
 mod maintenance;
@@ -44,7 +45,7 @@ use tokio_rustls::server::TlsStream;
 pub use certificate::{CertificateInfo, CertificateSource};
 pub use names::http01_token;
 
-use crate::config::{Settings, Tls};
+use crate::config::{Config, Settings, Tls};
 use acme::Acme;
 use challenges::{ChallengeResolver, Challenges, ACME_TLS_ALPN};
 use handshake::server_config;
@@ -131,8 +132,12 @@ struct Inner {
     orders: OrderBook,
     orders_started: AtomicU64,
     names: Arc<dyn NamePolicy>,
-    /// `settings.domain` and `[settings.tls] names`: kept certified whether they route or not.
+    /// `settings.domain`, `[settings.tls] names` and the wildcards: kept certified whether
+    /// they route or not.
     configured: Vec<String>,
+    /// `*.{service}.{domain}` for the services of `[settings.tls] wildcard`: a name they
+    /// cover waits for the wildcard's order instead of starting one of its own.
+    wildcards: Vec<String>,
     own_error: Mutex<Option<String>>,
     server_config: Arc<ServerConfig>,
     challenge_config: Arc<ServerConfig>,
@@ -140,16 +145,31 @@ struct Inner {
 }
 
 impl TlsManager {
-    /// [`TlsManager::start_with`] with the default [`Tuning`].
-    pub async fn start(settings: &Settings, names: Arc<dyn NamePolicy>) -> Result<TlsManager> {
-        Self::start_with(settings, names, Tuning::default()).await
+    /// [`TlsManager::start_with_services`] for `config`'s settings and services, with the
+    /// default [`Tuning`].
+    pub async fn start(config: &Config, names: Arc<dyn NamePolicy>) -> Result<TlsManager> {
+        let services: Vec<String> = config.service.keys().cloned().collect();
+        Self::start_with_services(&config.settings, &services, names, Tuning::default()).await
+    }
+
+    /// [`TlsManager::start_with_services`] without services: `wildcard = true` then has no
+    /// service to order a wildcard for.
+    pub async fn start_with(
+        settings: &Settings,
+        names: Arc<dyn NamePolicy>,
+        tuning: Tuning,
+    ) -> Result<TlsManager> {
+        Self::start_with_services(settings, &[], names, tuning).await
     }
 
     /// Loads the own certificate (errors here are configuration errors), the stored ACME
-    /// certificates, and starts the background work. Never contacts the ACME server: a CA
-    /// that is down delays new certificates, never the start.
-    pub async fn start_with(
+    /// certificates, starts the DNS-01 responder when `dns_listen` is set, and starts the
+    /// background work. Never contacts the ACME server: a CA that is down delays new
+    /// certificates, never the start. `services` are the configured service names, for
+    /// `[settings.tls] wildcard`.
+    pub async fn start_with_services(
         settings: &Settings,
+        services: &[String],
         names: Arc<dyn NamePolicy>,
         tuning: Tuning,
     ) -> Result<TlsManager> {
@@ -165,8 +185,10 @@ impl TlsManager {
             );
             store.set_own(Arc::new(own));
         }
-        let acme = open_acme(settings, &store)?;
-        let configured = names::configured_names(settings)?;
+        let acme = open_acme(settings, &store).await?;
+        let wildcards = names::wildcard_names(settings, services);
+        let mut configured = names::configured_names(settings)?;
+        configured.extend(wildcards.iter().cloned());
 
         let challenges = Arc::new(Challenges::default());
         let inner = Arc::new(Inner {
@@ -185,6 +207,7 @@ impl TlsManager {
             orders_started: AtomicU64::new(0),
             names,
             configured,
+            wildcards,
             own_error: Mutex::new(None),
             tuning,
         });
@@ -266,7 +289,7 @@ fn own_certificate_files(tls: &Tls) -> Result<Option<OwnCertFiles>> {
 
 /// The ACME client, with the certificates stored for its directory loaded into `store`;
 /// `None` when ACME is off. Nothing here talks to the ACME server.
-fn open_acme(settings: &Settings, store: &CertStore) -> Result<Option<Acme>> {
+async fn open_acme(settings: &Settings, store: &CertStore) -> Result<Option<Acme>> {
     let tls = &settings.tls;
     if tls.acme_directory.trim().is_empty() || tls.challenges.is_empty() {
         tracing::info!("tls: ACME is off (no acme_directory or no challenges)");
@@ -288,11 +311,16 @@ fn open_acme(settings: &Settings, store: &CertStore) -> Result<Option<Acme>> {
             Err(err) => tracing::error!("tls: {err:#}"),
         }
     }
+    let dns = dns01::publisher(tls).await?;
     Ok(Some(Acme::new(
         tls.acme_directory.clone(),
         tls.acme_email.clone(),
         tls.acme_root.clone(),
         tls.challenges.clone(),
+        dns.map(|publisher| acme::DnsChallenge {
+            publisher,
+            propagation_timeout: Duration::from_secs(tls.dns_propagation_timeout),
+        }),
         disk,
     )))
 }
