@@ -107,15 +107,13 @@ async fn own_certificate_errors_name_the_file() {
     settings.tls.cert = Some(data.join("missing.pem"));
     let err = TlsManager::start(&settings, Arc::new(routes))
         .await
-        .err()
-        .expect("a cert without a key is refused");
+        .expect_err("a cert without a key is refused");
     assert!(err.to_string().contains("`key` is not"), "{err:#}");
 
     settings.tls.key = Some(data.join("missing.key"));
     let err = TlsManager::start(&settings, Arc::new(routes))
         .await
-        .err()
-        .expect("a missing file is refused");
+        .expect_err("a missing file is refused");
     assert!(format!("{err:#}").contains("missing.pem"), "{err:#}");
 
     let ca = TestCa::new("tenement test own CA");
@@ -125,8 +123,7 @@ async fn own_certificate_errors_name_the_file() {
     settings.tls.key = Some(data.write("key.pem", &other_key));
     let err = TlsManager::start(&settings, Arc::new(routes))
         .await
-        .err()
-        .expect("a key of another certificate is refused");
+        .expect_err("a key of another certificate is refused");
     let text = format!("{err:#}");
     assert!(
         text.contains("cert.pem") && text.contains("do not fit together"),

@@ -54,7 +54,8 @@ impl FrontDoor {
         let tls = if settings.tls.enabled {
             let routes = proxy.clone();
             let manager =
-                TlsManager::start(&config, Arc::new(move |host: &str| routes.routes(host))).await?;
+                TlsManager::start_for(&config, Arc::new(move |host: &str| routes.routes(host)))
+                    .await?;
             let _ = tls_slot.set(manager.clone());
             Some(manager)
         } else {

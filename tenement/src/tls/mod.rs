@@ -145,9 +145,14 @@ struct Inner {
 }
 
 impl TlsManager {
-    /// [`TlsManager::start_with_services`] for `config`'s settings and services, with the
-    /// default [`Tuning`].
-    pub async fn start(config: &Config, names: Arc<dyn NamePolicy>) -> Result<TlsManager> {
+    /// [`TlsManager::start_with`] with the default [`Tuning`] (no services: see there).
+    pub async fn start(settings: &Settings, names: Arc<dyn NamePolicy>) -> Result<TlsManager> {
+        Self::start_with(settings, names, Tuning::default()).await
+    }
+
+    /// What `tenement serve` starts: [`TlsManager::start_with_services`] for `config`'s
+    /// settings and services, with the default [`Tuning`].
+    pub async fn start_for(config: &Config, names: Arc<dyn NamePolicy>) -> Result<TlsManager> {
         let services: Vec<String> = config.service.keys().cloned().collect();
         Self::start_with_services(&config.settings, &services, names, Tuning::default()).await
     }
