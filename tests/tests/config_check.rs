@@ -265,6 +265,17 @@ fn dns01_keys_fit_together() {
 }
 
 #[test]
+fn on_demand_limits_have_a_format() {
+    assert_errors(
+        "bad-on-demand.toml",
+        &[
+            "3:1: `on_demand_rate` in [settings.tls]: \"ten per hour\" is not a rate like \"10/h\" (orders per `m`inute, `h`our or `d`ay)",
+            "4:1: `ask` in [settings.tls]: \"https://auth.example.com/allowed\" must be an http:// URL, e.g. \"http://127.0.0.1:9000/allowed\"",
+        ],
+    );
+}
+
+#[test]
 fn every_type_error_is_reported_at_its_value() {
     assert_errors(
         "type-errors.toml",

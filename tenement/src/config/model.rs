@@ -92,6 +92,31 @@ pub struct Tls {
     pub dns_update: Option<DnsUpdate>,
     /// Seconds to wait for a published TXT record to be visible before the CA is told.
     pub dns_propagation_timeout: u64,
+    /// Budget of on-demand orders, e.g. `"10/h"` (also `/m`, `/d`); unset: no budget.
+    pub on_demand_rate: Option<String>,
+    /// `http://` URL asked `GET {ask}?domain=NAME` before an on-demand order; 200 allows.
+    pub ask: Option<String>,
+}
+
+impl Tls {
+    /// `on_demand_rate` as (orders, window); `Err` says what is wrong with the text.
+    pub fn on_demand_budget(&self) -> Result<Option<(u32, std::time::Duration)>, String> {
+        let Some(text) = &self.on_demand_rate else {
+            return Ok(None);
+        };
+        let bad = || {
+            format!("{text:?} is not a rate like \"10/h\" (orders per `m`inute, `h`our or `d`ay)")
+        };
+        let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let window = match unit.trim() {
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return Err(bad()),
+        };
+        Ok(Some((count, std::time::Duration::from_secs(window))))
+    }
 }
 
 impl Default for Tls {
@@ -110,6 +135,8 @@ impl Default for Tls {
             dns_listen: None,
             dns_update: None,
             dns_propagation_timeout: 120,
+            on_demand_rate: None,
+            ask: None,
         }
     }
 }

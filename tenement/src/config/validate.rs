@@ -273,6 +273,21 @@ fn dns01(check: &mut Checker, config: &Config) {
             }
         }
     }
+    if let Err(err) = tls.on_demand_budget() {
+        check.key(&at("on_demand_rate"), err);
+    }
+    if let Some(ask) = &tls.ask {
+        let valid = ask
+            .parse::<http::Uri>()
+            .ok()
+            .filter(|uri| uri.scheme_str() == Some("http") && uri.host().is_some());
+        if valid.is_none() {
+            check.key(
+                &at("ask"),
+                format!("{ask:?} must be an http:// URL, e.g. \"http://127.0.0.1:9000/allowed\""),
+            );
+        }
+    }
     if tls.dns_propagation_timeout == 0 {
         check.key(&at("dns_propagation_timeout"), "must be at least 1 second");
     }

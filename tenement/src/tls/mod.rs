@@ -24,6 +24,7 @@ mod handshake;
 mod issuance;
 mod maintenance;
 mod names;
+mod on_demand;
 mod orders;
 mod own_cert;
 mod store;
@@ -44,6 +45,7 @@ use tokio_rustls::server::TlsStream;
 
 pub use certificate::{CertificateInfo, CertificateSource};
 pub use names::http01_token;
+pub use on_demand::Refusal;
 
 use crate::config::{Config, Settings, Tls};
 use acme::Acme;
@@ -131,6 +133,7 @@ struct Inner {
     acme: Option<Acme>,
     orders: OrderBook,
     orders_started: AtomicU64,
+    on_demand: on_demand::OnDemandGate,
     names: Arc<dyn NamePolicy>,
     /// `settings.domain`, `[settings.tls] names` and the wildcards: kept certified whether
     /// they route or not.
@@ -210,6 +213,7 @@ impl TlsManager {
             acme,
             orders: OrderBook::new(&tuning),
             orders_started: AtomicU64::new(0),
+            on_demand: on_demand::OnDemandGate::new(&settings.tls)?,
             names,
             configured,
             wildcards,
@@ -272,6 +276,11 @@ impl TlsManager {
             list.push(CertificateInfo::missing(&name, error));
         }
         list
+    }
+
+    /// On-demand orders refused since `start`, by reason (every reason listed, zeros too).
+    pub fn on_demand_refusals(&self) -> Vec<(Refusal, u64)> {
+        self.inner.on_demand.refusals()
     }
 
     /// ACME orders started since `start` (on demand, configured names and renewals).
