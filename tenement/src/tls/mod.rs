@@ -11,7 +11,9 @@
 //!   limit; a handshake waits a bounded time for its name's first certificate;
 //! - certificates and the ACME account live under `{data_dir}/tls/` (keys 0600) and are
 //!   served at start without contacting the ACME server;
-//! - renewal at two thirds of the lifetime, retried with backoff while the old one serves;
+//! - renewal at 60% to two thirds of the lifetime (spread per certificate), retried with
+//!   backoff while the old one serves;
+//! - DNS-01 through a TXT record publisher (`dns01/`), and wildcard certificates per service;
 //! - the operator's own `cert` / `key` win for the names they cover and are reloaded when
 //!   the files change.
 
