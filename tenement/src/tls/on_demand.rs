@@ -6,7 +6,7 @@ use std::{
     collections::VecDeque,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Mutex,
+        Mutex, PoisonError,
     },
     time::{Duration, Instant},
 };
@@ -113,7 +113,11 @@ impl OnDemandGate {
     /// Gives back what `take` took, for an order that did not start after all.
     pub fn give_back(&self) {
         if let Some(budget) = &self.budget {
-            budget.started.lock().unwrap().pop_back();
+            budget
+                .started
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop_back();
         }
     }
 }
@@ -128,7 +132,7 @@ struct Budget {
 
 impl Budget {
     fn take(&self, now: Instant) -> Result<(), String> {
-        let mut started = self.started.lock().unwrap();
+        let mut started = self.started.lock().unwrap_or_else(PoisonError::into_inner);
         while started
             .front()
             .is_some_and(|t| now.saturating_duration_since(*t) >= self.window)

@@ -2,6 +2,7 @@
 //! it), a growing pause after each failure of a name, and a global token bucket, so that a
 //! storm of handshakes can never become a storm of orders.
 
+use std::sync::PoisonError;
 use std::{
     collections::HashMap,
     sync::Mutex,
@@ -65,12 +66,16 @@ impl OrderBook {
 
     /// Whether an order for `name` is running now (a handshake would join it).
     pub fn is_running(&self, name: &str) -> bool {
-        self.book.lock().unwrap().running.contains_key(name)
+        self.book
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .running
+            .contains_key(name)
     }
 
     pub fn admit(&self, name: &str) -> Admission {
         let now = Instant::now();
-        let mut book = self.book.lock().unwrap();
+        let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(running) = book.running.get(name) {
             return Admission::Join(running.clone());
         }
@@ -102,7 +107,7 @@ impl OrderBook {
     /// Records the end of an order started by `admit`; returns the pause before the next
     /// attempt when it failed.
     pub fn finish(&self, name: &str, result: &Result<(), String>) -> Option<Duration> {
-        let mut book = self.book.lock().unwrap();
+        let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
         book.running.remove(name);
         match result {
             Ok(()) => {
@@ -127,7 +132,7 @@ impl OrderBook {
 
     /// Names whose last order failed, with the error.
     pub fn failures(&self) -> Vec<(String, String)> {
-        let book = self.book.lock().unwrap();
+        let book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
         let mut failures: Vec<_> = book
             .failures
             .iter()

@@ -112,7 +112,8 @@ pub(crate) async fn publisher(tls: &Tls) -> Result<Option<Arc<dyn TxtPublisher>>
 /// dropped without it (an order cancelled by its timeout).
 pub(crate) struct Published {
     publisher: Arc<dyn TxtPublisher>,
-    record: Option<TxtRecord>,
+    record: TxtRecord,
+    removed: bool,
 }
 
 impl Published {
@@ -123,27 +124,28 @@ impl Published {
         publisher.publish(&record).await?;
         Ok(Published {
             publisher: publisher.clone(),
-            record: Some(record),
+            record,
+            removed: false,
         })
     }
 
     pub fn record(&self) -> &TxtRecord {
-        self.record.as_ref().expect("present until removed")
+        &self.record
     }
 
     pub async fn remove(mut self) {
-        if let Some(record) = self.record.take() {
-            remove_logged(self.publisher.as_ref(), &record).await;
-        }
+        self.removed = true;
+        remove_logged(self.publisher.as_ref(), &self.record).await;
     }
 }
 
 impl Drop for Published {
     fn drop(&mut self) {
-        let Some(record) = self.record.take() else {
+        if self.removed {
             return;
-        };
+        }
         let publisher = self.publisher.clone();
+        let record = self.record.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move { remove_logged(publisher.as_ref(), &record).await });
         }

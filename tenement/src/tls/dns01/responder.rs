@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
@@ -45,14 +45,14 @@ impl Records {
     fn add(&self, record: &TxtRecord) {
         self.0
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .entry(record.name.clone())
             .or_default()
             .push(record.value.clone());
     }
 
     fn remove(&self, record: &TxtRecord) {
-        let mut records = self.0.lock().unwrap();
+        let mut records = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(values) = records.get_mut(&record.name) {
             if let Some(index) = values.iter().position(|v| *v == record.value) {
                 values.remove(index);
@@ -64,7 +64,11 @@ impl Records {
     }
 
     fn values(&self, name: &str) -> Option<Vec<String>> {
-        self.0.lock().unwrap().get(name).cloned()
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
     }
 }
 
