@@ -74,7 +74,7 @@ impl FrontDoor {
         let tls = if settings.tls.enabled {
             let routes = proxy.clone();
             let manager =
-                TlsManager::start(settings, Arc::new(move |host: &str| routes.routes(host)))
+                TlsManager::start_for(&config, Arc::new(move |host: &str| routes.routes(host)))
                     .await?;
             let _ = tls_slot.set(manager.clone());
             Some(manager)
