@@ -20,6 +20,10 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "systemd",
     "prometheus",
+    // RFC 2136 dynamic updates (tls_dns01 tests): named, tsig-keygen, dig.
+    "bind9",
+    "bind9-utils",
+    "bind9-dnsutils",
 ];
 
 pub fn setup(apt: bool) -> Result<()> {

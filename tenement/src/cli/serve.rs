@@ -11,14 +11,14 @@ use std::{
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::front::FrontDoor;
+use super::front::{FrontDoor, Listeners};
 use crate::{
-    api::{Api, ApiServer},
+    api::{Api, ApiListeners, ApiServer},
     config::{self, Config},
     datadir,
     logs::LogHub,
     monitor::Monitor,
-    store::Store,
+    store::{DataDirLock, Store},
     supervisor::{self, KernelTraffic, Supervisor},
     systemd,
 };
@@ -64,6 +64,9 @@ pub fn serve(explicit: Option<&Path>, options: &ServeOptions) -> Result<ExitCode
 
 async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
     let settings = &config.settings;
+    // Before anything else in the data directory: a second daemon on it must leave the
+    // first one's store, sockets and tenants alone.
+    let _lock = DataDirLock::acquire(&settings.data_dir)?;
     for step in datadir::prepare(&settings.data_dir, |name| config.service.contains_key(name))? {
         match step {
             datadir::Migration::Moved { from, to } => {
@@ -77,6 +80,8 @@ async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
             }
         }
     }
+    let listeners = Listeners::bind(&config).await?;
+    let api_listeners = ApiListeners::bind(settings).await?;
     let store = Store::open(&settings.data_dir)?;
     let logs = LogHub::new(datadir::logs_dir(&settings.data_dir))?;
     let monitor = if no_kernel_counters {
@@ -96,15 +101,18 @@ async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
     let supervisor =
         Supervisor::start(config.clone(), store.clone(), logs.clone(), monitor.clone()).await?;
     watch_kernel(&supervisor, &monitor);
-    let api = ApiServer::start(Api {
-        config: config.clone(),
-        supervisor: supervisor.clone(),
-        store,
-        logs,
-        monitor,
-    })
+    let api = ApiServer::start(
+        Api {
+            config: config.clone(),
+            supervisor: supervisor.clone(),
+            store,
+            logs,
+            monitor,
+        },
+        api_listeners,
+    )
     .await?;
-    let front = FrontDoor::start(config.clone(), supervisor.clone()).await?;
+    let front = FrontDoor::start(config.clone(), supervisor.clone(), listeners).await?;
     api.attach_proxy(front.proxy.request_metrics());
     if let Some(manager) = &front.tls {
         api.attach_tls(manager.clone());

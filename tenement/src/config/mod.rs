@@ -26,6 +26,7 @@ pub use errors::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use names::{check_hostname, check_label, InstanceName};
 pub use secrets::readable_secrets;
+pub use service::Placeholders;
 pub use settings::API_SOCKET_FILE;
 pub use template::PLACEHOLDERS;
 pub use validate::MIN_PORTS;
@@ -122,12 +123,18 @@ impl Config {
         {
             anchor(path);
         }
+        if let Some(update) = &mut tls.dns_update {
+            anchor(&mut update.key_secret_file);
+        }
         for service in self.service.values_mut() {
-            for path in [&mut service.workdir, &mut service.env_file]
-                .into_iter()
-                .flatten()
-            {
-                anchor(path);
+            if let Some(workdir) = &mut service.workdir {
+                // `{data_dir}` becomes an absolute path when the instance starts.
+                if !workdir.starts_with("{data_dir}") {
+                    anchor(workdir);
+                }
+            }
+            if let Some(env_file) = &mut service.env_file {
+                anchor(env_file);
             }
         }
     }

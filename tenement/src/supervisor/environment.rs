@@ -7,16 +7,16 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::{
-    config::{InstanceName, Service},
+    config::{InstanceName, Placeholders, Service},
     endpoint::Endpoint,
 };
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Program and arguments, as configured (see `Service::argv`).
-pub fn argv(service: &Service, name: &InstanceName) -> Result<Vec<String>> {
+/// Program and arguments, as configured, placeholders filled (see `Service::argv_for`).
+pub fn argv(service: &Service, name: &InstanceName, values: &Placeholders) -> Result<Vec<String>> {
     service
-        .argv()
+        .argv_for(values)
         .map_err(|err| anyhow::anyhow!("the service of {name}: {err}"))
 }
 
@@ -49,7 +49,7 @@ pub fn variables(
     let port = endpoint.port().unwrap_or(0);
     set("DATA_DIR", data_dir.display().to_string());
     set("TENEMENT_INSTANCE", name.to_string());
-    for (key, value) in service.render_env(name, data_dir, port) {
+    for (key, value) in service.render_env(&Placeholders::new(name, data_dir, port)) {
         set(&key, value);
     }
     env

@@ -19,7 +19,7 @@ use super::{
     privacy, sandbox, Shared,
 };
 use crate::{
-    config::{InstanceName, Isolation, Listen, Service, SOCKET_FILE},
+    config::{InstanceName, Isolation, Listen, Placeholders, Service, SOCKET_FILE},
     endpoint::Endpoint,
 };
 
@@ -67,8 +67,10 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
         }
         Listen::Unix => (socket_endpoint(name, &data_dir, &run_as)?, None),
     };
-    let workdir = service.workdir.clone().unwrap_or_else(|| data_dir.clone());
-    let mut argv = environment::argv(service, name)?;
+    // `{port}` is refused at config check with listen = "unix".
+    let values = Placeholders::new(name, &data_dir, endpoint.port().unwrap_or(0));
+    let workdir = service.workdir_for(&values);
+    let mut argv = environment::argv(service, name, &values)?;
     let mut env = environment::variables(service, name, &data_dir, &endpoint, |key| {
         std::env::var(key).ok()
     });
