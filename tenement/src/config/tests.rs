@@ -196,4 +196,12 @@ fn unix_listening_refuses_sandbox_and_port_placeholders() {
         errors("[service.api]\ncommand = \"app\"\nlisten = \"tcp\"\n")[0]
             .contains("unknown variant `tcp`, expected `port` or `unix`")
     );
+    let found = errors(
+        "[service.api]\ncommand = \"app --port {port}\"\nargs = [\"{port}\"]\nlisten = \"unix\"\n",
+    );
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found.iter().all(|e| e.contains("uses {port}")),
+        "{found:#?}"
+    );
 }
