@@ -323,7 +323,7 @@ fn an_empty_acme_directory_turns_acme_off_and_passes() {
     assert_eq!(check("acme-off.toml"), (true, Vec::new()));
     assert_errors(
         "acme-off-no-cert.toml",
-        &["1:1: `cert` in [settings.tls]: ACME is off (acme_directory = \"\"), so TLS needs `cert` and `key`"],
+        &["1:11: `cert` in [settings.tls]: ACME is off (acme_directory = \"\"), so TLS needs `cert` and `key`"],
     );
 }
 

@@ -1,6 +1,7 @@
 //! Command line: parses arguments and hands each command to the module that owns it.
 
 mod client;
+mod daemon_log;
 mod remote;
 mod serve;
 mod table;
