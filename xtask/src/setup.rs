@@ -20,6 +20,10 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "systemd",
     "prometheus",
+    // mkfs.ext4 for the per-instance storage quota images.
+    "e2fsprogs",
+    // mount(8) and losetup(8): loop-mounting those images.
+    "mount",
 ];
 
 pub fn setup(apt: bool) -> Result<()> {

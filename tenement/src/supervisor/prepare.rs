@@ -15,7 +15,7 @@ use super::{
     init::InitSpec,
     launch::{Launch, Wrapper},
     ports::PortLease,
-    privacy, sandbox, Shared,
+    privacy, sandbox, storage, Shared,
 };
 use crate::config::{InstanceName, Isolation, Service};
 
@@ -50,6 +50,16 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
     )?;
     let data_dir = data_dir(&settings.data_dir, name);
     create_data_dir(&settings.data_dir, &data_dir, &run_as, root)?;
+    if let (Some(quota_mb), storage::Enforcement::Filesystem) =
+        (service.storage_quota_mb, storage::current())
+    {
+        // mkfs and mount take a moment: let the runtime's other tasks go on meanwhile.
+        tokio::task::block_in_place(|| {
+            storage::mount(&settings.data_dir, &data_dir, name, quota_mb)
+        })?;
+        // The mounted file system's root becomes the data directory: the tenant's, 0700.
+        create_data_dir(&settings.data_dir, &data_dir, &run_as, root)?;
+    }
     let port = shared
         .ports
         .lease()
