@@ -215,7 +215,7 @@ fn following_a_service_shows_instances_started_later() {
         }
     });
     let mut seen = Vec::new();
-    let mut wait_for = |text: &str, seen: &mut Vec<String>| {
+    let wait_for = |text: &str, seen: &mut Vec<String>| {
         while !seen.iter().any(|l: &String| l.contains(text)) {
             let line = received
                 .recv_timeout(api_support::PATIENCE)
