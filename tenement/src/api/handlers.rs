@@ -1,4 +1,4 @@
-//! Instances and tokens: list, show, spawn, stop, restart, weight, events; issue, list and
+//! Instances and tokens: list, show, spawn, start, stop, restart, weight, events; issue, list and
 //! revoke tokens. Every input is checked before anything changes.
 
 use hyper::{body::Incoming, Response, StatusCode};
@@ -104,6 +104,23 @@ pub async fn spawn(
         .spawn(&name)
         .await
         .map_err(|err| start_error(&name, err))?;
+    Ok(body::json(StatusCode::OK, &instance_view(context, &info)))
+}
+
+/// `start`: like `spawn`, with the name in the path. Ends an operator's stop.
+pub async fn start(
+    context: &Context,
+    caller: &Caller,
+    name: &InstanceName,
+) -> ApiResult<Response<Body>> {
+    caller.require_admin("starting an instance")?;
+    known_service(context, &name.service)?;
+    let info = context
+        .api
+        .supervisor
+        .spawn(name)
+        .await
+        .map_err(|err| start_error(name, err))?;
     Ok(body::json(StatusCode::OK, &instance_view(context, &info)))
 }
 

@@ -89,6 +89,11 @@ async fn route(
         ["v1", "instances", name, action] => {
             let name = &handlers::path_instance(name)?;
             match *action {
+                "start" => {
+                    is("POST")?;
+                    query.allow(&[])?;
+                    handlers::start(context, &caller, name).await
+                }
                 "stop" => {
                     is("POST")?;
                     query.allow(&[])?;

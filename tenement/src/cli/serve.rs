@@ -13,14 +13,14 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::{
     daemon_log::{self, LogFormat},
-    front::FrontDoor,
+    front::{FrontDoor, Listeners},
 };
 use crate::{
-    api::{Api, ApiServer},
+    api::{Api, ApiListeners, ApiServer},
     config::{self, Config},
     logs::LogHub,
     monitor::Monitor,
-    store::Store,
+    store::{DataDirLock, Store},
     supervisor::{self, KernelTraffic, Supervisor},
     systemd,
 };
@@ -61,6 +61,11 @@ pub fn serve(explicit: Option<&Path>, options: &ServeOptions) -> Result<ExitCode
 
 async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
     let settings = &config.settings;
+    // Before anything else in the data directory: a second daemon on it must leave the
+    // first one's store, sockets and tenants alone.
+    let _lock = DataDirLock::acquire(&settings.data_dir)?;
+    let listeners = Listeners::bind(&config).await?;
+    let api_listeners = ApiListeners::bind(settings).await?;
     let store = Store::open(&settings.data_dir)?;
     let logs = LogHub::new(settings.data_dir.join("logs"))?;
     let monitor = if no_kernel_counters {
@@ -80,15 +85,18 @@ async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
     let supervisor =
         Supervisor::start(config.clone(), store.clone(), logs.clone(), monitor.clone()).await?;
     watch_kernel(&supervisor, &monitor);
-    let api = ApiServer::start(Api {
-        config: config.clone(),
-        supervisor: supervisor.clone(),
-        store,
-        logs,
-        monitor,
-    })
+    let api = ApiServer::start(
+        Api {
+            config: config.clone(),
+            supervisor: supervisor.clone(),
+            store,
+            logs,
+            monitor,
+        },
+        api_listeners,
+    )
     .await?;
-    let front = FrontDoor::start(config.clone(), supervisor.clone()).await?;
+    let front = FrontDoor::start(config.clone(), supervisor.clone(), listeners).await?;
     api.attach_proxy(front.proxy.request_metrics());
     if let Some(manager) = &front.tls {
         api.attach_tls(manager.clone());

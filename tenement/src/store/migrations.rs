@@ -31,6 +31,9 @@ const MIGRATIONS: &[&str] = &[
          sha256     BLOB NOT NULL UNIQUE,
          created_ms INTEGER NOT NULL
      );",
+    // 2: an operator's stop holds (`stopped`) until `start`; an instance that is not
+    // wanted running and not held is asleep (`sleeping`) and wakes on a request.
+    "ALTER TABLE instances ADD COLUMN held INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Brings the schema of `db` up to date.
