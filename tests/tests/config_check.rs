@@ -353,6 +353,15 @@ fn the_full_example_and_the_bundled_one_pass() {
 }
 
 #[test]
+fn an_empty_acme_directory_turns_acme_off_and_passes() {
+    assert_eq!(check("acme-off.toml"), (true, Vec::new()));
+    assert_errors(
+        "acme-off-no-cert.toml",
+        &["1:11: `cert` in [settings.tls]: ACME is off (acme_directory = \"\"), so TLS needs `cert` and `key`"],
+    );
+}
+
+#[test]
 fn show_prints_the_defaults_and_parses_back() {
     let out = tenement(&fixtures(), &["config", "show", "--config", "minimal.toml"]);
     assert!(out.status.success());

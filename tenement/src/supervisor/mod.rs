@@ -27,6 +27,7 @@ mod sampler;
 mod sandbox;
 mod spawner;
 mod state;
+pub mod storage;
 
 use std::{
     collections::BTreeMap,
@@ -494,6 +495,7 @@ impl Supervisor {
         for stop in stops {
             let _ = stop.await;
         }
+        storage::unmount_all(&self.shared.config.settings.data_dir);
         if let Some(tree) = &self.shared.cgroups {
             if let Err(err) = tree.remove() {
                 tracing::error!("removing tenement's cgroups: {err:#}");
