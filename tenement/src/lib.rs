@@ -7,6 +7,8 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod datadir;
+pub mod endpoint;
 pub mod logs;
 pub mod monitor;
 pub mod proxy;

@@ -86,7 +86,7 @@ fn a_quota_is_a_file_system_the_tenant_cannot_write_past() {
     let data = daemon.data_dir.join("store/alice");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("old.txt"), "from before").unwrap();
-    let image = daemon.data_dir.join(".storage/store-alice.img");
+    let image = daemon.data_dir.join(".storage/store_alice.img");
 
     daemon.start();
     let port = daemon.wait_ready("store:alice", 1);

@@ -137,7 +137,7 @@ async fn a_wildcard_over_the_built_in_responder_serves_every_tenant() {
     // The challenges are over: the responder holds nothing and refuses the name again.
     let answer = bind::dig_full(dns, &["TXT", CHALLENGE_NAME]);
     assert!(answer.contains("status: REFUSED"), "{answer}");
-    let stored = std::fs::read_dir(data.path.join("tls/acme"))
+    let stored = std::fs::read_dir(tenement::datadir::tls_dir(&data.path).join("acme"))
         .unwrap()
         .next()
         .unwrap()

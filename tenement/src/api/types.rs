@@ -20,6 +20,9 @@ pub struct InstanceView {
     pub health: Option<String>,
     pub pid: Option<u32>,
     pub port: Option<u16>,
+    /// The unix socket it listens on instead of a port (`listen = "unix"`), while it runs.
+    #[serde(default)]
+    pub socket: Option<String>,
     /// Share of its service's traffic, 0-100.
     pub weight: u8,
     pub restarts: u32,

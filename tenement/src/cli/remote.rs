@@ -297,9 +297,9 @@ async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<
             let deployed: DeployResponse = client.call(Method::POST, &path, Some(&request)).await?;
             print(json, &deployed, || {
                 format!(
-                    "{} is healthy on port {}; weights: {}",
+                    "{} is healthy on {}; weights: {}",
                     deployed.instance.name,
-                    or_dash(deployed.instance.port),
+                    listening_on(&deployed.instance),
                     weights_line(&deployed.weights)
                 )
             })
@@ -375,11 +375,22 @@ fn instance_arg(text: &str) -> Result<String> {
 }
 
 fn running_line(view: &InstanceView) -> String {
-    match (view.port, view.pid) {
-        (Some(port), Some(pid)) => {
-            format!("{} {} on port {port} (pid {pid})", view.name, view.state)
-        }
+    match view.pid {
+        Some(pid) if view.port.is_some() || view.socket.is_some() => format!(
+            "{} {} on {} (pid {pid})",
+            view.name,
+            view.state,
+            listening_on(view)
+        ),
         _ => format!("{} {}", view.name, view.state),
+    }
+}
+
+/// `port 21000`, `socket /var/lib/tenement/notes/alice/app.sock`, or `port -`.
+fn listening_on(view: &InstanceView) -> String {
+    match (view.port, &view.socket) {
+        (None, Some(socket)) => format!("socket {socket}"),
+        (port, _) => format!("port {}", or_dash(port)),
     }
 }
 
@@ -398,7 +409,11 @@ fn ps_table(views: &[InstanceView]) -> String {
             view.state.clone(),
             or_dash(view.health.as_ref()),
             or_dash(view.pid),
-            or_dash(view.port),
+            // A unix socket's path is long: the column says only that there is one.
+            match (view.port, &view.socket) {
+                (None, Some(_)) => "unix".to_string(),
+                (port, _) => or_dash(port),
+            },
             or_dash(view.uptime_secs.map(table::duration)),
             view.weight.to_string(),
             view.restarts.to_string(),

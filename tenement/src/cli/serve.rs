@@ -18,6 +18,7 @@ use super::{
 use crate::{
     api::{Api, ApiListeners, ApiServer},
     config::{self, Config},
+    datadir,
     logs::LogHub,
     monitor::Monitor,
     store::{DataDirLock, Store},
@@ -48,6 +49,9 @@ pub fn serve(explicit: Option<&Path>, options: &ServeOptions) -> Result<ExitCode
     daemon_log::init(options.log_format);
     let path = config::locate(explicit)?;
     let mut config = Config::load(&path)?;
+    if let Some(warning) = config::readable_secrets(&path, &config) {
+        tracing::warn!("{warning}");
+    }
     if options.tls {
         config.settings.tls.enabled = true;
     }
@@ -64,10 +68,23 @@ async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
     // Before anything else in the data directory: a second daemon on it must leave the
     // first one's store, sockets and tenants alone.
     let _lock = DataDirLock::acquire(&settings.data_dir)?;
+    for step in datadir::prepare(&settings.data_dir, |name| config.service.contains_key(name))? {
+        match step {
+            datadir::Migration::Moved { from, to } => {
+                tracing::info!("moved {} to {}", from.display(), to.display());
+            }
+            datadir::Migration::Kept { path, why } => {
+                tracing::warn!(
+                    "left {} of an earlier version in place: {why}",
+                    path.display()
+                );
+            }
+        }
+    }
     let listeners = Listeners::bind(&config).await?;
     let api_listeners = ApiListeners::bind(settings).await?;
     let store = Store::open(&settings.data_dir)?;
-    let logs = LogHub::new(settings.data_dir.join("logs"))?;
+    let logs = LogHub::new(datadir::logs_dir(&settings.data_dir))?;
     let monitor = if no_kernel_counters {
         Monitor::without_kernel("disabled with --no-kernel-counters")
     } else {

@@ -9,6 +9,7 @@ mod errors;
 mod model;
 mod names;
 mod schema;
+mod secrets;
 mod service;
 mod settings;
 mod source;
@@ -24,6 +25,7 @@ use anyhow::{Context, Result};
 pub use errors::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use names::{check_hostname, check_label, InstanceName};
+pub use secrets::readable_secrets;
 pub use service::Placeholders;
 pub use settings::API_SOCKET_FILE;
 pub use template::PLACEHOLDERS;
@@ -130,6 +132,9 @@ impl Config {
                 if !workdir.starts_with("{data_dir}") {
                     anchor(workdir);
                 }
+            }
+            if let Some(env_file) = &mut service.env_file {
+                anchor(env_file);
             }
         }
     }

@@ -271,6 +271,12 @@ pub struct Service {
     pub env_inherit: Vec<String>,
     /// Extra environment; values may use `{name}`, `{id}`, `{data_dir}`, `{port}`.
     pub env: BTreeMap<String, String>,
+    /// A file of `KEY=VALUE` lines read by tenement (root) at each start of an instance:
+    /// secrets kept out of the shared configuration. Its values win over `env`.
+    pub env_file: Option<PathBuf>,
+    /// How the instance is reached: a port of 127.0.0.1 (`PORT`), or a unix socket in its
+    /// own data directory (`SOCKET_PATH`).
+    pub listen: Listen,
 }
 
 impl Default for Service {
@@ -294,6 +300,8 @@ impl Default for Service {
             user: None,
             env_inherit: Vec::new(),
             env: BTreeMap::new(),
+            env_file: None,
+            listen: Listen::Port,
         }
     }
 }
@@ -305,6 +313,18 @@ pub enum Isolation {
     Namespace,
     Sandbox,
 }
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Listen {
+    /// A port of `port_range` on 127.0.0.1, given as `PORT`.
+    Port,
+    /// A socket at `{data_dir}/app.sock`, given as `SOCKET_PATH`: no port at all.
+    Unix,
+}
+
+/// The socket's file name in the instance's data directory with `listen = "unix"`.
+pub const SOCKET_FILE: &str = "app.sock";
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]

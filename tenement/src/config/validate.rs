@@ -5,7 +5,7 @@ use std::fmt::Display;
 
 use super::{
     errors::ConfigError,
-    model::{Challenge, Config, Service, Settings, Tls, Wildcard},
+    model::{Challenge, Config, Isolation, Listen, Service, Settings, Tls, Wildcard},
     names::{check_hostname, check_label},
     settings::check_api_address,
     source::{section, Source},
@@ -322,6 +322,10 @@ fn dns01(check: &mut Checker, config: &Config) {
     }
 }
 
+/// `{port}` where `listen = "unix"` leaves the instance without a port.
+const NO_PORT_WITH_UNIX: &str =
+    "uses {port}, but with listen = \"unix\" the instance has no port (use $SOCKET_PATH)";
+
 fn service(check: &mut Checker, name: &str, service: &Service) {
     if let Err(err) = check_label("service", name) {
         // The name is the key of the table: report it there, as `[service.NAME]`.
@@ -343,15 +347,22 @@ fn service(check: &mut Checker, name: &str, service: &Service) {
         check.key(&at("command"), err);
     } else if let Err(err) = template::check(&service.command) {
         check.key(&at("command"), err);
+    } else if service.listen == Listen::Unix && service.command.contains("{port}") {
+        check.key(&at("command"), NO_PORT_WITH_UNIX);
     }
     for (index, arg) in service.args.iter().flatten().enumerate() {
         if let Err(err) = template::check(arg) {
             check.element(&at("args"), index, err);
+        } else if service.listen == Listen::Unix && arg.contains("{port}") {
+            check.element(&at("args"), index, NO_PORT_WITH_UNIX);
         }
     }
     if let Some(workdir) = &service.workdir {
-        if let Err(err) = template::check(&workdir.to_string_lossy()) {
+        let workdir = workdir.to_string_lossy();
+        if let Err(err) = template::check(&workdir) {
             check.key(&at("workdir"), err);
+        } else if service.listen == Listen::Unix && workdir.contains("{port}") {
+            check.key(&at("workdir"), NO_PORT_WITH_UNIX);
         }
     }
     if let Some(health) = &service.health {
@@ -422,9 +433,34 @@ fn service(check: &mut Checker, name: &str, service: &Service) {
                 &path,
                 "is set by tenement to the port it gives the instance",
             );
+        } else if variable == "SOCKET_PATH" {
+            check.key(
+                &path,
+                "is set by tenement to the socket it gives the instance (listen = \"unix\")",
+            );
+        } else if service.listen == Listen::Unix && value.contains("{port}") {
+            check.key(&path, NO_PORT_WITH_UNIX);
         } else if let Err(err) = template::check(value) {
             check.key(&path, err);
         }
+    }
+    if service.listen == Listen::Unix && service.isolation == Isolation::Sandbox {
+        check.key(
+            &at("listen"),
+            "\"unix\" cannot be combined with isolation = \"sandbox\": a socket made inside the \
+             gVisor sandbox cannot be reached from the host; use isolation = \"namespace\", \
+             or listen = \"port\"",
+        );
+    }
+    if service
+        .env_file
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        check.key(
+            &at("env_file"),
+            "must be a path, e.g. \"/etc/tenement/secrets/notes.env\"",
+        );
     }
 }
 

@@ -22,6 +22,7 @@ use super::{
     table::Entry,
     upstream::{self, UpstreamBody, UpstreamError},
 };
+use crate::endpoint::Endpoint;
 use std::{future::Future, sync::Arc, time::Duration};
 
 /// What the request asks of the proxy, read from its headers before routing.
@@ -57,38 +58,42 @@ pub(crate) async fn forward(
     let upgrade = asked.upgrade;
     let forwarded = prepare_request(&mut request, &conn, asked.connection_header);
 
-    let known_port = entry.port.filter(|_| entry.state.is_serving());
-    let port = match known_port {
-        Some(port) => port,
+    let known = entry.endpoint.as_ref().filter(|_| entry.state.is_serving());
+    let woken;
+    let endpoint = match known {
+        Some(endpoint) => endpoint,
         None => match Box::pin(wake(&conn, &entry, format)).await {
-            Ok(port) => port,
+            Ok(endpoint) => {
+                woken = endpoint;
+                &woken
+            }
             Err(response) => return answer(response, exchange),
         },
     };
     if upgrade {
-        let port = Port {
-            number: port,
-            from_table: known_port.is_some(),
+        let target = Target {
+            endpoint: endpoint.clone(),
+            from_table: known.is_some(),
         };
         // Boxed, like the other rare paths below: the future of every request is as big as
         // its biggest path, and hyper and the runtime copy it around whole.
         return Box::pin(tunnel(
-            conn, entry, port, request, forwarded, exchange, format,
+            conn, entry, target, request, forwarded, exchange, format,
         ))
         .await;
     }
     let limit = entry.request_timeout;
     let sent = match in_time(
         limit,
-        upstream::send(&entry.pool, port, request, &forwarded),
+        upstream::send(&entry.pool, endpoint, request, &forwarded),
     )
     .await
     {
-        Some(Err((error, Some(request)))) if error.is_refused() && known_port.is_some() => {
+        Some(Err((error, Some(request)))) if error.is_refused() && known.is_some() => {
             // The table still said it runs, but it has stopped or moved since: wake it once.
             match Box::pin(wake(&conn, &entry, format)).await {
-                Ok(port) => {
-                    let again = upstream::send(&entry.pool, port, request, &forwarded);
+                Ok(endpoint) => {
+                    let again = upstream::send(&entry.pool, &endpoint, request, &forwarded);
                     Box::pin(in_time(limit, again)).await
                 }
                 Err(response) => return answer(response, exchange),
@@ -140,7 +145,11 @@ fn relay(response: Response<UpstreamBody>, mut exchange: Exchange) -> Response<P
     Response::from_parts(parts, ProxyBody::upstream(body, exchange))
 }
 
-async fn wake(conn: &ConnContext, entry: &Entry, format: Format) -> Result<u16, Response<Bytes>> {
+async fn wake(
+    conn: &ConnContext,
+    entry: &Entry,
+    format: Format,
+) -> Result<Endpoint, Response<Bytes>> {
     let started = std::time::Instant::now();
     let woken = conn.ensure_running(&entry.name).await;
     entry.requests.woke(started.elapsed(), woken.is_ok());
@@ -212,11 +221,10 @@ fn join_cookies(headers: &mut http::HeaderMap) {
     }
 }
 
-/// The instance's port, and whether it came from the routing table (which may be out of
+/// Where a tunnel goes, and whether that came from the routing table (which may be out of
 /// date) rather than from a fresh `ensure_running`.
-#[derive(Clone, Copy)]
-struct Port {
-    number: u16,
+struct Target {
+    endpoint: Endpoint,
     from_table: bool,
 }
 
@@ -227,7 +235,7 @@ struct Port {
 async fn tunnel(
     conn: Arc<ConnContext>,
     entry: Arc<Entry>,
-    port: Port,
+    target: Target,
     mut request: Request<Incoming>,
     forwarded: Forwarded,
     mut exchange: Exchange,
@@ -237,13 +245,19 @@ async fn tunnel(
     let limit = entry.request_timeout;
     let sent = match in_time(
         limit,
-        upstream::send_upgrade(port.number, request, &forwarded),
+        upstream::send_upgrade(&target.endpoint, request, &forwarded),
     )
     .await
     {
-        Some(Err((error, Some(request)))) if error.is_refused() && port.from_table => {
+        Some(Err((error, Some(request)))) if error.is_refused() && target.from_table => {
             match wake(&conn, &entry, format).await {
-                Ok(port) => in_time(limit, upstream::send_upgrade(port, request, &forwarded)).await,
+                Ok(endpoint) => {
+                    in_time(
+                        limit,
+                        upstream::send_upgrade(&endpoint, request, &forwarded),
+                    )
+                    .await
+                }
                 Err(response) => return answer(response, exchange),
             }
         }

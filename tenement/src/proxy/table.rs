@@ -21,7 +21,10 @@ use super::{
     pool::Pool,
     weights::Rotation,
 };
-use crate::config::{Config, InstanceName};
+use crate::{
+    config::{Config, InstanceName},
+    endpoint::Endpoint,
+};
 
 /// One instance as the request path sees it.
 pub(crate) struct Entry {
@@ -29,7 +32,7 @@ pub(crate) struct Entry {
     /// `service:id`, ready for logs and error messages.
     pub label: Box<str>,
     pub state: BackendState,
-    pub port: Option<u16>,
+    pub endpoint: Option<Endpoint>,
     pub pool: Arc<Pool>,
     /// Where requests to it are counted for `/metrics`.
     pub requests: Arc<InstanceRequests>,
@@ -127,7 +130,7 @@ impl Table {
                 label: instance.name.to_string().into_boxed_str(),
                 name: instance.name,
                 state: instance.state,
-                port: instance.port,
+                endpoint: instance.endpoint,
                 pool,
                 requests: counted,
             });
@@ -289,7 +292,7 @@ mod tests {
             name: InstanceName::parse(name).unwrap(),
             weight,
             state,
-            port: Some(1),
+            endpoint: Some(Endpoint::Port(1)),
         }
     }
 

@@ -7,7 +7,7 @@ use tokio::sync::watch;
 use super::{InstanceState, StartError, Supervisor};
 use crate::{
     config::InstanceName,
-    proxy::{ActivityGuard, BackendInstance, BackendState, Backends, WakeError},
+    proxy::{ActivityGuard, BackendInstance, BackendState, Backends, Endpoint, WakeError},
 };
 
 impl Backends for Supervisor {
@@ -16,7 +16,7 @@ impl Backends for Supervisor {
             .into_iter()
             .map(|info| BackendInstance {
                 state: backend_state(info.state),
-                port: info.state.serves().then_some(info.port).flatten(),
+                endpoint: info.state.serves().then_some(info.endpoint).flatten(),
                 weight: info.weight,
                 name: info.name,
             })
@@ -27,7 +27,10 @@ impl Backends for Supervisor {
         Supervisor::changes(self)
     }
 
-    fn ensure_running(&self, name: &InstanceName) -> BoxFuture<'static, Result<u16, WakeError>> {
+    fn ensure_running(
+        &self,
+        name: &InstanceName,
+    ) -> BoxFuture<'static, Result<Endpoint, WakeError>> {
         let supervisor = self.clone();
         let name = name.clone();
         async move {

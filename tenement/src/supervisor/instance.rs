@@ -38,6 +38,8 @@ pub struct Status {
     pub state: InstanceState,
     pub pid: Option<u32>,
     pub port: Option<u16>,
+    /// Where the current process listens (its port, or its unix socket).
+    pub endpoint: Option<crate::endpoint::Endpoint>,
     pub weight: u8,
     pub restarts: u32,
     pub started_at: Option<SystemTime>,
@@ -108,6 +110,7 @@ impl Instance {
             held,
             pid: None,
             port: None,
+            endpoint: None,
             weight,
             restarts: 0,
             started_at: None,
@@ -139,6 +142,12 @@ impl Instance {
             state: s.state,
             pid: s.pid,
             port: s.port,
+            socket: s
+                .endpoint
+                .as_ref()
+                .and_then(|e| e.socket_path())
+                .map(|p| p.to_path_buf()),
+            endpoint: s.endpoint.clone(),
             weight: s.weight,
             restarts: s.restarts,
             started_at: s.started_at,

@@ -7,6 +7,7 @@
 
 mod backends;
 pub mod cgroup;
+mod env_file;
 mod environment;
 mod failure;
 pub mod guard;
@@ -40,6 +41,7 @@ use tokio::sync::watch;
 
 use crate::{
     config::{Config, InstanceName},
+    endpoint::Endpoint,
     logs::LogHub,
     monitor::{InstanceStats, Monitor},
     store::{EventKind, Store, DEFAULT_WEIGHT},
@@ -290,16 +292,16 @@ impl Supervisor {
         Ok(instance.info())
     }
 
-    /// The port of `name` once it is ready, starting it if it is sleeping. All concurrent
+    /// Where `name` listens once it is ready, starting it if it is sleeping. All concurrent
     /// callers share one start. Fails at once for an unknown service, a failed instance,
     /// or one an operator stopped.
-    pub async fn ensure_running(&self, name: &InstanceName) -> Result<u16, StartError> {
+    pub async fn ensure_running(&self, name: &InstanceName) -> Result<Endpoint, StartError> {
         let instance = self.shared.known_service(name)?;
         {
             let status = instance.status.borrow();
             if status.state.serves() {
-                if let Some(port) = status.port {
-                    return Ok(port);
+                if let Some(endpoint) = &status.endpoint {
+                    return Ok(endpoint.clone());
                 }
             }
             if status.held {
@@ -312,7 +314,7 @@ impl Supervisor {
         self.wake(&instance, Waker::Request).await
     }
 
-    async fn wake(&self, instance: &Arc<Instance>, by: Waker) -> Result<u16, StartError> {
+    async fn wake(&self, instance: &Arc<Instance>, by: Waker) -> Result<Endpoint, StartError> {
         if self.shared.is_shutting_down() {
             return Err(StartError::Failed {
                 state: instance.state(),
@@ -369,8 +371,8 @@ impl Supervisor {
             }
             Ok(Ok(status)) => status.clone(),
         };
-        match (status.state.serves(), status.port) {
-            (true, Some(port)) => Ok(port),
+        match (status.state.serves(), status.endpoint.clone()) {
+            (true, Some(endpoint)) => Ok(endpoint),
             // A failed attempt, restarted in the background: its reason, now.
             _ if status.state == InstanceState::Starting => Err(StartError::NotReady(
                 status

@@ -21,7 +21,7 @@ use super::{
     state::InstanceState,
     storage, Shared,
 };
-use crate::{logs::Stream, store::EventKind};
+use crate::{endpoint::Endpoint, logs::Stream, store::EventKind};
 
 /// Health checks failing in a row before the instance counts as unhealthy.
 const UNHEALTHY_AFTER: u32 = 3;
@@ -258,6 +258,7 @@ fn finish(shared: &Shared, instance: &Instance, kind: StopKind) {
 fn clear_process(status: &mut super::instance::Status) {
     status.pid = None;
     status.port = None;
+    status.endpoint = None;
     status.cgroup_id = None;
     status.cgroup_path = None;
     status.memory_cgroup = None;
@@ -289,6 +290,7 @@ async fn attempt(
     };
     let Prepared {
         launch,
+        endpoint,
         port,
         cgroup,
         run_as,
@@ -347,7 +349,8 @@ async fn attempt(
     shared.update(instance, |s| {
         s.state = InstanceState::Starting;
         s.pid = Some(pid);
-        s.port = Some(port.port());
+        s.port = endpoint.port();
+        s.endpoint = Some(endpoint.clone());
         s.started_at = Some(SystemTime::now());
         s.cannot_start = false;
         s.cgroup_id = cgroup_id;
@@ -364,19 +367,18 @@ async fn attempt(
         instance,
         EventKind::Spawned,
         &format!(
-            "pid {pid}, port {}, uid {}, isolation {:?}",
-            port.port(),
+            "pid {pid}, {}, uid {}, isolation {}",
+            listens_on(&endpoint),
             run_as.uid,
-            instance.service.isolation
-        )
-        .to_lowercase(),
+            format!("{:?}", instance.service.isolation).to_lowercase()
+        ),
     );
 
     let end = supervise(
         shared,
         instance,
         &mut child,
-        port.port(),
+        &endpoint,
         cgroup.as_ref(),
         stop,
         began,
@@ -426,7 +428,7 @@ async fn supervise(
     shared: &Shared,
     instance: &Instance,
     child: &mut Child,
-    port: u16,
+    endpoint: &Endpoint,
     cgroup: Option<&super::cgroup::InstanceCgroup>,
     stop: &mut watch::Receiver<Option<StopKind>>,
     began: Instant,
@@ -434,17 +436,17 @@ async fn supervise(
     let service = &instance.service;
     let startup = Duration::from_secs(service.startup_timeout);
     let ready = tokio::select! {
-        ready = timeout(startup, wait_ready(instance, port)) => ready,
+        ready = timeout(startup, wait_ready(instance, endpoint)) => ready,
         status = child.wait() => return exited(status, None),
         kind = stopped(stop) => return AttemptEnd::Stopped(kind),
     };
     if let Err(_elapsed) = ready {
         let reason = match service.health.as_deref() {
-            Some(path) => match health::check(port, Some(path), Duration::from_secs(1)).await {
+            Some(path) => match health::check(endpoint, Some(path), Duration::from_secs(1)).await {
                 Ok(()) => "it became healthy just too late".to_string(),
                 Err(reason) => reason,
             },
-            None => format!("nothing accepted connections on port {port}"),
+            None => format!("nothing accepted connections on {}", listens_on(endpoint)),
         };
         return AttemptEnd::NeverReady { reason };
     }
@@ -457,11 +459,12 @@ async fn supervise(
     // From the decision to start (cgroup, data directory, fork included) to the first
     // successful check.
     let took = began.elapsed().as_millis();
-    tracing::info!("{}: ready in {took}ms on port {port}", instance.name);
+    let on = listens_on(endpoint);
+    tracing::info!("{}: ready in {took}ms on {on}", instance.name);
     shared.record(
         instance,
         EventKind::Ready,
-        &format!("ready after {took}ms on port {port}"),
+        &format!("ready after {took}ms on {on}"),
     );
 
     let interval = Duration::from_secs(shared.config.settings.health_check_interval.max(1));
@@ -485,7 +488,7 @@ async fn supervise(
                 shared.logs.system(&instance.name, detail);
             }
         }
-        let check = health::check(port, service.health.as_deref(), interval);
+        let check = health::check(endpoint, service.health.as_deref(), interval);
         match shared.probe(instance, check).await {
             Ok(()) if failures > 0 => {
                 failures = 0;
@@ -539,15 +542,23 @@ fn exited(status: std::io::Result<ExitStatus>, ready_for: Option<Duration>) -> A
 }
 
 /// Listening, then (if the service has a health path) answering it with 2xx.
-async fn wait_ready(instance: &Instance, port: u16) {
-    health::wait_listening(port, &instance.listening).await;
+async fn wait_ready(instance: &Instance, endpoint: &Endpoint) {
+    health::wait_listening(endpoint, &instance.listening).await;
     if let Some(path) = instance.service.health.as_deref() {
-        while health::check(port, Some(path), Duration::from_secs(2))
+        while health::check(endpoint, Some(path), Duration::from_secs(2))
             .await
             .is_err()
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// `port 31000` or `socket /var/lib/tenement/notes/alice/app.sock`, for events and logs.
+fn listens_on(endpoint: &Endpoint) -> String {
+    match endpoint {
+        Endpoint::Port(port) => format!("port {port}"),
+        Endpoint::Unix { path, .. } => format!("socket {}", path.display()),
     }
 }
 

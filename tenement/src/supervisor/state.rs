@@ -66,6 +66,11 @@ pub struct InstanceInfo {
     /// `sandbox`, runsc).
     pub pid: Option<u32>,
     pub port: Option<u16>,
+    /// The unix socket it listens on (`listen = "unix"`), instead of a port.
+    pub socket: Option<PathBuf>,
+    /// Where it listens: `port` or `socket`, as the proxy connects.
+    #[serde(skip)]
+    pub endpoint: Option<crate::endpoint::Endpoint>,
     /// Routing weight, 0-100.
     pub weight: u8,
     /// Restarts since tenement started it (crashes, failed health, failed starts).

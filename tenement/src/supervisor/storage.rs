@@ -1,5 +1,5 @@
 //! `storage_quota_mb` enforced by the file system: an instance with a quota gets its own
-//! ext4 image (`{data_dir}/.storage/SERVICE-ID.img`, sparse, exactly the quota in size),
+//! ext4 image (`{data_dir}/.storage/SERVICE_ID.img`, sparse, exactly the quota in size),
 //! loop-mounted on its data directory while it runs. A tenant writing past it gets ENOSPC
 //! from the kernel, at once. This works on any host file system, needs root, `mkfs.ext4`
 //! (e2fsprogs) and loop devices; [`enforcement`] says whether this host has them, and

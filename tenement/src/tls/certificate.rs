@@ -128,7 +128,7 @@ pub(crate) fn name_matches(pattern: &str, name: &str) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CertificateSource {
-    /// Issued by the ACME server and stored under `{data_dir}/tls/`.
+    /// Issued by the ACME server and stored under `{data_dir}/.tenement/tls/`.
     Acme,
     /// The operator's own `cert` / `key` files from `[settings.tls]`.
     File,

@@ -1,4 +1,4 @@
-//! Files under `{data_dir}/tls/`: the ACME account and the issued certificates.
+//! Files under `{data_dir}/.tenement/tls/`: the ACME account and the issued certificates.
 //!
 //! Each ACME directory gets its own folder (`acme/{host}-{hash}`), so switching from a staging
 //! server to production never serves a staging certificate, and switching back reuses the old
@@ -23,12 +23,9 @@ pub(crate) struct Disk {
 }
 
 impl Disk {
-    /// Creates `{data_dir}/tls/acme/{directory id}/` (mode 0700) if needed.
-    pub fn open(data_dir: &Path, directory_url: &str) -> Result<Disk> {
-        let root = data_dir
-            .join("tls")
-            .join("acme")
-            .join(directory_id(directory_url));
+    /// Creates `{tls_dir}/acme/{directory id}/` (mode 0700) if needed.
+    pub fn open(tls_dir: &Path, directory_url: &str) -> Result<Disk> {
+        let root = tls_dir.join("acme").join(directory_id(directory_url));
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -127,6 +124,7 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
             .create(true)
             .truncate(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
         file.write_all(contents)?;
         file.sync_all()?;

@@ -9,8 +9,8 @@
 //!   ([`NamePolicy`]), so a stranger cannot make tenement order certificates for made-up names;
 //! - one order per name at a time, a growing pause after a name's failures, a global rate
 //!   limit; a handshake waits a bounded time for its name's first certificate;
-//! - certificates and the ACME account live under `{data_dir}/tls/` (keys 0600) and are
-//!   served at start without contacting the ACME server;
+//! - certificates and the ACME account live under `{data_dir}/.tenement/tls/` (keys 0600)
+//!   and are served at start without contacting the ACME server;
 //! - renewal at 60% to two thirds of the lifetime (spread per certificate), retried with
 //!   backoff while the old one serves;
 //! - DNS-01 through a TXT record publisher (`dns01/`), and wildcard certificates per service;
@@ -325,7 +325,10 @@ async fn open_acme(settings: &Settings, store: &CertStore) -> Result<Option<Acme
         std::fs::metadata(root)
             .with_context(|| format!("settings.tls.acme_root {}", root.display()))?;
     }
-    let disk = disk::Disk::open(&settings.data_dir, &tls.acme_directory)?;
+    let disk = disk::Disk::open(
+        &crate::datadir::tls_dir(&settings.data_dir),
+        &tls.acme_directory,
+    )?;
     for (name, loaded) in disk.load_certificates() {
         match loaded {
             Ok(cert) => store.insert_acme(&name, Arc::new(cert)),
