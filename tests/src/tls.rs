@@ -57,6 +57,48 @@ impl TestCa {
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())
     }
+
+    /// Like [`TestCa::issue`], valid until midnight UTC `days` days from today (so between
+    /// `days - 1` and `days` days from now).
+    pub fn issue_expiring(&self, names: &[&str], days: u64) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        let today = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 86_400;
+        let (year, month, day) = civil_date(today + days);
+        params.not_after = rcgen::date_time_ymd(year, month, day);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// Year, month, day of `days` since 1970-01-01 (proleptic Gregorian, H. Hinnant's method).
+fn civil_date(days: u64) -> (i32, u8, u8) {
+    let z = days as i64 + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year as i32, month as u8, day as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil_date(0), (1970, 1, 1));
+        assert_eq!(super::civil_date(19_782), (2024, 2, 29));
+        assert_eq!(super::civil_date(20_818), (2026, 12, 31));
+    }
 }
 
 /// What an HTTPS request saw.

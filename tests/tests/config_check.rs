@@ -276,6 +276,14 @@ fn on_demand_limits_have_a_format() {
 }
 
 #[test]
+fn acme_off_needs_an_own_certificate() {
+    assert_errors(
+        "bad-acme-off.toml",
+        &["6:1: `acme_directory` in [settings.tls]: is empty, which turns ACME off: set cert and key, or an https:// URL"],
+    );
+}
+
+#[test]
 fn every_type_error_is_reported_at_its_value() {
     assert_errors(
         "type-errors.toml",

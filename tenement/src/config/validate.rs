@@ -181,7 +181,15 @@ fn tls(check: &mut Checker, settings: &Settings) {
         (None, Some(_)) => check.key(&at("key"), "needs `cert` beside it"),
         _ => {}
     }
-    if !tls.acme_directory.starts_with("https://") {
+    // An empty directory turns ACME off: the own `cert` / `key` are then the only certificate.
+    if tls.acme_directory.is_empty() {
+        if tls.enabled && tls.cert.is_none() {
+            check.key(
+                &at("acme_directory"),
+                "is empty, which turns ACME off: set cert and key, or an https:// URL",
+            );
+        }
+    } else if !tls.acme_directory.starts_with("https://") {
         check.key(
             &at("acme_directory"),
             format!("{:?} must be an https:// URL", tls.acme_directory),
