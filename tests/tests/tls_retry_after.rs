@@ -57,7 +57,10 @@ async fn start_fake_ca(ca: &TestCa, refusal: Refusal) -> FakeCa {
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let base = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
     let orders = Arc::new(AtomicUsize::new(0));
     let (served_base, served_orders) = (base.clone(), orders.clone());
     tokio::spawn(async move {
@@ -73,9 +76,7 @@ async fn start_fake_ca(ca: &TestCa, refusal: Refusal) -> FakeCa {
                 };
                 let service = service_fn(move |request: Request<Incoming>| {
                     let (base, orders) = (base.clone(), orders.clone());
-                    async move {
-                        Ok::<_, Infallible>(answer(&request, &base, &orders, refusal))
-                    }
+                    async move { Ok::<_, Infallible>(answer(&request, &base, &orders, refusal)) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), service)
@@ -99,7 +100,7 @@ fn answer(
             .status(status)
             .header("replay-nonce", "bm9uY2U")
             .header("content-type", "application/json")
-    .body(Full::new(Bytes::from(body)))
+            .body(Full::new(Bytes::from(body)))
     };
     match request.uri().path() {
         "/dir" => json(
@@ -177,7 +178,13 @@ async fn a_rate_limited_order_waits_for_retry_after() {
     })
     .await;
     let error = manager.certificates()[0].last_error.clone().unwrap();
-    assert!(error.contains("too many new orders recently"), "{error}");
+    assert!(
+        error.starts_with(
+            "creating the order: API error: too many new orders recently \
+             (urn:ietf:params:acme:error:rateLimited); the CA asked not to retry before "
+        ),
+        "{error}"
+    );
     assert!(
         error.contains("the CA asked not to retry before"),
         "{error}"

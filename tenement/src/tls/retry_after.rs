@@ -53,8 +53,8 @@ impl NotingClient {
                 let pem = std::fs::read(root)
                     .with_context(|| format!("settings.tls.acme_root {}", root.display()))?;
                 for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
-                    let cert: rustls_pki_types::CertificateDer<'static> = cert
-                        .with_context(|| format!("settings.tls.acme_root {}", root.display()))?;
+                    let cert: rustls_pki_types::CertificateDer<'static> =
+                        cert.with_context(|| format!("settings.tls.acme_root {}", root.display()))?;
                     roots
                         .add(cert)
                         .with_context(|| format!("settings.tls.acme_root {}", root.display()))?;
@@ -115,7 +115,11 @@ pub(crate) fn parse(value: &str, now: SystemTime) -> Option<SystemTime> {
 
 /// The pause before the next attempt: the backoff, or longer when the CA asked for longer
 /// (at most [`RETRY_AFTER_MAX`]).
-pub(crate) fn pause(backoff: Duration, retry_after: Option<SystemTime>, now: SystemTime) -> Duration {
+pub(crate) fn pause(
+    backoff: Duration,
+    retry_after: Option<SystemTime>,
+    now: SystemTime,
+) -> Duration {
     let asked = retry_after
         .and_then(|until| until.duration_since(now).ok())
         .map_or(Duration::ZERO, |wait| wait.min(RETRY_AFTER_MAX));
@@ -151,7 +155,10 @@ mod tests {
         let week = now + Duration::from_secs(7 * 24 * 3600);
         assert_eq!(pause(backoff, Some(week), now), RETRY_AFTER_MAX);
         // A date already past asks for nothing.
-        assert_eq!(pause(backoff, Some(now - Duration::from_secs(5)), now), backoff);
+        assert_eq!(
+            pause(backoff, Some(now - Duration::from_secs(5)), now),
+            backoff
+        );
     }
 
     #[tokio::test]
