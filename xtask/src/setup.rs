@@ -24,6 +24,10 @@ const APT_PACKAGES: &[&str] = &[
     "bind9",
     "bind9-utils",
     "bind9-dnsutils",
+    // mkfs.ext4 for the per-instance storage quota images.
+    "e2fsprogs",
+    // mount(8) and losetup(8): loop-mounting those images.
+    "mount",
 ];
 
 pub fn setup(apt: bool) -> Result<()> {

@@ -253,6 +253,9 @@ pub struct Service {
     pub startup_timeout: u64,
     /// Seconds between SIGTERM and SIGKILL.
     pub stop_timeout: u64,
+    /// Seconds the instance has to send a response's headers once the proxy sent it the
+    /// request; 0 = no limit.
+    pub request_timeout: u64,
     pub restart: RestartPolicy,
     /// Keep the data directory after the instance stops.
     pub storage_persist: bool,
@@ -281,6 +284,7 @@ impl Default for Service {
             idle_timeout: 0,
             startup_timeout: 10,
             stop_timeout: 10,
+            request_timeout: 60,
             restart: RestartPolicy::OnFailure,
             storage_persist: true,
             storage_quota_mb: None,

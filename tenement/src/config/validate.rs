@@ -181,15 +181,9 @@ fn tls(check: &mut Checker, settings: &Settings) {
         (None, Some(_)) => check.key(&at("key"), "needs `cert` beside it"),
         _ => {}
     }
-    // An empty directory turns ACME off: the own `cert` / `key` are then the only certificate.
-    if tls.acme_directory.is_empty() {
-        if tls.enabled && tls.cert.is_none() {
-            check.key(
-                &at("acme_directory"),
-                "is empty, which turns ACME off: set cert and key, or an https:// URL",
-            );
-        }
-    } else if !tls.acme_directory.starts_with("https://") {
+    // An empty directory is the documented way to turn ACME off (own certificate only).
+    let acme_off = tls.acme_directory.is_empty();
+    if !acme_off && !tls.acme_directory.starts_with("https://") {
         check.key(
             &at("acme_directory"),
             format!("{:?} must be an https:// URL", tls.acme_directory),
@@ -219,7 +213,12 @@ fn tls(check: &mut Checker, settings: &Settings) {
                 "needs an address when TLS is enabled, e.g. \"0.0.0.0:443\"",
             );
         }
-        if tls.cert.is_none() && tls.challenges.is_empty() {
+        if tls.cert.is_none() && acme_off {
+            check.key(
+                &at("cert"),
+                "ACME is off (acme_directory = \"\"), so TLS needs `cert` and `key`",
+            );
+        } else if tls.cert.is_none() && tls.challenges.is_empty() {
             check.key(
                 &at("challenges"),
                 "needs \"http-01\", \"tls-alpn-01\" or \"dns-01\" to get certificates over ACME (or set cert and key)",
