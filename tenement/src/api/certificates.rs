@@ -1,7 +1,7 @@
 //! The TLS certificates in the API's view: the expiry gauge on `/metrics` (the status lists
 //! them too, see `stats::status`). The TLS manager is attached once the front door exists.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{Exposition, Kind, Metrics};
 use crate::tls::{CertificateInfo, CertificateSource, Refusal, TlsManager};
@@ -54,6 +54,33 @@ fn collect(certificates: &[CertificateInfo], out: &mut Exposition) {
     }
 }
 
+/// How long before a served certificate expires `GET /health` turns `degraded`. Renewal
+/// starts at two thirds of the lifetime (a month ahead for a 90-day certificate), so a
+/// certificate this close to its end means renewal has been failing for weeks.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The `degraded` reasons of `GET /health`: one per served certificate that expires within
+/// [`EXPIRY_WARNING`] of `now` (or has expired). Names still waiting for their first
+/// certificate serve nothing, so they are not reasons.
+pub fn expiry_reasons(certificates: &[CertificateInfo], now: SystemTime) -> Vec<String> {
+    certificates
+        .iter()
+        .filter_map(|info| {
+            let not_after = info.not_after?;
+            let names = info.names.join(", ");
+            let until = humantime::format_rfc3339_seconds(not_after);
+            match not_after.duration_since(now) {
+                Ok(left) if left >= EXPIRY_WARNING => None,
+                Ok(left) => Some(format!(
+                    "certificate for {names} expires in {} ({until})",
+                    humantime::format_duration(Duration::from_secs(left.as_secs()))
+                )),
+                Err(_) => Some(format!("certificate for {names} expired at {until}")),
+            }
+        })
+        .collect()
+}
+
 fn labels(info: &CertificateInfo) -> [(&str, &str); 2] {
     let source = match info.source {
         CertificateSource::Acme => "acme",
@@ -73,7 +100,6 @@ fn unix_seconds(time: SystemTime) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn expiry_and_errors_per_certificate() {
@@ -130,5 +156,46 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from {text}");
         }
+    }
+
+    #[test]
+    fn degraded_only_within_seven_days_of_expiry() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let expiring = |names: &[&str], left: i64| CertificateInfo {
+            names: names.iter().map(|name| name.to_string()).collect(),
+            source: CertificateSource::File,
+            issuer: Some("CN=Test".into()),
+            not_before: Some(UNIX_EPOCH),
+            not_after: Some(if left >= 0 {
+                now + Duration::from_secs(left as u64)
+            } else {
+                now - Duration::from_secs(left.unsigned_abs())
+            }),
+            renew_at: None,
+            last_error: None,
+        };
+        let waiting = CertificateInfo {
+            not_after: None,
+            ..expiring(&["carol.example.com"], 0)
+        };
+        let reasons = expiry_reasons(
+            &[
+                expiring(&["far.example.com"], 7 * 24 * 3600),
+                expiring(
+                    &["soon.example.com", "www.soon.example.com"],
+                    3 * 24 * 3600 + 60,
+                ),
+                expiring(&["gone.example.com"], -60),
+                waiting,
+            ],
+            now,
+        );
+        assert_eq!(
+            reasons,
+            [
+                "certificate for soon.example.com, www.soon.example.com expires in 3days 1m (2027-01-18T08:01:00Z)",
+                "certificate for gone.example.com expired at 2027-01-15T07:59:00Z",
+            ]
+        );
     }
 }

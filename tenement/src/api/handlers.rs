@@ -6,6 +6,7 @@ use hyper::{body::Incoming, Response, StatusCode};
 use super::{
     auth::{Caller, Scope},
     body::{self, Body},
+    certificates,
     error::{ApiError, ApiResult},
     query::Query,
     types::{InstanceView, SpawnRequest, TokenCreated, TokenRequest, TokenView, WeightRequest},
@@ -16,8 +17,22 @@ use crate::{
     supervisor::{InstanceInfo, StartError},
 };
 
-pub fn health() -> Response<Body> {
-    body::json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+/// `GET /health`: always 200 while the daemon serves (a load balancer must not take the
+/// node out for a certificate that still works); `degraded` with its reasons when a served
+/// certificate is within a week of expiry.
+pub fn health(context: &Context) -> Response<Body> {
+    let reasons = context
+        .tls
+        .get()
+        .map(|manager| {
+            certificates::expiry_reasons(&manager.certificates(), std::time::SystemTime::now())
+        })
+        .unwrap_or_default();
+    let status = if reasons.is_empty() { "ok" } else { "degraded" };
+    body::json(
+        StatusCode::OK,
+        &serde_json::json!({ "status": status, "reasons": reasons }),
+    )
 }
 
 /// An instance name from the URL; malformed is 400 (the URL is wrong).

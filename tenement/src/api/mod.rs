@@ -32,6 +32,7 @@ use anyhow::Result;
 use tokio::{sync::watch, task::JoinHandle};
 
 pub use address::ApiAddress;
+pub use certificates::{expiry_reasons, EXPIRY_WARNING};
 pub use metrics::{Exposition, Kind, Metrics};
 
 use crate::{

@@ -39,7 +39,7 @@ async fn route(
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     if segments == ["health"] {
         return match *request.method() {
-            Method::GET => Ok(handlers::health()),
+            Method::GET => Ok(handlers::health(context)),
             _ => Err(method_not_allowed("GET")),
         };
     }

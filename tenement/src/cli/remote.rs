@@ -503,6 +503,12 @@ fn status_text(status: &StatusView) -> String {
         let label = if index == 0 { "certificates:" } else { "" };
         text.push_str(&format!("\n{label:<17}{}", certificate_line(info)));
     }
+    // What `GET /health` answers `degraded` for, so the operator sees it here too.
+    let reasons = crate::api::expiry_reasons(&status.certificates, SystemTime::now());
+    for (index, reason) in reasons.iter().enumerate() {
+        let label = if index == 0 { "health:" } else { "" };
+        text.push_str(&format!("\n{label:<17}degraded: {reason}"));
+    }
     text
 }
 

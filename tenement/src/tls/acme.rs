@@ -16,6 +16,7 @@ use super::{
     disk::Disk,
     dns01::{wait_until_visible, Published, TxtPublisher, TxtRecord},
     names::order_identifiers,
+    retry_after::NotingClient,
 };
 use crate::config::Challenge;
 
@@ -297,11 +298,8 @@ impl Acme {
     }
 
     fn builder(&self) -> Result<AccountBuilder> {
-        match &self.root {
-            Some(root) => Account::builder_with_root(root)
-                .with_context(|| format!("settings.tls.acme_root {}", root.display())),
-            None => Account::builder().context("loading the system's trusted roots"),
-        }
+        let http = NotingClient::new(self.root.as_deref())?;
+        Ok(Account::builder_with_http(Box::new(http)))
     }
 }
 

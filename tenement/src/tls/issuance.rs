@@ -14,7 +14,7 @@ use super::{
     names::{certificate_name, orderable},
     on_demand::Refusal,
     orders::{Admission, Outcome},
-    Inner,
+    retry_after, Inner,
 };
 
 /// Why an order starts; for the logs.
@@ -122,8 +122,16 @@ impl Inner {
         let inner = self.clone();
         let name = name.to_string();
         tokio::spawn(async move {
-            let result = inner.order(&name, failed_before).await;
-            if let Some(pause) = inner.orders.finish(&name, &result) {
+            let (result, retry_after) =
+                retry_after::noting(inner.order(&name, failed_before)).await;
+            let result = match (result, retry_after) {
+                (Err(error), Some(until)) => Err(format!(
+                    "{error}; the CA asked not to retry before {} (Retry-After)",
+                    humantime::format_rfc3339_seconds(until)
+                )),
+                (result, _) => result,
+            };
+            if let Some(pause) = inner.orders.finish(&name, &result, retry_after) {
                 let error = result.as_ref().err().map(String::as_str).unwrap_or("");
                 let serving = match inner.store.lookup(&name) {
                     Some(_) => "the current certificate keeps serving; ",

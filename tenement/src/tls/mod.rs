@@ -29,6 +29,7 @@ mod names;
 mod on_demand;
 mod orders;
 mod own_cert;
+mod retry_after;
 mod store;
 
 use std::sync::PoisonError;
