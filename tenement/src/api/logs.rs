@@ -22,13 +22,21 @@ use crate::{
 const DEFAULT_LINES: u64 = 100;
 const MAX_LINES: u64 = 100_000;
 
-pub fn logs(
-    context: &Arc<Context>,
+/// What a log request asks for, checked: the lines before now and, when following, the
+/// subscription to new ones. The API streams it as NDJSON, the dashboard as server-sent events.
+pub struct LogFeed {
+    pub history: Vec<LogLine>,
+    pub live: Option<tokio::sync::broadcast::Receiver<LogLine>>,
+    pub search: LogQuery,
+}
+
+/// Opens the feed `query` asks for (`n`, `grep`, `since_ms`, `until_ms`, `follow`).
+pub fn open(
+    context: &Context,
     caller: &Caller,
     name: &InstanceName,
     query: &Query,
-) -> ApiResult<Response<Body>> {
-    query.allow(&["n", "grep", "since_ms", "until_ms", "follow"])?;
+) -> ApiResult<LogFeed> {
     let limit = query.number("n")?.unwrap_or(DEFAULT_LINES);
     if limit > MAX_LINES {
         return Err(ApiError::bad_request(format!(
@@ -60,6 +68,25 @@ pub fn logs(
     // Subscribed before reading the history, so no line falls between the two.
     let live = follow.then(|| context.api.logs.follow(name));
     let history = history(context, name, &search)?;
+    Ok(LogFeed {
+        history,
+        live,
+        search,
+    })
+}
+
+pub fn logs(
+    context: &Arc<Context>,
+    caller: &Caller,
+    name: &InstanceName,
+    query: &Query,
+) -> ApiResult<Response<Body>> {
+    query.allow(&["n", "grep", "since_ms", "until_ms", "follow"])?;
+    let LogFeed {
+        history,
+        live,
+        search,
+    } = open(context, caller, name, query)?;
     let Some(mut live) = live else {
         return Ok(body::json(StatusCode::OK, &history));
     };
@@ -109,7 +136,7 @@ fn history(context: &Context, name: &InstanceName, search: &LogQuery) -> ApiResu
 }
 
 /// The filters that still apply to new lines (`until_ms` ends nothing: new lines are later).
-fn live_match(search: &LogQuery, line: &LogLine) -> bool {
+pub fn live_match(search: &LogQuery, line: &LogLine) -> bool {
     search.since_ms.is_none_or(|since| line.time_ms >= since)
         && search.until_ms.is_none_or(|until| line.time_ms <= until)
         && search

@@ -1,6 +1,7 @@
 //! Command line: parses arguments and hands each command to the module that owns it.
 
 mod client;
+mod dashboard;
 mod remote;
 mod serve;
 mod table;
@@ -43,6 +44,9 @@ pub enum Command {
     Remote(remote::RemoteCommand),
     /// Live view of every instance: CPU, memory, traffic, connections, TCP health
     Top(top::TopArgs),
+    /// Print a one-time sign-in link to the web dashboard; with the API on a unix socket,
+    /// forward 127.0.0.1 to it until Ctrl-C
+    Dashboard(dashboard::DashboardArgs),
     /// Install tenement as a systemd service (unit, default configuration, data directory)
     Install(install::InstallArgs),
     /// Remove the systemd service (keeps the configuration and the data)
@@ -127,6 +131,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Top(args) => {
             top::run(&args, &cli.server, cli.config.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dashboard(args) => {
+            dashboard::run(&args, &cli.server, cli.config.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Install(args) => {

@@ -31,6 +31,19 @@ const MIGRATIONS: &[&str] = &[
          sha256     BLOB NOT NULL UNIQUE,
          created_ms INTEGER NOT NULL
      );",
+    // 2: token descriptions; the audit log of changes made through the API and the dashboard.
+    "ALTER TABLE tokens ADD COLUMN description TEXT NOT NULL DEFAULT '';
+     CREATE TABLE audit (
+         seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+         time_ms     INTEGER NOT NULL,
+         token_id    INTEGER,
+         who         TEXT NOT NULL,
+         action      TEXT NOT NULL,
+         target      TEXT NOT NULL,
+         address     TEXT NOT NULL,
+         status      INTEGER NOT NULL,
+         detail      TEXT NOT NULL
+     );",
 ];
 
 /// Brings the schema of `db` up to date.
