@@ -20,6 +20,9 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "systemd",
     "prometheus",
+    // The dashboard's browser tests: headless Chromium driven through WebDriver.
+    "chromium",
+    "chromium-driver",
 ];
 
 pub fn setup(apt: bool) -> Result<()> {
