@@ -21,11 +21,13 @@ pub struct Browser {
     driver: Child,
     port: u16,
     session: String,
+    /// Chromium's own pid: killed at the end if ending the session did not end it.
+    chromium: Option<i64>,
     _profile: Scratch,
 }
 
 /// The W3C key of an element reference.
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecc";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 impl Browser {
     /// Starts chromedriver and a headless Chromium with a fresh profile, as root needs it.
@@ -49,6 +51,7 @@ impl Browser {
             driver,
             port,
             session: String::new(),
+            chromium: None,
             _profile: profile,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -75,10 +78,11 @@ impl Browser {
         let answer = browser
             .call("POST", "/session", Some(capabilities))
             .expect("starting a Chromium session");
-        browser.session = answer["sessionId"]
+        browser.session = answer["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no session in {answer}"))
             .to_string();
+        browser.chromium = answer["value"]["capabilities"]["goog:processID"].as_i64();
         browser
     }
 
@@ -94,12 +98,8 @@ impl Browser {
         stream
             .write_all(request.as_bytes())
             .map_err(|err| err.to_string())?;
-        let mut raw = Vec::new();
-        stream
-            .read_to_end(&mut raw)
-            .map_err(|err| err.to_string())?;
-        let text = String::from_utf8_lossy(&raw);
-        let (_, body) = text.split_once("\r\n\r\n").ok_or("no HTTP head")?;
+        let body = read_answer(&mut stream).map_err(|err| err.to_string())?;
+        let body = body.as_str();
         let value: Value = serde_json::from_str(body).map_err(|err| format!("{err}: {body}"))?;
         if let Some(error) = value["value"]["error"].as_str() {
             return Err(format!("{error}: {}", value["value"]["message"]));
@@ -247,11 +247,54 @@ impl Browser {
     }
 }
 
+/// The body of one HTTP answer, by its `Content-Length` (chromedriver may keep the
+/// connection open, so reading to the end would wait forever).
+fn read_answer(stream: &mut TcpStream) -> std::io::Result<String> {
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut raw = Vec::new();
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = raw.windows(4).position(|window| window == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_string();
+            let length: usize = head
+                .lines()
+                .find_map(|line| {
+                    let (key, value) = line.split_once(':')?;
+                    if key.eq_ignore_ascii_case("content-length") {
+                        value.trim().parse().ok()
+                    } else {
+                        None
+                    }
+                })
+                .unwrap_or(0);
+            let body_start = end + 4;
+            while raw.len() < body_start + length {
+                let read = stream.read(&mut buffer)?;
+                if read == 0 {
+                    break;
+                }
+                raw.extend_from_slice(&buffer[..read]);
+            }
+            return Ok(String::from_utf8_lossy(&raw[body_start..]).to_string());
+        }
+        let read = stream.read(&mut buffer)?;
+        if read == 0 {
+            return Err(std::io::Error::other("chromedriver closed the connection"));
+        }
+        raw.extend_from_slice(&buffer[..read]);
+    }
+}
+
 impl Drop for Browser {
     fn drop(&mut self) {
         if !self.session.is_empty() {
             let _ = self.call("DELETE", &format!("/session/{}", self.session), None);
         }
         crate::terminate_or_kill(&mut self.driver, Duration::from_secs(10));
+        if let Some(pid) = self.chromium.and_then(|pid| i32::try_from(pid).ok()) {
+            // SAFETY: kill has no memory-safety preconditions; the pid is the Chromium this
+            // session started (gone already, normally: then this fails harmlessly).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
     }
 }

@@ -31,8 +31,9 @@ pub struct Point {
 
 #[derive(Clone, Debug, Default)]
 pub struct Track {
-    /// False until the first sample: an instance already asleep then has no known bedtime.
-    seen: bool,
+    /// Whether it had a process at the last sample: an instance already asleep when this
+    /// daemon first saw it has no known bedtime.
+    was_running: bool,
     requests_total: Option<u64>,
     pub requests_per_sec: Option<f64>,
     /// When the instance last stopped having a process (as this daemon saw it).
@@ -151,10 +152,10 @@ fn sample(context: &Context, take_point: bool) {
             if info.started_at.is_some() {
                 track.last_wake = info.started_at;
             }
-        } else if track.seen && track.asleep_since.is_none() {
+        } else if track.was_running {
             track.asleep_since = Some(now);
         }
-        track.seen = true;
+        track.was_running = info.pid.is_some();
         if take_point && info.pid.is_some() {
             let stats = supervisor.stats(&info.name);
             let rates = stats.as_ref().and_then(|stats| stats.rates.as_ref());
