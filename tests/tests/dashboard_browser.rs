@@ -18,6 +18,8 @@ fn daemon(label: &str, running: &[&str], stopped: usize) -> Daemon {
     for index in 0..stopped {
         let name = InstanceName::parse(&format!("api:idle-{index:04}")).unwrap();
         store.set_desired(&name, false).unwrap();
+        // Held: stopped by an operator, as after `tenement stop`.
+        store.hold(&name).unwrap();
     }
     drop(store);
     let app = scratch.write("app.py", api_support::APP);

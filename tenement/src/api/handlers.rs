@@ -1,4 +1,4 @@
-//! Instances and tokens: list, show, spawn, stop, restart, weight, events; issue, list and
+//! Instances and tokens: list, show, spawn, start, stop, restart, weight, events; issue, list and
 //! revoke tokens. Every input is checked before anything changes.
 
 use hyper::{body::Incoming, Response, StatusCode};
@@ -101,7 +101,8 @@ pub async fn spawn(
     Ok(body::json(StatusCode::OK, &instance_view(context, &info)))
 }
 
-/// Starts `name` (the API's spawn, the dashboard's start) and waits until it is ready.
+/// Starts `name` (the API's spawn and start, the dashboard's start) and waits until it is
+/// ready. Ends an operator's stop.
 pub async fn spawn_instance(
     context: &Context,
     caller: &Caller,
@@ -115,6 +116,16 @@ pub async fn spawn_instance(
         .spawn(name)
         .await
         .map_err(|err| start_error(name, err))
+}
+
+/// `start`: like `spawn`, with the name in the path. Ends an operator's stop.
+pub async fn start(
+    context: &Context,
+    caller: &Caller,
+    name: &InstanceName,
+) -> ApiResult<Response<Body>> {
+    let info = spawn_instance(context, caller, name).await?;
+    Ok(body::json(StatusCode::OK, &instance_view(context, &info)))
 }
 
 pub async fn stop(

@@ -87,16 +87,35 @@ pub struct ApiServer {
     tasks: Vec<JoinHandle<()>>,
 }
 
-impl ApiServer {
-    /// Binds the management listeners (see [`ApiAddress::listeners`]) and serves them in the
-    /// background. Returns once they accept connections.
-    pub async fn start(api: Api) -> Result<ApiServer> {
-        let addresses =
-            ApiAddress::listeners(&api.config.settings).map_err(|err| anyhow::anyhow!(err))?;
+/// The management listeners, bound before the daemon starts anything: an address in use
+/// fails `serve` before a single instance is started.
+pub struct ApiListeners {
+    addresses: Vec<ApiAddress>,
+    listeners: Vec<listener::Listener>,
+}
+
+impl ApiListeners {
+    /// Binds the management listeners (see [`ApiAddress::listeners`]).
+    pub async fn bind(settings: &crate::config::Settings) -> Result<ApiListeners> {
+        let addresses = ApiAddress::listeners(settings).map_err(|err| anyhow::anyhow!(err))?;
         let mut listeners = Vec::new();
         for address in &addresses {
             listeners.push(listener::Listener::bind(address).await?);
         }
+        Ok(ApiListeners {
+            addresses,
+            listeners,
+        })
+    }
+}
+
+impl ApiServer {
+    /// Serves the management API on `bound` in the background.
+    pub async fn start(api: Api, bound: ApiListeners) -> Result<ApiServer> {
+        let ApiListeners {
+            addresses,
+            listeners,
+        } = bound;
         let metrics = Metrics::new();
         metrics_kernel::register(&metrics, api.supervisor.clone());
         let tls: Arc<OnceLock<TlsManager>> = Arc::default();

@@ -74,6 +74,7 @@ fn audited(method: &Method, segments: &[&str]) -> Option<(&'static str, String)>
     }
     let action = match segments {
         ["v1", "instances"] => ("spawn", String::new()),
+        ["v1", "instances", name, "start"] => ("start", name.to_string()),
         ["v1", "instances", name, "stop"] => ("stop", name.to_string()),
         ["v1", "instances", name, "restart"] => ("restart", name.to_string()),
         ["v1", "instances", name, "weight"] => ("weight", name.to_string()),
@@ -134,6 +135,11 @@ async fn dispatch(
         ["v1", "instances", name, action] => {
             let name = &handlers::path_instance(name)?;
             match *action {
+                "start" => {
+                    is("POST")?;
+                    query.allow(&[])?;
+                    handlers::start(context, caller, name).await
+                }
                 "stop" => {
                     is("POST")?;
                     query.allow(&[])?;
@@ -210,7 +216,7 @@ fn dashboard_link(context: &Context, caller: &Caller) -> ApiResult<Response<Body
     caller.require_admin("creating a dashboard sign-in link")?;
     let code = context.dashboard.create_link(caller.clone());
     Ok(body::json(
-        hyper::StatusCode::CREATED,
+        StatusCode::CREATED,
         &super::types::DashboardLink {
             path: format!("/dashboard/sign-in?code={code}"),
             expires_in_secs: crate::dashboard::LINK_LIFETIME.as_secs(),

@@ -23,25 +23,45 @@ pub struct FrontDoor {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-impl FrontDoor {
-    /// Binds every listener (failing with the address that could not be bound) and starts
-    /// serving. Certificates are looked up or ordered in the background.
-    pub async fn start(config: Arc<Config>, supervisor: Supervisor) -> Result<FrontDoor> {
+/// The front door's sockets, bound before anything else starts: an address in use fails
+/// `serve` before a single instance is started.
+pub struct Listeners {
+    plain: Vec<TcpListener>,
+    tls: Vec<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every listener, failing with the address that could not be bound.
+    pub async fn bind(config: &Config) -> Result<Listeners> {
         let settings = &config.settings;
         let plain = proxy::bind(&settings.listen)?;
-        let tls_listeners = if settings.tls.enabled {
-            let mut bound = Vec::new();
+        let mut tls = Vec::new();
+        if settings.tls.enabled {
             for address in &settings.tls.listen {
-                bound.push(
+                tls.push(
                     TcpListener::bind(address)
                         .await
                         .with_context(|| format!("binding the TLS listener {address}"))?,
                 );
             }
-            bound
-        } else {
-            Vec::new()
-        };
+        }
+        Ok(Listeners { plain, tls })
+    }
+}
+
+impl FrontDoor {
+    /// Starts serving on `listeners`. Certificates are looked up or ordered in the
+    /// background.
+    pub async fn start(
+        config: Arc<Config>,
+        supervisor: Supervisor,
+        listeners: Listeners,
+    ) -> Result<FrontDoor> {
+        let settings = &config.settings;
+        let Listeners {
+            plain,
+            tls: tls_listeners,
+        } = listeners;
 
         // The pre-router needs the TLS manager, and the manager asks the proxy which names
         // route: the manager is filled in once both exist.

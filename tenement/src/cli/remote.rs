@@ -48,7 +48,9 @@ pub enum RemoteCommand {
         #[arg(long)]
         id: Option<String>,
     },
-    /// Stop an instance (it stays stopped until spawned again)
+    /// Start an instance an operator stopped (or any other), and wait until it is ready
+    Start { instance: String },
+    /// Stop an instance; it stays stopped (requests get a 503) until `start`
     Stop { instance: String },
     /// Stop and start an instance
     Restart { instance: String },
@@ -149,6 +151,12 @@ async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<
             let view: InstanceView = client
                 .call(Method::POST, "/v1/instances", Some(&request))
                 .await?;
+            print(json, &view, || running_line(&view))
+        }
+        RemoteCommand::Start { instance } => {
+            let name = instance_arg(&instance)?;
+            let path = format!("/v1/instances/{}/start", encode(&name));
+            let view: InstanceView = client.call(Method::POST, &path, None::<&()>).await?;
             print(json, &view, || running_line(&view))
         }
         RemoteCommand::Stop { instance } => {

@@ -11,13 +11,13 @@ use std::{
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::front::FrontDoor;
+use super::front::{FrontDoor, Listeners};
 use crate::{
-    api::{Api, ApiServer},
+    api::{Api, ApiListeners, ApiServer},
     config::{self, Config},
     logs::LogHub,
     monitor::Monitor,
-    store::Store,
+    store::{DataDirLock, Store},
     supervisor::{self, KernelTraffic, Supervisor},
     systemd,
 };
@@ -60,6 +60,11 @@ pub fn serve(explicit: Option<&Path>, options: &ServeOptions) -> Result<ExitCode
 
 async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
     let settings = &config.settings;
+    // Before anything else in the data directory: a second daemon on it must leave the
+    // first one's store, sockets and tenants alone.
+    let _lock = DataDirLock::acquire(&settings.data_dir)?;
+    let listeners = Listeners::bind(&config).await?;
+    let api_listeners = ApiListeners::bind(settings).await?;
     let store = Store::open(&settings.data_dir)?;
     let logs = LogHub::new(settings.data_dir.join("logs"))?;
     let monitor = if no_kernel_counters {
@@ -70,7 +75,7 @@ async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
     match monitor.kernel_counters() {
         crate::monitor::KernelCounters::Active => tracing::info!("kernel counters: active"),
         crate::monitor::KernelCounters::Off(reason) => {
-            tracing::warn!("kernel counters: off ({reason})")
+            tracing::warn!("kernel counters: off ({reason})");
         }
     }
     let mut terminate = signal(SignalKind::terminate())?;
@@ -79,15 +84,18 @@ async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
     let supervisor =
         Supervisor::start(config.clone(), store.clone(), logs.clone(), monitor.clone()).await?;
     watch_kernel(&supervisor, &monitor);
-    let api = ApiServer::start(Api {
-        config: config.clone(),
-        supervisor: supervisor.clone(),
-        store,
-        logs,
-        monitor,
-    })
+    let api = ApiServer::start(
+        Api {
+            config: config.clone(),
+            supervisor: supervisor.clone(),
+            store,
+            logs,
+            monitor,
+        },
+        api_listeners,
+    )
     .await?;
-    let front = FrontDoor::start(config.clone(), supervisor.clone()).await?;
+    let front = FrontDoor::start(config.clone(), supervisor.clone(), listeners).await?;
     api.attach_proxy(front.proxy.request_metrics());
     if let Some(manager) = &front.tls {
         api.attach_tls(manager.clone());

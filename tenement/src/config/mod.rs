@@ -24,6 +24,7 @@ use anyhow::{Context, Result};
 pub use errors::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use names::{check_hostname, check_label, InstanceName};
+pub use service::Placeholders;
 pub use settings::API_SOCKET_FILE;
 pub use template::PLACEHOLDERS;
 pub use validate::MIN_PORTS;
@@ -122,7 +123,10 @@ impl Config {
         }
         for service in self.service.values_mut() {
             if let Some(workdir) = &mut service.workdir {
-                anchor(workdir);
+                // `{data_dir}` becomes an absolute path when the instance starts.
+                if !workdir.starts_with("{data_dir}") {
+                    anchor(workdir);
+                }
             }
         }
     }

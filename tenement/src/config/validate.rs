@@ -247,6 +247,18 @@ fn service(check: &mut Checker, name: &str, service: &Service) {
         );
     } else if let Err(err) = service.argv() {
         check.key(&at("command"), err);
+    } else if let Err(err) = template::check(&service.command) {
+        check.key(&at("command"), err);
+    }
+    for (index, arg) in service.args.iter().flatten().enumerate() {
+        if let Err(err) = template::check(arg) {
+            check.element(&at("args"), index, err);
+        }
+    }
+    if let Some(workdir) = &service.workdir {
+        if let Err(err) = template::check(&workdir.to_string_lossy()) {
+            check.key(&at("workdir"), err);
+        }
     }
     if let Some(health) = &service.health {
         if !health.starts_with('/') {

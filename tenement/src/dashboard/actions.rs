@@ -250,7 +250,7 @@ pub async fn act(
     };
     let name = instance_name(name)?;
     let (audited, detail) = match action {
-        "start" => ("spawn", String::new()),
+        "start" => ("start", String::new()),
         "stop" => ("stop", String::new()),
         "restart" => ("restart", String::new()),
         "weight" => ("weight", form.text("weight").unwrap_or("").to_string()),

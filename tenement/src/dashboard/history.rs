@@ -110,7 +110,7 @@ pub async fn run(context: Weak<Context>) {
             memory_total: memory.map(|(_, total)| total),
         };
         cpu_before = cpu_now;
-        sample(&context, count % POINT_EVERY == 0);
+        sample(&context, count.is_multiple_of(POINT_EVERY));
         count = count.wrapping_add(1);
     }
 }

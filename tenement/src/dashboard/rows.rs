@@ -175,8 +175,8 @@ fn row(
     service: Option<&crate::config::Service>,
     now: SystemTime,
 ) -> Row {
-    let stats = view.stats.clone();
-    let rates = stats.as_ref().and_then(|stats| stats.rates.clone());
+    let stats = view.stats;
+    let rates = stats.as_ref().and_then(|stats| stats.rates);
     let running = view.pid.is_some();
     let idle_timeout = service.map_or(0, |service| service.idle_timeout);
     let idle_stop_in_secs = (running && idle_timeout > 0).then(|| {

@@ -37,6 +37,7 @@ pub enum BackendState {
     Running,
     Starting,
     Sleeping,
+    /// Stopped by an operator: not woken by requests, and out of the service's rotation.
     Stopped,
     /// Out of restarts: the proxy answers 503 naming this state instead of waking it.
     Failed,
@@ -81,6 +82,9 @@ pub enum WakeError {
     Failed { state: String, reason: String },
     /// Not ready within its `startup_timeout` (answered 503 with `Retry-After`).
     Timeout { after: Duration },
+    /// Its start failed (it exited, or was not ready in time), with the reason (answered
+    /// 503).
+    NotStarted(String),
 }
 
 impl fmt::Display for WakeError {
@@ -89,6 +93,7 @@ impl fmt::Display for WakeError {
             WakeError::Unknown => f.write_str("no such instance"),
             WakeError::Failed { state, reason } if reason.is_empty() => write!(f, "is {state}"),
             WakeError::Failed { state, reason } => write!(f, "is {state}: {reason}"),
+            WakeError::NotStarted(reason) => write!(f, "did not start: {reason}"),
             WakeError::Timeout { after } => {
                 write!(
                     f,

@@ -117,7 +117,7 @@ async fn wake(conn: &ConnContext, entry: &Entry, format: Format) -> Result<u16, 
         tracing::warn!("{message}");
         match error {
             WakeError::Unknown => reply::error(StatusCode::NOT_FOUND, &message, format),
-            WakeError::Failed { .. } => {
+            WakeError::Failed { .. } | WakeError::NotStarted(_) => {
                 reply::error(StatusCode::SERVICE_UNAVAILABLE, &message, format)
             }
             WakeError::Timeout { after } => reply::retry_later(&message, after, format),

@@ -122,7 +122,8 @@ impl Table {
                 pool,
                 requests: counted,
             });
-            if entry.state != BackendState::Failed {
+            // Failed, or held stopped by an operator: no share of the service's traffic.
+            if !matches!(entry.state, BackendState::Failed | BackendState::Stopped) {
                 weighted
                     .entry(entry.name.service.clone())
                     .or_default()

@@ -21,7 +21,7 @@ pub struct AuditEntry {
     pub token_id: Option<i64>,
     /// `token 3 (ci deploys)`, `operator uid 0`.
     pub who: String,
-    /// `stop`, `restart`, `spawn`, `weight`, `deploy`, `route`, `token-gen`, `token-revoke`,
+    /// `start`, `stop`, `restart`, `spawn`, `weight`, `deploy`, `route`, `token-gen`, `token-revoke`,
     /// `sign-in`.
     pub action: String,
     /// What it acted on: an instance, a service, a token id.

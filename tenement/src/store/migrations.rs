@@ -31,7 +31,10 @@ const MIGRATIONS: &[&str] = &[
          sha256     BLOB NOT NULL UNIQUE,
          created_ms INTEGER NOT NULL
      );",
-    // 2: token descriptions; the audit log of changes made through the API and the dashboard.
+    // 2: an operator's stop holds (`stopped`) until `start`; an instance that is not
+    // wanted running and not held is asleep (`sleeping`) and wakes on a request.
+    "ALTER TABLE instances ADD COLUMN held INTEGER NOT NULL DEFAULT 0;",
+    // 3: token descriptions; the audit log of changes made through the API and the dashboard.
     "ALTER TABLE tokens ADD COLUMN description TEXT NOT NULL DEFAULT '';
      CREATE TABLE audit (
          seq         INTEGER PRIMARY KEY AUTOINCREMENT,

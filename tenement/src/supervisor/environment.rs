@@ -6,14 +6,14 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::config::{InstanceName, Service};
+use crate::config::{InstanceName, Placeholders, Service};
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Program and arguments, as configured (see `Service::argv`).
-pub fn argv(service: &Service, name: &InstanceName) -> Result<Vec<String>> {
+/// Program and arguments, as configured, placeholders filled (see `Service::argv_for`).
+pub fn argv(service: &Service, name: &InstanceName, values: &Placeholders) -> Result<Vec<String>> {
     service
-        .argv()
+        .argv_for(values)
         .map_err(|err| anyhow::anyhow!("the service of {name}: {err}"))
 }
 
@@ -40,7 +40,7 @@ pub fn variables(
     set("PORT", port.to_string());
     set("DATA_DIR", data_dir.display().to_string());
     set("TENEMENT_INSTANCE", name.to_string());
-    for (key, value) in service.render_env(name, data_dir, port) {
+    for (key, value) in service.render_env(&Placeholders::new(name, data_dir, port)) {
         set(&key, value);
     }
     env

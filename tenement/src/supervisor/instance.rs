@@ -23,7 +23,7 @@ use crate::{
 /// How a run loop is asked to end, and so what state the instance is left in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopKind {
-    /// `stop`: stopped, not wanted running.
+    /// `stop`: stopped by an operator, held so (no wake on request) until started again.
     Stop,
     /// Idle: sleeping until the next request.
     Sleep,
@@ -42,9 +42,16 @@ pub struct Status {
     pub restarts: u32,
     pub started_at: Option<SystemTime>,
     pub last_error: Option<String>,
+    /// Stopped by an operator: requests do not wake it, tenement does not start it, until
+    /// `start`, `spawn` or `restart` (kept in the store across restarts of tenement).
+    pub held: bool,
     /// The last failure happened before any process existed (bad command, missing runsc):
     /// waiters get `StartError::Spawn`.
     pub cannot_start: bool,
+    /// Attempts that ended before the process was ready (exited, or not ready within
+    /// `startup_timeout`): a waiter seeing it grow gets `last_error` at once instead of
+    /// waiting out its deadline while restarts go on.
+    pub start_failures: u64,
     pub cgroup_id: Option<u64>,
     pub cgroup_path: Option<std::path::PathBuf>,
     /// The directory whose memory files count the instance's memory (the v2 group, or the
@@ -87,9 +94,16 @@ pub struct Instance {
 }
 
 impl Instance {
-    pub fn new(name: InstanceName, service: Service, weight: u8) -> Instance {
+    /// A known instance without a process: `stopped` when an operator's stop holds it,
+    /// else `sleeping` (the next request starts it).
+    pub fn new(name: InstanceName, service: Service, weight: u8, held: bool) -> Instance {
         let status = Status {
-            state: InstanceState::Stopped,
+            state: if held {
+                InstanceState::Stopped
+            } else {
+                InstanceState::Sleeping
+            },
+            held,
             pid: None,
             port: None,
             weight,
@@ -97,6 +111,7 @@ impl Instance {
             started_at: None,
             last_error: None,
             cannot_start: false,
+            start_failures: 0,
             cgroup_id: None,
             cgroup_path: None,
             memory_cgroup: None,

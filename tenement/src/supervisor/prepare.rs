@@ -17,7 +17,7 @@ use super::{
     ports::PortLease,
     privacy, sandbox, Shared,
 };
-use crate::config::{InstanceName, Isolation, Service};
+use crate::config::{InstanceName, Isolation, Placeholders, Service};
 
 /// A launch, and what it holds until the instance stops.
 pub struct Prepared {
@@ -54,8 +54,9 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
         .ports
         .lease()
         .with_context(|| format!("{name}: no port"))?;
-    let workdir = service.workdir.clone().unwrap_or_else(|| data_dir.clone());
-    let mut argv = environment::argv(service, name)?;
+    let values = Placeholders::new(name, &data_dir, port.port());
+    let workdir = service.workdir_for(&values);
+    let mut argv = environment::argv(service, name, &values)?;
     let env = environment::variables(service, name, &data_dir, port.port(), |key| {
         std::env::var(key).ok()
     });

@@ -12,7 +12,7 @@ use std::{
 use tokio::{sync::watch, task::JoinHandle, time::timeout};
 
 use super::{
-    health,
+    failure, health,
     instance::{Instance, StopKind},
     launch,
     prepare::{self, Prepared},
@@ -55,8 +55,20 @@ pub async fn run(
     done: watch::Sender<bool>,
 ) {
     let mut tracker = RestartTracker::new(&shared.config.settings);
+    let name = &instance.name;
     loop {
+        let began_ms = failure::unix_ms(SystemTime::now());
         let end = attempt(&shared, &instance, &mut stop).await;
+        // Ended before it was ready: what it said counts, and waiters are told at once.
+        let start_failed = matches!(
+            end,
+            AttemptEnd::NeverReady { .. }
+                | AttemptEnd::Exited {
+                    ready_for: None,
+                    ..
+                }
+        );
+        let output = || failure::last_output(&shared.logs, name, began_ms);
         let (ending, ready_for, what) = match end {
             AttemptEnd::Stopped(kind) => {
                 finish(&shared, &instance, kind);
@@ -93,6 +105,10 @@ pub async fn run(
                     let what = format!("the program exited ({how})");
                     shared.record(&instance, EventKind::Stopped, &what);
                     what
+                } else if ready_for.is_none() {
+                    let what = format!("it exited ({how}) before it was ready{}", output());
+                    shared.record(&instance, EventKind::Crashed, &what);
+                    what
                 } else {
                     let what = format!("crashed ({how})");
                     shared.record(&instance, EventKind::Crashed, &what);
@@ -111,8 +127,9 @@ pub async fn run(
             }
             AttemptEnd::NeverReady { reason } => {
                 let what = format!(
-                    "not ready within startup_timeout ({}s): {reason}",
-                    instance.service.startup_timeout
+                    "not ready within startup_timeout ({}s): {reason}{}",
+                    instance.service.startup_timeout,
+                    output()
                 );
                 shared.record(&instance, EventKind::Crashed, &what);
                 shared.logs.system(&instance.name, &what);
@@ -122,31 +139,31 @@ pub async fn run(
 
         match tracker.decide(instance.service.restart, ending, ready_for, Instant::now()) {
             Decision::Stay => {
-                let state = if ending == Ending::CleanExit {
-                    // Done by its own choice: not restarted at the next start of tenement.
+                let (state, reason) = if ending == Ending::CleanExit {
+                    // Done by its own choice: not restarted at the next start of tenement,
+                    // but, like an idle stop, woken by the next request.
                     let _ = shared.store.set_desired(&instance.name, false);
-                    InstanceState::Stopped
+                    (InstanceState::Sleeping, None)
                 } else {
-                    shared.record(
-                        &instance,
-                        EventKind::Failed,
-                        &format!("{what}; restart = \"never\""),
-                    );
-                    InstanceState::Failed
+                    let reason =
+                        format!("{what}; restart = \"never\": {}", failure::given_up(name));
+                    shared.record(&instance, EventKind::Failed, &reason);
+                    (InstanceState::Failed, Some(reason))
                 };
                 shared.update(&instance, |s| {
                     s.state = state;
-                    s.last_error = (ending == Ending::Failure).then(|| what.clone());
+                    s.last_error = reason;
+                    s.start_failures += u64::from(start_failed);
                     clear_process(s);
                 });
                 break;
             }
             Decision::GiveUp { restarts, window } => {
                 let reason = format!(
-                    "{} failed: {restarts} restarts within restart_window ({}s) reached \
-                     max_restarts; last: {what}. It stays failed until spawned or restarted.",
-                    instance.name,
-                    window.as_secs()
+                    "{name} failed: {restarts} restarts within restart_window ({}s) reached \
+                     max_restarts; last: {what}; {}",
+                    window.as_secs(),
+                    failure::given_up(name)
                 );
                 shared.record(&instance, EventKind::Failed, &reason);
                 shared.logs.system(&instance.name, &reason);
@@ -154,6 +171,7 @@ pub async fn run(
                 shared.update(&instance, |s| {
                     s.state = InstanceState::Failed;
                     s.last_error = Some(reason);
+                    s.start_failures += u64::from(start_failed);
                     clear_process(s);
                 });
                 break;
@@ -166,10 +184,12 @@ pub async fn run(
                     &format!("restarting in {}ms", delay.as_millis()),
                 );
                 tracing::info!("{}: {detail}", instance.name);
+                let reason = format!("{what}; {}", failure::retrying(name, delay.as_millis()));
                 shared.update(&instance, |s| {
                     s.state = InstanceState::Starting;
                     s.restarts += 1;
-                    s.last_error = Some(what.clone());
+                    s.last_error = Some(reason);
+                    s.start_failures += u64::from(start_failed);
                     clear_process(s);
                 });
                 tokio::select! {
@@ -191,8 +211,9 @@ fn finish(shared: &Shared, instance: &Instance, kind: StopKind) {
         StopKind::Sleep => InstanceState::Sleeping,
         StopKind::Stop | StopKind::Shutdown | StopKind::Restart => InstanceState::Stopped,
     };
+    // An operator's stop is recorded by `Supervisor::stop`, which holds it.
     match kind {
-        StopKind::Stop => shared.record(instance, EventKind::Stopped, "stopped"),
+        StopKind::Stop | StopKind::Restart => {}
         StopKind::Shutdown => shared.record(instance, EventKind::Stopped, "tenement shut down"),
         StopKind::Sleep => shared.record(
             instance,
@@ -202,7 +223,6 @@ fn finish(shared: &Shared, instance: &Instance, kind: StopKind) {
                 instance.service.idle_timeout
             ),
         ),
-        StopKind::Restart => {}
     }
     if !instance.service.storage_persist && kind != StopKind::Restart {
         let dir = prepare::data_dir(&shared.config.settings.data_dir, &instance.name);
