@@ -28,7 +28,7 @@ const ADDRESSES_KEPT: usize = 10_000;
 #[derive(Default)]
 pub struct AuthFailures {
     windows: Mutex<HashMap<Source, Window>>,
-    /// Requests refused for a missing, malformed or unknown token.
+    /// Requests refused for a malformed or unknown token.
     pub refused: AtomicU64,
     /// Requests refused with 429 because their address had too many refusals.
     pub throttled: AtomicU64,
@@ -91,7 +91,9 @@ pub fn identify(
 ) -> ApiResult<Caller> {
     check(context, peer)?;
     let identified = Caller::identify(peer, authorization, &context.api.store);
-    if matches!(&identified, Err(err) if err.status == StatusCode::UNAUTHORIZED) {
+    // Only a presented token is a guess: a client without one is not configured yet.
+    let guessed = authorization.is_some();
+    if guessed && matches!(&identified, Err(err) if err.status == StatusCode::UNAUTHORIZED) {
         refused(context, peer);
     }
     identified
@@ -139,7 +141,7 @@ pub fn register_metrics(context: &std::sync::Arc<Context>) {
         out.family(
             "tenement_api_auth_refused_total",
             super::Kind::Counter,
-            "Requests to the API or the dashboard refused for a missing, malformed or unknown token.",
+            "Requests to the API or the dashboard refused for a malformed or unknown token.",
         )
         .sample(
             "tenement_api_auth_refused_total",
