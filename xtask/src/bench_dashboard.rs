@@ -51,7 +51,7 @@ fn parse(args: &[String]) -> Result<usize> {
                     .next()
                     .with_context(|| format!("--requests needs a value; {USAGE}"))?
                     .parse()
-                    .context("--requests")?
+                    .context("--requests")?;
             }
             other => bail!("unknown option {other:?}; {USAGE}"),
         }
