@@ -19,7 +19,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    bench_support::{self, free_port, json_field, median, percentile, Daemon, Scratch},
+    bench_support::{self, json_field, median, percentile, Daemon, Scratch},
     util::{self, step},
 };
 
@@ -73,9 +73,14 @@ pub fn run(args: &[String]) -> Result<()> {
     std::fs::write(&app, APP)?;
     util::run(Command::new("chmod").arg("644").arg(&app))?;
     let dir = scratch.path.join("daemon");
-    let proxy_port = free_port()?;
-    let api_port = free_port()?;
-    let low = free_port()?.clamp(20000, 60000);
+    // Below the ephemeral range (32768-), where no outgoing connection takes them.
+    let low = 20000 + (std::process::id() % 30) as u16 * 400;
+    let (proxy_port, api_port) = (low + 300, low + 301);
+    for port in [proxy_port, api_port] {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            bail!("127.0.0.1:{port} is in use; run the benchmark again");
+        }
+    }
     let settings = format!(
         "{}api = \"127.0.0.1:{api_port}\"\n",
         bench_support::settings(&dir, proxy_port, [low, low + 299])

@@ -288,17 +288,17 @@ pub async fn act(
         &detail,
     );
     result?;
+    // Only back into the dashboard: never an open redirect.
     let back = form
         .text("return")
-        .filter(|back| back.starts_with("/dashboard") && !back.starts_with("/dashboard//"))
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            format!(
-                "/dashboard/instances/{}",
-                crate::api::query::encode(&name.to_string())
-            )
-        });
-    Ok(redirect(&back, &[]))
+        .filter(|back| {
+            (*back == "/dashboard"
+                || back.starts_with("/dashboard/")
+                || back.starts_with("/dashboard?"))
+                && !back.starts_with("/dashboard//")
+        })
+        .unwrap_or("/dashboard");
+    Ok(redirect(back, &[]))
 }
 
 fn parse_weight(form: &Query) -> ApiResult<i64> {

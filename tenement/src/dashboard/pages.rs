@@ -239,35 +239,35 @@ pub fn table_rows(viewer: &Viewer<'_>, rows: &[Row]) -> Markup {
                     span class={ "badge " (state_class(&view.state)) } { (view.state) }
                     @if let Some(reason) = &view.last_error { " " small.reason title=(reason) { (reason) } }
                 }
-                td.num {
+                td {
                     @if let Some(up) = view.uptime_secs { (format::duration(up)) }
                     @else if let Some(asleep) = row.asleep_secs { "asleep " (format::duration(asleep)) }
                     @else { (NONE) }
                 }
-                td.num { (row.idle_stop_in_secs.map_or(NONE.to_string(), format::duration)) }
-                td.num { (row.last_wake_ms.map_or(NONE.to_string(), format::time_ms)) }
-                td.num {
+                td { (row.idle_stop_in_secs.map_or(NONE.to_string(), format::duration)) }
+                td { (row.last_wake_ms.map_or(NONE.to_string(), format::time_ms)) }
+                td {
                     (format::number(row.cpu_percent, 1)) @if row.cpu_percent.is_some() { "%" }
                     @if let Some(weight) = row.cpu_weight { small { " w" (weight) } }
                 }
-                td.num {
+                td {
                     @match (row.memory_bytes, row.memory_limit_bytes) {
                         (Some(used), Some(limit)) => {
-                            meter min="0" max=(limit) value=(used) high=(limit / 10 * 9) {}
+                            meter min="0" max=(limit) value=(used) {}
                             " " (format::bytes(used)) " / " (format::bytes(limit))
                         },
                         (Some(used), None) => { (format::bytes(used)) },
                         _ => { (NONE) },
                     }
                 }
-                td.num.requests { (format::number(row.requests_per_sec, 1)) }
-                td.num.rx { (format::rate_bytes(row.rx_per_sec)) }
-                td.num.tx { (format::rate_bytes(row.tx_per_sec)) }
-                td.num { (row.connections_open.map_or(NONE.to_string(), |open| open.to_string())) }
-                td.num.restarts { (view.restarts) }
-                td.num.weight { (view.weight) }
-                td.num.port { (view.port.map_or(NONE.to_string(), |port| port.to_string())) }
-                td.num.pid { (view.pid.map_or(NONE.to_string(), |pid| pid.to_string())) }
+                td.requests { (format::number(row.requests_per_sec, 1)) }
+                td.rx { (format::rate_bytes(row.rx_per_sec)) }
+                td.tx { (format::rate_bytes(row.tx_per_sec)) }
+                td { (row.connections_open.map_or(NONE.to_string(), |open| open.to_string())) }
+                td.restarts { (view.restarts) }
+                td.weight { (view.weight) }
+                td.port { (view.port.map_or(NONE.to_string(), |port| port.to_string())) }
+                td.pid { (view.pid.map_or(NONE.to_string(), |pid| pid.to_string())) }
                 @if viewer.may_change() { td.actions { (actions(viewer, view, false)) } }
             }
         }
@@ -292,33 +292,24 @@ fn actions(viewer: &Viewer<'_>, view: &InstanceView, with_weight: bool) -> Marku
     );
     let csrf = viewer.csrf.unwrap_or("");
     let running = view.pid.is_some();
-    // From the overview, an action returns to the overview.
-    let back = if with_weight {
-        None
-    } else {
-        Some("/dashboard")
-    };
+    // One form per row (the overview has up to 1000): restart posts it elsewhere. An action
+    // returns to the overview unless the form says otherwise.
+    let back = with_weight.then(|| base.clone());
     html! {
-        @if running {
-            form.inline method="post" action={ (base) "/stop" } {
-                input type="hidden" name="csrf" value=(csrf);
-                @if let Some(back) = back { input type="hidden" name="return" value=(back); }
-                button.stop type="submit" title={ "Stop " (view.name) } { "stop" }
-            }
-            form.inline method="post" action={ (base) "/restart" } {
-                input type="hidden" name="csrf" value=(csrf);
-                @if let Some(back) = back { input type="hidden" name="return" value=(back); }
-                button.restart type="submit" title={ "Restart " (view.name) } { "restart" }
-            }
-        } @else {
-            form.inline method="post" action={ (base) "/start" } {
-                input type="hidden" name="csrf" value=(csrf);
-                @if let Some(back) = back { input type="hidden" name="return" value=(back); }
-                button.start type="submit" title={ "Start " (view.name) } { "start" }
+        form.act method="post" action={ (base) (if running { "/stop" } else { "/start" }) } {
+            input type="hidden" name="csrf" value=(csrf);
+            @if let Some(back) = &back { input type="hidden" name="return" value=(back); }
+            @if running {
+                button.stop type="submit" { "stop" }
+                " "
+                button.restart type="submit" formaction={ (base) "/restart" } { "restart" }
+            } @else {
+                button.start type="submit" { "start" }
             }
         }
         @if with_weight {
-            form.inline method="post" action={ (base) "/weight" } {
+            form.act method="post" action={ (base) "/weight" } {
+                @if let Some(back) = &back { input type="hidden" name="return" value=(back); }
                 input type="hidden" name="csrf" value=(csrf);
                 label { "weight " input type="number" name="weight" min="0" max="100" value=(view.weight); }
                 button type="submit" { "set" }

@@ -285,3 +285,29 @@ fn compare(a: &Row, b: &Row, column: &str) -> Ordering {
         _ => Ordering::Equal,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selections_parse_and_link() {
+        let query = Query::parse(Some("service=api&q=ali&sort=cpu&order=desc&page=2")).unwrap();
+        let selection = Selection::parse(&query).unwrap();
+        assert_eq!(selection.service.as_deref(), Some("api"));
+        assert_eq!(selection.sort, "cpu");
+        assert!(selection.descending);
+        assert_eq!(selection.page, 2);
+        assert_eq!(selection.per_page, PER_PAGE);
+        assert_eq!(
+            selection.href(Some("id"), Some(false), Some(1)),
+            "?service=api&q=ali&sort=id"
+        );
+        let huge = Query::parse(Some("per_page=100000")).unwrap();
+        assert_eq!(Selection::parse(&huge).unwrap().per_page, MAX_PER_PAGE);
+        for bad in ["sort=colour", "order=up", "page=0", "page=x"] {
+            let query = Query::parse(Some(bad)).unwrap();
+            assert!(Selection::parse(&query).is_err(), "{bad}");
+        }
+    }
+}
