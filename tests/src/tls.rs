@@ -74,6 +74,16 @@ pub struct HttpsResponse {
 /// `GET https://{host}/` sent to 127.0.0.1:`port`, trusting only `roots` (PEM), offering
 /// `h2` and `http/1.1`.
 pub async fn https_get(port: u16, host: &str, roots: &[&str]) -> Result<HttpsResponse> {
+    https_get_offering(port, host, roots, &["h2", "http/1.1"]).await
+}
+
+/// [`https_get`] offering only the ALPN protocols in `alpn`.
+pub async fn https_get_offering(
+    port: u16,
+    host: &str,
+    roots: &[&str],
+    alpn: &[&str],
+) -> Result<HttpsResponse> {
     let mut store = rustls::RootCertStore::empty();
     for pem in roots {
         for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
@@ -86,7 +96,7 @@ pub async fn https_get(port: u16, host: &str, roots: &[&str]) -> Result<HttpsRes
     .with_safe_default_protocol_versions()?
     .with_root_certificates(store)
     .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await

@@ -20,6 +20,14 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "systemd",
     "prometheus",
+    // RFC 2136 dynamic updates (tls_dns01 tests): named, tsig-keygen, dig.
+    "bind9",
+    "bind9-utils",
+    "bind9-dnsutils",
+    // mkfs.ext4 for the per-instance storage quota images.
+    "e2fsprogs",
+    // mount(8) and losetup(8): loop-mounting those images.
+    "mount",
     // The dashboard's browser tests: headless Chromium driven through WebDriver.
     "chromium",
     "chromium-driver",

@@ -4,13 +4,29 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{Exposition, Kind, Metrics};
-use crate::tls::{CertificateInfo, CertificateSource, TlsManager};
+use crate::tls::{CertificateInfo, CertificateSource, Refusal, TlsManager};
 
 /// Registers `tenement_tls_certificate_expiry_timestamp_seconds` (one sample per certificate,
 /// labelled by its first name and its source) and `tenement_tls_certificate_errors` (names
 /// whose last attempt to obtain or renew failed), read from `manager` at every scrape.
 pub fn register_metrics(metrics: &Metrics, manager: TlsManager) {
-    metrics.register(move |out| collect(&manager.certificates(), out));
+    metrics.register(move |out| {
+        collect(&manager.certificates(), out);
+        collect_refusals(&manager.on_demand_refusals(), out);
+    });
+}
+
+/// `tenement_tls_on_demand_refused_total{reason}`: handshakes whose name got no order.
+fn collect_refusals(refusals: &[(Refusal, u64)], out: &mut Exposition) {
+    let name = "tenement_tls_on_demand_refused_total";
+    out.family(
+        name,
+        Kind::Counter,
+        "On-demand certificate orders refused: the name routes nowhere (unrouted), the ask URL said no (ask), or the on_demand_rate budget was spent (rate).",
+    );
+    for (refusal, count) in refusals {
+        out.sample(name, &[("reason", refusal.label())], *count as f64);
+    }
 }
 
 fn collect(certificates: &[CertificateInfo], out: &mut Exposition) {
@@ -92,5 +108,27 @@ mod tests {
         assert!(text.contains(
             "tenement_tls_certificate_errors{name=\"bob.notes.example.com\",source=\"acme\"} 1\n"
         ), "{text}");
+    }
+
+    #[test]
+    fn refusals_by_reason() {
+        let mut out = Exposition::default();
+        collect_refusals(
+            &[
+                (Refusal::Unrouted, 4),
+                (Refusal::Ask, 0),
+                (Refusal::Rate, 1),
+            ],
+            &mut out,
+        );
+        let text = out.as_str();
+        for line in [
+            "# TYPE tenement_tls_on_demand_refused_total counter\n",
+            "tenement_tls_on_demand_refused_total{reason=\"unrouted\"} 4\n",
+            "tenement_tls_on_demand_refused_total{reason=\"ask\"} 0\n",
+            "tenement_tls_on_demand_refused_total{reason=\"rate\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
     }
 }

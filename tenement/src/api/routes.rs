@@ -171,6 +171,10 @@ async fn dispatch(
                 _ => Err(unknown_path(segments)),
             }
         }
+        ["v1", "services", service, "logs"] => {
+            is("GET")?;
+            logs::service_logs(context, &caller, service, &query)
+        }
         ["v1", "services", service, "deploy"] => {
             is("POST")?;
             query.allow(&[])?;

@@ -30,6 +30,13 @@ pub struct InstanceView {
     /// The sampler's latest stats of the current process (see [`InstanceStats`]); `null`
     /// while no process runs.
     pub stats: Option<InstanceStats>,
+    /// Bytes its data directory uses, measured every 30 s (also while it is stopped);
+    /// `null` until the first measurement.
+    #[serde(default)]
+    pub disk_used_bytes: Option<u64>,
+    /// Its service's `storage_quota_mb`; `null` for no quota.
+    #[serde(default)]
+    pub storage_quota_mb: Option<u64>,
 }
 
 /// `GET /v1/stats`: one line of the stats stream, or the snapshot.

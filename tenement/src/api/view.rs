@@ -51,6 +51,8 @@ pub fn instance(info: &InstanceInfo, stats: Option<InstanceStats>) -> InstanceVi
             .map(|up| up.as_secs()),
         last_error: info.last_error.clone(),
         stats: stats.filter(|_| running),
+        disk_used_bytes: info.disk_used_bytes,
+        storage_quota_mb: info.storage_quota_mb,
     }
 }
 

@@ -1,7 +1,9 @@
 //! Command line: parses arguments and hands each command to the module that owns it.
 
 mod client;
+mod daemon_log;
 mod dashboard;
+mod init;
 mod remote;
 mod serve;
 mod table;
@@ -37,6 +39,10 @@ pub enum Command {
     /// Check what this machine offers tenement (kernel, eBPF, cgroups, namespaces, runsc,
     /// ports, data directory); no daemon needed
     Doctor,
+    /// Write a commented starter configuration (./tenement.toml, or --config FILE); never
+    /// overwrites an existing file
+    #[command(name = "init")]
+    Starter,
     /// Check or show the configuration
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -116,6 +122,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         Command::Doctor => Ok(doctor::run(cli.config.as_deref())),
+        Command::Starter => {
+            let path = cli.config.unwrap_or_else(|| PathBuf::from("tenement.toml"));
+            init::run(&path)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config(command) => {
             let path = config::locate(cli.config.as_deref())?;
             let config = Config::load(&path)?;

@@ -59,9 +59,17 @@ pub enum RemoteCommand {
         /// Only this service's instances
         service: Option<String>,
     },
-    /// Show an instance's output
+    /// Show the output of an instance (SERVICE:ID), or of every instance of a service
+    /// (SERVICE) interleaved by time
     Logs {
+        /// SERVICE:ID, or SERVICE for all its instances
         instance: String,
+        /// Only lines whose first level word is this severe or more: debug, info, warn, error
+        #[arg(long, value_name = "LEVEL", value_parser = ["debug", "info", "warn", "error"])]
+        level: Option<String>,
+        /// Only one stream: stdout, stderr or system (tenement's own lines)
+        #[arg(long, value_name = "STREAM", value_parser = ["stdout", "stderr", "system"])]
+        stream: Option<String>,
         /// Keep printing new lines
         #[arg(short, long)]
         follow: bool,
@@ -181,13 +189,32 @@ async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<
         }
         RemoteCommand::Logs {
             instance,
+            level,
+            stream,
             follow,
             grep,
             since,
             lines,
         } => {
-            let name = instance_arg(&instance)?;
-            let mut path = format!("/v1/instances/{}/logs?n={lines}", encode(&name));
+            // `notes:alice` is one instance; `notes` is every instance of the service, and
+            // each line then says which instance wrote it.
+            let whole_service = !instance.contains(':');
+            let mut path = if whole_service {
+                crate::config::check_label("service", &instance).map_err(|err| anyhow!(err))?;
+                format!("/v1/services/{}/logs?n={lines}", encode(&instance))
+            } else {
+                let name = instance_arg(&instance)?;
+                format!("/v1/instances/{}/logs?n={lines}", encode(&name))
+            };
+            let print_log_line = |json: bool, line: &LogLine| {
+                print_log_line(json, line, whole_service);
+            };
+            if let Some(level) = &level {
+                path.push_str(&format!("&level={level}"));
+            }
+            if let Some(stream) = &stream {
+                path.push_str(&format!("&stream={stream}"));
+            }
             if let Some(grep) = &grep {
                 path.push_str(&format!("&grep={}", encode(grep)));
             }
@@ -398,11 +425,20 @@ fn ps_table(views: &[InstanceView]) -> String {
     table.render().trim_end().to_string()
 }
 
-fn print_log_line(json: bool, line: &LogLine) {
+/// `TIME STREAM LINE`, or with `tagged` (a whole service) `TIME INSTANCE STREAM LINE`.
+fn print_log_line(json: bool, line: &LogLine, tagged: bool) {
     if json {
         if let Ok(text) = serde_json::to_string(line) {
             println!("{text}");
         }
+    } else if tagged {
+        println!(
+            "{} {} {:<6} {}",
+            table::time_ms(line.time_ms),
+            line.instance,
+            line.stream,
+            line.line
+        );
     } else {
         println!(
             "{} {:<6} {}",

@@ -11,7 +11,10 @@ use std::{
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::front::{FrontDoor, Listeners};
+use super::{
+    daemon_log::{self, LogFormat},
+    front::{FrontDoor, Listeners},
+};
 use crate::{
     api::{Api, ApiListeners, ApiServer},
     config::{self, Config},
@@ -35,16 +38,14 @@ pub struct ServeOptions {
     /// polling (an escape hatch, and the baseline of `cargo xtask bench wake|ebpf`)
     #[arg(long)]
     pub no_kernel_counters: bool,
+    /// The daemon's log on stderr: `text` (coloured only on a terminal, never with
+    /// NO_COLOR) or `json` (one object per line, for log shippers)
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 pub fn serve(explicit: Option<&Path>, options: &ServeOptions) -> Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(|| LossyStderr)
-        .init();
+    daemon_log::init(options.log_format);
     let path = config::locate(explicit)?;
     let mut config = Config::load(&path)?;
     if options.tls {
@@ -172,20 +173,4 @@ fn watch_kernel(supervisor: &Supervisor, monitor: &Arc<Mutex<Monitor>>) {
             }
         }
     });
-}
-
-/// stderr that never fails: a daemon whose log reader went away keeps running (the default
-/// writer's error path panics).
-struct LossyStderr;
-
-impl std::io::Write for LossyStderr {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let _ = std::io::stderr().write_all(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        let _ = std::io::stderr().flush();
-        Ok(())
-    }
 }

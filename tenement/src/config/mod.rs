@@ -121,6 +121,9 @@ impl Config {
         {
             anchor(path);
         }
+        if let Some(update) = &mut tls.dns_update {
+            anchor(&mut update.key_secret_file);
+        }
         for service in self.service.values_mut() {
             if let Some(workdir) = &mut service.workdir {
                 // `{data_dir}` becomes an absolute path when the instance starts.

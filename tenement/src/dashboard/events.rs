@@ -206,7 +206,7 @@ pub fn logs(
                 _ = sender.0.closed() => return,
                 _ = shutdown.wait_for(|stop| *stop) => return,
             };
-            if !logs::live_match(&search, &line) {
+            if !search.matches(&line) {
                 continue;
             }
             let event = LogEvent {

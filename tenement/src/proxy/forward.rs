@@ -22,7 +22,7 @@ use super::{
     table::Entry,
     upstream::{self, UpstreamBody, UpstreamError},
 };
-use std::sync::Arc;
+use std::{future::Future, sync::Arc, time::Duration};
 
 /// What the request asks of the proxy, read from its headers before routing.
 #[derive(Clone, Copy)]
@@ -77,20 +77,52 @@ pub(crate) async fn forward(
         ))
         .await;
     }
-    let sent = match upstream::send(&entry.pool, port, request, &forwarded).await {
-        Err((error, Some(request))) if error.is_refused() && known_port.is_some() => {
+    let limit = entry.request_timeout;
+    let sent = match in_time(
+        limit,
+        upstream::send(&entry.pool, port, request, &forwarded),
+    )
+    .await
+    {
+        Some(Err((error, Some(request)))) if error.is_refused() && known_port.is_some() => {
             // The table still said it runs, but it has stopped or moved since: wake it once.
             match Box::pin(wake(&conn, &entry, format)).await {
-                Ok(port) => Box::pin(upstream::send(&entry.pool, port, request, &forwarded)).await,
+                Ok(port) => {
+                    let again = upstream::send(&entry.pool, port, request, &forwarded);
+                    Box::pin(in_time(limit, again)).await
+                }
                 Err(response) => return answer(response, exchange),
             }
         }
         sent => sent,
     };
     match sent {
-        Ok(response) => relay(response, exchange),
-        Err((error, _)) => answer(bad_gateway(&entry, &error, format), exchange),
+        Some(Ok(response)) => relay(response, exchange),
+        Some(Err((error, _))) => answer(bad_gateway(&entry, &error, format), exchange),
+        None => answer(gateway_timeout(&entry, format), exchange),
     }
+}
+
+/// `request_timeout`: the instance has that long to send its response head, from when the
+/// proxy starts sending it the request. The timer is part of the request's own future (no
+/// allocation, no task); once the head is here the body streams for as long as it takes.
+/// `None` when the time ran out; the connection to the instance is then dropped (closed).
+async fn in_time<T>(limit: Option<Duration>, sending: impl Future<Output = T>) -> Option<T> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, sending).await.ok(),
+        None => Some(sending.await),
+    }
+}
+
+fn gateway_timeout(entry: &Entry, format: Format) -> Response<Bytes> {
+    entry.requests.timed_out();
+    let seconds = entry.request_timeout.map_or(0, |limit| limit.as_secs());
+    let message = format!(
+        "instance {} sent no response within {seconds}s (request_timeout)",
+        entry.label
+    );
+    tracing::warn!("{message}");
+    reply::error(StatusCode::GATEWAY_TIMEOUT, &message, format)
 }
 
 /// An answer the proxy wrote itself, as a response with the request's bookkeeping attached.
@@ -202,18 +234,25 @@ async fn tunnel(
     format: Format,
 ) -> Response<ProxyBody> {
     let client_side = hyper::upgrade::on(&mut request);
-    let sent = match upstream::send_upgrade(port.number, request, &forwarded).await {
-        Err((error, Some(request))) if error.is_refused() && port.from_table => {
+    let limit = entry.request_timeout;
+    let sent = match in_time(
+        limit,
+        upstream::send_upgrade(port.number, request, &forwarded),
+    )
+    .await
+    {
+        Some(Err((error, Some(request)))) if error.is_refused() && port.from_table => {
             match wake(&conn, &entry, format).await {
-                Ok(port) => upstream::send_upgrade(port, request, &forwarded).await,
+                Ok(port) => in_time(limit, upstream::send_upgrade(port, request, &forwarded)).await,
                 Err(response) => return answer(response, exchange),
             }
         }
         sent => sent,
     };
     let (head, switched) = match sent {
-        Ok(sent) => sent,
-        Err((error, _)) => return answer(bad_gateway(&entry, &error, format), exchange),
+        Some(Ok(sent)) => sent,
+        Some(Err((error, _))) => return answer(bad_gateway(&entry, &error, format), exchange),
+        None => return answer(gateway_timeout(&entry, format), exchange),
     };
     let (mut parts, ()) = head.into_parts();
     let (mut instance, early) = match switched {

@@ -12,6 +12,7 @@ use std::{
     collections::HashMap,
     hash::{BuildHasherDefault, Hasher},
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use super::{
@@ -32,6 +33,8 @@ pub(crate) struct Entry {
     pub pool: Arc<Pool>,
     /// Where requests to it are counted for `/metrics`.
     pub requests: Arc<InstanceRequests>,
+    /// Its service's `request_timeout`; `None` for no limit.
+    pub request_timeout: Option<Duration>,
 }
 
 /// Why a host and path lead nowhere.
@@ -114,7 +117,13 @@ impl Table {
         for instance in instances {
             let pool = pools.entry(instance.name.clone()).or_default().clone();
             let counted = requests.instance(&instance.name);
+            let request_timeout = config
+                .service
+                .get(&instance.name.service)
+                .map_or(0, |service| service.request_timeout);
             let entry = Arc::new(Entry {
+                request_timeout: (request_timeout > 0)
+                    .then(|| Duration::from_secs(request_timeout)),
                 label: instance.name.to_string().into_boxed_str(),
                 name: instance.name,
                 state: instance.state,

@@ -3,7 +3,7 @@
 
 use std::{
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard,
     },
     time::{Instant, SystemTime},
@@ -89,6 +89,8 @@ pub struct Instance {
     pub listening: Notify,
     /// Over `storage_quota_mb` at the last measurement (an event is recorded on crossing).
     pub over_quota: AtomicBool,
+    /// Bytes its data directory used at the last measurement; `u64::MAX` before the first.
+    pub disk_used: AtomicU64,
     /// The sampler's latest stats of the current process; `None` while none runs.
     pub stats: Mutex<Option<InstanceStats>>,
 }
@@ -125,6 +127,7 @@ impl Instance {
             activity: Mutex::new(Activity::new()),
             listening: Notify::new(),
             over_quota: AtomicBool::new(false),
+            disk_used: AtomicU64::new(u64::MAX),
             stats: Mutex::new(None),
         }
     }
@@ -143,6 +146,9 @@ impl Instance {
             cgroup_id: s.cgroup_id,
             cgroup_path: s.cgroup_path.clone(),
             memory_cgroup: s.memory_cgroup.clone(),
+            disk_used_bytes: Some(self.disk_used.load(Ordering::Relaxed))
+                .filter(|&bytes| bytes != u64::MAX),
+            storage_quota_mb: self.service.storage_quota_mb,
         }
     }
 

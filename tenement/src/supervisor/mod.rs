@@ -26,6 +26,7 @@ mod sampler;
 mod sandbox;
 mod spawner;
 mod state;
+pub mod storage;
 
 use std::{
     collections::BTreeMap,
@@ -492,6 +493,7 @@ impl Supervisor {
         for stop in stops {
             let _ = stop.await;
         }
+        storage::unmount_all(&self.shared.config.settings.data_dir);
         if let Some(tree) = &self.shared.cgroups {
             if let Err(err) = tree.remove() {
                 tracing::error!("removing tenement's cgroups: {err:#}");

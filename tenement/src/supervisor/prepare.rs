@@ -15,7 +15,7 @@ use super::{
     init::InitSpec,
     launch::{Launch, Wrapper},
     ports::PortLease,
-    privacy, sandbox, Shared,
+    privacy, sandbox, storage, Shared,
 };
 use crate::config::{InstanceName, Isolation, Placeholders, Service};
 
@@ -50,6 +50,23 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
     )?;
     let data_dir = data_dir(&settings.data_dir, name);
     create_data_dir(&settings.data_dir, &data_dir, &run_as, root)?;
+    if let (Some(quota_mb), storage::Enforcement::Filesystem) =
+        (service.storage_quota_mb, storage::current())
+    {
+        // mkfs and mount take a moment: on the daemon's multi-threaded runtime, let its
+        // other tasks go on meanwhile (a single-threaded runtime cannot hand them over).
+        let mount = || storage::mount(&settings.data_dir, &data_dir, name, quota_mb);
+        let multi_threaded = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+            runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        });
+        if multi_threaded {
+            tokio::task::block_in_place(mount)?;
+        } else {
+            mount()?;
+        }
+        // The mounted file system's root becomes the data directory: the tenant's, 0700.
+        create_data_dir(&settings.data_dir, &data_dir, &run_as, root)?;
+    }
     let port = shared
         .ports
         .lease()

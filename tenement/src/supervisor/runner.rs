@@ -19,7 +19,7 @@ use super::{
     restart::{Decision, Ending, RestartTracker},
     spawner::{self, Child},
     state::InstanceState,
-    Shared,
+    storage, Shared,
 };
 use crate::{logs::Stream, store::EventKind};
 
@@ -224,8 +224,21 @@ fn finish(shared: &Shared, instance: &Instance, kind: StopKind) {
             ),
         ),
     }
+    let data_root = &shared.config.settings.data_dir;
+    if kind != StopKind::Restart && instance.service.storage_quota_mb.is_some() {
+        // The quota image is mounted from a start to the next stop (`storage.rs`).
+        let dir = prepare::data_dir(data_root, &instance.name);
+        if let Err(err) = storage::unmount(&dir) {
+            tracing::warn!("{}: {err:#}", instance.name);
+        }
+        if !instance.service.storage_persist {
+            if let Err(err) = storage::remove_image(data_root, &instance.name) {
+                tracing::warn!("{}: removing its storage image: {err:#}", instance.name);
+            }
+        }
+    }
     if !instance.service.storage_persist && kind != StopKind::Restart {
-        let dir = prepare::data_dir(&shared.config.settings.data_dir, &instance.name);
+        let dir = prepare::data_dir(data_root, &instance.name);
         if let Err(err) = std::fs::remove_dir_all(&dir) {
             if err.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(

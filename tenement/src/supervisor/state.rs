@@ -79,6 +79,11 @@ pub struct InstanceInfo {
     /// The directory with the memory controller (`cgroup_path` on pure cgroup v2, the v1
     /// memory group on hybrid hosts), when the instance has one.
     pub memory_cgroup: Option<PathBuf>,
+    /// Bytes its data directory used at the last measurement (every 30 s); `None` before
+    /// the first one.
+    pub disk_used_bytes: Option<u64>,
+    /// Its service's `storage_quota_mb`.
+    pub storage_quota_mb: Option<u64>,
 }
 
 /// Why an instance is not ready. The reasons name the instance; callers that want the name

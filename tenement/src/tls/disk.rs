@@ -58,7 +58,9 @@ impl Disk {
     }
 
     pub fn certificate_path(&self, name: &str) -> PathBuf {
-        self.root.join("certs").join(format!("{name}.pem"))
+        self.root
+            .join("certs")
+            .join(format!("{}.pem", super::names::file_stem(name)))
     }
 
     pub fn write_certificate(&self, name: &str, key_pem: &str, chain_pem: &str) -> Result<()> {
@@ -88,7 +90,7 @@ impl Disk {
                 .map_err(anyhow::Error::from)
                 .and_then(|bundle| Certificate::from_pem(&bundle, &bundle))
                 .with_context(|| format!("loading the stored certificate {}", path.display()));
-            loaded.push((name.to_string(), result));
+            loaded.push((super::names::from_file_stem(name), result));
         }
         loaded
     }

@@ -64,6 +64,15 @@ impl OrderBook {
         }
     }
 
+    /// Whether an order for `name` is running now (a handshake would join it).
+    pub fn is_running(&self, name: &str) -> bool {
+        self.book
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .running
+            .contains_key(name)
+    }
+
     pub fn admit(&self, name: &str) -> Admission {
         let now = Instant::now();
         let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
