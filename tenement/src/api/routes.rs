@@ -173,7 +173,7 @@ async fn dispatch(
         }
         ["v1", "services", service, "logs"] => {
             is("GET")?;
-            logs::service_logs(context, &caller, service, &query)
+            logs::service_logs(context, caller, service, query)
         }
         ["v1", "services", service, "deploy"] => {
             is("POST")?;
