@@ -7,6 +7,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod datadir;
 pub mod endpoint;
 pub mod logs;

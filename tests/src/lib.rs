@@ -8,6 +8,7 @@ pub mod http;
 pub mod logs;
 pub mod pebble;
 pub mod tls;
+pub mod webdriver;
 
 use std::{
     net::TcpListener,

@@ -28,6 +28,9 @@ const APT_PACKAGES: &[&str] = &[
     "e2fsprogs",
     // mount(8) and losetup(8): loop-mounting those images.
     "mount",
+    // The dashboard's browser tests: headless Chromium driven through WebDriver.
+    "chromium",
+    "chromium-driver",
 ];
 
 pub fn setup(apt: bool) -> Result<()> {

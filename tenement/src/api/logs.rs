@@ -23,6 +23,35 @@ use crate::{
 const DEFAULT_LINES: u64 = 100;
 const MAX_LINES: u64 = 100_000;
 
+/// What a log request asks for, checked: the lines before now and, when following, the
+/// subscription to new ones. The API streams it as NDJSON, the dashboard as server-sent events.
+pub struct LogFeed {
+    pub history: Vec<LogLine>,
+    pub live: Option<broadcast::Receiver<LogLine>>,
+    pub search: LogQuery,
+}
+
+/// One instance's feed, as `GET /v1/instances/{name}/logs` with `query` would answer it.
+pub fn open(
+    context: &Context,
+    caller: &Caller,
+    name: &InstanceName,
+    query: &Query,
+) -> ApiResult<LogFeed> {
+    let (mut search, follow) = parse(query)?;
+    search.instance = Some(name.clone());
+    caller.require_read(name)?;
+    known_service(context, &name.service)?;
+    // Subscribed before reading the history, so no line falls between the two.
+    let live = follow.then(|| context.api.logs.follow(name));
+    let history = history(context, &search)?;
+    Ok(LogFeed {
+        history,
+        live,
+        search,
+    })
+}
+
 /// `GET /v1/instances/{name}/logs`.
 pub fn logs(
     context: &Arc<Context>,

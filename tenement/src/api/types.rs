@@ -155,6 +155,9 @@ pub struct WeightView {
 pub struct TokenRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// What the token is for (`ci deploys`), shown in `token-list` and the audit log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 /// A token as listed: never its secret.
@@ -163,6 +166,8 @@ pub struct TokenView {
     pub id: i64,
     /// `admin` or `tenant:service:id`
     pub scope: String,
+    #[serde(default)]
+    pub description: String,
     pub created_ms: i64,
 }
 
@@ -171,7 +176,17 @@ pub struct TokenView {
 pub struct TokenCreated {
     pub id: i64,
     pub scope: String,
+    #[serde(default)]
+    pub description: String,
     pub token: String,
+}
+
+/// `POST /v1/dashboard/links`: a one-time sign-in link, to append to the dashboard's address.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DashboardLink {
+    /// `/dashboard/sign-in?code=...`: opens a session for whoever asked for the link.
+    pub path: String,
+    pub expires_in_secs: u64,
 }
 
 /// Every error body.

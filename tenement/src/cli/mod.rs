@@ -2,6 +2,7 @@
 
 mod client;
 mod daemon_log;
+mod dashboard;
 mod init;
 mod remote;
 mod serve;
@@ -49,6 +50,9 @@ pub enum Command {
     Remote(remote::RemoteCommand),
     /// Live view of every instance: CPU, memory, traffic, connections, TCP health
     Top(top::TopArgs),
+    /// Print a one-time sign-in link to the web dashboard; with the API on a unix socket,
+    /// forward 127.0.0.1 to it until Ctrl-C
+    Dashboard(dashboard::DashboardArgs),
     /// Install tenement as a systemd service (unit, default configuration, data directory)
     Install(install::InstallArgs),
     /// Remove the systemd service (keeps the configuration and the data)
@@ -138,6 +142,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Top(args) => {
             top::run(&args, &cli.server, cli.config.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dashboard(args) => {
+            dashboard::run(&args, &cli.server, cli.config.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Install(args) => {

@@ -118,8 +118,11 @@ pub enum RemoteCommand {
         /// Scope the token to this instance (read-only: status, logs, stats)
         #[arg(long, value_name = "SERVICE:ID")]
         tenant: Option<String>,
+        /// What the token is for ("ci deploys"): shown by token-list and in the audit log
+        #[arg(long, value_name = "TEXT")]
+        description: Option<String>,
     },
-    /// List API tokens (ids and scopes, never secrets)
+    /// List API tokens (ids, scopes and descriptions, never secrets)
     #[command(name = "token-list")]
     TokenList,
     /// Revoke an API token
@@ -313,12 +316,22 @@ async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<
                 format!("{service} weights: {}", weights_line(&routed.weights))
             })
         }
-        RemoteCommand::TokenGen { tenant } => {
+        RemoteCommand::TokenGen {
+            tenant,
+            description,
+        } => {
             if let Some(tenant) = &tenant {
                 InstanceName::parse(tenant).map_err(|err| anyhow!("--tenant: {err}"))?;
             }
             let created: TokenCreated = client
-                .call(Method::POST, "/v1/tokens", Some(&TokenRequest { tenant }))
+                .call(
+                    Method::POST,
+                    "/v1/tokens",
+                    Some(&TokenRequest {
+                        tenant,
+                        description,
+                    }),
+                )
                 .await?;
             if json {
                 return print(true, &created, String::new);
@@ -334,11 +347,12 @@ async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<
         RemoteCommand::TokenList => {
             let tokens: Vec<TokenView> = client.get("/v1/tokens").await?;
             print(json, &tokens, || {
-                let mut table = Table::new(&["ID", "SCOPE", "CREATED"]);
+                let mut table = Table::new(&["ID", "SCOPE", "DESCRIPTION", "CREATED"]);
                 for token in &tokens {
                     table.row(vec![
                         token.id.to_string(),
                         token.scope.clone(),
+                        token.description.clone(),
                         table::time_ms(token.created_ms.max(0) as u64),
                     ]);
                 }

@@ -4,6 +4,7 @@
 //! Every write runs in a transaction, so a crash (even `kill -9`) leaves either the old or the
 //! new state, never half of it. The journal is in WAL mode: readers never wait for writers.
 
+mod audit;
 mod events;
 mod lock;
 mod migrations;
@@ -20,6 +21,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::config::InstanceName;
 
+pub use audit::{AuditEntry, NewAuditEntry};
 pub use events::{Event, EventKind};
 pub use lock::{DataDirLock, LOCK_FILE};
 pub use tokens::TokenRecord;

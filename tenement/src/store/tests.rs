@@ -276,8 +276,8 @@ fn schema_is_versioned_and_file_is_private() {
 fn tokens_store_only_hashes() {
     let dir = TempDir::new("tokens");
     let store = Store::open(&dir.0).unwrap();
-    let (admin, secret) = store.issue_token("admin").unwrap();
-    let (tenant, tenant_secret) = store.issue_token("instance:api:alice").unwrap();
+    let (admin, secret) = store.issue_token("admin", "").unwrap();
+    let (tenant, tenant_secret) = store.issue_token("instance:api:alice", "").unwrap();
     assert_ne!(secret, tenant_secret);
     assert_eq!(store.verify_token(&secret).unwrap(), Some(admin.clone()));
     assert_eq!(
@@ -297,6 +297,38 @@ fn tokens_store_only_hashes() {
     assert!(store.revoke_token(admin.id).unwrap());
     assert!(!store.revoke_token(admin.id).unwrap());
     assert_eq!(store.verify_token(&secret).unwrap(), None);
+}
+
+#[test]
+fn audit_log_keeps_newest_first() {
+    let dir = TempDir::new("audit");
+    let store = Store::open(&dir.0).unwrap();
+    let (token, _) = store.issue_token("admin", "ci deploys").unwrap();
+    assert_eq!(
+        store.token(token.id).unwrap().unwrap().description,
+        "ci deploys"
+    );
+    for action in ["stop", "restart"] {
+        store
+            .audit(&NewAuditEntry {
+                token_id: Some(token.id),
+                who: "token 1 (ci deploys)",
+                action,
+                target: "api:alice",
+                address: "127.0.0.1:5000",
+                status: 200,
+                detail: "",
+            })
+            .unwrap();
+    }
+    let log = store.audit_log(10).unwrap();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].action, "restart");
+    assert_eq!(log[1].action, "stop");
+    assert_eq!(log[1].token_id, Some(token.id));
+    assert_eq!(store.audit_log(1).unwrap().len(), 1);
+    assert!(store.revoke_token(token.id).unwrap());
+    assert_eq!(store.token(token.id).unwrap(), None);
 }
 
 #[test]
