@@ -4,6 +4,7 @@
 
 pub mod bind;
 pub mod cgroup;
+pub mod daemon;
 pub mod http;
 pub mod logs;
 pub mod pebble;

@@ -6,21 +6,17 @@ mod supervisor_common;
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    process::{Command, Output, Stdio},
+    process::{Output, Stdio},
     time::{Duration, Instant},
 };
 
 use supervisor_common::{python_app, Daemon, PATIENCE};
 use tenement::store::EventKind;
-use tenement_tests::{privileged, tenement_bin};
+use tenement_tests::{daemon::serve_command, privileged};
 
 /// `tenement serve --config CONFIG` run to its end (it must end by itself: refused).
 fn serve_refused(config: &std::path::Path) -> Output {
-    let mut child = Command::new(tenement_bin())
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
+    let mut child = serve_command(config)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -11,12 +11,14 @@ mod api_support;
 use std::{
     os::unix::{fs::PermissionsExt, process::CommandExt},
     path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Child, Command},
 };
 
 use api_support::{request, Target, PATIENCE};
-use tenement_tests::{free_port, privileged, tenement_bin, Scratch};
+use tenement_tests::{
+    daemon::{serve_command_of, spawn_logging, wait_for_daemon},
+    free_port, privileged, tenement_bin, Scratch,
+};
 
 /// `nobody`/`nogroup` on Debian and Ubuntu (and the overflow ids everywhere else).
 const NOBODY: u32 = 65534;
@@ -43,7 +45,8 @@ http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 
 /// `tenement serve` running as `nobody`, stopped (and waited for) when dropped.
 struct UnprivilegedDaemon {
-    child: Child,
+    /// Taken out only while [`UnprivilegedDaemon::wait_until`] waits on it.
+    child: Option<Child>,
     socket: PathBuf,
     log: PathBuf,
     http_port: u16,
@@ -90,25 +93,17 @@ api = ["alice"]
             ),
         );
         let log = scratch.join("daemon.log");
-        let log_file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(&bin)
-            .arg("--config")
-            .arg(&config)
-            .arg("serve")
-            // std drops the supplementary groups too when it switches from root.
-            .uid(NOBODY)
-            .gid(NOBODY)
-            .env("HOME", &scratch.path)
-            .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .current_dir(&scratch.path)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .expect("starting tenement serve as nobody");
+        let child = spawn_logging(
+            serve_command_of(&bin, &config)
+                // std drops the supplementary groups too when it switches from root.
+                .uid(NOBODY)
+                .gid(NOBODY)
+                .env("HOME", &scratch.path)
+                .current_dir(&scratch.path),
+            &log,
+        );
         let mut daemon = UnprivilegedDaemon {
-            child,
+            child: Some(child),
             socket: data.join("tenement.sock"),
             log,
             http_port,
@@ -131,21 +126,10 @@ api = ["alice"]
     }
 
     fn wait_until(&mut self, what: &str, mut condition: impl FnMut(&Self) -> bool) {
-        let deadline = Instant::now() + PATIENCE;
-        while !condition(self) {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "tenement serve (as nobody) exited ({status}) while waiting for {what}\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gave up waiting for {what}\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let mut child = self.child.take().expect("the daemon is running");
+        let this = &*self;
+        wait_for_daemon(&mut child, &this.log, what, PATIENCE, || condition(this));
+        self.child = Some(child);
     }
 }
 
@@ -154,7 +138,9 @@ impl Drop for UnprivilegedDaemon {
         if std::thread::panicking() {
             eprintln!("--- daemon log ---\n{}", self.log());
         }
-        tenement_tests::terminate_or_kill(&mut self.child, PATIENCE);
+        if let Some(child) = self.child.as_mut() {
+            tenement_tests::terminate_or_kill(child, PATIENCE);
+        }
     }
 }
 

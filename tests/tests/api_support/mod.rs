@@ -8,11 +8,14 @@ use std::{
     io::{Read, Write},
     os::unix::net::UnixStream,
     path::PathBuf,
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
+    process::{Child, Command, Output},
+    time::Duration,
 };
 
-use tenement_tests::{free_port, free_port_block, tenement_bin, Scratch};
+use tenement_tests::{
+    daemon::{log_tail, serve_command, spawn_logging, wait_for_daemon},
+    free_port, free_port_block, tenement_bin, Scratch,
+};
 
 /// A tenant: answers every path with its id; `/health` fails for ids starting with
 /// `broken`, so such an instance starts but never gets healthy. Logs each request.
@@ -111,20 +114,13 @@ health_check_interval = 1
             ),
         );
         let log = scratch.join("daemon.log");
-        let log_file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(tenement_bin())
-            .arg("--config")
-            .arg(&config)
-            .arg("serve")
-            .args(serve_args)
-            .env("RUST_LOG", "info,tenement=debug")
-            .env_remove("NOTIFY_SOCKET")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .expect("starting tenement serve");
+        let child = spawn_logging(
+            serve_command(&config)
+                .args(serve_args)
+                .env("RUST_LOG", "info,tenement=debug")
+                .envs(env.iter().copied()),
+            &log,
+        );
         let mut daemon = Daemon {
             child: Some(child),
             scratch,
@@ -213,35 +209,14 @@ health_check_interval = 1
 
     /// Waits for `condition`; on the deadline, fails with the daemon's log.
     pub fn wait_until(&mut self, what: &str, mut condition: impl FnMut(&Daemon) -> bool) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if condition(self) {
-                return;
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|child| child.try_wait().unwrap())
-            {
-                panic!(
-                    "tenement serve exited ({status}) while waiting for {what}\n{}",
-                    self.log_tail()
-                );
-            }
-            if Instant::now() > deadline {
-                panic!("gave up waiting for {what}\n{}", self.log_tail());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let mut child = self.child.take().expect("the daemon is running");
+        let this = &*self;
+        wait_for_daemon(&mut child, &this.log, what, PATIENCE, || condition(this));
+        self.child = Some(child);
     }
 
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        format!(
-            "--- daemon log (last 60 lines) ---\n{}",
-            lines[lines.len().saturating_sub(60)..].join("\n")
-        )
+        log_tail(&self.log)
     }
 
     /// Stops the daemon (SIGTERM, as systemd does) and waits for it.

@@ -7,7 +7,7 @@ use std::{
     io::{Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Child,
     time::{Duration, Instant},
 };
 
@@ -17,7 +17,8 @@ use tenement::{
     supervisor::cgroup::{CgroupLayout, CgroupTree},
 };
 use tenement_tests::{
-    free_port, free_port_block, tenement_bin, terminate, terminate_or_kill, Scratch,
+    daemon::{serve_command, spawn_logging, wait_for_daemon},
+    free_port, free_port_block, terminate, terminate_or_kill, Scratch,
 };
 
 /// Generous: the machine is slow and shared.
@@ -96,36 +97,23 @@ impl Daemon {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "the daemon is running already");
         self.runs += 1;
-        let log = std::fs::File::create(self.log_path(self.runs)).unwrap();
-        let child = Command::new(tenement_bin())
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .args(&self.serve_args)
-            .env("RUST_LOG", "info")
-            .envs(self.envs.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting tenement serve");
-        self.child = Some(child);
+        let log = self.log_path(self.runs);
+        let mut child = spawn_logging(
+            serve_command(&self.config)
+                .args(&self.serve_args)
+                .envs(self.envs.iter().map(|(k, v)| (k, v))),
+            &log,
+        );
         // Ready once it says so; the store is then open (opening it from the test at the
         // same moment would race its schema setup).
-        let run = self.runs;
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let log = std::fs::read_to_string(self.log_path(run)).unwrap_or_default();
-            if log.contains(" serving ") {
-                break;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("tenement serve exited with {status}:\n{log}");
-            }
-            if Instant::now() > deadline {
-                panic!("tenement serve did not come up within {PATIENCE:?}:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_daemon(
+            &mut child,
+            &log,
+            "\" serving \" in its log",
+            PATIENCE,
+            || std::fs::read_to_string(&log).is_ok_and(|text| text.contains(" serving ")),
+        );
+        self.child = Some(child);
     }
 
     fn log_path(&self, run: u32) -> PathBuf {
