@@ -61,28 +61,7 @@ pub enum RemoteCommand {
     },
     /// Show the output of an instance (SERVICE:ID), or of every instance of a service
     /// (SERVICE) interleaved by time
-    Logs {
-        /// SERVICE:ID, or SERVICE for all its instances
-        instance: String,
-        /// Only lines whose first level word is this severe or more: debug, info, warn, error
-        #[arg(long, value_name = "LEVEL", value_parser = ["debug", "info", "warn", "error"])]
-        level: Option<String>,
-        /// Only one stream: stdout, stderr or system (tenement's own lines)
-        #[arg(long, value_name = "STREAM", value_parser = ["stdout", "stderr", "system"])]
-        stream: Option<String>,
-        /// Keep printing new lines
-        #[arg(short, long)]
-        follow: bool,
-        /// Only lines matching this regular expression
-        #[arg(long, value_name = "PATTERN")]
-        grep: Option<String>,
-        /// Only lines newer than this: a duration (10m, 2h) or a time (2024-05-01T12:00:00Z)
-        #[arg(long, value_name = "WHEN")]
-        since: Option<String>,
-        /// At most this many lines (the newest)
-        #[arg(short = 'n', long = "lines", default_value_t = 100)]
-        lines: u64,
-    },
+    Logs(LogsArgs),
     /// Show an instance's history: spawned, ready, crashed, restarted, stopped...
     Events {
         instance: String,
@@ -132,6 +111,31 @@ pub enum RemoteCommand {
     Status,
 }
 
+/// What `tenement logs` shows.
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// SERVICE:ID, or SERVICE for all its instances
+    pub instance: String,
+    /// Only lines whose first level word is this severe or more: debug, info, warn, error
+    #[arg(long, value_name = "LEVEL", value_parser = ["debug", "info", "warn", "error"])]
+    pub level: Option<String>,
+    /// Only one stream: stdout, stderr or system (tenement's own lines)
+    #[arg(long, value_name = "STREAM", value_parser = ["stdout", "stderr", "system"])]
+    pub stream: Option<String>,
+    /// Keep printing new lines
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only lines matching this regular expression
+    #[arg(long, value_name = "PATTERN")]
+    pub grep: Option<String>,
+    /// Only lines newer than this: a duration (10m, 2h) or a time (2024-05-01T12:00:00Z)
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// At most this many lines (the newest)
+    #[arg(short = 'n', long = "lines", default_value_t = 100)]
+    pub lines: u64,
+}
+
 pub fn run(command: RemoteCommand, options: &ServerOptions, config: Option<&Path>) -> Result<()> {
     let address =
         Client::resolve_address(options.server.as_deref(), config, options.token.is_some())?;
@@ -144,23 +148,7 @@ pub fn run(command: RemoteCommand, options: &ServerOptions, config: Option<&Path
 
 async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<()> {
     match command {
-        RemoteCommand::Spawn { instance, id } => {
-            let name = match id {
-                Some(id) if instance.contains(':') => {
-                    bail!("give the instance once: `spawn {instance}` or `spawn SERVICE --id {id}`")
-                }
-                Some(id) => InstanceName::new(&instance, &id),
-                None => InstanceName::parse(&instance),
-            }
-            .map_err(|err| anyhow!(err))?;
-            let request = SpawnRequest {
-                instance: name.to_string(),
-            };
-            let view: InstanceView = client
-                .call(Method::POST, "/v1/instances", Some(&request))
-                .await?;
-            print(json, &view, || running_line(&view))
-        }
+        RemoteCommand::Spawn { instance, id } => spawn(client, json, instance, id).await,
         RemoteCommand::Start { instance } => {
             let name = instance_arg(&instance)?;
             let path = format!("/v1/instances/{}/start", encode(&name));
@@ -187,88 +175,8 @@ async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<
             let views: Vec<InstanceView> = client.get(&path).await?;
             print(json, &views, || ps_table(&views))
         }
-        RemoteCommand::Logs {
-            instance,
-            level,
-            stream,
-            follow,
-            grep,
-            since,
-            lines,
-        } => {
-            // `notes:alice` is one instance; `notes` is every instance of the service, and
-            // each line then says which instance wrote it.
-            let whole_service = !instance.contains(':');
-            let mut path = if whole_service {
-                crate::config::check_label("service", &instance).map_err(|err| anyhow!(err))?;
-                format!("/v1/services/{}/logs?n={lines}", encode(&instance))
-            } else {
-                let name = instance_arg(&instance)?;
-                format!("/v1/instances/{}/logs?n={lines}", encode(&name))
-            };
-            let print_log_line = |json: bool, line: &LogLine| {
-                print_log_line(json, line, whole_service);
-            };
-            if let Some(level) = &level {
-                path.push_str(&format!("&level={level}"));
-            }
-            if let Some(stream) = &stream {
-                path.push_str(&format!("&stream={stream}"));
-            }
-            if let Some(grep) = &grep {
-                path.push_str(&format!("&grep={}", encode(grep)));
-            }
-            if let Some(since) = &since {
-                path.push_str(&format!("&since_ms={}", since_ms(since)?));
-            }
-            if !follow {
-                let lines: Vec<LogLine> = client.get(&path).await?;
-                for line in &lines {
-                    print_log_line(json, line);
-                }
-                return Ok(());
-            }
-            path.push_str("&follow=true");
-            let mut bad_line = None;
-            client
-                .stream(&path, |text| match serde_json::from_str::<LogLine>(text) {
-                    Ok(line) => {
-                        print_log_line(json, &line);
-                        true
-                    }
-                    Err(err) => {
-                        bad_line = Some(format!("unexpected line from the server: {err}: {text}"));
-                        false
-                    }
-                })
-                .await?;
-            match bad_line {
-                Some(err) => Err(anyhow!(err)),
-                None => Ok(()),
-            }
-        }
-        RemoteCommand::Events { instance, limit } => {
-            let name = instance_arg(&instance)?;
-            let path = format!("/v1/instances/{}/events?limit={limit}", encode(&name));
-            let events: Vec<Event> = client.get(&path).await?;
-            print(json, &events, || {
-                let mut table = Table::new(&["TIME", "EVENT", "DETAIL"]);
-                // Oldest first, like logs.
-                for event in events.iter().rev() {
-                    let ms = event
-                        .time
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|since| since.as_millis() as u64)
-                        .unwrap_or(0);
-                    table.row(vec![
-                        table::time_ms(ms),
-                        event.kind.to_string(),
-                        event.detail.clone(),
-                    ]);
-                }
-                table.render().trim_end().to_string()
-            })
-        }
+        RemoteCommand::Logs(query) => logs(client, json, query).await,
+        RemoteCommand::Events { instance, limit } => events(client, json, instance, limit).await,
         RemoteCommand::Weight { instance, weight } => {
             let name = instance_arg(&instance)?;
             let path = format!("/v1/instances/{}/weight", encode(&name));
@@ -285,27 +193,17 @@ async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<
             weight,
             timeout,
         } => {
-            // A progress note for people watching; scripts get only the result or the error.
-            if !json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                eprintln!(
-                    "deploying {service}:{version}: waiting up to {timeout}s for it to be healthy"
-                );
-            }
-            let request = DeployRequest {
-                version,
-                weight,
-                timeout_secs: Some(timeout),
-            };
-            let path = format!("/v1/services/{}/deploy", encode(&service));
-            let deployed: DeployResponse = client.call(Method::POST, &path, Some(&request)).await?;
-            print(json, &deployed, || {
-                format!(
-                    "{} is healthy on {}; weights: {}",
-                    deployed.instance.name,
-                    listening_on(&deployed.instance),
-                    weights_line(&deployed.weights)
-                )
-            })
+            deploy(
+                client,
+                json,
+                service,
+                DeployRequest {
+                    version,
+                    weight,
+                    timeout_secs: Some(timeout),
+                },
+            )
+            .await
         }
         RemoteCommand::Route { service, from, to } => {
             let path = format!("/v1/services/{}/route", encode(&service));
@@ -319,46 +217,8 @@ async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<
         RemoteCommand::TokenGen {
             tenant,
             description,
-        } => {
-            if let Some(tenant) = &tenant {
-                InstanceName::parse(tenant).map_err(|err| anyhow!("--tenant: {err}"))?;
-            }
-            let created: TokenCreated = client
-                .call(
-                    Method::POST,
-                    "/v1/tokens",
-                    Some(&TokenRequest {
-                        tenant,
-                        description,
-                    }),
-                )
-                .await?;
-            if json {
-                return print(true, &created, String::new);
-            }
-            // The secret alone on stdout, so `TOKEN=$(tenement token-gen)` works.
-            eprintln!(
-                "token {} ({}): shown only this once, keep it somewhere safe",
-                created.id, created.scope
-            );
-            println!("{}", created.token);
-            Ok(())
-        }
-        RemoteCommand::TokenList => {
-            let tokens: Vec<TokenView> = client.get("/v1/tokens").await?;
-            print(json, &tokens, || {
-                let mut table = Table::new(&["ID", "SCOPE", "DESCRIPTION", "CREATED"]);
-                for token in &tokens {
-                    table.row(vec![
-                        token.id.to_string(),
-                        token.scope.clone(),
-                        token.description.clone(),
-                        table::time_ms(token.created_ms.max(0) as u64),
-                    ]);
-                }
-                table.render().trim_end().to_string()
-            })
-        }
+        } => token_gen(client, json, tenant, description).await,
+        RemoteCommand::TokenList => token_list(client, json).await,
         RemoteCommand::TokenRevoke { id } => {
             let answer: serde_json::Value = client
                 .call(Method::DELETE, &format!("/v1/tokens/{id}"), None::<&()>)
@@ -370,6 +230,188 @@ async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<
             print(json, &status, || status_text(&status))
         }
     }
+}
+
+/// `spawn SERVICE:ID` or `spawn SERVICE --id ID`.
+async fn spawn(client: &Client, json: bool, instance: String, id: Option<String>) -> Result<()> {
+    let name = match id {
+        Some(id) if instance.contains(':') => {
+            bail!("give the instance once: `spawn {instance}` or `spawn SERVICE --id {id}`")
+        }
+        Some(id) => InstanceName::new(&instance, &id),
+        None => InstanceName::parse(&instance),
+    }
+    .map_err(|err| anyhow!(err))?;
+    let request = SpawnRequest {
+        instance: name.to_string(),
+    };
+    let view: InstanceView = client
+        .call(Method::POST, "/v1/instances", Some(&request))
+        .await?;
+    print(json, &view, || running_line(&view))
+}
+
+/// `logs INSTANCE|SERVICE`: the lines kept so far, or followed as they come.
+async fn logs(client: &Client, json: bool, query: LogsArgs) -> Result<()> {
+    let LogsArgs {
+        instance,
+        level,
+        stream,
+        follow,
+        grep,
+        since,
+        lines,
+    } = query;
+    // `notes:alice` is one instance; `notes` is every instance of the service, and
+    // each line then says which instance wrote it.
+    let whole_service = !instance.contains(':');
+    let mut path = if whole_service {
+        crate::config::check_label("service", &instance).map_err(|err| anyhow!(err))?;
+        format!("/v1/services/{}/logs?n={lines}", encode(&instance))
+    } else {
+        let name = instance_arg(&instance)?;
+        format!("/v1/instances/{}/logs?n={lines}", encode(&name))
+    };
+    let print_log_line = |json: bool, line: &LogLine| {
+        print_log_line(json, line, whole_service);
+    };
+    if let Some(level) = &level {
+        path.push_str(&format!("&level={level}"));
+    }
+    if let Some(stream) = &stream {
+        path.push_str(&format!("&stream={stream}"));
+    }
+    if let Some(grep) = &grep {
+        path.push_str(&format!("&grep={}", encode(grep)));
+    }
+    if let Some(since) = &since {
+        path.push_str(&format!("&since_ms={}", since_ms(since)?));
+    }
+    if !follow {
+        let lines: Vec<LogLine> = client.get(&path).await?;
+        for line in &lines {
+            print_log_line(json, line);
+        }
+        return Ok(());
+    }
+    path.push_str("&follow=true");
+    let mut bad_line = None;
+    client
+        .stream(&path, |text| match serde_json::from_str::<LogLine>(text) {
+            Ok(line) => {
+                print_log_line(json, &line);
+                true
+            }
+            Err(err) => {
+                bad_line = Some(format!("unexpected line from the server: {err}: {text}"));
+                false
+            }
+        })
+        .await?;
+    match bad_line {
+        Some(err) => Err(anyhow!(err)),
+        None => Ok(()),
+    }
+}
+
+/// `events INSTANCE`: oldest first, like logs.
+async fn events(client: &Client, json: bool, instance: String, limit: u64) -> Result<()> {
+    let name = instance_arg(&instance)?;
+    let path = format!("/v1/instances/{}/events?limit={limit}", encode(&name));
+    let events: Vec<Event> = client.get(&path).await?;
+    print(json, &events, || {
+        let mut table = Table::new(&["TIME", "EVENT", "DETAIL"]);
+        // Oldest first, like logs.
+        for event in events.iter().rev() {
+            let ms = event
+                .time
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|since| since.as_millis() as u64)
+                .unwrap_or(0);
+            table.row(vec![
+                table::time_ms(ms),
+                event.kind.to_string(),
+                event.detail.clone(),
+            ]);
+        }
+        table.render().trim_end().to_string()
+    })
+}
+
+/// `deploy SERVICE VERSION`: answers once the new version is healthy.
+async fn deploy(
+    client: &Client,
+    json: bool,
+    service: String,
+    request: DeployRequest,
+) -> Result<()> {
+    // A progress note for people watching; scripts get only the result or the error.
+    if !json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!(
+            "deploying {service}:{}: waiting up to {}s for it to be healthy",
+            request.version,
+            request.timeout_secs.unwrap_or_default()
+        );
+    }
+    let path = format!("/v1/services/{}/deploy", encode(&service));
+    let deployed: DeployResponse = client.call(Method::POST, &path, Some(&request)).await?;
+    print(json, &deployed, || {
+        format!(
+            "{} is healthy on {}; weights: {}",
+            deployed.instance.name,
+            listening_on(&deployed.instance),
+            weights_line(&deployed.weights)
+        )
+    })
+}
+
+/// `token-gen`: the secret alone on stdout.
+async fn token_gen(
+    client: &Client,
+    json: bool,
+    tenant: Option<String>,
+    description: Option<String>,
+) -> Result<()> {
+    if let Some(tenant) = &tenant {
+        InstanceName::parse(tenant).map_err(|err| anyhow!("--tenant: {err}"))?;
+    }
+    let created: TokenCreated = client
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(&TokenRequest {
+                tenant,
+                description,
+            }),
+        )
+        .await?;
+    if json {
+        return print(true, &created, String::new);
+    }
+    // The secret alone on stdout, so `TOKEN=$(tenement token-gen)` works.
+    eprintln!(
+        "token {} ({}): shown only this once, keep it somewhere safe",
+        created.id, created.scope
+    );
+    println!("{}", created.token);
+    Ok(())
+}
+
+/// `token-list`: every token, never a secret.
+async fn token_list(client: &Client, json: bool) -> Result<()> {
+    let tokens: Vec<TokenView> = client.get("/v1/tokens").await?;
+    print(json, &tokens, || {
+        let mut table = Table::new(&["ID", "SCOPE", "DESCRIPTION", "CREATED"]);
+        for token in &tokens {
+            table.row(vec![
+                token.id.to_string(),
+                token.scope.clone(),
+                token.description.clone(),
+                table::time_ms(token.created_ms.max(0) as u64),
+            ]);
+        }
+        table.render().trim_end().to_string()
+    })
 }
 
 /// JSON for scripts, or the human rendering.
