@@ -46,6 +46,7 @@ pub fn status(context: &Context, caller: &Caller) -> ApiResult<Response<Body>> {
         api: context.addresses.iter().map(ToString::to_string).collect(),
         data_dir: context.api.config.settings.data_dir.display().to_string(),
         kernel_counters: view::kernel_counters(&context.monitor()),
+        network_isolation: Some(view::network_isolation(&context.monitor())),
         services: context.api.config.service.keys().cloned().collect(),
         instances,
         certificates: context

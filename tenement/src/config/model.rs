@@ -5,6 +5,8 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use super::egress::{EgressConfig, EgressRule};
+
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -141,6 +143,9 @@ pub struct Service {
     pub env_inherit: Vec<String>,
     /// Extra environment; values may use `{name}`, `{id}`, `{data_dir}`, `{port}`.
     pub env: BTreeMap<String, String>,
+    /// Where instances may connect and send beyond their own port: `"any"`, `"none"` or a
+    /// list of `"cidr:port"` entries (enforced by the kernel when eBPF is available).
+    pub egress: EgressConfig,
 }
 
 impl Default for Service {
@@ -163,6 +168,7 @@ impl Default for Service {
             user: None,
             env_inherit: Vec::new(),
             env: BTreeMap::new(),
+            egress: EgressConfig::Any,
         }
     }
 }

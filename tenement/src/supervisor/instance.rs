@@ -53,6 +53,7 @@ pub struct Status {
     /// While the kernel's TCP counters show a storm: why (`kernel: 140 TCP retransmits/s`).
     /// Keeps the instance `degraded` even when its health checks pass.
     pub kernel_trouble: Option<String>,
+    pub network: Option<super::state::InstanceNetwork>,
 }
 
 /// The run loop of a started instance.
@@ -101,6 +102,7 @@ impl Instance {
             cgroup_path: None,
             memory_cgroup: None,
             kernel_trouble: None,
+            network: None,
         };
         Instance {
             name,
@@ -128,6 +130,7 @@ impl Instance {
             cgroup_id: s.cgroup_id,
             cgroup_path: s.cgroup_path.clone(),
             memory_cgroup: s.memory_cgroup.clone(),
+            network: s.network.clone(),
         }
     }
 

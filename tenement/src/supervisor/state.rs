@@ -8,7 +8,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::config::InstanceName;
+use crate::{config::InstanceName, monitor::NetworkPolicy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -77,6 +77,18 @@ pub struct InstanceInfo {
     /// The directory with the memory controller (`cgroup_path` on pure cgroup v2, the v1
     /// memory group on hybrid hosts), when the instance has one.
     pub memory_cgroup: Option<PathBuf>,
+    /// The network boundary of the current process; `None` while no process runs.
+    pub network: Option<InstanceNetwork>,
+}
+
+/// The network boundary of one running instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InstanceNetwork {
+    /// The kernel enforces `policy` (false: tenement runs without network isolation).
+    pub enforced: bool,
+    pub policy: NetworkPolicy,
+    /// The latest operation the kernel refused, e.g. `connect 127.0.0.1:30002`.
+    pub last_denied: Option<String>,
 }
 
 /// Why an instance is not ready. The reasons name the instance; callers that want the name
