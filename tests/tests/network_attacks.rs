@@ -529,3 +529,191 @@ listed = ["bob"]
     assert_eq!(&datagram[..n], b"probe");
     daemon.stop();
 }
+
+/// A network namespace of the test's own with an interface holding a documentation address
+/// (192.0.2.10): the host's non-loopback address, without touching the machine's. The
+/// interface is one end of a veth pair kept inside the namespace (this kernel has no
+/// `dummy` driver).
+struct TestNetns {
+    name: String,
+}
+
+impl TestNetns {
+    fn create() -> TestNetns {
+        let name = format!("tnm-net-{}", std::process::id());
+        let ns = TestNetns { name };
+        for args in [
+            vec!["netns", "add", &ns.name],
+            vec!["-n", &ns.name, "link", "set", "lo", "up"],
+            vec![
+                "-n", &ns.name, "link", "add", "host0", "type", "veth", "peer", "name", "peer0",
+            ],
+            vec!["-n", &ns.name, "addr", "add", "192.0.2.10/24", "dev", "host0"],
+            vec!["-n", &ns.name, "link", "set", "peer0", "up"],
+            vec!["-n", &ns.name, "link", "set", "host0", "up"],
+        ] {
+            let status = std::process::Command::new("ip").args(&args).status().unwrap();
+            assert!(status.success(), "ip {args:?}");
+        }
+        ns
+    }
+
+    /// Runs a Python snippet inside the namespace (not in any instance) and returns its
+    /// output.
+    fn python(&self, script: &str) -> String {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.name, "/usr/bin/python3", "-c", script])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn get(&self, port: u16, host: &str, path: &str) -> String {
+        self.python(&format!(
+            r#"
+import socket
+try:
+    s = socket.create_connection(("127.0.0.1", {port}), timeout=10)
+    s.sendall(b"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    print(head.split(b" ")[1].decode(), body.decode().strip())
+except OSError as e:
+    print("error", e)
+"#
+        ))
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// An app that binds `0.0.0.0:$PORT` is reachable through the proxy and not on the host's
+/// non-loopback address; a tenant cannot reach its neighbour through that address either.
+#[test]
+fn wildcard_bind_stays_on_loopback_and_host_addresses_are_closed() {
+    if !privileged("wildcard_bind_stays_on_loopback_and_host_addresses_are_closed") {
+        return;
+    }
+    let netns = TestNetns::create();
+    let scratch = Scratch::new("net-netns");
+    let app = scratch.write("victim.py", APP);
+    let data = scratch.join("data");
+    let config = scratch.write(
+        "tenement.toml",
+        &format!(
+            r#"
+[settings]
+data_dir = "{data}"
+listen = "127.0.0.1:8080"
+domain = "localhost"
+api = "127.0.0.1:8090"
+port_range = [30000, 30099]
+
+[service.victim]
+command = "/usr/bin/python3 {app}"
+health = "/health"
+env = {{ TENANT = "{{id}}" }}
+
+[service.hostile]
+command = "/usr/bin/python3 {hostile}"
+env = {{ TENANT = "{{id}}", BIND_HOST = "0.0.0.0" }}
+
+[instances]
+victim = ["alice"]
+hostile = ["mallory"]
+"#,
+            data = data.display(),
+            app = app.display(),
+            hostile = hostile_app(),
+        ),
+    );
+    let log = std::fs::File::create(scratch.join("daemon.log")).unwrap();
+    // nsenter --net, not `ip netns exec`: the latter also remounts /sys for the namespace,
+    // which hides the cgroup hierarchies tenement needs.
+    let mut daemon = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", netns.name))
+        .arg(tenement_tests::tenement_bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let log_tail = || std::fs::read_to_string(scratch.join("daemon.log")).unwrap_or_default();
+    let deadline = Instant::now() + PATIENCE;
+    while !(netns.get(8080, "alice.victim.localhost", "/") == "200 hello from alice"
+        && netns.get(8080, "mallory.hostile.localhost", "/") == "200 hello from mallory")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "never served: {}\n{}",
+            netns.get(8080, "mallory.hostile.localhost", "/"),
+            log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ps = std::process::Command::new(tenement_tests::tenement_bin())
+        .args(["--config"])
+        .arg(&config)
+        .args(["ps", "--json"])
+        .output()
+        .unwrap();
+    let ps: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
+    let port_of = |name: &str| {
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap()["port"]
+            .as_u64()
+            .unwrap()
+    };
+    let (victim_port, hostile_port) = (port_of("victim:alice"), port_of("hostile:mallory"));
+    let probe = |port: u64| {
+        netns.python(&format!(
+            "import socket\ns = socket.socket()\ns.settimeout(5)\n\
+             try:\n    s.connect(('192.0.2.10', {port}))\n    print('ok')\n\
+             except OSError as e:\n    print(type(e).__name__)"
+        ))
+    };
+    // The wildcard bind was put on loopback: not reachable on the namespace's address.
+    assert_eq!(probe(hostile_port), "ConnectionRefusedError");
+    // The attacker, from inside, through the host's own non-loopback address.
+    assert_eq!(
+        netns.get(
+            8080,
+            "mallory.hostile.localhost",
+            &format!("/connect?host=192.0.2.10&port={victim_port}")
+        ),
+        "200 EPERM"
+    );
+    assert_eq!(
+        netns.get(
+            8080,
+            "mallory.hostile.localhost",
+            "/connect?host=192.0.2.10&port=8090"
+        ),
+        "200 EPERM",
+        "the management API through the host's address"
+    );
+    assert_eq!(
+        netns.get(8080, "alice.victim.localhost", "/"),
+        "200 hello from alice"
+    );
+    let stopped = tenement_tests::terminate(&mut daemon, PATIENCE);
+    assert!(stopped.is_some(), "tenement serve did not stop\n{}", log_tail());
+}
