@@ -20,6 +20,9 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "systemd",
     "prometheus",
+    // `ip netns` and `nsenter` for the network boundary tests' own namespace.
+    "iproute2",
+    "util-linux",
 ];
 
 pub fn setup(apt: bool) -> Result<()> {
