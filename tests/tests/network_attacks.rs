@@ -641,7 +641,7 @@ hostile = ["mallory"]
     let log = std::fs::File::create(scratch.join("daemon.log")).unwrap();
     // nsenter --net, not `ip netns exec`: the latter also remounts /sys for the namespace,
     // which hides the cgroup hierarchies tenement needs.
-    let mut daemon = std::process::Command::new("nsenter")
+    let daemon = std::process::Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", netns.name))
         .arg(tenement_tests::tenement_bin())
         .arg("--config")
@@ -653,6 +653,8 @@ hostile = ["mallory"]
         .stderr(log)
         .spawn()
         .unwrap();
+    // Stopped at the end, or killed if an assertion fails first.
+    let mut daemon = StopOnDrop(Some(daemon));
     let log_tail = || std::fs::read_to_string(scratch.join("daemon.log")).unwrap_or_default();
     let deadline = Instant::now() + PATIENCE;
     while !(netns.get(8080, "alice.victim.localhost", "/") == "200 hello from alice"
@@ -714,6 +716,17 @@ hostile = ["mallory"]
         netns.get(8080, "alice.victim.localhost", "/"),
         "200 hello from alice"
     );
-    let stopped = tenement_tests::terminate(&mut daemon, PATIENCE);
+    let mut child = daemon.0.take().unwrap();
+    let stopped = tenement_tests::terminate(&mut child, PATIENCE);
     assert!(stopped.is_some(), "tenement serve did not stop\n{}", log_tail());
+}
+
+struct StopOnDrop(Option<std::process::Child>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            tenement_tests::terminate_or_kill(child, PATIENCE);
+        }
+    }
 }
