@@ -71,7 +71,9 @@ fn victim(daemon: &Daemon) -> (u16, String) {
 }
 
 fn port_of(daemon: &Daemon, name: &str) -> u16 {
-    daemon.instance(name).expect(name)["port"].as_u64().expect("a port") as u16
+    daemon.instance(name).expect(name)["port"]
+        .as_u64()
+        .expect("a port") as u16
 }
 
 /// Starts both tenants through the proxy and returns the victim's port.
@@ -92,7 +94,13 @@ fn neighbour_is_out_of_reach(label: &str, isolation: &str) {
     let mut daemon = Daemon::start_with(scratch, &services, &[]);
     let port = start_both(&mut daemon);
 
-    for host in ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1", "0.0.0.0"] {
+    for host in [
+        "127.0.0.1",
+        "127.0.0.2",
+        "::1",
+        "::ffff:127.0.0.1",
+        "0.0.0.0",
+    ] {
         assert_eq!(
             attacker(&daemon, &format!("/connect?host={host}&port={port}")),
             "EPERM",
@@ -189,7 +197,9 @@ fn sandbox_tenant_cannot_reach_its_neighbour() {
 
 /// The cgroup v2 directory of an instance's process, from its `/proc/PID/cgroup`.
 fn view_cgroup(daemon: &Daemon, name: &str) -> String {
-    let pid = daemon.instance(name).unwrap()["pid"].as_u64().expect("running");
+    let pid = daemon.instance(name).unwrap()["pid"]
+        .as_u64()
+        .expect("running");
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let relative = own
         .lines()
@@ -254,7 +264,10 @@ fn crash_and_wake_races_never_reach_the_attacker() {
     let (low, high) = port_range(&config);
 
     // Exhaustion: the attacker can hold no port of the range (its own is already its own).
-    assert_eq!(attacker(&daemon, &format!("/hold?low={low}&high={high}")), "0");
+    assert_eq!(
+        attacker(&daemon, &format!("/hold?low={low}&high={high}")),
+        "0"
+    );
 
     // Crash race: the attacker keeps binding the neighbour's port while it is killed.
     assert_eq!(
@@ -282,9 +295,16 @@ fn crash_and_wake_races_never_reach_the_attacker() {
     }
     // Wake race: the neighbour sleeps, the attacker holds what it can, the wake starts it.
     daemon.ok(&["stop", "victim:alice"]);
-    assert_eq!(attacker(&daemon, &format!("/hold?low={low}&high={high}")), "0");
+    assert_eq!(
+        attacker(&daemon, &format!("/hold?low={low}&high={high}")),
+        "0"
+    );
     assert_eq!(victim(&daemon), (200, "hello from alice".to_string()));
-    assert_eq!(attacker(&daemon, "/grabbed"), "0 0", "binds won, requests stolen");
+    assert_eq!(
+        attacker(&daemon, "/grabbed"),
+        "0 0",
+        "binds won, requests stolen"
+    );
 
     // And it shows: denials counted, the latest address, an event, /metrics.
     daemon.wait_until("the denials reach the instance's view", |d| {
@@ -302,8 +322,7 @@ fn crash_and_wake_races_never_reach_the_attacker() {
     assert!(events.contains("network-denied"), "{events}");
     let metrics = daemon.ok(&["ps", "--json"]);
     assert!(metrics.contains("\"bind_port\""), "{metrics}");
-    let (status, text) =
-        api_support::request(&daemon.unix(), "GET", "/metrics", None, "").unwrap();
+    let (status, text) = api_support::request(&daemon.unix(), "GET", "/metrics", None, "").unwrap();
     assert_eq!(status, 200);
     assert!(
         text.contains(
@@ -354,7 +373,11 @@ if s.recv(16) == b"taken":
     let thief = UnixListener::bind_addr(&UnixAddr::from_abstract_name(&name).unwrap()).unwrap();
     let stolen_bytes = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicBool::new(false));
-    let (seen, bytes, stop) = (Arc::new(AtomicUsize::new(0)), stolen_bytes.clone(), done.clone());
+    let (seen, bytes, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        stolen_bytes.clone(),
+        done.clone(),
+    );
     let seen_ports = seen.clone();
     let thread = std::thread::spawn(move || {
         let mut held = Vec::new();
@@ -372,7 +395,8 @@ if s.recv(16) == b"taken":
                 held.push(std::thread::spawn(move || {
                     while !stop.load(Ordering::SeqCst) {
                         if let Ok((mut conn, _)) = listener.accept() {
-                            conn.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+                            conn.set_read_timeout(Some(Duration::from_millis(500)))
+                                .unwrap();
                             let mut buf = [0u8; 1024];
                             let n = conn.read(&mut buf).unwrap_or(0);
                             bytes.fetch_add(n, Ordering::SeqCst);
@@ -405,11 +429,18 @@ victim = ["alice"]
         victim(d) == (200, "hello from alice".to_string())
     });
     let stolen = seen.load(Ordering::SeqCst) as u16;
-    assert_ne!(port_of(&daemon, "victim:alice"), stolen, "moved to another port");
+    assert_ne!(
+        port_of(&daemon, "victim:alice"),
+        stolen,
+        "moved to another port"
+    );
     let events = daemon.ok(&["events", "victim:alice"]);
     assert!(events.contains("port-taken"), "{events}");
     assert!(
-        events.contains(&format!("port {stolen} is held by pid {}", std::process::id())),
+        events.contains(&format!(
+            "port {stolen} is held by pid {}",
+            std::process::id()
+        )),
         "{events}"
     );
     assert_eq!(
@@ -493,8 +524,14 @@ listed = ["bob"]
     let mut daemon = Daemon::start_with(scratch, &services, &[]);
     start_both(&mut daemon);
     let none = |path: &str| attacker(&daemon, path);
-    assert_eq!(none(&format!("/connect?host=127.0.0.1&port={outside}")), "EPERM");
-    assert_eq!(none(&format!("/udp?host=127.0.0.1&port={udp_port}")), "EPERM");
+    assert_eq!(
+        none(&format!("/connect?host=127.0.0.1&port={outside}")),
+        "EPERM"
+    );
+    assert_eq!(
+        none(&format!("/udp?host=127.0.0.1&port={udp_port}")),
+        "EPERM"
+    );
     // The proxy listener stays reachable over loopback.
     assert_eq!(
         none(&format!(
@@ -515,17 +552,34 @@ listed = ["bob"]
         assert_eq!(status, 200, "{body}");
         body.trim().to_string()
     };
-    assert_eq!(listed(&format!("/connect?host=127.0.0.1&port={outside}")), "ok");
-    assert_eq!(listed(&format!("/connect?host=127.0.0.1&port={other}")), "EPERM");
-    assert_eq!(listed(&format!("/udp?host=127.0.0.1&port={udp_port}")), "ok");
-    assert_eq!(listed(&format!("/udp?host=127.0.0.1&port={other}")), "EPERM");
+    assert_eq!(
+        listed(&format!("/connect?host=127.0.0.1&port={outside}")),
+        "ok"
+    );
+    assert_eq!(
+        listed(&format!("/connect?host=127.0.0.1&port={other}")),
+        "EPERM"
+    );
+    assert_eq!(
+        listed(&format!("/udp?host=127.0.0.1&port={udp_port}")),
+        "ok"
+    );
+    assert_eq!(
+        listed(&format!("/udp?host=127.0.0.1&port={other}")),
+        "EPERM"
+    );
     let view = daemon.instance("listed:bob").unwrap();
-    let egress = view["network"]["egress"].as_array().expect("a list").clone();
+    let egress = view["network"]["egress"]
+        .as_array()
+        .expect("a list")
+        .clone();
     assert_eq!(egress[0], format!("127.0.0.1/32:{outside}"), "{view}");
     assert_eq!(egress[1], format!("127.0.0.0/8:{udp_port}"), "{view}");
     let mut datagram = [0u8; 16];
     udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let (n, _) = udp.recv_from(&mut datagram).expect("the listed datagram arrived");
+    let (n, _) = udp
+        .recv_from(&mut datagram)
+        .expect("the listed datagram arrived");
     assert_eq!(&datagram[..n], b"probe");
     daemon.stop();
 }
@@ -548,11 +602,22 @@ impl TestNetns {
             vec![
                 "-n", &ns.name, "link", "add", "host0", "type", "veth", "peer", "name", "peer0",
             ],
-            vec!["-n", &ns.name, "addr", "add", "192.0.2.10/24", "dev", "host0"],
+            vec![
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                "192.0.2.10/24",
+                "dev",
+                "host0",
+            ],
             vec!["-n", &ns.name, "link", "set", "peer0", "up"],
             vec!["-n", &ns.name, "link", "set", "host0", "up"],
         ] {
-            let status = std::process::Command::new("ip").args(&args).status().unwrap();
+            let status = std::process::Command::new("ip")
+                .args(&args)
+                .status()
+                .unwrap();
             assert!(status.success(), "ip {args:?}");
         }
         ns
@@ -562,7 +627,14 @@ impl TestNetns {
     /// output.
     fn python(&self, script: &str) -> String {
         let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.name, "/usr/bin/python3", "-c", script])
+            .args([
+                "netns",
+                "exec",
+                &self.name,
+                "/usr/bin/python3",
+                "-c",
+                script,
+            ])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -718,7 +790,11 @@ hostile = ["mallory"]
     );
     let mut child = daemon.0.take().unwrap();
     let stopped = tenement_tests::terminate(&mut child, PATIENCE);
-    assert!(stopped.is_some(), "tenement serve did not stop\n{}", log_tail());
+    assert!(
+        stopped.is_some(),
+        "tenement serve did not stop\n{}",
+        log_tail()
+    );
 }
 
 struct StopOnDrop(Option<std::process::Child>);

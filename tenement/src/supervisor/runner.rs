@@ -75,6 +75,10 @@ pub async fn run(
     let mut takeovers = 0u32;
     loop {
         let end = attempt(&shared, &instance, &mut stop).await;
+        if !matches!(end, AttemptEnd::PortTaken { .. }) {
+            takeovers = 0;
+        }
+        // Not the tenant's failure: no restart is counted, and it never gives up.
         let retry_after = match &end {
             AttemptEnd::NoPort(reason) => Some(no_port(&shared, &instance, reason)),
             AttemptEnd::PortTaken { port, holder } => {
@@ -87,13 +91,9 @@ pub async fn run(
                     takeovers,
                 ))
             }
-            _ => {
-                takeovers = 0;
-                None
-            }
+            _ => None,
         };
         if let Some(delay) = retry_after {
-            // Not the tenant's failure: no restart is counted, and it never gives up.
             tokio::select! {
                 () = tokio::time::sleep(delay) => continue,
                 kind = stopped(&mut stop) => {
@@ -103,7 +103,8 @@ pub async fn run(
             }
         }
         let (ending, ready_for, what) = match end {
-            AttemptEnd::NoPort(_) | AttemptEnd::PortTaken { .. } => unreachable!("retried above"),
+            // Handled above.
+            AttemptEnd::NoPort(_) | AttemptEnd::PortTaken { .. } => continue,
             AttemptEnd::Stopped(kind) => {
                 finish(&shared, &instance, kind);
                 break;
