@@ -5,10 +5,14 @@
 //! instruction itself (`lock add`, in every BPF CPU version) is written out instead.
 
 /// Adds `n` to the counter with one atomic instruction.
+///
+/// # Safety
+/// `counter` must point to a live, 8-byte aligned `u64`: in practice a field of a map value
+/// the caller just looked up, which stays valid for the whole program run.
 #[inline(always)]
-pub fn add(counter: *mut u64, n: u64) {
-    // SAFETY: `counter` points into a map value, which is 8-byte aligned and lives for the
-    // whole program run; the instruction reads and writes only those 8 bytes.
+pub unsafe fn add(counter: *mut u64, n: u64) {
+    // SAFETY: the caller guarantees `counter` as above; the instruction reads and writes only
+    // those 8 bytes.
     unsafe {
         core::arch::asm!(
             "lock *(u64 *)({counter} + 0) += {n}",

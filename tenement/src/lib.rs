@@ -1,5 +1,8 @@
 //! tenement: a process hypervisor for many single-tenant services on one Linux server.
 //! `main.rs` is only the entry point; each concern lives in its own module.
+// A panic in the daemon takes every tenant's proxy with it: errors are handled, not unwrapped
+// (tests may unwrap: clippy.toml allows it there).
+#![warn(clippy::unwrap_used)]
 
 pub mod api;
 pub mod cli;

@@ -224,7 +224,7 @@ impl Pebble {
             .add(rustls_pki_types::CertificateDer::from_pem_slice(&ca).unwrap())
             .unwrap();
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
+            rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()

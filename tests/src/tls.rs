@@ -81,7 +81,7 @@ pub async fn https_get(port: u16, host: &str, roots: &[&str]) -> Result<HttpsRes
         }
     }
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
+        rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
     .with_root_certificates(store)

@@ -77,7 +77,7 @@ fn host_cgroups() -> HostCgroups {
         let fields: Vec<&str> = mount.split_whitespace().collect();
         match fields[2] {
             "cgroup2" if host.unified.is_none() => {
-                host.unified = Some((PathBuf::from(fields[1]), own("").unwrap_or_default()))
+                host.unified = Some((PathBuf::from(fields[1]), own("").unwrap_or_default()));
             }
             "cgroup" => {
                 for controller in fields[3].split(',') {

@@ -226,7 +226,7 @@ async fn wakes_are_counted_with_their_outcome() {
         slot.wake_error = Some(WakeError::Failed {
             state: "failed".into(),
             reason: "exited with status 3 five times".into(),
-        })
+        });
     });
     assert_eq!(stack.get("alice.api.example.com", "/").await.status, 200);
     assert_eq!(stack.get("broken.api.example.com", "/").await.status, 503);

@@ -77,13 +77,13 @@ async fn wake_failures_become_503s() {
     stack.backends.slot("api:slow", |slot| {
         slot.wake_error = Some(WakeError::Timeout {
             after: Duration::from_secs(10),
-        })
+        });
     });
     stack.backends.slot("api:broken", |slot| {
         slot.wake_error = Some(WakeError::Failed {
             state: "failed".into(),
             reason: "exited with status 3 five times".into(),
-        })
+        });
     });
     let reply = stack.get("slow.api.example.com", "/").await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);

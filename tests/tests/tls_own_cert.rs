@@ -105,17 +105,15 @@ async fn own_certificate_errors_name_the_file() {
     let routes = |_: &str| true;
 
     settings.tls.cert = Some(data.join("missing.pem"));
-    let err = TlsManager::start(&settings, Arc::new(routes))
-        .await
-        .err()
-        .expect("a cert without a key is refused");
+    let Err(err) = TlsManager::start(&settings, Arc::new(routes)).await else {
+        panic!("a cert without a key is refused");
+    };
     assert!(err.to_string().contains("`key` is not"), "{err:#}");
 
     settings.tls.key = Some(data.join("missing.key"));
-    let err = TlsManager::start(&settings, Arc::new(routes))
-        .await
-        .err()
-        .expect("a missing file is refused");
+    let Err(err) = TlsManager::start(&settings, Arc::new(routes)).await else {
+        panic!("a missing file is refused");
+    };
     assert!(format!("{err:#}").contains("missing.pem"), "{err:#}");
 
     let ca = TestCa::new("tenement test own CA");
@@ -123,10 +121,9 @@ async fn own_certificate_errors_name_the_file() {
     let (_, other_key) = ca.issue(&["own.example.com"]);
     settings.tls.cert = Some(data.write("cert.pem", &cert));
     settings.tls.key = Some(data.write("key.pem", &other_key));
-    let err = TlsManager::start(&settings, Arc::new(routes))
-        .await
-        .err()
-        .expect("a key of another certificate is refused");
+    let Err(err) = TlsManager::start(&settings, Arc::new(routes)).await else {
+        panic!("a key of another certificate is refused");
+    };
     let text = format!("{err:#}");
     assert!(
         text.contains("cert.pem") && text.contains("do not fit together"),

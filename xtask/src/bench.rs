@@ -69,7 +69,7 @@ fn parse(args: &[String]) -> Result<Settings> {
                     "keepalive" | "keep-alive" => Mode::KeepAlive,
                     "close" => Mode::Close,
                     other => bail!("--only {other:?}: expected keepalive or close"),
-                })
+                });
             }
             other => bail!("unknown option {other:?}; {USAGE}"),
         }

@@ -1,4 +1,5 @@
 //! `cargo xtask`: the project's own tasks, so that a fresh machine needs nothing by hand.
+#![warn(clippy::unwrap_used)]
 
 mod bench;
 mod bench_ebpf;

@@ -145,7 +145,7 @@ impl NdjsonSender {
 
     /// Resolves when the client has gone away.
     pub async fn closed(&self) {
-        self.0.closed().await
+        self.0.closed().await;
     }
 }
 

@@ -86,7 +86,7 @@ pub fn main() -> ExitCode {
                     eprintln!(
                         "{errors}\n{count} error{}",
                         if count == 1 { "" } else { "s" }
-                    )
+                    );
                 }
                 None => eprintln!("error: {err:#}"),
             }

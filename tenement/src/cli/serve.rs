@@ -70,7 +70,7 @@ async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
     match monitor.kernel_counters() {
         crate::monitor::KernelCounters::Active => tracing::info!("kernel counters: active"),
         crate::monitor::KernelCounters::Off(reason) => {
-            tracing::warn!("kernel counters: off ({reason})")
+            tracing::warn!("kernel counters: off ({reason})");
         }
     }
     let mut terminate = signal(SignalKind::terminate())?;

@@ -206,7 +206,7 @@ async fn splitter_memory_is_bounded() {
     let max = 4096;
     let endless = tokio::io::repeat(b'x').take(64 * 1024 * 1024);
     let input = endless.chain(&b"\nok\r\n\xff\xfe"[..]);
-    let mut reader = tokio::io::BufReader::with_capacity(1000, input);
+    let mut reader = BufReader::with_capacity(1000, input);
     let mut splitter = LineSplitter::new(max);
     let long = splitter.next_line(&mut reader).await.unwrap().unwrap();
     assert_eq!(long.bytes.len(), max);

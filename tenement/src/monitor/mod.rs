@@ -38,12 +38,6 @@ pub enum KernelCounters {
     Off(String),
 }
 
-impl KernelCounters {
-    pub fn is_active(&self) -> bool {
-        matches!(self, KernelCounters::Active)
-    }
-}
-
 impl std::fmt::Display for KernelCounters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -65,7 +65,7 @@ pub(crate) fn raise_open_file_limit() {
             match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
                 Ok(()) => tracing::debug!("open file limit raised from {soft} to {hard}"),
                 Err(error) => {
-                    tracing::warn!("cannot raise the open file limit from {soft}: {error}")
+                    tracing::warn!("cannot raise the open file limit from {soft}: {error}");
                 }
             }
         }

@@ -166,7 +166,7 @@ fn serve(
             watch_here(|unwatch| spawn_connection(shared, stream, peer, false, (load, unwatch)));
         }
         Err(error) => {
-            tracing::warn!("proxy worker {index} cannot take a connection from {peer}: {error}")
+            tracing::warn!("proxy worker {index} cannot take a connection from {peer}: {error}");
         }
     }
 }

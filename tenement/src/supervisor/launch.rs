@@ -138,7 +138,8 @@ impl ChildSetup {
     }
 
     fn apply(&self) -> io::Result<()> {
-        // SAFETY (whole function): plain system calls on memory owned by `self`.
+        // SAFETY: plain system calls on memory owned by `self`, in the forked child before
+        // exec (async-signal-safe calls only, no allocation).
         unsafe {
             for file in &self.join {
                 // "0" moves the writing process: the child joins before it execs.

@@ -427,15 +427,6 @@ impl Supervisor {
         }
     }
 
-    /// The cgroup v2 directory holding every instance's group, if there is one.
-    pub fn cgroup_subtree(&self) -> Option<std::path::PathBuf> {
-        self.shared
-            .cgroups
-            .as_ref()
-            .and_then(|t| t.unified_dir())
-            .map(|d| d.to_path_buf())
-    }
-
     /// Stops every instance (their desired state stays "running" for the next start) and
     /// removes every cgroup, the subtree included.
     pub async fn shutdown(&self) {

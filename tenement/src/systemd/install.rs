@@ -102,7 +102,7 @@ impl Steps {
         match std::fs::remove_file(&placed) {
             Ok(()) => println!("removed {}", placed.display()),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                println!("{} was not there", placed.display())
+                println!("{} was not there", placed.display());
             }
             Err(err) => return Err(err).with_context(|| format!("removing {}", placed.display())),
         }

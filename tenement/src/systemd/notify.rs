@@ -51,8 +51,10 @@ mod tests {
         let path = dir.join("notify.sock");
         let receiver = UnixDatagram::bind(&path).unwrap();
         // The only test in this crate that touches NOTIFY_SOCKET.
+        // SAFETY: no other thread of this test binary reads or writes the environment.
         unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
         ready("serving").unwrap();
+        // SAFETY: as above.
         unsafe { std::env::remove_var("NOTIFY_SOCKET") };
         let mut buffer = [0u8; 256];
         let length = receiver.recv(&mut buffer).unwrap();

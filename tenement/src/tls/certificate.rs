@@ -11,12 +11,12 @@ use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use x509_parser::{extensions::GeneralName, parse_x509_certificate};
 
-/// The crypto provider for every TLS config and key in tenement: aws-lc-rs, the one the
-/// dependency tree already builds (instant-acme uses it too).
+/// The crypto provider for every TLS config and key in tenement: ring, the only one the
+/// dependency tree builds (instant-acme and rcgen use it too), which keeps the binary small.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
         .clone()
 }
 

@@ -1,6 +1,7 @@
 //! Challenge answers while an order is pending: HTTP-01 key authorizations for the plain
 //! listener, and TLS-ALPN-01 certificates (RFC 8737) for handshakes offering `acme-tls/1`.
 
+use std::sync::PoisonError;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -29,18 +30,26 @@ pub(crate) struct Challenges {
 
 impl Challenges {
     pub fn http01(&self, token: &str) -> Option<String> {
-        self.http.lock().unwrap().get(token).cloned()
+        self.http
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(token)
+            .cloned()
     }
 
     pub fn tls_alpn01(&self, name: &str) -> Option<Arc<CertifiedKey>> {
-        self.alpn.lock().unwrap().get(name).cloned()
+        self.alpn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
     }
 
     /// Answers HTTP-01 for `token` until the guard is dropped.
     pub fn add_http01(self: &Arc<Self>, token: &str, key_authorization: &str) -> ChallengeGuard {
         self.http
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(token.to_string(), key_authorization.to_string());
         ChallengeGuard {
             challenges: self.clone(),
@@ -55,7 +64,7 @@ impl Challenges {
             .with_context(|| format!("making the TLS-ALPN-01 certificate for {name}"))?;
         self.alpn
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(name.to_string(), Arc::new(certificate));
         Ok(ChallengeGuard {
             challenges: self.clone(),
@@ -93,10 +102,18 @@ impl Drop for ChallengeGuard {
     fn drop(&mut self) {
         match &self.answer {
             Answer::Http01(token) => {
-                self.challenges.http.lock().unwrap().remove(token);
+                self.challenges
+                    .http
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(token);
             }
             Answer::TlsAlpn01(name) => {
-                self.challenges.alpn.lock().unwrap().remove(name);
+                self.challenges
+                    .alpn
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(name);
             }
         }
     }

@@ -1,5 +1,6 @@
 //! The background tasks. They hold the manager weakly, so they end with its last clone.
 
+use std::sync::PoisonError;
 use std::{
     sync::{Arc, Weak},
     time::Duration,
@@ -49,12 +50,18 @@ pub(super) async fn watch_own_cert(
                     cert.names.join(", ")
                 );
                 inner.store.set_own(Arc::new(cert));
-                *inner.own_error.lock().unwrap() = None;
+                *inner
+                    .own_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = None;
             }
             Err(err) => {
                 let error = format!("{err:#}");
                 tracing::error!("tls: keeping the previous own certificate: {error}");
-                *inner.own_error.lock().unwrap() = Some(error);
+                *inner
+                    .own_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(error);
             }
         }
     }

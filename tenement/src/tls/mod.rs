@@ -27,6 +27,7 @@ mod orders;
 mod own_cert;
 mod store;
 
+use std::sync::PoisonError;
 use std::{
     io,
     sync::{
@@ -230,7 +231,11 @@ impl TlsManager {
         let mut list = Vec::new();
         if let Some(own) = inner.store.own() {
             let mut info = CertificateInfo::of(&own, CertificateSource::File);
-            info.last_error = inner.own_error.lock().unwrap().clone();
+            info.last_error = inner
+                .own_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
             list.push(info);
         }
         for (name, cert) in inner.store.acme_all() {

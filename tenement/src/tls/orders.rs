@@ -2,6 +2,7 @@
 //! it), a growing pause after each failure of a name, and a global token bucket, so that a
 //! storm of handshakes can never become a storm of orders.
 
+use std::sync::PoisonError;
 use std::{
     collections::HashMap,
     sync::Mutex,
@@ -65,7 +66,7 @@ impl OrderBook {
 
     pub fn admit(&self, name: &str) -> Admission {
         let now = Instant::now();
-        let mut book = self.book.lock().unwrap();
+        let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(running) = book.running.get(name) {
             return Admission::Join(running.clone());
         }
@@ -97,7 +98,7 @@ impl OrderBook {
     /// Records the end of an order started by `admit`; returns the pause before the next
     /// attempt when it failed.
     pub fn finish(&self, name: &str, result: &Result<(), String>) -> Option<Duration> {
-        let mut book = self.book.lock().unwrap();
+        let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
         book.running.remove(name);
         match result {
             Ok(()) => {
@@ -122,7 +123,7 @@ impl OrderBook {
 
     /// Names whose last order failed, with the error.
     pub fn failures(&self) -> Vec<(String, String)> {
-        let book = self.book.lock().unwrap();
+        let book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
         let mut failures: Vec<_> = book
             .failures
             .iter()

@@ -3,6 +3,7 @@
 //! Swapping a certificate is replacing an `Arc` under a short lock: handshakes in progress
 //! keep the one they picked, the next handshake gets the new one.
 
+use std::sync::PoisonError;
 use std::{
     collections::HashMap,
     sync::{Arc, RwLock},
@@ -28,32 +29,46 @@ impl CertStore {
         if let Some(own) = self.own_covering(name) {
             return Some(own);
         }
-        self.acme.read().unwrap().get(name).cloned()
+        self.acme
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
     }
 
     pub fn own_covering(&self, name: &str) -> Option<Arc<Certificate>> {
         self.own
             .read()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
             .filter(|own| own.covers(name))
             .cloned()
     }
 
     pub fn own(&self) -> Option<Arc<Certificate>> {
-        self.own.read().unwrap().clone()
+        self.own
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn set_own(&self, cert: Arc<Certificate>) {
-        *self.own.write().unwrap() = Some(cert);
+        *self.own.write().unwrap_or_else(PoisonError::into_inner) = Some(cert);
     }
 
     pub fn acme(&self, name: &str) -> Option<Arc<Certificate>> {
-        self.acme.read().unwrap().get(name).cloned()
+        self.acme
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
     }
 
     pub fn insert_acme(&self, name: &str, cert: Arc<Certificate>) {
-        self.acme.write().unwrap().insert(name.to_string(), cert);
+        self.acme
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_string(), cert);
     }
 
     /// ACME certificates sorted by name.
@@ -61,7 +76,7 @@ impl CertStore {
         let mut all: Vec<_> = self
             .acme
             .read()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .map(|(name, cert)| (name.clone(), cert.clone()))
             .collect();

@@ -129,7 +129,7 @@ impl Stack {
                 let _ = child.kill();
                 let _ = child.wait();
             }
-        })
+        });
     }
 
     pub fn set_weight(&self, name: &str, weight: u8) {

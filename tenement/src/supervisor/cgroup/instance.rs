@@ -165,18 +165,6 @@ impl InstanceCgroup {
         }
     }
 
-    /// Waits up to `timeout` for the groups to empty on their own (after SIGTERM).
-    pub async fn wait_exited(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.is_empty() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.is_empty()
-    }
-
     /// Removes every directory; they must be empty.
     pub fn remove(&self) -> Result<()> {
         let mut first_error = None;
