@@ -298,6 +298,7 @@ mod tests {
                 "0B",
                 "3",
                 "7",
+                "0",
                 "1",
                 "1m15s"
             ]
@@ -305,7 +306,7 @@ mod tests {
         let mut stopped = view("api:bob", None);
         stopped.stats = None;
         let cells = Row::from_view(&stopped).cells();
-        assert_eq!(cells[2..8], ["-", "-", "-", "-", "-", "-"]);
+        assert_eq!(cells[2..9], ["-", "-", "-", "-", "-", "-", "-"]);
     }
 
     #[test]
