@@ -7,6 +7,9 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
+pub mod datadir;
+pub mod endpoint;
 pub mod logs;
 pub mod monitor;
 pub mod proxy;

@@ -2,11 +2,13 @@
 //! directories outside /root (tenants run under their own uid and must be able to read them),
 //! free ports on 127.0.0.1.
 
+pub mod bind;
 pub mod cgroup;
 pub mod http;
 pub mod logs;
 pub mod pebble;
 pub mod tls;
+pub mod webdriver;
 
 use std::{
     net::TcpListener,

@@ -24,6 +24,9 @@ pub struct PebbleOptions {
     pub reject_nonces: bool,
     /// Lifetime of issued certificates (pebble's default is five years).
     pub certificate_validity: Option<Duration>,
+    /// The DNS server pebble validates against (`-dnsserver`) instead of
+    /// pebble-challtestsrv: tenement's own DNS-01 responder, or a test's bind9.
+    pub dns_server: Option<std::net::SocketAddr>,
 }
 
 impl Default for PebbleOptions {
@@ -31,6 +34,7 @@ impl Default for PebbleOptions {
         PebbleOptions {
             reject_nonces: true,
             certificate_validity: None,
+            dns_server: None,
         }
     }
 }
@@ -138,11 +142,15 @@ impl Pebble {
             self.wait_for_port(self.challtestsrv_port, "pebble-challtestsrv");
         }
         if self.pebble.is_none() {
+            let dns_server = match self.options.dns_server {
+                Some(server) => server.to_string(),
+                None => format!("127.0.0.1:{}", self.dns_port),
+            };
             let mut command = Command::new("pebble");
             command
                 .arg("-config")
                 .arg(&self.config)
-                .args(["-dnsserver", &format!("127.0.0.1:{}", self.dns_port)])
+                .args(["-dnsserver", &dns_server])
                 .env("PEBBLE_VA_NOSLEEP", "1")
                 .stdout(self.log_file())
                 .stderr(self.log_file());

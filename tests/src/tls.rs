@@ -57,6 +57,48 @@ impl TestCa {
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())
     }
+
+    /// Like [`TestCa::issue`], valid until midnight UTC `days` days from today (so between
+    /// `days - 1` and `days` days from now).
+    pub fn issue_expiring(&self, names: &[&str], days: u64) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        let today = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 86_400;
+        let (year, month, day) = civil_date(today + days);
+        params.not_after = rcgen::date_time_ymd(year, month, day);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// Year, month, day of `days` since 1970-01-01 (proleptic Gregorian, H. Hinnant's method).
+fn civil_date(days: u64) -> (i32, u8, u8) {
+    let z = days as i64 + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year as i32, month as u8, day as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil_date(0), (1970, 1, 1));
+        assert_eq!(super::civil_date(19_782), (2024, 2, 29));
+        assert_eq!(super::civil_date(20_818), (2026, 12, 31));
+    }
 }
 
 /// What an HTTPS request saw.
@@ -74,64 +116,124 @@ pub struct HttpsResponse {
 /// `GET https://{host}/` sent to 127.0.0.1:`port`, trusting only `roots` (PEM), offering
 /// `h2` and `http/1.1`.
 pub async fn https_get(port: u16, host: &str, roots: &[&str]) -> Result<HttpsResponse> {
-    let mut store = rustls::RootCertStore::empty();
-    for pem in roots {
-        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            store.add(cert?)?;
-        }
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(store)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
-    let tls = tokio::time::timeout(
-        Duration::from_secs(60),
-        connector.connect(ServerName::try_from(host.to_string())?, tcp),
-    )
-    .await
-    .with_context(|| format!("TLS handshake for {host}: no answer"))?
-    .with_context(|| format!("TLS handshake for {host}"))?;
-    let (_, connection) = tls.get_ref();
-    let alpn = connection
-        .alpn_protocol()
-        .map(|p| String::from_utf8_lossy(p).into_owned());
-    let leaf = connection
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .context("no server certificate")?
-        .to_vec();
+    https_get_offering(port, host, roots, &["h2", "http/1.1"]).await
+}
 
-    let request = Request::get(format!("https://{host}/"))
-        .header(hyper::header::HOST, host)
-        .body(Full::new(Bytes::new()))?;
-    let io = TokioIo::new(tls);
-    let response = if alpn.as_deref() == Some("h2") {
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
-        tokio::spawn(connection);
-        sender.send_request(request).await?
-    } else {
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
-        tokio::spawn(connection);
-        sender.send_request(request).await?
-    };
-    let status = response.status();
-    let version = response.version();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok(HttpsResponse {
-        status,
-        body: String::from_utf8_lossy(&body).into_owned(),
-        alpn,
-        version,
-        leaf,
-    })
+/// [`https_get`] offering only the ALPN protocols in `alpn`.
+pub async fn https_get_offering(
+    port: u16,
+    host: &str,
+    roots: &[&str],
+    alpn: &[&str],
+) -> Result<HttpsResponse> {
+    KeptConnection::open(port, host, roots, alpn)
+        .await?
+        .get()
+        .await
+}
+
+/// One HTTPS connection kept open (HTTP/1.1 keep-alive or HTTP/2) for several requests.
+pub struct KeptConnection {
+    host: String,
+    alpn: Option<String>,
+    /// DER of the certificate the server presented in this connection's handshake.
+    pub leaf: Vec<u8>,
+    sender: Sender,
+}
+
+enum Sender {
+    Http1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    Http2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+impl KeptConnection {
+    /// Connects to 127.0.0.1:`port` for `host`, trusting only `roots` (PEM), offering the
+    /// ALPN protocols `alpn`.
+    pub async fn open(
+        port: u16,
+        host: &str,
+        roots: &[&str],
+        alpn: &[&str],
+    ) -> Result<KeptConnection> {
+        let mut store = rustls::RootCertStore::empty();
+        for pem in roots {
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                store.add(cert?)?;
+            }
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(store)
+        .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+        let tls = tokio::time::timeout(
+            Duration::from_secs(60),
+            connector.connect(ServerName::try_from(host.to_string())?, tcp),
+        )
+        .await
+        .with_context(|| format!("TLS handshake for {host}: no answer"))?
+        .with_context(|| format!("TLS handshake for {host}"))?;
+        let (_, connection) = tls.get_ref();
+        let alpn = connection
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        let leaf = connection
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .context("no server certificate")?
+            .to_vec();
+        let io = TokioIo::new(tls);
+        let sender = if alpn.as_deref() == Some("h2") {
+            let (sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(connection);
+            Sender::Http2(sender)
+        } else {
+            let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(connection);
+            Sender::Http1(sender)
+        };
+        Ok(KeptConnection {
+            host: host.to_string(),
+            alpn,
+            leaf,
+            sender,
+        })
+    }
+
+    /// `GET https://{host}/` on this connection.
+    pub async fn get(&mut self) -> Result<HttpsResponse> {
+        let host = &self.host;
+        let request = Request::get(format!("https://{host}/"))
+            .header(hyper::header::HOST, host)
+            .body(Full::new(Bytes::new()))?;
+        let response = match &mut self.sender {
+            Sender::Http1(sender) => {
+                sender.ready().await?;
+                sender.send_request(request).await?
+            }
+            Sender::Http2(sender) => {
+                sender.ready().await?;
+                sender.send_request(request).await?
+            }
+        };
+        let status = response.status();
+        let version = response.version();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(HttpsResponse {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            alpn: self.alpn.clone(),
+            version,
+            leaf: self.leaf.clone(),
+        })
+    }
 }
 
 /// The proxy's side of TLS, in miniature: a plain listener answering HTTP-01 challenges,

@@ -234,9 +234,43 @@ fn enum_values_list_the_allowed_ones() {
         "bad-enums.toml",
         &[
             "3:1: `sandbox_platform` in [settings]: unknown gVisor platform \"firecracker\"; expected one of `ptrace`, `kvm`, `systrap`",
-            "6:15: `challenges` in [settings.tls]: unknown variant `dns-01`, expected `http-01` or `tls-alpn-01`",
+            "6:15: `challenges` in [settings.tls]: unknown variant `dns-02`, expected one of `http-01`, `tls-alpn-01`, `dns-01`",
             "10:13: `isolation` in [service.api]: unknown variant `vm`, expected one of `process`, `namespace`, `sandbox`",
             "11:11: `restart` in [service.api]: unknown variant `sometimes`, expected one of `always`, `on-failure`, `never`",
+        ],
+    );
+}
+
+#[test]
+fn dns01_keys_fit_together() {
+    assert_errors(
+        "bad-dns01.toml",
+        &[
+            "7:1: `wildcard` in [settings.tls]: wildcard certificates need the DNS-01 challenge: add \"dns-01\" to `challenges`",
+            "7:22: `wildcard` in [settings.tls]: \"nope\" is not a service (no [service.nope])",
+            "9:1: `dns_propagation_timeout` in [settings.tls]: must be at least 1 second",
+            "10:1: `dns_update` in [settings.tls]: set either `dns_listen` or `dns_update`, not both",
+            "10:41: `zone` in [settings.tls.dns_update]: host name \"bad_zone\" contains '_'; only a-z, 0-9, '-' and '.' are allowed",
+            "10:60: `key_name` in [settings.tls.dns_update]: \"my key\" is not a TSIG key name",
+            "10:125: `algorithm` in [settings.tls.dns_update]: unknown TSIG algorithm \"hmac-md5\"; expected one of `hmac-sha256`, `hmac-sha384`, `hmac-sha512`",
+        ],
+    );
+    assert_errors(
+        "bad-dns01-publisher.toml",
+        &[
+            "3:1: `challenges` in [settings.tls]: \"dns-01\" needs `dns_listen` (the built-in DNS responder) or `dns_update` (RFC 2136 updates to your DNS server)",
+            "4:12: `wildcard` in [settings.tls]: invalid type: string \"yes\", expected true, false or a list of service names",
+        ],
+    );
+}
+
+#[test]
+fn on_demand_limits_have_a_format() {
+    assert_errors(
+        "bad-on-demand.toml",
+        &[
+            "3:1: `on_demand_rate` in [settings.tls]: \"ten per hour\" is not a rate like \"10/h\" (orders per `m`inute, `h`our or `d`ay)",
+            "4:1: `ask` in [settings.tls]: \"https://auth.example.com/allowed\" must be an http:// URL, e.g. \"http://127.0.0.1:9000/allowed\"",
         ],
     );
 }
@@ -315,6 +349,15 @@ fn the_full_example_and_the_bundled_one_pass() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_empty_acme_directory_turns_acme_off_and_passes() {
+    assert_eq!(check("acme-off.toml"), (true, Vec::new()));
+    assert_errors(
+        "acme-off-no-cert.toml",
+        &["1:11: `cert` in [settings.tls]: ACME is off (acme_directory = \"\"), so TLS needs `cert` and `key`"],
     );
 }
 

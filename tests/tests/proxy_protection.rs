@@ -126,3 +126,38 @@ async fn ambiguous_framing_is_rejected_or_made_unambiguous() {
     assert!(answer.contains(r#""bytes": 5"#), "{answer}");
     assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_hosts_get_400() {
+    let stack = Stack::start(
+        &config(""),
+        &[running("api:alice", 100), running("api:bob", 100)],
+    )
+    .await;
+    let ambiguous = [
+        // Two Host headers: routed by one, forwarded with both, before this was refused.
+        "GET / HTTP/1.1\r\nHost: alice.api.example.com\r\nHost: bob.api.example.com\r\nConnection: close\r\n\r\n",
+        // The same host twice is still two headers.
+        "GET / HTTP/1.1\r\nHost: alice.api.example.com\r\nhost: alice.api.example.com\r\nConnection: close\r\n\r\n",
+        // An absolute-form target naming another host than the Host header.
+        "GET http://bob.api.example.com/ HTTP/1.1\r\nHost: alice.api.example.com\r\nConnection: close\r\n\r\n",
+    ];
+    for request in ambiguous {
+        let answer = raw(stack.addr, request.as_bytes()).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{request:?} gave {answer:?}"
+        );
+        assert!(answer.contains("Host"), "{answer}");
+        assert!(
+            !answer.contains("api:alice") && !answer.contains("api:bob"),
+            "{answer}"
+        );
+    }
+
+    // Agreeing spellings pass: case, port and an absolute-form target naming the same host.
+    let fine = "GET http://alice.api.example.com/ HTTP/1.1\r\nHost: Alice.API.example.com:80\r\nConnection: close\r\n\r\n";
+    let answer = raw(stack.addr, fine.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("api:alice"), "{answer}");
+}

@@ -82,7 +82,7 @@ restart = "never"
     let config_path = scratch.write("tenement.toml", &text);
     let config = Arc::new(Config::load(&config_path).unwrap());
     let store = Store::open(&data_dir).unwrap();
-    let logs = LogHub::new(data_dir.join("logs")).unwrap();
+    let logs = LogHub::new(tenement::datadir::logs_dir(&data_dir)).unwrap();
     let tree = supervisor::cgroup_tree(&config).unwrap();
     let monitor = Monitor::start(tree.unified_dir().unwrap());
     let supervisor = Supervisor::start(
@@ -106,7 +106,7 @@ restart = "never"
         .collect();
     let mut ports = Vec::new();
     for wake in wakes {
-        ports.push(wake.await.unwrap().expect("woken"));
+        ports.push(wake.await.unwrap().expect("woken").port().expect("a port"));
     }
     ports.dedup();
     assert_eq!(ports.len(), 1, "every caller got the same port");
@@ -137,7 +137,12 @@ restart = "never"
     assert!(!cgroup.exists(), "a sleeping instance has no cgroup");
     assert_eq!(supervisor.info(&zed).unwrap().pid, None);
     // The next request wakes it.
-    let port = supervisor.ensure_running(&zed).await.unwrap();
+    let port = supervisor
+        .ensure_running(&zed)
+        .await
+        .unwrap()
+        .port()
+        .unwrap();
     assert_eq!(get(port, "/health").unwrap().0, 200);
 
     // Weights.

@@ -251,7 +251,7 @@ plain = ["frank"]
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
                 .unwrap_or_default()
-                .contains("boxed-erin")
+                .contains("boxed_erin")
         })
         .collect();
     assert!(!runsc.is_empty(), "no runsc process for boxed:erin");
@@ -263,7 +263,7 @@ plain = ["frank"]
     );
     let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", runsc[0])).unwrap();
     assert!(
-        cgroup.contains("boxed-erin"),
+        cgroup.contains("boxed_erin"),
         "runsc outside its cgroup: {cgroup}"
     );
     // The neighbour's data directory is hidden inside the sandbox too.

@@ -73,7 +73,7 @@ isolation = "namespace"
     }
 
     // Both streams of the first run are still searchable.
-    let logs = LogHub::new(daemon.data_dir.join("logs")).unwrap();
+    let logs = LogHub::new(tenement::datadir::logs_dir(&daemon.data_dir)).unwrap();
     for (stream, text) in [
         (Stream::Stdout, "listening on"),
         (Stream::Stderr, "stderr says hello from web:a"),

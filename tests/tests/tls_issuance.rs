@@ -122,9 +122,9 @@ async fn tenant_gets_a_certificate_over_tls_alpn01() {
     assert_eq!(frontend.http01_answers(), 0);
 }
 
-/// `{data_dir}/tls/acme/{directory}/`: there is one directory per ACME server.
+/// `{data_dir}/.tenement/tls/acme/{directory}/`: there is one directory per ACME server.
 fn only_store_dir(data_dir: &Path) -> std::path::PathBuf {
-    let dirs: Vec<_> = std::fs::read_dir(data_dir.join("tls/acme"))
+    let dirs: Vec<_> = std::fs::read_dir(tenement::datadir::tls_dir(data_dir).join("acme"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();

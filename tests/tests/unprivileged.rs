@@ -1,6 +1,8 @@
 //! Without root, `tenement serve` still serves: the proxy answers, instances run without
 //! cgroups, and every place that shows stats says that kernel counters are off and why (the
-//! daemon log, `/v1/status`, `tenement status`, `/metrics`).
+//! daemon log, `/v1/status`, `tenement status`, `/metrics`). `storage_quota_mb` cannot be a
+//! file system of its own there: it is measured, and going over it is recorded and warned
+//! about (the tenant's writes go on).
 //!
 //! The test itself needs root, to start the daemon as the unprivileged user `nobody`.
 
@@ -19,9 +21,11 @@ use tenement_tests::{free_port, privileged, tenement_bin, Scratch};
 /// `nobody`/`nogroup` on Debian and Ubuntu (and the overflow ids everywhere else).
 const NOBODY: u32 = 65534;
 
+/// Writes 3 MB into its data directory at start: over its 1 MB quota.
 const APP: &str = r#"
 import http.server, os
 port = int(os.environ["PORT"])
+open(os.path.join(os.environ["DATA_DIR"], "blob"), "wb").write(b"x" * (3 << 20))
 
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -74,6 +78,7 @@ port_range = [{base}, {high}]
 [service.api]
 command = "/usr/bin/python3 {app}"
 startup_timeout = 30
+storage_quota_mb = 1
 env = {{ TENANT = "{{id}}" }}
 
 [instances]
@@ -172,6 +177,46 @@ fn serves_without_root_and_says_kernel_counters_are_off() {
     });
     let (_, body) = through_proxy(daemon.http_port, "alice.api.localhost").unwrap();
     assert_eq!(body, format!("hello from alice as uid {NOBODY}\n"));
+
+    // Over its quota (measured at start, then every 30 s): an event and a warning in its
+    // log, and it keeps running.
+    let events_of_alice = |daemon: &UnprivilegedDaemon| {
+        let (status, body) = request(
+            &daemon.api(),
+            "GET",
+            "/v1/instances/api:alice/events",
+            None,
+            "",
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Vec<serde_json::Value>>(&body).unwrap()
+    };
+    daemon.wait_until("a quota-exceeded event", |daemon| {
+        events_of_alice(daemon)
+            .iter()
+            .any(|event| event["kind"] == "quota-exceeded")
+    });
+    let over = events_of_alice(&daemon)
+        .into_iter()
+        .find(|event| event["kind"] == "quota-exceeded")
+        .unwrap();
+    let detail = over["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("MB, over storage_quota_mb = 1"), "{over}");
+    let (_, logs) = request(
+        &daemon.api(),
+        "GET",
+        "/v1/instances/api:alice/logs?stream=system",
+        None,
+        "",
+    )
+    .unwrap();
+    assert!(
+        logs.contains("warning: data directory uses") && logs.contains("over storage_quota_mb = 1"),
+        "{logs}"
+    );
+    let (status, _) = through_proxy(daemon.http_port, "alice.api.localhost").unwrap();
+    assert_eq!(status, 200);
 
     // /v1/status: off, with a reason a person can act on.
     let (status, body) = request(&daemon.api(), "GET", "/v1/status", None, "").unwrap();

@@ -24,6 +24,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         Some("spawn") => crate::bench_spawn::run(),
         Some("wake") => crate::bench_wake::run(&args[1..]),
         Some("ebpf") => crate::bench_ebpf::run(&args[1..]),
+        Some("dashboard") => crate::bench_dashboard::run(&args[1..]),
         Some(other) => bail!("unknown benchmark {other:?}; {AVAILABLE}"),
         None => {
             print!("{AVAILABLE}");
@@ -38,6 +39,7 @@ benchmarks (run as root; results go to docs/benchmarks.md unless noted):
   spawn  spawn-to-ready per isolation level (printed; see docs/isolation.md)
   wake   cold wake of the notes app through tenement vs the app's own start-up
   ebpf   proxy throughput to an instance with the eBPF programs attached vs detached
+  dashboard  server time of the web dashboard's overview with 1000 instances (100 running)
 ";
 
 const USAGE: &str =

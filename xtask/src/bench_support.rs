@@ -239,11 +239,15 @@ impl Daemon {
         } else {
             "kernel counters: off (disabled with --no-kernel-counters)"
         };
-        if !daemon.log().contains(expected) {
-            bail!(
-                "{label}: expected \"{expected}\" in tenement's log:\n{}",
-                daemon.log()
-            );
+        // The listeners may be bound before the line is logged: give it the same minute.
+        while !daemon.log().contains(expected) {
+            if Instant::now() > deadline {
+                bail!(
+                    "{label}: expected \"{expected}\" in tenement's log:\n{}",
+                    daemon.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
         Ok(daemon)
     }

@@ -2,6 +2,7 @@
 #![warn(clippy::unwrap_used)]
 
 mod bench;
+mod bench_dashboard;
 mod bench_ebpf;
 mod bench_spawn;
 mod bench_support;
@@ -22,7 +23,7 @@ tasks:
   build-ebpf           build the eBPF object and list its programs and maps
   test [ARGS...]       setup, then run the whole test suite (ARGS go to `cargo test`)
   run                  setup, build, and serve the bundled example (examples/notes)
-  bench [NAME]         benchmarks: proxy, spawn, wake, ebpf (no NAME: list them); results
+  bench [NAME]         benchmarks: proxy, spawn, wake, ebpf, dashboard (no NAME: list them); results
                        go to docs/benchmarks.md (spawn: docs/isolation.md)
 ";
 

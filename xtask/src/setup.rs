@@ -23,6 +23,17 @@ const APT_PACKAGES: &[&str] = &[
     // `ip netns` and `nsenter` for the network boundary tests' own namespace.
     "iproute2",
     "util-linux",
+    // RFC 2136 dynamic updates (tls_dns01 tests): named, tsig-keygen, dig.
+    "bind9",
+    "bind9-utils",
+    "bind9-dnsutils",
+    // mkfs.ext4 for the per-instance storage quota images.
+    "e2fsprogs",
+    // mount(8) and losetup(8): loop-mounting those images.
+    "mount",
+    // The dashboard's browser tests: headless Chromium driven through WebDriver.
+    "chromium",
+    "chromium-driver",
 ];
 
 pub fn setup(apt: bool) -> Result<()> {

@@ -16,10 +16,9 @@ use crate::{config::InstanceName, store::Store};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Peer {
     /// A unix socket peer and its uid (SO_PEERCRED).
-    Unix {
-        uid: u32,
-    },
-    Tcp,
+    Unix { uid: u32 },
+    /// A TCP peer and its address (for the audit log and the limit on refused tokens).
+    Tcp { address: std::net::SocketAddr },
 }
 
 /// What a token may do, as stored: `admin` or `tenant:service:id`.
@@ -135,7 +134,7 @@ impl Caller {
 }
 
 /// Root, or the user the daemon runs as: both can read the data directory, tokens included.
-fn trusted_uid(uid: u32) -> bool {
+pub(crate) fn trusted_uid(uid: u32) -> bool {
     uid == 0 || uid == nix::unistd::geteuid().as_raw()
 }
 

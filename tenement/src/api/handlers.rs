@@ -1,4 +1,4 @@
-//! Instances and tokens: list, show, spawn, stop, restart, weight, events; issue, list and
+//! Instances and tokens: list, show, spawn, start, stop, restart, weight, events; issue, list and
 //! revoke tokens. Every input is checked before anything changes.
 
 use hyper::{body::Incoming, Response, StatusCode};
@@ -6,6 +6,7 @@ use hyper::{body::Incoming, Response, StatusCode};
 use super::{
     auth::{Caller, Scope},
     body::{self, Body},
+    certificates,
     error::{ApiError, ApiResult},
     query::Query,
     types::{InstanceView, SpawnRequest, TokenCreated, TokenRequest, TokenView, WeightRequest},
@@ -16,8 +17,22 @@ use crate::{
     supervisor::{InstanceInfo, StartError},
 };
 
-pub fn health() -> Response<Body> {
-    body::json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+/// `GET /health`: always 200 while the daemon serves (a load balancer must not take the
+/// node out for a certificate that still works); `degraded` with its reasons when a served
+/// certificate is within a week of expiry.
+pub fn health(context: &Context) -> Response<Body> {
+    let reasons = context
+        .tls
+        .get()
+        .map(|manager| {
+            certificates::expiry_reasons(&manager.certificates(), std::time::SystemTime::now())
+        })
+        .unwrap_or_default();
+    let status = if reasons.is_empty() { "ok" } else { "degraded" };
+    body::json(
+        StatusCode::OK,
+        &serde_json::json!({ "status": status, "reasons": reasons }),
+    )
 }
 
 /// An instance name from the URL; malformed is 400 (the URL is wrong).
@@ -97,13 +112,34 @@ pub async fn spawn(
     caller.require_admin("spawning an instance")?;
     let request: SpawnRequest = body::read_json(body, r#"{"instance": "api:alice"}"#).await?;
     let name = body_instance(&request.instance)?;
+    let info = spawn_instance(context, caller, &name).await?;
+    Ok(body::json(StatusCode::OK, &instance_view(context, &info)))
+}
+
+/// Starts `name` (the API's spawn and start, the dashboard's start) and waits until it is
+/// ready. Ends an operator's stop.
+pub async fn spawn_instance(
+    context: &Context,
+    caller: &Caller,
+    name: &InstanceName,
+) -> ApiResult<InstanceInfo> {
+    caller.require_admin("spawning an instance")?;
     known_service(context, &name.service)?;
-    let info = context
+    context
         .api
         .supervisor
-        .spawn(&name)
+        .spawn(name)
         .await
-        .map_err(|err| start_error(&name, err))?;
+        .map_err(|err| start_error(name, err))
+}
+
+/// `start`: like `spawn`, with the name in the path. Ends an operator's stop.
+pub async fn start(
+    context: &Context,
+    caller: &Caller,
+    name: &InstanceName,
+) -> ApiResult<Response<Body>> {
+    let info = spawn_instance(context, caller, name).await?;
     Ok(body::json(StatusCode::OK, &instance_view(context, &info)))
 }
 
@@ -112,6 +148,16 @@ pub async fn stop(
     caller: &Caller,
     name: &InstanceName,
 ) -> ApiResult<Response<Body>> {
+    let info = stop_instance(context, caller, name).await?;
+    Ok(body::json(StatusCode::OK, &instance_view(context, &info)))
+}
+
+/// Stops `name` (it stays stopped until spawned again) and returns it as it is now.
+pub async fn stop_instance(
+    context: &Context,
+    caller: &Caller,
+    name: &InstanceName,
+) -> ApiResult<InstanceInfo> {
     caller.require_admin("stopping an instance")?;
     lookup(context, caller, name)?;
     context
@@ -120,8 +166,7 @@ pub async fn stop(
         .stop(name)
         .await
         .map_err(|err| ApiError::internal(format!("stopping {name}: {err:#}")))?;
-    let info = lookup(context, caller, name)?;
-    Ok(body::json(StatusCode::OK, &instance_view(context, &info)))
+    lookup(context, caller, name)
 }
 
 pub async fn restart(
@@ -129,15 +174,23 @@ pub async fn restart(
     caller: &Caller,
     name: &InstanceName,
 ) -> ApiResult<Response<Body>> {
+    let info = restart_instance(context, caller, name).await?;
+    Ok(body::json(StatusCode::OK, &instance_view(context, &info)))
+}
+
+pub async fn restart_instance(
+    context: &Context,
+    caller: &Caller,
+    name: &InstanceName,
+) -> ApiResult<InstanceInfo> {
     caller.require_admin("restarting an instance")?;
     lookup(context, caller, name)?;
-    let info = context
+    context
         .api
         .supervisor
         .restart(name)
         .await
-        .map_err(|err| start_error(name, err))?;
-    Ok(body::json(StatusCode::OK, &instance_view(context, &info)))
+        .map_err(|err| start_error(name, err))
 }
 
 pub async fn weight(
@@ -148,15 +201,26 @@ pub async fn weight(
 ) -> ApiResult<Response<Body>> {
     caller.require_admin("setting a weight")?;
     let request: WeightRequest = body::read_json(body, r#"{"weight": 50}"#).await?;
-    let weight = check_weight(request.weight)?;
+    let info = set_weight(context, caller, name, request.weight)?;
+    Ok(body::json(StatusCode::OK, &instance_view(context, &info)))
+}
+
+/// Sets the routing weight of `name` (0-100) and returns the instance as it is now.
+pub fn set_weight(
+    context: &Context,
+    caller: &Caller,
+    name: &InstanceName,
+    weight: i64,
+) -> ApiResult<InstanceInfo> {
+    caller.require_admin("setting a weight")?;
+    let weight = check_weight(weight)?;
     lookup(context, caller, name)?;
     context
         .api
         .supervisor
         .set_weight(name, weight)
         .map_err(|err| ApiError::internal(format!("setting the weight of {name}: {err:#}")))?;
-    let info = lookup(context, caller, name)?;
-    Ok(body::json(StatusCode::OK, &instance_view(context, &info)))
+    lookup(context, caller, name)
 }
 
 pub fn check_weight(weight: i64) -> ApiResult<u8> {
@@ -195,6 +259,7 @@ pub fn tokens(context: &Context, caller: &Caller) -> ApiResult<Response<Body>> {
         .map(|record| TokenView {
             id: record.id,
             scope: record.scope,
+            description: record.description,
             created_ms: record.created_ms,
         })
         .collect();
@@ -217,7 +282,7 @@ pub async fn token_create(
     } else {
         body::parse_json(
             &bytes,
-            r#"{} for an admin token, {"tenant": "api:alice"} for a tenant's"#,
+            r#"{} for an admin token, {"tenant": "api:alice"} for a tenant's, with an optional "description""#,
         )?
     };
     let scope = match request.tenant {
@@ -228,13 +293,23 @@ pub async fn token_create(
             Scope::Tenant(name)
         }
     };
-    let (record, secret) = context.api.store.issue_token(&scope.to_string())?;
+    let description = request.description.unwrap_or_default();
+    if description.len() > 200 || description.chars().any(char::is_control) {
+        return Err(ApiError::unprocessable(
+            "description must be at most 200 bytes of text without control characters",
+        ));
+    }
+    let (record, secret) = context
+        .api
+        .store
+        .issue_token(&scope.to_string(), &description)?;
     tracing::info!("issued token {} ({})", record.id, record.scope);
     Ok(body::json(
         StatusCode::CREATED,
         &TokenCreated {
             id: record.id,
             scope: record.scope,
+            description: record.description,
             token: secret,
         },
     ))

@@ -87,9 +87,9 @@ impl Listener {
                 Ok((Box::new(stream), Peer::Unix { uid }))
             }
             Listener::Tcp(listener) => {
-                let (stream, _) = listener.accept().await?;
+                let (stream, address) = listener.accept().await?;
                 let _ = stream.set_nodelay(true);
-                Ok((Box::new(stream), Peer::Tcp))
+                Ok((Box::new(stream), Peer::Tcp { address }))
             }
         }
     }

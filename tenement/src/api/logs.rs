@@ -1,10 +1,11 @@
-//! `GET /v1/instances/{name}/logs`: the tail, a search (`grep`, `since_ms`, `until_ms`), or
-//! with `follow=true` those lines and then every new one, as an NDJSON stream.
+//! `GET /v1/instances/{name}/logs` and `GET /v1/services/{service}/logs`: the tail, a search
+//! (`grep`, `since_ms`, `until_ms`, `stream`, `level`), or with `follow=true` those lines and
+//! then every new one, as an NDJSON stream.
 
 use std::sync::Arc;
 
 use hyper::{Response, StatusCode};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::{
     auth::Caller,
@@ -16,19 +17,85 @@ use super::{
 };
 use crate::{
     config::InstanceName,
-    logs::{LogLine, LogQuery},
+    logs::{Level, LogLine, LogQuery, Stream},
 };
 
 const DEFAULT_LINES: u64 = 100;
 const MAX_LINES: u64 = 100_000;
 
+/// What a log request asks for, checked: the lines before now and, when following, the
+/// subscription to new ones. The API streams it as NDJSON, the dashboard as server-sent events.
+pub struct LogFeed {
+    pub history: Vec<LogLine>,
+    pub live: Option<broadcast::Receiver<LogLine>>,
+    pub search: LogQuery,
+}
+
+/// One instance's feed, as `GET /v1/instances/{name}/logs` with `query` would answer it.
+pub fn open(
+    context: &Context,
+    caller: &Caller,
+    name: &InstanceName,
+    query: &Query,
+) -> ApiResult<LogFeed> {
+    let (mut search, follow) = parse(query)?;
+    search.instance = Some(name.clone());
+    caller.require_read(name)?;
+    known_service(context, &name.service)?;
+    // Subscribed before reading the history, so no line falls between the two.
+    let live = follow.then(|| context.api.logs.follow(name));
+    let history = history(context, &search)?;
+    Ok(LogFeed {
+        history,
+        live,
+        search,
+    })
+}
+
+/// `GET /v1/instances/{name}/logs`.
 pub fn logs(
     context: &Arc<Context>,
     caller: &Caller,
     name: &InstanceName,
     query: &Query,
 ) -> ApiResult<Response<Body>> {
-    query.allow(&["n", "grep", "since_ms", "until_ms", "follow"])?;
+    let (mut search, follow) = parse(query)?;
+    search.instance = Some(name.clone());
+    caller.require_read(name)?;
+    known_service(context, &name.service)?;
+    // Subscribed before reading the history, so no line falls between the two.
+    let live = follow.then(|| context.api.logs.follow(name));
+    answer(context, search, live)
+}
+
+/// `GET /v1/services/{service}/logs`: every instance of the service, interleaved by time.
+/// A tenant token sees only its own instance's lines.
+pub fn service_logs(
+    context: &Arc<Context>,
+    caller: &Caller,
+    service: &str,
+    query: &Query,
+) -> ApiResult<Response<Body>> {
+    let (mut search, follow) = parse(query)?;
+    known_service(context, service)?;
+    if let Caller::Tenant { token, instance } = caller {
+        if instance.service != service {
+            return Err(ApiError::forbidden(format!(
+                "token {token} is scoped to {instance}: it cannot read service {service}"
+            )));
+        }
+        search.instance = Some(instance.clone());
+    }
+    search.service = Some(service.to_string());
+    let live = follow.then(|| context.api.logs.follow_all());
+    answer(context, search, live)
+}
+
+/// The query parameters both endpoints take: the search, and whether to follow.
+fn parse(query: &Query) -> ApiResult<(LogQuery, bool)> {
+    query.allow(&[
+        "n", "grep", "since_ms", "until_ms", "follow", "stream", "level",
+    ])?;
     let limit = query.number("n")?.unwrap_or(DEFAULT_LINES);
     if limit > MAX_LINES {
         return Err(ApiError::bad_request(format!(
@@ -45,21 +112,48 @@ pub fn logs(
             })
         })
         .transpose()?;
+    let stream = query
+        .text("stream")
+        .map(|text| match text {
+            "stdout" => Ok(Stream::Stdout),
+            "stderr" => Ok(Stream::Stderr),
+            "system" => Ok(Stream::System),
+            _ => Err(ApiError::bad_request(format!(
+                "stream={text:?}: expected stdout, stderr or system"
+            ))),
+        })
+        .transpose()?;
+    let level = query
+        .text("level")
+        .map(|text| {
+            Level::parse(text).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "level={text:?}: expected one of {}",
+                    Level::NAMES.join(", ")
+                ))
+            })
+        })
+        .transpose()?;
     let search = LogQuery {
-        instance: Some(name.clone()),
-        contains: None,
         regex,
+        stream,
+        level,
         since_ms: query.number("since_ms")?,
         until_ms: query.number("until_ms")?,
         limit: limit as usize,
+        ..LogQuery::default()
     };
-    let follow = query.flag("follow")?;
-    caller.require_read(name)?;
-    known_service(context, &name.service)?;
+    Ok((search, query.flag("follow")?))
+}
 
-    // Subscribed before reading the history, so no line falls between the two.
-    let live = follow.then(|| context.api.logs.follow(name));
-    let history = history(context, name, &search)?;
+/// The history as a JSON array, or with `live` the history and then every new line that
+/// matches, as NDJSON.
+fn answer(
+    context: &Arc<Context>,
+    search: LogQuery,
+    live: Option<broadcast::Receiver<LogLine>>,
+) -> ApiResult<Response<Body>> {
+    let history = history(context, &search)?;
     let Some(mut live) = live else {
         return Ok(body::json(StatusCode::OK, &history));
     };
@@ -86,7 +180,7 @@ pub fn logs(
                 _ = shutdown.wait_for(|stop| *stop) => return,
             };
             // Lines already sent as history came in again through the subscription.
-            if line.time_ms < last_sent_ms || !live_match(&search, &line) {
+            if line.time_ms < last_sent_ms || !search.matches(&line) {
                 continue;
             }
             if !sender.send(&line).await {
@@ -97,23 +191,24 @@ pub fn logs(
     Ok(response)
 }
 
-/// The lines before now: the in-memory tail, or a search of the files when filtered.
-fn history(context: &Context, name: &InstanceName, search: &LogQuery) -> ApiResult<Vec<LogLine>> {
-    let filtered = search.regex.is_some() || search.since_ms.is_some() || search.until_ms.is_some();
-    if !filtered {
+/// The lines before now: one instance's in-memory tail, or a search of the files when
+/// filtered or for a whole service.
+fn history(context: &Context, search: &LogQuery) -> ApiResult<Vec<LogLine>> {
+    let filtered = search.regex.is_some()
+        || search.since_ms.is_some()
+        || search.until_ms.is_some()
+        || search.stream.is_some()
+        || search.level.is_some();
+    if let (Some(name), false) = (&search.instance, filtered) {
         return Ok(context.api.logs.tail(name, search.limit));
     }
     // The search reads files; keep the runtime's other tasks going meanwhile.
-    tokio::task::block_in_place(|| context.api.logs.search(search))
-        .map_err(|err| ApiError::internal(format!("searching the logs of {name}: {err:#}")))
-}
-
-/// The filters that still apply to new lines (`until_ms` ends nothing: new lines are later).
-fn live_match(search: &LogQuery, line: &LogLine) -> bool {
-    search.since_ms.is_none_or(|since| line.time_ms >= since)
-        && search.until_ms.is_none_or(|until| line.time_ms <= until)
-        && search
-            .regex
-            .as_ref()
-            .is_none_or(|regex| regex.is_match(&line.line))
+    tokio::task::block_in_place(|| context.api.logs.search(search)).map_err(|err| {
+        let scope = match (&search.instance, &search.service) {
+            (Some(name), _) => name.to_string(),
+            (None, Some(service)) => format!("service {service}"),
+            (None, None) => "every instance".to_string(),
+        };
+        ApiError::internal(format!("searching the logs of {scope}: {err:#}"))
+    })
 }

@@ -69,6 +69,19 @@ fn write(requests: &RequestMetrics, out: &mut Exposition) {
         }
     }
     out.family(
+        "tenement_proxy_request_timeouts_total",
+        Kind::Counter,
+        "Requests answered 504 because the instance sent no response headers within its \
+         service's request_timeout.",
+    );
+    for (name, slot) in &instances {
+        out.sample(
+            "tenement_proxy_request_timeouts_total",
+            &[("instance", &name.to_string()), ("service", &name.service)],
+            slot.timeouts.load(Relaxed) as f64,
+        );
+    }
+    out.family(
         "tenement_proxy_request_duration_seconds",
         Kind::Histogram,
         "From a request's arrival to the end of its response body, for requests that reached \

@@ -6,14 +6,16 @@
 //! (`address`).
 
 pub mod address;
+pub(crate) mod audit;
 pub mod auth;
-mod body;
+pub(crate) mod auth_limit;
+pub(crate) mod body;
 mod certificates;
 mod deploy;
 pub mod error;
-mod handlers;
+pub(crate) mod handlers;
 mod listener;
-mod logs;
+pub(crate) mod logs;
 pub mod metrics;
 mod metrics_kernel;
 mod metrics_proxy;
@@ -21,7 +23,7 @@ pub mod query;
 mod routes;
 mod stats;
 pub mod types;
-mod view;
+pub(crate) mod view;
 
 use std::{
     sync::{Arc, Mutex, OnceLock},
@@ -32,6 +34,7 @@ use anyhow::Result;
 use tokio::{sync::watch, task::JoinHandle};
 
 pub use address::ApiAddress;
+pub use certificates::{expiry_reasons, EXPIRY_WARNING};
 pub use metrics::{Exposition, Kind, Metrics};
 
 use crate::{
@@ -59,6 +62,10 @@ pub(crate) struct Context {
     pub tls: Arc<OnceLock<TlsManager>>,
     /// Turns true when the daemon shuts down: long streams end.
     pub shutdown: watch::Receiver<bool>,
+    /// Refused tokens, counted and rate limited per address.
+    pub auth_failures: auth_limit::AuthFailures,
+    /// The web dashboard's sessions and history (`/dashboard`).
+    pub dashboard: crate::dashboard::Dashboard,
 }
 
 impl Context {
@@ -73,6 +80,7 @@ impl Context {
 
 /// The running management listener.
 pub struct ApiServer {
+    context: Arc<Context>,
     addresses: Vec<ApiAddress>,
     metrics: Arc<Metrics>,
     tls: Arc<OnceLock<TlsManager>>,
@@ -80,16 +88,35 @@ pub struct ApiServer {
     tasks: Vec<JoinHandle<()>>,
 }
 
-impl ApiServer {
-    /// Binds the management listeners (see [`ApiAddress::listeners`]) and serves them in the
-    /// background. Returns once they accept connections.
-    pub async fn start(api: Api) -> Result<ApiServer> {
-        let addresses =
-            ApiAddress::listeners(&api.config.settings).map_err(|err| anyhow::anyhow!(err))?;
+/// The management listeners, bound before the daemon starts anything: an address in use
+/// fails `serve` before a single instance is started.
+pub struct ApiListeners {
+    addresses: Vec<ApiAddress>,
+    listeners: Vec<listener::Listener>,
+}
+
+impl ApiListeners {
+    /// Binds the management listeners (see [`ApiAddress::listeners`]).
+    pub async fn bind(settings: &crate::config::Settings) -> Result<ApiListeners> {
+        let addresses = ApiAddress::listeners(settings).map_err(|err| anyhow::anyhow!(err))?;
         let mut listeners = Vec::new();
         for address in &addresses {
             listeners.push(listener::Listener::bind(address).await?);
         }
+        Ok(ApiListeners {
+            addresses,
+            listeners,
+        })
+    }
+}
+
+impl ApiServer {
+    /// Serves the management API on `bound` in the background.
+    pub async fn start(api: Api, bound: ApiListeners) -> Result<ApiServer> {
+        let ApiListeners {
+            addresses,
+            listeners,
+        } = bound;
         let metrics = Metrics::new();
         metrics_kernel::register(&metrics, api.supervisor.clone());
         let tls: Arc<OnceLock<TlsManager>> = Arc::default();
@@ -102,8 +129,12 @@ impl ApiServer {
             started: Instant::now(),
             tls: tls.clone(),
             shutdown: shutdown.clone(),
+            auth_failures: auth_limit::AuthFailures::default(),
+            dashboard: crate::dashboard::Dashboard::default(),
         });
         stats::register_metrics(&context);
+        auth_limit::register_metrics(&context);
+        crate::dashboard::start(&context);
         let tasks = listeners
             .into_iter()
             .map(|listener| {
@@ -118,6 +149,7 @@ impl ApiServer {
             tracing::info!("management API listening on {address}");
         }
         Ok(ApiServer {
+            context,
             addresses,
             metrics,
             tls,
@@ -145,6 +177,12 @@ impl ApiServer {
 
     /// Shows the proxy's request counters on `/metrics`. The front door starts after the API.
     pub fn attach_proxy(&self, requests: Arc<crate::proxy::RequestMetrics>) {
+        let _ = self
+            .context
+            .dashboard
+            .history
+            .requests
+            .set(requests.clone());
         metrics_proxy::register(&self.metrics, requests);
     }
 

@@ -20,6 +20,9 @@ pub struct InstanceView {
     pub health: Option<String>,
     pub pid: Option<u32>,
     pub port: Option<u16>,
+    /// The unix socket it listens on instead of a port (`listen = "unix"`), while it runs.
+    #[serde(default)]
+    pub socket: Option<String>,
     /// Share of its service's traffic, 0-100.
     pub weight: u8,
     pub restarts: u32,
@@ -33,6 +36,13 @@ pub struct InstanceView {
     /// The network boundary of the current process; `null` while no process runs.
     #[serde(default)]
     pub network: Option<NetworkView>,
+    /// Bytes its data directory uses, measured every 30 s (also while it is stopped);
+    /// `null` until the first measurement.
+    #[serde(default)]
+    pub disk_used_bytes: Option<u64>,
+    /// Its service's `storage_quota_mb`; `null` for no quota.
+    #[serde(default)]
+    pub storage_quota_mb: Option<u64>,
 }
 
 /// An instance's network policy, as `ps --json` and the API show it.
@@ -172,6 +182,9 @@ pub struct WeightView {
 pub struct TokenRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// What the token is for (`ci deploys`), shown in `token-list` and the audit log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 /// A token as listed: never its secret.
@@ -180,6 +193,8 @@ pub struct TokenView {
     pub id: i64,
     /// `admin` or `tenant:service:id`
     pub scope: String,
+    #[serde(default)]
+    pub description: String,
     pub created_ms: i64,
 }
 
@@ -188,7 +203,17 @@ pub struct TokenView {
 pub struct TokenCreated {
     pub id: i64,
     pub scope: String,
+    #[serde(default)]
+    pub description: String,
     pub token: String,
+}
+
+/// `POST /v1/dashboard/links`: a one-time sign-in link, to append to the dashboard's address.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DashboardLink {
+    /// `/dashboard/sign-in?code=...`: opens a session for whoever asked for the link.
+    pub path: String,
+    pub expires_in_secs: u64,
 }
 
 /// Every error body.

@@ -40,6 +40,7 @@ pub fn instance(info: &InstanceInfo, stats: Option<InstanceStats>) -> InstanceVi
         health: health(info.state).map(str::to_string),
         pid: info.pid,
         port: info.port,
+        socket: info.socket.as_ref().map(|p| p.display().to_string()),
         weight: info.weight,
         restarts: info.restarts,
         // Only while a process runs: a stopped instance has no uptime.
@@ -52,6 +53,8 @@ pub fn instance(info: &InstanceInfo, stats: Option<InstanceStats>) -> InstanceVi
         last_error: info.last_error.clone(),
         stats: stats.filter(|_| running),
         network: info.network.as_ref().filter(|_| running).map(network),
+        disk_used_bytes: info.disk_used_bytes,
+        storage_quota_mb: info.storage_quota_mb,
     }
 }
 

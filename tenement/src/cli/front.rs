@@ -23,38 +23,63 @@ pub struct FrontDoor {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-impl FrontDoor {
-    /// Binds every listener (failing with the address that could not be bound) and starts
-    /// serving. Certificates are looked up or ordered in the background.
-    pub async fn start(config: Arc<Config>, supervisor: Supervisor) -> Result<FrontDoor> {
+/// The front door's sockets, bound before anything else starts: an address in use fails
+/// `serve` before a single instance is started.
+pub struct Listeners {
+    plain: Vec<TcpListener>,
+    tls: Vec<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every listener, failing with the address that could not be bound.
+    pub async fn bind(config: &Config) -> Result<Listeners> {
         let settings = &config.settings;
         let plain = proxy::bind(&settings.listen)?;
-        let tls_listeners = if settings.tls.enabled {
-            let mut bound = Vec::new();
+        let mut tls = Vec::new();
+        if settings.tls.enabled {
             for address in &settings.tls.listen {
-                bound.push(
+                tls.push(
                     TcpListener::bind(address)
                         .await
                         .with_context(|| format!("binding the TLS listener {address}"))?,
                 );
             }
-            bound
-        } else {
-            Vec::new()
-        };
+        }
+        Ok(Listeners { plain, tls })
+    }
+}
+
+impl FrontDoor {
+    /// Starts serving on `listeners`. Certificates are looked up or ordered in the
+    /// background.
+    pub async fn start(
+        config: Arc<Config>,
+        supervisor: Supervisor,
+        listeners: Listeners,
+    ) -> Result<FrontDoor> {
+        let settings = &config.settings;
+        let Listeners {
+            plain,
+            tls: tls_listeners,
+        } = listeners;
 
         // The pre-router needs the TLS manager, and the manager asks the proxy which names
         // route: the manager is filled in once both exist.
         let tls_slot: Arc<std::sync::OnceLock<TlsManager>> = Arc::default();
         let mut options = Options::default();
         if settings.tls.enabled {
-            options.pre_router = Some(acme_and_redirect(tls_slot.clone()));
+            // Redirects go to the first TLS listener's port (as bound, so `:0` works too).
+            let https_port = tls_listeners
+                .first()
+                .and_then(|listener| listener.local_addr().ok())
+                .map_or(443, |address| address.port());
+            options.pre_router = Some(acme_and_redirect(tls_slot.clone(), https_port));
         }
         let proxy = Proxy::new(config.clone(), Arc::new(supervisor), options);
         let tls = if settings.tls.enabled {
             let routes = proxy.clone();
             let manager =
-                TlsManager::start(settings, Arc::new(move |host: &str| routes.routes(host)))
+                TlsManager::start_for(&config, Arc::new(move |host: &str| routes.routes(host)))
                     .await?;
             let _ = tls_slot.set(manager.clone());
             Some(manager)
@@ -139,8 +164,14 @@ async fn serve_tls(
 }
 
 /// On the plain listener with TLS on: ACME HTTP-01 challenges are answered here, everything
-/// else is sent to HTTPS with a 308 (method and body kept).
-fn acme_and_redirect(tls: Arc<std::sync::OnceLock<TlsManager>>) -> PreRouter {
+/// else is sent to HTTPS with a 308 (method and body kept), on `https_port` (left out of the
+/// URL when it is 443).
+fn acme_and_redirect(tls: Arc<std::sync::OnceLock<TlsManager>>, https_port: u16) -> PreRouter {
+    let port_suffix = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
     Arc::new(move |request| {
         let path = request.uri().path();
         if let Some(token) = http01_token(path) {
@@ -166,7 +197,7 @@ fn acme_and_redirect(tls: Arc<std::sync::OnceLock<TlsManager>>) -> PreRouter {
         Some(response(
             StatusCode::PERMANENT_REDIRECT,
             String::new(),
-            Some(format!("https://{host}{target}")),
+            Some(format!("https://{host}{port_suffix}{target}")),
         ))
     })
 }

@@ -1,6 +1,9 @@
 //! Command line: parses arguments and hands each command to the module that owns it.
 
 mod client;
+mod daemon_log;
+mod dashboard;
+mod init;
 mod remote;
 mod serve;
 mod table;
@@ -36,6 +39,10 @@ pub enum Command {
     /// Check what this machine offers tenement (kernel, eBPF, cgroups, namespaces, runsc,
     /// ports, data directory); no daemon needed
     Doctor,
+    /// Write a commented starter configuration (./tenement.toml, or --config FILE); never
+    /// overwrites an existing file
+    #[command(name = "init")]
+    Starter,
     /// Check or show the configuration
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -43,6 +50,9 @@ pub enum Command {
     Remote(remote::RemoteCommand),
     /// Live view of every instance: CPU, memory, traffic, connections, TCP health
     Top(top::TopArgs),
+    /// Print a one-time sign-in link to the web dashboard; with the API on a unix socket,
+    /// forward 127.0.0.1 to it until Ctrl-C
+    Dashboard(dashboard::DashboardArgs),
     /// Install tenement as a systemd service (unit, default configuration, data directory)
     Install(install::InstallArgs),
     /// Remove the systemd service (keeps the configuration and the data)
@@ -112,6 +122,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         Command::Doctor => Ok(doctor::run(cli.config.as_deref())),
+        Command::Starter => {
+            let path = cli.config.unwrap_or_else(|| PathBuf::from("tenement.toml"));
+            init::run(&path)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config(command) => {
             let path = config::locate(cli.config.as_deref())?;
             let config = Config::load(&path)?;
@@ -127,6 +142,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Top(args) => {
             top::run(&args, &cli.server, cli.config.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dashboard(args) => {
+            dashboard::run(&args, &cli.server, cli.config.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Install(args) => {

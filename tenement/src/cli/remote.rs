@@ -48,7 +48,9 @@ pub enum RemoteCommand {
         #[arg(long)]
         id: Option<String>,
     },
-    /// Stop an instance (it stays stopped until spawned again)
+    /// Start an instance an operator stopped (or any other), and wait until it is ready
+    Start { instance: String },
+    /// Stop an instance; it stays stopped (requests get a 503) until `start`
     Stop { instance: String },
     /// Stop and start an instance
     Restart { instance: String },
@@ -57,9 +59,17 @@ pub enum RemoteCommand {
         /// Only this service's instances
         service: Option<String>,
     },
-    /// Show an instance's output
+    /// Show the output of an instance (SERVICE:ID), or of every instance of a service
+    /// (SERVICE) interleaved by time
     Logs {
+        /// SERVICE:ID, or SERVICE for all its instances
         instance: String,
+        /// Only lines whose first level word is this severe or more: debug, info, warn, error
+        #[arg(long, value_name = "LEVEL", value_parser = ["debug", "info", "warn", "error"])]
+        level: Option<String>,
+        /// Only one stream: stdout, stderr or system (tenement's own lines)
+        #[arg(long, value_name = "STREAM", value_parser = ["stdout", "stderr", "system"])]
+        stream: Option<String>,
         /// Keep printing new lines
         #[arg(short, long)]
         follow: bool,
@@ -108,8 +118,11 @@ pub enum RemoteCommand {
         /// Scope the token to this instance (read-only: status, logs, stats)
         #[arg(long, value_name = "SERVICE:ID")]
         tenant: Option<String>,
+        /// What the token is for ("ci deploys"): shown by token-list and in the audit log
+        #[arg(long, value_name = "TEXT")]
+        description: Option<String>,
     },
-    /// List API tokens (ids and scopes, never secrets)
+    /// List API tokens (ids, scopes and descriptions, never secrets)
     #[command(name = "token-list")]
     TokenList,
     /// Revoke an API token
@@ -148,6 +161,12 @@ async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<
                 .await?;
             print(json, &view, || running_line(&view))
         }
+        RemoteCommand::Start { instance } => {
+            let name = instance_arg(&instance)?;
+            let path = format!("/v1/instances/{}/start", encode(&name));
+            let view: InstanceView = client.call(Method::POST, &path, None::<&()>).await?;
+            print(json, &view, || running_line(&view))
+        }
         RemoteCommand::Stop { instance } => {
             let name = instance_arg(&instance)?;
             let path = format!("/v1/instances/{}/stop", encode(&name));
@@ -170,13 +189,32 @@ async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<
         }
         RemoteCommand::Logs {
             instance,
+            level,
+            stream,
             follow,
             grep,
             since,
             lines,
         } => {
-            let name = instance_arg(&instance)?;
-            let mut path = format!("/v1/instances/{}/logs?n={lines}", encode(&name));
+            // `notes:alice` is one instance; `notes` is every instance of the service, and
+            // each line then says which instance wrote it.
+            let whole_service = !instance.contains(':');
+            let mut path = if whole_service {
+                crate::config::check_label("service", &instance).map_err(|err| anyhow!(err))?;
+                format!("/v1/services/{}/logs?n={lines}", encode(&instance))
+            } else {
+                let name = instance_arg(&instance)?;
+                format!("/v1/instances/{}/logs?n={lines}", encode(&name))
+            };
+            let print_log_line = |json: bool, line: &LogLine| {
+                print_log_line(json, line, whole_service);
+            };
+            if let Some(level) = &level {
+                path.push_str(&format!("&level={level}"));
+            }
+            if let Some(stream) = &stream {
+                path.push_str(&format!("&stream={stream}"));
+            }
             if let Some(grep) = &grep {
                 path.push_str(&format!("&grep={}", encode(grep)));
             }
@@ -262,9 +300,9 @@ async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<
             let deployed: DeployResponse = client.call(Method::POST, &path, Some(&request)).await?;
             print(json, &deployed, || {
                 format!(
-                    "{} is healthy on port {}; weights: {}",
+                    "{} is healthy on {}; weights: {}",
                     deployed.instance.name,
-                    or_dash(deployed.instance.port),
+                    listening_on(&deployed.instance),
                     weights_line(&deployed.weights)
                 )
             })
@@ -278,12 +316,22 @@ async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<
                 format!("{service} weights: {}", weights_line(&routed.weights))
             })
         }
-        RemoteCommand::TokenGen { tenant } => {
+        RemoteCommand::TokenGen {
+            tenant,
+            description,
+        } => {
             if let Some(tenant) = &tenant {
                 InstanceName::parse(tenant).map_err(|err| anyhow!("--tenant: {err}"))?;
             }
             let created: TokenCreated = client
-                .call(Method::POST, "/v1/tokens", Some(&TokenRequest { tenant }))
+                .call(
+                    Method::POST,
+                    "/v1/tokens",
+                    Some(&TokenRequest {
+                        tenant,
+                        description,
+                    }),
+                )
                 .await?;
             if json {
                 return print(true, &created, String::new);
@@ -299,11 +347,12 @@ async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<
         RemoteCommand::TokenList => {
             let tokens: Vec<TokenView> = client.get("/v1/tokens").await?;
             print(json, &tokens, || {
-                let mut table = Table::new(&["ID", "SCOPE", "CREATED"]);
+                let mut table = Table::new(&["ID", "SCOPE", "DESCRIPTION", "CREATED"]);
                 for token in &tokens {
                     table.row(vec![
                         token.id.to_string(),
                         token.scope.clone(),
+                        token.description.clone(),
                         table::time_ms(token.created_ms.max(0) as u64),
                     ]);
                 }
@@ -340,11 +389,22 @@ fn instance_arg(text: &str) -> Result<String> {
 }
 
 fn running_line(view: &InstanceView) -> String {
-    match (view.port, view.pid) {
-        (Some(port), Some(pid)) => {
-            format!("{} {} on port {port} (pid {pid})", view.name, view.state)
-        }
+    match view.pid {
+        Some(pid) if view.port.is_some() || view.socket.is_some() => format!(
+            "{} {} on {} (pid {pid})",
+            view.name,
+            view.state,
+            listening_on(view)
+        ),
         _ => format!("{} {}", view.name, view.state),
+    }
+}
+
+/// `port 21000`, `socket /var/lib/tenement/notes/alice/app.sock`, or `port -`.
+fn listening_on(view: &InstanceView) -> String {
+    match (view.port, &view.socket) {
+        (None, Some(socket)) => format!("socket {socket}"),
+        (port, _) => format!("port {}", or_dash(port)),
     }
 }
 
@@ -363,7 +423,11 @@ fn ps_table(views: &[InstanceView]) -> String {
             view.state.clone(),
             or_dash(view.health.as_ref()),
             or_dash(view.pid),
-            or_dash(view.port),
+            // A unix socket's path is long: the column says only that there is one.
+            match (view.port, &view.socket) {
+                (None, Some(_)) => "unix".to_string(),
+                (port, _) => or_dash(port),
+            },
             or_dash(view.uptime_secs.map(table::duration)),
             view.weight.to_string(),
             view.restarts.to_string(),
@@ -376,11 +440,20 @@ fn ps_table(views: &[InstanceView]) -> String {
     table.render().trim_end().to_string()
 }
 
-fn print_log_line(json: bool, line: &LogLine) {
+/// `TIME STREAM LINE`, or with `tagged` (a whole service) `TIME INSTANCE STREAM LINE`.
+fn print_log_line(json: bool, line: &LogLine, tagged: bool) {
     if json {
         if let Ok(text) = serde_json::to_string(line) {
             println!("{text}");
         }
+    } else if tagged {
+        println!(
+            "{} {} {:<6} {}",
+            table::time_ms(line.time_ms),
+            line.instance,
+            line.stream,
+            line.line
+        );
     } else {
         println!(
             "{} {:<6} {}",
@@ -454,6 +527,12 @@ fn status_text(status: &StatusView) -> String {
     for (index, info) in status.certificates.iter().enumerate() {
         let label = if index == 0 { "certificates:" } else { "" };
         text.push_str(&format!("\n{label:<17}{}", certificate_line(info)));
+    }
+    // What `GET /health` answers `degraded` for, so the operator sees it here too.
+    let reasons = crate::api::expiry_reasons(&status.certificates, SystemTime::now());
+    for (index, reason) in reasons.iter().enumerate() {
+        let label = if index == 0 { "health:" } else { "" };
+        text.push_str(&format!("\n{label:<17}degraded: {reason}"));
     }
     text
 }

@@ -11,13 +11,17 @@ use std::{
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::front::FrontDoor;
+use super::{
+    daemon_log::{self, LogFormat},
+    front::{FrontDoor, Listeners},
+};
 use crate::{
-    api::{Api, ApiServer},
+    api::{Api, ApiListeners, ApiServer},
     config::{self, Config},
+    datadir,
     logs::LogHub,
     monitor::Monitor,
-    store::Store,
+    store::{DataDirLock, Store},
     supervisor::{self, KernelTraffic, Supervisor},
     systemd,
 };
@@ -35,18 +39,19 @@ pub struct ServeOptions {
     /// polling (an escape hatch, and the baseline of `cargo xtask bench wake|ebpf`)
     #[arg(long)]
     pub no_kernel_counters: bool,
+    /// The daemon's log on stderr: `text` (coloured only on a terminal, never with
+    /// NO_COLOR) or `json` (one object per line, for log shippers)
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 pub fn serve(explicit: Option<&Path>, options: &ServeOptions) -> Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(|| LossyStderr)
-        .init();
+    daemon_log::init(options.log_format);
     let path = config::locate(explicit)?;
     let mut config = Config::load(&path)?;
+    if let Some(warning) = config::readable_secrets(&path, &config) {
+        tracing::warn!("{warning}");
+    }
     if options.tls {
         config.settings.tls.enabled = true;
     }
@@ -60,8 +65,26 @@ pub fn serve(explicit: Option<&Path>, options: &ServeOptions) -> Result<ExitCode
 
 async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
     let settings = &config.settings;
+    // Before anything else in the data directory: a second daemon on it must leave the
+    // first one's store, sockets and tenants alone.
+    let _lock = DataDirLock::acquire(&settings.data_dir)?;
+    for step in datadir::prepare(&settings.data_dir, |name| config.service.contains_key(name))? {
+        match step {
+            datadir::Migration::Moved { from, to } => {
+                tracing::info!("moved {} to {}", from.display(), to.display());
+            }
+            datadir::Migration::Kept { path, why } => {
+                tracing::warn!(
+                    "left {} of an earlier version in place: {why}",
+                    path.display()
+                );
+            }
+        }
+    }
+    let listeners = Listeners::bind(&config).await?;
+    let api_listeners = ApiListeners::bind(settings).await?;
     let store = Store::open(&settings.data_dir)?;
-    let logs = LogHub::new(settings.data_dir.join("logs"))?;
+    let logs = LogHub::new(datadir::logs_dir(&settings.data_dir))?;
     let monitor = if no_kernel_counters {
         Monitor::without_kernel("disabled with --no-kernel-counters")
     } else {
@@ -79,15 +102,18 @@ async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
     let supervisor =
         Supervisor::start(config.clone(), store.clone(), logs.clone(), monitor.clone()).await?;
     watch_kernel(&supervisor, &monitor);
-    let api = ApiServer::start(Api {
-        config: config.clone(),
-        supervisor: supervisor.clone(),
-        store,
-        logs,
-        monitor,
-    })
+    let api = ApiServer::start(
+        Api {
+            config: config.clone(),
+            supervisor: supervisor.clone(),
+            store,
+            logs,
+            monitor,
+        },
+        api_listeners,
+    )
     .await?;
-    let front = FrontDoor::start(config.clone(), supervisor.clone()).await?;
+    let front = FrontDoor::start(config.clone(), supervisor.clone(), listeners).await?;
     api.attach_proxy(front.proxy.request_metrics());
     if let Some(manager) = &front.tls {
         api.attach_tls(manager.clone());
@@ -164,20 +190,4 @@ fn watch_kernel(supervisor: &Supervisor, monitor: &Arc<Mutex<Monitor>>) {
             }
         }
     });
-}
-
-/// stderr that never fails: a daemon whose log reader went away keeps running (the default
-/// writer's error path panics).
-struct LossyStderr;
-
-impl std::io::Write for LossyStderr {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let _ = std::io::stderr().write_all(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        let _ = std::io::stderr().flush();
-        Ok(())
-    }
 }

@@ -10,6 +10,7 @@ mod errors;
 mod model;
 mod names;
 mod schema;
+mod secrets;
 mod service;
 mod settings;
 mod source;
@@ -25,6 +26,8 @@ use anyhow::{Context, Result};
 pub use errors::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use names::{check_hostname, check_label, InstanceName};
+pub use secrets::readable_secrets;
+pub use service::Placeholders;
 pub use settings::API_SOCKET_FILE;
 pub use template::PLACEHOLDERS;
 pub use validate::MIN_PORTS;
@@ -121,9 +124,18 @@ impl Config {
         {
             anchor(path);
         }
+        if let Some(update) = &mut tls.dns_update {
+            anchor(&mut update.key_secret_file);
+        }
         for service in self.service.values_mut() {
             if let Some(workdir) = &mut service.workdir {
-                anchor(workdir);
+                // `{data_dir}` becomes an absolute path when the instance starts.
+                if !workdir.starts_with("{data_dir}") {
+                    anchor(workdir);
+                }
+            }
+            if let Some(env_file) = &mut service.env_file {
+                anchor(env_file);
             }
         }
     }

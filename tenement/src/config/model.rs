@@ -85,6 +85,40 @@ pub struct Tls {
     pub names: Vec<String>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// Wildcard certificates (`*.{service}.{domain}` and `{service}.{domain}`) over DNS-01:
+    /// `true` for every service, or a list of service names.
+    pub wildcard: Wildcard,
+    /// Address of the built-in DNS responder that publishes DNS-01 TXT records.
+    pub dns_listen: Option<SocketAddr>,
+    /// RFC 2136 dynamic updates (with TSIG) to the operator's DNS server for DNS-01.
+    pub dns_update: Option<DnsUpdate>,
+    /// Seconds to wait for a published TXT record to be visible before the CA is told.
+    pub dns_propagation_timeout: u64,
+    /// Budget of on-demand orders, e.g. `"10/h"` (also `/m`, `/d`); unset: no budget.
+    pub on_demand_rate: Option<String>,
+    /// `http://` URL asked `GET {ask}?domain=NAME` before an on-demand order; 200 allows.
+    pub ask: Option<String>,
+}
+
+impl Tls {
+    /// `on_demand_rate` as (orders, window); `Err` says what is wrong with the text.
+    pub fn on_demand_budget(&self) -> Result<Option<(u32, std::time::Duration)>, String> {
+        let Some(text) = &self.on_demand_rate else {
+            return Ok(None);
+        };
+        let bad = || {
+            format!("{text:?} is not a rate like \"10/h\" (orders per `m`inute, `h`our or `d`ay)")
+        };
+        let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let window = match unit.trim() {
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return Err(bad()),
+        };
+        Ok(Some((count, std::time::Duration::from_secs(window))))
+    }
 }
 
 impl Default for Tls {
@@ -99,8 +133,99 @@ impl Default for Tls {
             names: Vec::new(),
             cert: None,
             key: None,
+            wildcard: Wildcard::default(),
+            dns_listen: None,
+            dns_update: None,
+            dns_propagation_timeout: 120,
+            on_demand_rate: None,
+            ask: None,
         }
     }
+}
+
+/// `wildcard = true | false | ["service", ...]`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Wildcard {
+    All(bool),
+    Services(Vec<String>),
+}
+
+impl Default for Wildcard {
+    fn default() -> Self {
+        Wildcard::All(false)
+    }
+}
+
+impl Wildcard {
+    /// Whether `service` gets a wildcard certificate.
+    pub fn covers(&self, service: &str) -> bool {
+        match self {
+            Wildcard::All(all) => *all,
+            Wildcard::Services(services) => services.iter().any(|s| s == service),
+        }
+    }
+
+    pub fn is_off(&self) -> bool {
+        matches!(self, Wildcard::All(false))
+            || matches!(self, Wildcard::Services(s) if s.is_empty())
+    }
+}
+
+/// A visitor rather than `#[serde(untagged)]`, so that a wrong value gets a message saying
+/// what is expected instead of "did not match any variant".
+impl<'de> Deserialize<'de> for Wildcard {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Wildcard;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or a list of service names")
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, all: bool) -> Result<Wildcard, E> {
+                Ok(Wildcard::All(all))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Wildcard, A::Error> {
+                let mut services = Vec::new();
+                while let Some(service) = seq.next_element::<String>()? {
+                    services.push(service);
+                }
+                Ok(Wildcard::Services(services))
+            }
+        }
+
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// `[settings.tls] dns_update = { server, zone, key_name, key_secret_file, algorithm }`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DnsUpdate {
+    /// The primary server that accepts updates, as `ip:port`.
+    pub server: SocketAddr,
+    /// The zone the `_acme-challenge` records are added to, e.g. `example.com`.
+    pub zone: String,
+    /// Name of the TSIG key as the server knows it.
+    pub key_name: String,
+    /// File with the key's base64 secret (alone, or the `key { ... };` block of tsig-keygen).
+    pub key_secret_file: PathBuf,
+    #[serde(default = "default_tsig_algorithm")]
+    pub algorithm: String,
+    /// Servers that must show the record before the CA is told; default: `server`.
+    #[serde(default)]
+    pub check_servers: Vec<SocketAddr>,
+}
+
+fn default_tsig_algorithm() -> String {
+    "hmac-sha256".to_string()
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -109,6 +234,8 @@ pub enum Challenge {
     Http01,
     #[serde(rename = "tls-alpn-01")]
     TlsAlpn01,
+    #[serde(rename = "dns-01")]
+    Dns01,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -128,6 +255,9 @@ pub struct Service {
     pub startup_timeout: u64,
     /// Seconds between SIGTERM and SIGKILL.
     pub stop_timeout: u64,
+    /// Seconds the instance has to send a response's headers once the proxy sent it the
+    /// request; 0 = no limit.
+    pub request_timeout: u64,
     pub restart: RestartPolicy,
     /// Keep the data directory after the instance stops.
     pub storage_persist: bool,
@@ -146,6 +276,12 @@ pub struct Service {
     /// Where instances may connect and send beyond their own port: `"any"`, `"none"` or a
     /// list of `"cidr:port"` entries (enforced by the kernel when eBPF is available).
     pub egress: EgressConfig,
+    /// A file of `KEY=VALUE` lines read by tenement (root) at each start of an instance:
+    /// secrets kept out of the shared configuration. Its values win over `env`.
+    pub env_file: Option<PathBuf>,
+    /// How the instance is reached: a port of 127.0.0.1 (`PORT`), or a unix socket in its
+    /// own data directory (`SOCKET_PATH`).
+    pub listen: Listen,
 }
 
 impl Default for Service {
@@ -159,6 +295,7 @@ impl Default for Service {
             idle_timeout: 0,
             startup_timeout: 10,
             stop_timeout: 10,
+            request_timeout: 60,
             restart: RestartPolicy::OnFailure,
             storage_persist: true,
             storage_quota_mb: None,
@@ -169,6 +306,8 @@ impl Default for Service {
             env_inherit: Vec::new(),
             env: BTreeMap::new(),
             egress: EgressConfig::Any,
+            env_file: None,
+            listen: Listen::Port,
         }
     }
 }
@@ -180,6 +319,18 @@ pub enum Isolation {
     Namespace,
     Sandbox,
 }
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Listen {
+    /// A port of `port_range` on 127.0.0.1, given as `PORT`.
+    Port,
+    /// A socket at `{data_dir}/app.sock`, given as `SOCKET_PATH`: no port at all.
+    Unix,
+}
+
+/// The socket's file name in the instance's data directory with `listen = "unix"`.
+pub const SOCKET_FILE: &str = "app.sock";
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]

@@ -84,8 +84,16 @@ impl InstanceName {
         Self::new(service, id)
     }
 
-    /// `service-id`: unique, and safe as a file or cgroup name.
+    /// `service_id`: the instance's cgroup and sandbox name. Injective because neither part
+    /// can hold a `_` (with `-`, `notes:alice-x` and `notes-alice:x` would share a cgroup,
+    /// and stopping one would kill the other), and free of `.`, so it never meets a cgroup
+    /// interface file such as `cgroup.procs`.
     pub fn slug(&self) -> String {
+        format!("{}_{}", self.service, self.id)
+    }
+
+    /// `service-id`: the host name inside a namespace (readable, need not be unique).
+    pub fn hostname(&self) -> String {
         format!("{}-{}", self.service, self.id)
     }
 }
@@ -141,7 +149,12 @@ mod tests {
     fn instance_names() {
         let name = InstanceName::parse("api:alice").unwrap();
         assert_eq!(name.to_string(), "api:alice");
-        assert_eq!(name.slug(), "api-alice");
+        assert_eq!(name.slug(), "api_alice");
+        assert_eq!(name.hostname(), "api-alice");
+        // Names that differ only in where the '-' falls keep separate slugs.
+        let a = InstanceName::parse("notes:alice-x").unwrap();
+        let b = InstanceName::parse("notes-alice:x").unwrap();
+        assert_ne!(a.slug(), b.slug());
         assert!(InstanceName::parse("api").is_err());
         assert!(InstanceName::parse("api:Alice").is_err());
     }

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use toml_edit::TableLike;
 
-use super::model::{Config, Routing, Service, Settings, Tls};
+use super::model::{Config, DnsUpdate, Routing, Service, Settings, Tls};
 
 /// The keys a table may hold.
 pub(super) enum Shape {
@@ -34,7 +34,10 @@ impl Shape {
         Shape::of::<Config>(vec![
             (
                 "settings",
-                Shape::of::<Settings>(vec![("tls", Shape::of::<Tls>(vec![]))]),
+                Shape::of::<Settings>(vec![(
+                    "tls",
+                    Shape::of::<Tls>(vec![("dns_update", Shape::of::<DnsUpdate>(vec![]))]),
+                )]),
             ),
             (
                 "service",
@@ -281,6 +284,7 @@ mod tests {
             serde_fields::<Config>(),
             serde_fields::<Settings>(),
             serde_fields::<Tls>(),
+            serde_fields::<DnsUpdate>(),
             serde_fields::<Service>(),
             serde_fields::<Routing>(),
         ]

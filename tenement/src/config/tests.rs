@@ -140,3 +140,68 @@ fn load_errors_keep_the_config_errors_text() {
         )
     );
 }
+
+#[test]
+fn env_file_is_a_path_relative_to_the_file() {
+    let found = errors("[service.api]\ncommand = \"app\"\nenv_file = \"\"\n");
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("t.toml:3:1: `env_file` in [service.api]: must be a path"),
+        "{}",
+        found[0]
+    );
+    let dir = crate::test_support::TempDir::new("env-file");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let file = dir.0.join("tenement.toml");
+    std::fs::write(
+        &file,
+        "[service.api]\ncommand = \"app\"\nenv_file = \"secrets/api.env\"\n",
+    )
+    .unwrap();
+    let config = Config::load(&file).unwrap();
+    assert_eq!(
+        config.service["api"].env_file.as_deref(),
+        Some(dir.0.join("secrets/api.env").as_path())
+    );
+}
+
+#[test]
+fn unix_listening_refuses_sandbox_and_port_placeholders() {
+    let found = errors(
+        "[service.api]\ncommand = \"app\"\nlisten = \"unix\"\nisolation = \"sandbox\"\n\
+         env = { URL = \"http://127.0.0.1:{port}/\", SOCKET_PATH = \"/x\" }\n",
+    );
+    assert_eq!(found.len(), 3, "{found:#?}");
+    assert!(
+        found[0].starts_with("t.toml:3:1: `listen` in [service.api]: \"unix\" cannot be combined with isolation = \"sandbox\""),
+        "{}",
+        found[0]
+    );
+    assert!(
+        found[2].contains("`SOCKET_PATH`") && found[2].contains("is set by tenement"),
+        "{}",
+        found[2]
+    );
+    assert!(
+        found[1].contains("`URL`") && found[1].contains("uses {port}"),
+        "{}",
+        found[1]
+    );
+    let fine = "[service.api]\ncommand = \"app\"\nlisten = \"unix\"\nisolation = \"namespace\"\n";
+    assert_eq!(
+        Config::parse(fine, "t.toml").unwrap().service["api"].listen,
+        Listen::Unix
+    );
+    assert!(
+        errors("[service.api]\ncommand = \"app\"\nlisten = \"tcp\"\n")[0]
+            .contains("unknown variant `tcp`, expected `port` or `unix`")
+    );
+    let found = errors(
+        "[service.api]\ncommand = \"app --port {port}\"\nargs = [\"{port}\"]\nlisten = \"unix\"\n",
+    );
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found.iter().all(|e| e.contains("uses {port}")),
+        "{found:#?}"
+    );
+}

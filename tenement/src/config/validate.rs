@@ -5,7 +5,7 @@ use std::fmt::Display;
 
 use super::{
     errors::ConfigError,
-    model::{Config, Service, Settings, Tls},
+    model::{Challenge, Config, Isolation, Listen, Service, Settings, Tls, Wildcard},
     names::{check_hostname, check_label},
     settings::check_api_address,
     source::{section, Source},
@@ -30,6 +30,7 @@ pub(super) fn validate(
         errors,
     };
     settings(&mut check, &config.settings);
+    dns01(&mut check, config);
     for (name, service) in &config.service {
         self::service(&mut check, name, service);
     }
@@ -180,7 +181,9 @@ fn tls(check: &mut Checker, settings: &Settings) {
         (None, Some(_)) => check.key(&at("key"), "needs `cert` beside it"),
         _ => {}
     }
-    if !tls.acme_directory.starts_with("https://") {
+    // An empty directory is the documented way to turn ACME off (own certificate only).
+    let acme_off = tls.acme_directory.is_empty();
+    if !acme_off && !tls.acme_directory.starts_with("https://") {
         check.key(
             &at("acme_directory"),
             format!("{:?} must be an https:// URL", tls.acme_directory),
@@ -210,10 +213,15 @@ fn tls(check: &mut Checker, settings: &Settings) {
                 "needs an address when TLS is enabled, e.g. \"0.0.0.0:443\"",
             );
         }
-        if tls.cert.is_none() && tls.challenges.is_empty() {
+        if tls.cert.is_none() && acme_off {
+            check.key(
+                &at("cert"),
+                "ACME is off (acme_directory = \"\"), so TLS needs `cert` and `key`",
+            );
+        } else if tls.cert.is_none() && tls.challenges.is_empty() {
             check.key(
                 &at("challenges"),
-                "needs \"http-01\" or \"tls-alpn-01\" to get certificates over ACME (or set cert and key)",
+                "needs \"http-01\", \"tls-alpn-01\" or \"dns-01\" to get certificates over ACME (or set cert and key)",
             );
         }
         for (index, address) in tls.listen.iter().enumerate() {
@@ -227,6 +235,96 @@ fn tls(check: &mut Checker, settings: &Settings) {
         }
     }
 }
+
+/// TSIG algorithms `dns_update.algorithm` accepts.
+pub const TSIG_ALGORITHMS: [&str; 3] = ["hmac-sha256", "hmac-sha384", "hmac-sha512"];
+
+/// DNS-01: exactly one way to publish the TXT records, and wildcards only with DNS-01.
+fn dns01(check: &mut Checker, config: &Config) {
+    let tls = &config.settings.tls;
+    let at = |key| ["settings", "tls", key];
+    let dns01 = tls.challenges.contains(&Challenge::Dns01);
+    match (dns01, tls.dns_listen.is_some(), tls.dns_update.is_some()) {
+        (true, false, false) => check.key(
+            &at("challenges"),
+            "\"dns-01\" needs `dns_listen` (the built-in DNS responder) or `dns_update` (RFC 2136 updates to your DNS server)",
+        ),
+        (_, true, true) => check.key(
+            &at("dns_update"),
+            "set either `dns_listen` or `dns_update`, not both",
+        ),
+        (false, true, _) => check.key(
+            &at("dns_listen"),
+            "is only used for DNS-01: add \"dns-01\" to `challenges`",
+        ),
+        (false, _, true) => check.key(
+            &at("dns_update"),
+            "is only used for DNS-01: add \"dns-01\" to `challenges`",
+        ),
+        _ => {}
+    }
+    if !tls.wildcard.is_off() && !dns01 {
+        check.key(
+            &at("wildcard"),
+            "wildcard certificates need the DNS-01 challenge: add \"dns-01\" to `challenges`",
+        );
+    }
+    if let Wildcard::Services(services) = &tls.wildcard {
+        for (index, service) in services.iter().enumerate() {
+            if !config.service.contains_key(service) {
+                check.element(
+                    &at("wildcard"),
+                    index,
+                    format!("{service:?} is not a service (no [service.{service}])"),
+                );
+            }
+        }
+    }
+    if let Err(err) = tls.on_demand_budget() {
+        check.key(&at("on_demand_rate"), err);
+    }
+    if let Some(ask) = &tls.ask {
+        let valid = ask
+            .parse::<http::Uri>()
+            .ok()
+            .filter(|uri| uri.scheme_str() == Some("http") && uri.host().is_some());
+        if valid.is_none() {
+            check.key(
+                &at("ask"),
+                format!("{ask:?} must be an http:// URL, e.g. \"http://127.0.0.1:9000/allowed\""),
+            );
+        }
+    }
+    if tls.dns_propagation_timeout == 0 {
+        check.key(&at("dns_propagation_timeout"), "must be at least 1 second");
+    }
+    if let Some(update) = &tls.dns_update {
+        let at = |key| ["settings", "tls", "dns_update", key];
+        if let Err(err) = check_hostname(update.zone.trim_end_matches('.')) {
+            check.key(&at("zone"), err);
+        }
+        if update.key_name.trim().is_empty() || update.key_name.contains(char::is_whitespace) {
+            check.key(
+                &at("key_name"),
+                format!("{:?} is not a TSIG key name", update.key_name),
+            );
+        }
+        if !TSIG_ALGORITHMS.contains(&update.algorithm.as_str()) {
+            check.key(
+                &at("algorithm"),
+                format!(
+                    "unknown TSIG algorithm {:?}; expected one of {}",
+                    update.algorithm,
+                    quoted(&TSIG_ALGORITHMS)
+                ),
+            );
+        }
+    }
+}
+
+/// `{port}` where `listen = "unix"` leaves the instance without a port.
+const NO_PORT_WITH_UNIX: &str =
+    "uses {port}, but with listen = \"unix\" the instance has no port (use $SOCKET_PATH)";
 
 fn service(check: &mut Checker, name: &str, service: &Service) {
     if let Err(err) = check_label("service", name) {
@@ -247,6 +345,25 @@ fn service(check: &mut Checker, name: &str, service: &Service) {
         );
     } else if let Err(err) = service.argv() {
         check.key(&at("command"), err);
+    } else if let Err(err) = template::check(&service.command) {
+        check.key(&at("command"), err);
+    } else if service.listen == Listen::Unix && service.command.contains("{port}") {
+        check.key(&at("command"), NO_PORT_WITH_UNIX);
+    }
+    for (index, arg) in service.args.iter().flatten().enumerate() {
+        if let Err(err) = template::check(arg) {
+            check.element(&at("args"), index, err);
+        } else if service.listen == Listen::Unix && arg.contains("{port}") {
+            check.element(&at("args"), index, NO_PORT_WITH_UNIX);
+        }
+    }
+    if let Some(workdir) = &service.workdir {
+        let workdir = workdir.to_string_lossy();
+        if let Err(err) = template::check(&workdir) {
+            check.key(&at("workdir"), err);
+        } else if service.listen == Listen::Unix && workdir.contains("{port}") {
+            check.key(&at("workdir"), NO_PORT_WITH_UNIX);
+        }
     }
     if let Some(health) = &service.health {
         if !health.starts_with('/') {
@@ -316,9 +433,34 @@ fn service(check: &mut Checker, name: &str, service: &Service) {
                 &path,
                 "is set by tenement to the port it gives the instance",
             );
+        } else if variable == "SOCKET_PATH" {
+            check.key(
+                &path,
+                "is set by tenement to the socket it gives the instance (listen = \"unix\")",
+            );
+        } else if service.listen == Listen::Unix && value.contains("{port}") {
+            check.key(&path, NO_PORT_WITH_UNIX);
         } else if let Err(err) = template::check(value) {
             check.key(&path, err);
         }
+    }
+    if service.listen == Listen::Unix && service.isolation == Isolation::Sandbox {
+        check.key(
+            &at("listen"),
+            "\"unix\" cannot be combined with isolation = \"sandbox\": a socket made inside the \
+             gVisor sandbox cannot be reached from the host; use isolation = \"namespace\", \
+             or listen = \"port\"",
+        );
+    }
+    if service
+        .env_file
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        check.key(
+            &at("env_file"),
+            "must be a path, e.g. \"/etc/tenement/secrets/notes.env\"",
+        );
     }
 }
 

@@ -8,6 +8,7 @@
 //! is slowed down (its pipe fills up) rather than buffered.
 
 mod files;
+mod level;
 mod lines;
 mod newest;
 mod ring;
@@ -31,6 +32,7 @@ use tokio::{
 use crate::config::InstanceName;
 
 use files::Layout;
+pub use level::Level;
 use lines::LineSplitter;
 use newest::Newest;
 use ring::Ring;
@@ -93,6 +95,12 @@ pub struct LogLine {
 pub struct LogQuery {
     /// One instance, or all of them.
     pub instance: Option<InstanceName>,
+    /// Every instance of one service.
+    pub service: Option<String>,
+    /// One stream (stdout, stderr or tenement's own system lines).
+    pub stream: Option<Stream>,
+    /// Lines whose level word ([`Level::of_line`]) is at least this severe.
+    pub level: Option<Level>,
     /// Substring of the line, case-sensitive.
     pub contains: Option<String>,
     pub regex: Option<regex::Regex>,
@@ -108,6 +116,9 @@ impl Default for LogQuery {
     fn default() -> Self {
         LogQuery {
             instance: None,
+            service: None,
+            stream: None,
+            level: None,
             contains: None,
             regex: None,
             since_ms: None,
@@ -118,10 +129,19 @@ impl Default for LogQuery {
 }
 
 impl LogQuery {
-    fn matches(&self, line: &LogLine) -> bool {
+    /// True when `line` passes every filter that is set.
+    pub fn matches(&self, line: &LogLine) -> bool {
         self.instance
             .as_ref()
             .is_none_or(|name| *name == line.instance)
+            && self
+                .service
+                .as_ref()
+                .is_none_or(|service| *service == line.instance.service)
+            && self.stream.is_none_or(|stream| stream == line.stream)
+            && self
+                .level
+                .is_none_or(|least| Level::of_line(&line.line).is_some_and(|level| level >= least))
             && self.since_ms.is_none_or(|since| line.time_ms >= since)
             && self.until_ms.is_none_or(|until| line.time_ms <= until)
             && self
@@ -171,6 +191,9 @@ struct Inner {
     /// Read-held while opening a set of files, write-held by the writer while renaming them.
     rotation: Arc<RwLock<()>>,
     instances: Mutex<HashMap<InstanceName, Arc<InstanceLog>>>,
+    /// Every instance's lines, for followers of a whole service; sent to only while one
+    /// listens.
+    all: broadcast::Sender<LogLine>,
     /// Bytes of tenant lines that may wait for the writer.
     queue: Arc<Semaphore>,
     jobs: Option<UnboundedSender<Job>>,
@@ -213,6 +236,7 @@ impl LogHub {
                 layout,
                 rotation,
                 instances: Mutex::new(HashMap::new()),
+                all: broadcast::channel(FOLLOW_BACKLOG).0,
                 jobs: Some(jobs),
                 writer: Some(writer),
             }),
@@ -290,6 +314,12 @@ impl LogHub {
         self.inner.instance(name).follow.subscribe()
     }
 
+    /// Lines of every instance from now on (for a service's follow: instances started
+    /// later are included). Lags like [`LogHub::follow`].
+    pub fn follow_all(&self) -> broadcast::Receiver<LogLine> {
+        self.inner.all.subscribe()
+    }
+
     /// Searches the files (current and rotated) of one or all instances. Returns the newest
     /// `query.limit` matching lines, oldest first. Blocks on file reads: call it from
     /// `spawn_blocking` in async code.
@@ -297,9 +327,16 @@ impl LogHub {
         self.flush();
         let names = match &query.instance {
             Some(name) => vec![name.clone()],
-            None => self.inner.layout.instances().with_context(|| {
-                format!("listing log files in {}", self.inner.layout.dir.display())
-            })?,
+            None => self
+                .inner
+                .layout
+                .instances()
+                .with_context(|| {
+                    format!("listing log files in {}", self.inner.layout.dir.display())
+                })?
+                .into_iter()
+                .filter(|name| query.service.as_ref().is_none_or(|s| *s == name.service))
+                .collect(),
         };
         let mut newest = Newest::new(query.limit);
         for name in &names {
@@ -398,6 +435,9 @@ impl Inner {
         lock(&log.ring).push(line.clone());
         if log.follow.receiver_count() > 0 {
             let _ = log.follow.send(line.clone());
+        }
+        if self.all.receiver_count() > 0 {
+            let _ = self.all.send(line.clone());
         }
         self.send(Job::Line(line, permit));
     }

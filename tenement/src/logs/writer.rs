@@ -159,10 +159,13 @@ impl State {
             }
         }
         files::create_private_dir(&self.config.layout.service_dir(name))?;
+        // Never through a symlink: root appends here, and a planted link would make it
+        // append to any file it names.
         let file = OpenOptions::new()
             .append(true)
             .create(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(self.config.layout.current(name))?;
         let size = file.metadata()?.len();
         self.open.insert(

@@ -7,6 +7,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 use crate::config::InstanceName;
+pub use crate::endpoint::Endpoint;
 
 pub trait Backends: Send + Sync + 'static {
     /// Every known instance with its routing-relevant facts. Called when `changes()` fires.
@@ -14,8 +15,11 @@ pub trait Backends: Send + Sync + 'static {
     /// Bumps whenever instances, states or weights change; the proxy rebuilds its table then.
     fn changes(&self) -> watch::Receiver<u64>;
     /// Starts the instance if it is not running (one shared start for all concurrent callers),
-    /// waits until ready, returns its port. Fails fast for unknown/failed instances.
-    fn ensure_running(&self, name: &InstanceName) -> BoxFuture<'static, Result<u16, WakeError>>;
+    /// waits until ready, returns where it listens. Fails fast for unknown/failed instances.
+    fn ensure_running(
+        &self,
+        name: &InstanceName,
+    ) -> BoxFuture<'static, Result<Endpoint, WakeError>>;
     /// Marks proxied activity: the guard counts an open connection/request until dropped.
     fn activity(&self, name: &InstanceName) -> ActivityGuard;
 }
@@ -26,10 +30,10 @@ pub struct BackendInstance {
     /// 0-100: its share of the service-level traffic. 0 keeps it reachable by its own name only.
     pub weight: u8,
     pub state: BackendState,
-    /// The port it listens on while it serves (`Running`, `Degraded`, `Unhealthy`). With it the
-    /// proxy forwards without asking `ensure_running` on every request; a refused connection
-    /// to a stale port falls back to `ensure_running` once.
-    pub port: Option<u16>,
+    /// Where it listens while it serves (`Running`, `Degraded`, `Unhealthy`): a port, or a
+    /// unix socket. With it the proxy forwards without asking `ensure_running` on every
+    /// request; a refused connection to a stale one falls back to `ensure_running` once.
+    pub endpoint: Option<Endpoint>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -37,6 +41,7 @@ pub enum BackendState {
     Running,
     Starting,
     Sleeping,
+    /// Stopped by an operator: not woken by requests, and out of the service's rotation.
     Stopped,
     /// Out of restarts: the proxy answers 503 naming this state instead of waking it.
     Failed,
@@ -72,7 +77,7 @@ impl fmt::Display for BackendState {
     }
 }
 
-/// Why `ensure_running` could not hand out a port.
+/// Why `ensure_running` could not hand out an endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WakeError {
     /// No such instance (answered 404).
@@ -81,6 +86,9 @@ pub enum WakeError {
     Failed { state: String, reason: String },
     /// Not ready within its `startup_timeout` (answered 503 with `Retry-After`).
     Timeout { after: Duration },
+    /// Its start failed (it exited, or was not ready in time), with the reason (answered
+    /// 503).
+    NotStarted(String),
 }
 
 impl fmt::Display for WakeError {
@@ -89,6 +97,7 @@ impl fmt::Display for WakeError {
             WakeError::Unknown => f.write_str("no such instance"),
             WakeError::Failed { state, reason } if reason.is_empty() => write!(f, "is {state}"),
             WakeError::Failed { state, reason } => write!(f, "is {state}: {reason}"),
+            WakeError::NotStarted(reason) => write!(f, "did not start: {reason}"),
             WakeError::Timeout { after } => {
                 write!(
                     f,

@@ -37,7 +37,7 @@ impl ConnContext {
     pub(crate) async fn ensure_running(
         &self,
         name: &crate::config::InstanceName,
-    ) -> Result<u16, super::backend::WakeError> {
+    ) -> Result<crate::endpoint::Endpoint, super::backend::WakeError> {
         let waking = self.backends().ensure_running(name);
         match self.shared.main.spawn(waking).await {
             Ok(result) => result,
@@ -132,6 +132,12 @@ impl ConnService {
             connection_header: facts.connection,
         };
         let format = asked.format;
+        if let Some(message) = host::ambiguity(request.uri(), facts.host, facts.many_hosts) {
+            return self.unrouted(
+                reply::error(StatusCode::BAD_REQUEST, message, format),
+                exchange,
+            );
+        }
         let Some(host) = host::request_host(request.uri(), facts.host) else {
             let message = "the request has no Host header (or it is not text)";
             return self.unrouted(

@@ -22,7 +22,8 @@ use super::{
     table::Entry,
     upstream::{self, UpstreamBody, UpstreamError},
 };
-use std::sync::Arc;
+use crate::endpoint::Endpoint;
+use std::{future::Future, sync::Arc, time::Duration};
 
 /// What the request asks of the proxy, read from its headers before routing.
 #[derive(Clone, Copy)]
@@ -57,40 +58,76 @@ pub(crate) async fn forward(
     let upgrade = asked.upgrade;
     let forwarded = prepare_request(&mut request, &conn, asked.connection_header);
 
-    let known_port = entry.port.filter(|_| entry.state.is_serving());
-    let port = match known_port {
-        Some(port) => port,
+    let known = entry.endpoint.as_ref().filter(|_| entry.state.is_serving());
+    let woken;
+    let endpoint = match known {
+        Some(endpoint) => endpoint,
         None => match Box::pin(wake(&conn, &entry, format)).await {
-            Ok(port) => port,
+            Ok(endpoint) => {
+                woken = endpoint;
+                &woken
+            }
             Err(response) => return answer(response, exchange),
         },
     };
     if upgrade {
-        let port = Port {
-            number: port,
-            from_table: known_port.is_some(),
+        let target = Target {
+            endpoint: endpoint.clone(),
+            from_table: known.is_some(),
         };
         // Boxed, like the other rare paths below: the future of every request is as big as
         // its biggest path, and hyper and the runtime copy it around whole.
         return Box::pin(tunnel(
-            conn, entry, port, request, forwarded, exchange, format,
+            conn, entry, target, request, forwarded, exchange, format,
         ))
         .await;
     }
-    let sent = match upstream::send(&entry.pool, port, request, &forwarded).await {
-        Err((error, Some(request))) if error.is_refused() && known_port.is_some() => {
+    let limit = entry.request_timeout;
+    let sent = match in_time(
+        limit,
+        upstream::send(&entry.pool, endpoint, request, &forwarded),
+    )
+    .await
+    {
+        Some(Err((error, Some(request)))) if error.is_refused() && known.is_some() => {
             // The table still said it runs, but it has stopped or moved since: wake it once.
             match Box::pin(wake(&conn, &entry, format)).await {
-                Ok(port) => Box::pin(upstream::send(&entry.pool, port, request, &forwarded)).await,
+                Ok(endpoint) => {
+                    let again = upstream::send(&entry.pool, &endpoint, request, &forwarded);
+                    Box::pin(in_time(limit, again)).await
+                }
                 Err(response) => return answer(response, exchange),
             }
         }
         sent => sent,
     };
     match sent {
-        Ok(response) => relay(response, exchange),
-        Err((error, _)) => answer(bad_gateway(&entry, &error, format), exchange),
+        Some(Ok(response)) => relay(response, exchange),
+        Some(Err((error, _))) => answer(bad_gateway(&entry, &error, format), exchange),
+        None => answer(gateway_timeout(&entry, format), exchange),
     }
+}
+
+/// `request_timeout`: the instance has that long to send its response head, from when the
+/// proxy starts sending it the request. The timer is part of the request's own future (no
+/// allocation, no task); once the head is here the body streams for as long as it takes.
+/// `None` when the time ran out; the connection to the instance is then dropped (closed).
+async fn in_time<T>(limit: Option<Duration>, sending: impl Future<Output = T>) -> Option<T> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, sending).await.ok(),
+        None => Some(sending.await),
+    }
+}
+
+fn gateway_timeout(entry: &Entry, format: Format) -> Response<Bytes> {
+    entry.requests.timed_out();
+    let seconds = entry.request_timeout.map_or(0, |limit| limit.as_secs());
+    let message = format!(
+        "instance {} sent no response within {seconds}s (request_timeout)",
+        entry.label
+    );
+    tracing::warn!("{message}");
+    reply::error(StatusCode::GATEWAY_TIMEOUT, &message, format)
 }
 
 /// An answer the proxy wrote itself, as a response with the request's bookkeeping attached.
@@ -108,7 +145,11 @@ fn relay(response: Response<UpstreamBody>, mut exchange: Exchange) -> Response<P
     Response::from_parts(parts, ProxyBody::upstream(body, exchange))
 }
 
-async fn wake(conn: &ConnContext, entry: &Entry, format: Format) -> Result<u16, Response<Bytes>> {
+async fn wake(
+    conn: &ConnContext,
+    entry: &Entry,
+    format: Format,
+) -> Result<Endpoint, Response<Bytes>> {
     let started = std::time::Instant::now();
     let woken = conn.ensure_running(&entry.name).await;
     entry.requests.woke(started.elapsed(), woken.is_ok());
@@ -117,7 +158,7 @@ async fn wake(conn: &ConnContext, entry: &Entry, format: Format) -> Result<u16, 
         tracing::warn!("{message}");
         match error {
             WakeError::Unknown => reply::error(StatusCode::NOT_FOUND, &message, format),
-            WakeError::Failed { .. } => {
+            WakeError::Failed { .. } | WakeError::NotStarted(_) => {
                 reply::error(StatusCode::SERVICE_UNAVAILABLE, &message, format)
             }
             WakeError::Timeout { after } => reply::retry_later(&message, after, format),
@@ -180,11 +221,10 @@ fn join_cookies(headers: &mut http::HeaderMap) {
     }
 }
 
-/// The instance's port, and whether it came from the routing table (which may be out of
+/// Where a tunnel goes, and whether that came from the routing table (which may be out of
 /// date) rather than from a fresh `ensure_running`.
-#[derive(Clone, Copy)]
-struct Port {
-    number: u16,
+struct Target {
+    endpoint: Endpoint,
     from_table: bool,
 }
 
@@ -195,25 +235,38 @@ struct Port {
 async fn tunnel(
     conn: Arc<ConnContext>,
     entry: Arc<Entry>,
-    port: Port,
+    target: Target,
     mut request: Request<Incoming>,
     forwarded: Forwarded,
     mut exchange: Exchange,
     format: Format,
 ) -> Response<ProxyBody> {
     let client_side = hyper::upgrade::on(&mut request);
-    let sent = match upstream::send_upgrade(port.number, request, &forwarded).await {
-        Err((error, Some(request))) if error.is_refused() && port.from_table => {
+    let limit = entry.request_timeout;
+    let sent = match in_time(
+        limit,
+        upstream::send_upgrade(&target.endpoint, request, &forwarded),
+    )
+    .await
+    {
+        Some(Err((error, Some(request)))) if error.is_refused() && target.from_table => {
             match wake(&conn, &entry, format).await {
-                Ok(port) => upstream::send_upgrade(port, request, &forwarded).await,
+                Ok(endpoint) => {
+                    in_time(
+                        limit,
+                        upstream::send_upgrade(&endpoint, request, &forwarded),
+                    )
+                    .await
+                }
                 Err(response) => return answer(response, exchange),
             }
         }
         sent => sent,
     };
     let (head, switched) = match sent {
-        Ok(sent) => sent,
-        Err((error, _)) => return answer(bad_gateway(&entry, &error, format), exchange),
+        Some(Ok(sent)) => sent,
+        Some(Err((error, _))) => return answer(bad_gateway(&entry, &error, format), exchange),
+        None => return answer(gateway_timeout(&entry, format), exchange),
     };
     let (mut parts, ()) = head.into_parts();
     let (mut instance, early) = match switched {

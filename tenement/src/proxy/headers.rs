@@ -32,7 +32,10 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// a handful, and comparing each name once costs less than a hashed lookup per question.
 #[derive(Default)]
 pub(crate) struct RequestFacts<'h> {
+    /// The first `Host` header.
     pub host: Option<&'h HeaderValue>,
+    /// More than one `Host` header: ambiguous, so answered 400 (RFC 9112 3.2).
+    pub many_hosts: bool,
     /// The client asks for `application/json` (error bodies follow suit).
     pub wants_json: bool,
     /// `Upgrade` plus a `Connection` that says `upgrade`.
@@ -48,6 +51,7 @@ impl<'h> RequestFacts<'h> {
         let mut upgrade_token = false;
         for (name, value) in headers {
             if name == HOST {
+                facts.many_hosts |= facts.host.is_some();
                 facts.host.get_or_insert(value);
             } else if name == ACCEPT {
                 facts.wants_json |= value

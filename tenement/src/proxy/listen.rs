@@ -11,14 +11,40 @@ use socket2::{Domain, SockRef, Socket, Type};
 
 const BACKLOG: i32 = 4096;
 
-/// Binds every address of `settings.listen`, naming the one that fails.
+/// Binds every address of `settings.listen`, naming the one that fails. An address some
+/// other socket listens on is refused, even when that socket allows `SO_REUSEPORT` as ours
+/// do (another tenement would otherwise share the port and take half of the requests).
 pub(crate) fn bind(addresses: &[SocketAddr]) -> Result<Vec<TcpListener>> {
     addresses
         .iter()
         .map(|&address| {
-            open(address).with_context(|| format!("cannot listen on {address} (settings.listen)"))
+            refuse_if_taken(address)
+                .and_then(|()| open(address))
+                .map_err(|err| in_use_hint(address, err))
+                .with_context(|| format!("cannot listen on {address} (settings.listen)"))
         })
         .collect()
+}
+
+/// Binds (and drops) a socket without `SO_REUSEPORT` to `address`: the kernel refuses it
+/// while any socket listens there, whatever that socket's options.
+fn refuse_if_taken(address: SocketAddr) -> std::io::Result<()> {
+    let probe = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    // Connections of an earlier run in TIME_WAIT do not count as in use.
+    probe.set_reuse_address(true)?;
+    probe.bind(&address.into())
+}
+
+fn in_use_hint(address: SocketAddr, err: std::io::Error) -> anyhow::Error {
+    if err.kind() == std::io::ErrorKind::AddrInUse {
+        anyhow::anyhow!(
+            "address in use: another process (another tenement?) listens on {address}; \
+             `ss -ltnp 'sport = :{}'` shows which",
+            address.port()
+        )
+    } else {
+        err.into()
+    }
 }
 
 fn open(address: SocketAddr) -> std::io::Result<TcpListener> {

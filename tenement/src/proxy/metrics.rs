@@ -153,6 +153,9 @@ pub struct InstanceRequests {
     pub wakes_ready: AtomicU64,
     /// ...or not (it failed to start, or `startup_timeout` passed).
     pub wakes_failed: AtomicU64,
+    /// Requests answered 504 because the instance sent no response head within its
+    /// service's `request_timeout`.
+    pub timeouts: AtomicU64,
     service: Arc<ServiceRequests>,
 }
 
@@ -161,6 +164,11 @@ impl InstanceRequests {
     pub(crate) fn finished(&self, status: u16, elapsed: Duration) {
         self.outcomes.count(status);
         self.service.duration.observe(elapsed);
+    }
+
+    /// A request got no response head within `request_timeout`.
+    pub(crate) fn timed_out(&self) {
+        self.timeouts.fetch_add(1, Relaxed);
     }
 
     /// A request waited `elapsed` for the instance to start.
@@ -208,6 +216,7 @@ impl RequestMetrics {
             outcomes: Outcomes::default(),
             wakes_ready: AtomicU64::new(0),
             wakes_failed: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
             service,
         });
         instances.insert(name.clone(), slot.clone());

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! listener -> (TLS) -> hyper (HTTP/1.1, h2c) -> conn: route by table -> forward:
-//!     Backends::ensure_running when not running -> pool -> 127.0.0.1:{port}
+//!     Backends::ensure_running when not running -> pool -> 127.0.0.1:{port} or the instance's unix socket
 //! ```
 //!
 //! Files, by concern:
@@ -54,7 +54,7 @@ use tokio::{
 };
 
 pub use backend::{
-    ActivityGuard, BackendInstance, BackendState, Backends, ProxiedActivity, WakeError,
+    ActivityGuard, BackendInstance, BackendState, Backends, Endpoint, ProxiedActivity, WakeError,
 };
 pub use body::ProxyBody;
 pub use exchange::ACCESS_LOG;

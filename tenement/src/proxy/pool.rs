@@ -13,6 +13,7 @@ use std::{
 };
 
 use super::upstream::Upstream;
+use crate::endpoint::Endpoint;
 
 /// Idle connections kept per instance; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
@@ -52,11 +53,11 @@ impl Pool {
         &self.shelves[WORKER.get() % self.shelves.len()]
     }
 
-    /// An idle connection to `port` that the instance has not closed meanwhile.
-    pub(crate) fn take(&self, port: u16) -> Option<Upstream> {
+    /// An idle connection to `endpoint` that the instance has not closed meanwhile.
+    pub(crate) fn take(&self, endpoint: &Endpoint) -> Option<Upstream> {
         let mut idle = self.shelf().lock().unwrap_or_else(|p| p.into_inner());
         while let Some((connection, since)) = idle.pop_back() {
-            if connection.port() == port
+            if connection.endpoint() == endpoint
                 && since.elapsed() < IDLE_LIFETIME
                 && connection.is_usable()
             {

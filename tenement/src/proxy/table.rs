@@ -12,6 +12,7 @@ use std::{
     collections::HashMap,
     hash::{BuildHasherDefault, Hasher},
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use super::{
@@ -20,7 +21,10 @@ use super::{
     pool::Pool,
     weights::Rotation,
 };
-use crate::config::{Config, InstanceName};
+use crate::{
+    config::{Config, InstanceName},
+    endpoint::Endpoint,
+};
 
 /// One instance as the request path sees it.
 pub(crate) struct Entry {
@@ -28,10 +32,12 @@ pub(crate) struct Entry {
     /// `service:id`, ready for logs and error messages.
     pub label: Box<str>,
     pub state: BackendState,
-    pub port: Option<u16>,
+    pub endpoint: Option<Endpoint>,
     pub pool: Arc<Pool>,
     /// Where requests to it are counted for `/metrics`.
     pub requests: Arc<InstanceRequests>,
+    /// Its service's `request_timeout`; `None` for no limit.
+    pub request_timeout: Option<Duration>,
 }
 
 /// Why a host and path lead nowhere.
@@ -114,15 +120,22 @@ impl Table {
         for instance in instances {
             let pool = pools.entry(instance.name.clone()).or_default().clone();
             let counted = requests.instance(&instance.name);
+            let request_timeout = config
+                .service
+                .get(&instance.name.service)
+                .map_or(0, |service| service.request_timeout);
             let entry = Arc::new(Entry {
+                request_timeout: (request_timeout > 0)
+                    .then(|| Duration::from_secs(request_timeout)),
                 label: instance.name.to_string().into_boxed_str(),
                 name: instance.name,
                 state: instance.state,
-                port: instance.port,
+                endpoint: instance.endpoint,
                 pool,
                 requests: counted,
             });
-            if entry.state != BackendState::Failed {
+            // Failed, or held stopped by an operator: no share of the service's traffic.
+            if !matches!(entry.state, BackendState::Failed | BackendState::Stopped) {
                 weighted
                     .entry(entry.name.service.clone())
                     .or_default()
@@ -279,7 +292,7 @@ mod tests {
             name: InstanceName::parse(name).unwrap(),
             weight,
             state,
-            port: Some(1),
+            endpoint: Some(Endpoint::Port(1)),
         }
     }
 

@@ -5,10 +5,9 @@
 
 use std::{
     fmt, io,
-    net::{Ipv4Addr, SocketAddr},
     pin::Pin,
     sync::Arc,
-    task::{ready, Context, Poll, Waker},
+    task::{ready, Context, Poll},
 };
 
 use bytes::{Bytes, BytesMut};
@@ -16,10 +15,9 @@ use futures_util::FutureExt;
 use http::{header::CONTENT_LENGTH, request, response, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::{
-    io::{AsyncRead, AsyncWriteExt, ReadBuf},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+
+use crate::endpoint::{Endpoint, Stream};
 
 use super::{
     http1::{self, Chunk, ChunkedDecoder, Forwarded, Framing, WireError},
@@ -35,11 +33,24 @@ const READ_MAX: usize = 64 * 1024;
 
 #[derive(Debug)]
 pub(crate) enum UpstreamError {
-    Refused { port: u16 },
-    Connect { port: u16, error: io::Error },
-    Io { port: u16, error: io::Error },
-    Wire { port: u16, error: WireError },
-    ClosedEarly { port: u16 },
+    Refused {
+        endpoint: Endpoint,
+    },
+    Connect {
+        endpoint: Endpoint,
+        error: io::Error,
+    },
+    Io {
+        endpoint: Endpoint,
+        error: io::Error,
+    },
+    Wire {
+        endpoint: Endpoint,
+        error: WireError,
+    },
+    ClosedEarly {
+        endpoint: Endpoint,
+    },
 }
 
 impl UpstreamError {
@@ -51,27 +62,24 @@ impl UpstreamError {
 impl fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            UpstreamError::Refused { port } => {
-                write!(f, "refused the connection on 127.0.0.1:{port}")
+            UpstreamError::Refused { endpoint } => {
+                write!(f, "refused the connection on {endpoint}")
             }
-            UpstreamError::Connect { port, error } => {
-                write!(f, "could not be reached on 127.0.0.1:{port}: {error}")
+            UpstreamError::Connect { endpoint, error } => {
+                write!(f, "could not be reached on {endpoint}: {error}")
             }
-            UpstreamError::Io { port, error } => write!(f, "failed on 127.0.0.1:{port}: {error}"),
-            UpstreamError::Wire { port, error } => write!(f, "on 127.0.0.1:{port} {error}"),
-            UpstreamError::ClosedEarly { port } => {
-                write!(
-                    f,
-                    "closed the connection on 127.0.0.1:{port} without answering"
-                )
+            UpstreamError::Io { endpoint, error } => write!(f, "failed on {endpoint}: {error}"),
+            UpstreamError::Wire { endpoint, error } => write!(f, "on {endpoint} {error}"),
+            UpstreamError::ClosedEarly { endpoint } => {
+                write!(f, "closed the connection on {endpoint} without answering")
             }
         }
     }
 }
 
 pub(crate) struct Upstream {
-    stream: TcpStream,
-    port: u16,
+    stream: Stream,
+    endpoint: Endpoint,
     read_buf: BytesMut,
     read_size: usize,
     write_buf: BytesMut,
@@ -81,20 +89,22 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
-    pub(crate) async fn connect(port: u16) -> Result<Upstream, UpstreamError> {
-        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let stream = TcpStream::connect(address).await.map_err(|error| {
+    pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Upstream, UpstreamError> {
+        let stream = endpoint.connect().await.map_err(|error| {
+            let endpoint = endpoint.clone();
             if error.kind() == io::ErrorKind::ConnectionRefused {
-                UpstreamError::Refused { port }
+                UpstreamError::Refused { endpoint }
             } else {
-                UpstreamError::Connect { port, error }
+                UpstreamError::Connect { endpoint, error }
             }
         })?;
-        // Small requests and responses must not wait for Nagle's algorithm.
-        let _ = stream.set_nodelay(true);
+        if let Stream::Tcp(tcp) = &stream {
+            // Small requests and responses must not wait for Nagle's algorithm.
+            let _ = tcp.set_nodelay(true);
+        }
         Ok(Upstream {
             stream,
-            port,
+            endpoint: endpoint.clone(),
             read_buf: BytesMut::new(),
             read_size: READ_MIN,
             write_buf: BytesMut::new(),
@@ -102,22 +112,14 @@ impl Upstream {
         })
     }
 
-    pub(crate) fn port(&self) -> u16 {
-        self.port
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// False when the instance has closed the idle connection or sent something unasked.
     /// Costs no system call while the socket is quiet.
     pub(crate) fn is_usable(&self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+        self.stream.is_usable()
     }
 
     /// Reads more into `read_buf`; `Ok(0)` is the end of the stream.
@@ -243,7 +245,7 @@ impl Upstream {
     }
 
     /// The socket and whatever the instance already sent past the response head.
-    pub(crate) fn into_parts(self) -> (TcpStream, BytesMut) {
+    pub(crate) fn into_parts(self) -> (Stream, BytesMut) {
         (self.stream, self.read_buf)
     }
 }
@@ -259,18 +261,18 @@ enum ReadHeadError {
 /// (so that the caller may send it elsewhere).
 pub(crate) type Failed = (UpstreamError, Option<Request<Incoming>>);
 
-/// Sends `request` to the instance on `port` over a pooled connection, or a new one.
+/// Sends `request` to the instance at `endpoint` over a pooled connection, or a new one.
 pub(crate) async fn send(
     pool: &Arc<Pool>,
-    port: u16,
+    endpoint: &Endpoint,
     request: Request<Incoming>,
     forwarded: &Forwarded,
 ) -> Result<Response<UpstreamBody>, Failed> {
     // Connecting is boxed: it is rare next to the pool, and would make every request's
     // future bigger.
-    let mut connection = match pool.take(port) {
+    let mut connection = match pool.take(endpoint) {
         Some(connection) => connection,
-        None => match Box::pin(Upstream::connect(port)).await {
+        None => match Box::pin(Upstream::connect(endpoint)).await {
             Ok(connection) => connection,
             Err(error) => return Err((error, Some(request))),
         },
@@ -289,27 +291,62 @@ pub(crate) async fn send(
             (Err(ReadHeadError::NothingReceived(_)), _) if connection.reused && without_body => {
                 // The instance closed the idle connection just as it was picked: the
                 // request reached nobody, so it goes again on a new connection.
-                connection = match Box::pin(Upstream::connect(port)).await {
+                connection = match Box::pin(Upstream::connect(endpoint)).await {
                     Ok(connection) => connection,
                     Err(error) => return Err((error, Some(Request::from_parts(parts, body)))),
                 };
                 continue;
             }
-            (Err(_), Err(error)) => return Err((UpstreamError::Io { port, error }, None)),
+            (Err(_), Err(error)) => {
+                return Err((
+                    UpstreamError::Io {
+                        endpoint: endpoint.clone(),
+                        error,
+                    },
+                    None,
+                ))
+            }
             (
                 Err(ReadHeadError::NothingReceived(Some(error)) | ReadHeadError::Io(error)),
                 Ok(()),
-            ) => return Err((UpstreamError::Io { port, error }, None)),
+            ) => {
+                return Err((
+                    UpstreamError::Io {
+                        endpoint: endpoint.clone(),
+                        error,
+                    },
+                    None,
+                ))
+            }
             (Err(ReadHeadError::NothingReceived(None)), Ok(())) => {
-                return Err((UpstreamError::ClosedEarly { port }, None))
+                return Err((
+                    UpstreamError::ClosedEarly {
+                        endpoint: endpoint.clone(),
+                    },
+                    None,
+                ))
             }
             (Err(ReadHeadError::Wire(error)), Ok(())) => {
-                return Err((UpstreamError::Wire { port, error }, None))
+                return Err((
+                    UpstreamError::Wire {
+                        endpoint: endpoint.clone(),
+                        error,
+                    },
+                    None,
+                ))
             }
         };
         let framing = match http1::response_framing(&parts.method, &head) {
             Ok(framing) => framing,
-            Err(error) => return Err((UpstreamError::Wire { port, error }, None)),
+            Err(error) => {
+                return Err((
+                    UpstreamError::Wire {
+                        endpoint: endpoint.clone(),
+                        error,
+                    },
+                    None,
+                ))
+            }
         };
         let reusable = !write_failed
             && http1::keeps_alive(&head, framing)
@@ -327,11 +364,11 @@ pub(crate) async fn send(
 /// Sends an `Upgrade` request on a new connection. On `101`, the socket comes back with the
 /// response for the caller to splice; otherwise the response is an ordinary one.
 pub(crate) async fn send_upgrade(
-    port: u16,
+    endpoint: &Endpoint,
     request: Request<Incoming>,
     forwarded: &Forwarded,
-) -> Result<(Response<()>, Result<(TcpStream, BytesMut), UpstreamBody>), Failed> {
-    let mut connection = match Upstream::connect(port).await {
+) -> Result<(Response<()>, Result<(Stream, BytesMut), UpstreamBody>), Failed> {
+    let mut connection = match Upstream::connect(endpoint).await {
         Ok(connection) => connection,
         Err(error) => return Err((error, Some(request))),
     };
@@ -342,15 +379,40 @@ pub(crate) async fn send_upgrade(
         .await;
     let head = match (connection.read_head().await, written) {
         (Ok(head), _) => head,
-        (Err(_), Err(error)) => return Err((UpstreamError::Io { port, error }, None)),
+        (Err(_), Err(error)) => {
+            return Err((
+                UpstreamError::Io {
+                    endpoint: endpoint.clone(),
+                    error,
+                },
+                None,
+            ))
+        }
         (Err(ReadHeadError::Wire(error)), _) => {
-            return Err((UpstreamError::Wire { port, error }, None))
+            return Err((
+                UpstreamError::Wire {
+                    endpoint: endpoint.clone(),
+                    error,
+                },
+                None,
+            ))
         }
         (Err(ReadHeadError::NothingReceived(None)), _) => {
-            return Err((UpstreamError::ClosedEarly { port }, None))
+            return Err((
+                UpstreamError::ClosedEarly {
+                    endpoint: endpoint.clone(),
+                },
+                None,
+            ))
         }
         (Err(ReadHeadError::NothingReceived(Some(error)) | ReadHeadError::Io(error)), _) => {
-            return Err((UpstreamError::Io { port, error }, None))
+            return Err((
+                UpstreamError::Io {
+                    endpoint: endpoint.clone(),
+                    error,
+                },
+                None,
+            ))
         }
     };
     if head.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -358,7 +420,15 @@ pub(crate) async fn send_upgrade(
     }
     let framing = match http1::response_framing(&method, &head) {
         Ok(framing) => framing,
-        Err(error) => return Err((UpstreamError::Wire { port, error }, None)),
+        Err(error) => {
+            return Err((
+                UpstreamError::Wire {
+                    endpoint: endpoint.clone(),
+                    error,
+                },
+                None,
+            ))
+        }
     };
     let body = UpstreamBody {
         decoder: Decoder::for_framing(framing),

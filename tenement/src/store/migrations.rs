@@ -31,6 +31,22 @@ const MIGRATIONS: &[&str] = &[
          sha256     BLOB NOT NULL UNIQUE,
          created_ms INTEGER NOT NULL
      );",
+    // 2: an operator's stop holds (`stopped`) until `start`; an instance that is not
+    // wanted running and not held is asleep (`sleeping`) and wakes on a request.
+    "ALTER TABLE instances ADD COLUMN held INTEGER NOT NULL DEFAULT 0;",
+    // 3: token descriptions; the audit log of changes made through the API and the dashboard.
+    "ALTER TABLE tokens ADD COLUMN description TEXT NOT NULL DEFAULT '';
+     CREATE TABLE audit (
+         seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+         time_ms     INTEGER NOT NULL,
+         token_id    INTEGER,
+         who         TEXT NOT NULL,
+         action      TEXT NOT NULL,
+         target      TEXT NOT NULL,
+         address     TEXT NOT NULL,
+         status      INTEGER NOT NULL,
+         detail      TEXT NOT NULL
+     );",
 ];
 
 /// Brings the schema of `db` up to date.

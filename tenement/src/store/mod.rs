@@ -4,7 +4,9 @@
 //! Every write runs in a transaction, so a crash (even `kill -9`) leaves either the old or the
 //! new state, never half of it. The journal is in WAL mode: readers never wait for writers.
 
+mod audit;
 mod events;
+mod lock;
 mod migrations;
 mod tokens;
 
@@ -19,7 +21,9 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::config::InstanceName;
 
+pub use audit::{AuditEntry, NewAuditEntry};
 pub use events::{Event, EventKind};
+pub use lock::{DataDirLock, LOCK_FILE};
 pub use tokens::TokenRecord;
 
 /// Weight of an instance nobody routed explicitly: it takes its full share.
@@ -41,6 +45,9 @@ pub struct Store {
 pub struct InstanceRecord {
     pub name: InstanceName,
     pub desired_running: bool,
+    /// Stopped by an operator: stays stopped (no wake on request, no start with tenement)
+    /// until started again.
+    pub held: bool,
     pub weight: u8,
     pub uid: Option<u32>,
 }
@@ -79,17 +86,66 @@ impl Store {
         &self.path
     }
 
-    /// Records whether `name` should be running; creates its row on first use.
+    /// Records whether `name` should be running; creates its row on first use. Wanting it
+    /// running ends an operator's hold; not wanting it (asleep, exited) leaves a hold as is.
     pub fn set_desired(&self, name: &InstanceName, running: bool) -> Result<()> {
         self.write(|tx| {
             tx.execute(
                 "INSERT INTO instances (name, desired_running) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET desired_running = excluded.desired_running",
+                 ON CONFLICT (name) DO UPDATE SET desired_running = excluded.desired_running,
+                     held = CASE WHEN excluded.desired_running THEN 0 ELSE held END",
                 params![name.to_string(), running],
             )?;
             Ok(())
         })
         .with_context(|| format!("recording desired state of {name}"))
+    }
+
+    /// Records an operator's stop of `name`: not wanted running, and held so until
+    /// [`Store::set_desired`] wants it running again.
+    pub fn hold(&self, name: &InstanceName) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO instances (name, desired_running, held) VALUES (?1, 0, 1)
+                 ON CONFLICT (name) DO UPDATE SET desired_running = 0, held = 1",
+                params![name.to_string()],
+            )?;
+            Ok(())
+        })
+        .with_context(|| format!("recording the stop of {name}"))
+    }
+
+    /// A request wants `name` running: recorded unless an operator's stop holds it. Returns
+    /// whether it was recorded (false: held). One statement, so it cannot undo a hold that
+    /// lands at the same moment.
+    pub fn want_running_unless_held(&self, name: &InstanceName) -> Result<bool> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO instances (name, desired_running) VALUES (?1, 1)
+                 ON CONFLICT (name) DO UPDATE SET desired_running = 1 WHERE held = 0",
+                params![name.to_string()],
+            )?;
+            let held: bool = tx.query_row(
+                "SELECT held FROM instances WHERE name = ?1",
+                [name.to_string()],
+                |row| row.get(0),
+            )?;
+            Ok(!held)
+        })
+        .with_context(|| format!("recording desired state of {name}"))
+    }
+
+    /// Whether an operator's stop holds `name` (false for names the store does not know).
+    pub fn held(&self, name: &InstanceName) -> Result<bool> {
+        let db = self.lock();
+        Ok(db
+            .query_row(
+                "SELECT held FROM instances WHERE name = ?1",
+                [name.to_string()],
+                |row| row.get::<_, bool>(0),
+            )
+            .optional()?
+            .unwrap_or(false))
     }
 
     /// Instances that should be running, in name order.
@@ -107,7 +163,7 @@ impl Store {
     pub fn known_instances(&self) -> Result<Vec<InstanceRecord>> {
         let db = self.lock();
         let mut query = db.prepare(
-            "SELECT i.name, i.desired_running, i.weight, u.uid
+            "SELECT i.name, i.desired_running, i.held, i.weight, u.uid
              FROM instances i LEFT JOIN uids u ON u.name = i.name
              ORDER BY i.name",
         )?;
@@ -116,16 +172,18 @@ impl Store {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, bool>(1)?,
-                    row.get::<_, u8>(2)?,
-                    row.get::<_, Option<u32>>(3)?,
+                    row.get::<_, bool>(2)?,
+                    row.get::<_, u8>(3)?,
+                    row.get::<_, Option<u32>>(4)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows.into_iter()
-            .map(|(name, desired_running, weight, uid)| {
+            .map(|(name, desired_running, held, weight, uid)| {
                 Ok(InstanceRecord {
                     name: parse_name(&name)?,
                     desired_running,
+                    held,
                     weight,
                     uid,
                 })

@@ -49,18 +49,21 @@ fn reopen_keeps_desired_weights_uids_and_events() {
             InstanceRecord {
                 name: alice.clone(),
                 desired_running: true,
+                held: false,
                 weight: 30,
                 uid: Some(alice_uid)
             },
             InstanceRecord {
                 name: bob.clone(),
                 desired_running: true,
+                held: false,
                 weight: 70,
                 uid: Some(bob_uid)
             },
             InstanceRecord {
                 name: carol.clone(),
                 desired_running: false,
+                held: false,
                 weight: 100,
                 uid: None
             },
@@ -273,8 +276,8 @@ fn schema_is_versioned_and_file_is_private() {
 fn tokens_store_only_hashes() {
     let dir = TempDir::new("tokens");
     let store = Store::open(&dir.0).unwrap();
-    let (admin, secret) = store.issue_token("admin").unwrap();
-    let (tenant, tenant_secret) = store.issue_token("instance:api:alice").unwrap();
+    let (admin, secret) = store.issue_token("admin", "").unwrap();
+    let (tenant, tenant_secret) = store.issue_token("instance:api:alice", "").unwrap();
     assert_ne!(secret, tenant_secret);
     assert_eq!(store.verify_token(&secret).unwrap(), Some(admin.clone()));
     assert_eq!(
@@ -294,4 +297,80 @@ fn tokens_store_only_hashes() {
     assert!(store.revoke_token(admin.id).unwrap());
     assert!(!store.revoke_token(admin.id).unwrap());
     assert_eq!(store.verify_token(&secret).unwrap(), None);
+}
+
+#[test]
+fn audit_log_keeps_newest_first() {
+    let dir = TempDir::new("audit");
+    let store = Store::open(&dir.0).unwrap();
+    let (token, _) = store.issue_token("admin", "ci deploys").unwrap();
+    assert_eq!(
+        store.token(token.id).unwrap().unwrap().description,
+        "ci deploys"
+    );
+    for action in ["stop", "restart"] {
+        store
+            .audit(&NewAuditEntry {
+                token_id: Some(token.id),
+                who: "token 1 (ci deploys)",
+                action,
+                target: "api:alice",
+                address: "127.0.0.1:5000",
+                status: 200,
+                detail: "",
+            })
+            .unwrap();
+    }
+    let log = store.audit_log(10).unwrap();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].action, "restart");
+    assert_eq!(log[1].action, "stop");
+    assert_eq!(log[1].token_id, Some(token.id));
+    assert_eq!(store.audit_log(1).unwrap().len(), 1);
+    assert!(store.revoke_token(token.id).unwrap());
+    assert_eq!(store.token(token.id).unwrap(), None);
+}
+
+#[test]
+fn an_operator_stop_holds_across_reopen_until_wanted_running() {
+    let dir = TempDir::new("hold");
+    let (alice, bob) = (name("api:alice"), name("api:bob"));
+    {
+        let store = Store::open(&dir.0).unwrap();
+        store.set_desired(&alice, true).unwrap();
+        store.hold(&alice).unwrap();
+        // Asleep: not wanted running, not held.
+        store.set_desired(&bob, true).unwrap();
+        store.set_desired(&bob, false).unwrap();
+        // Going to sleep or exiting does not end a hold.
+        store.set_desired(&alice, false).unwrap();
+    }
+    let store = Store::open(&dir.0).unwrap();
+    let held = |store: &Store| {
+        store
+            .known_instances()
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.name.to_string(), r.desired_running, r.held))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        held(&store),
+        vec![
+            ("api:alice".to_string(), false, true),
+            ("api:bob".to_string(), false, false)
+        ]
+    );
+    assert!(store.held(&alice).unwrap());
+    assert!(!store.want_running_unless_held(&alice).unwrap());
+    assert!(store.want_running_unless_held(&bob).unwrap());
+    assert!(store.want_running_unless_held(&name("api:dave")).unwrap());
+    store.set_desired(&alice, true).unwrap();
+    assert!(!store.held(&alice).unwrap());
+    assert_eq!(held(&store)[0], ("api:alice".to_string(), true, false));
+    assert_eq!(held(&store)[1], ("api:bob".to_string(), true, false));
+    // A hold on a name the store never saw creates its row.
+    store.hold(&name("api:carol")).unwrap();
+    assert_eq!(held(&store)[2], ("api:carol".to_string(), false, true));
+    assert!(!store.held(&name("api:nobody")).unwrap());
 }

@@ -14,8 +14,21 @@ use super::{events, Store};
 pub struct TokenRecord {
     pub id: i64,
     pub scope: String,
+    /// What the token is for (`token-gen --description`), shown in lists and the audit log.
+    pub description: String,
     /// Unix milliseconds.
     pub created_ms: i64,
+}
+
+const COLUMNS: &str = "id, scope, description, created_ms";
+
+fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+    Ok(TokenRecord {
+        id: row.get(0)?,
+        scope: row.get(1)?,
+        description: row.get(2)?,
+        created_ms: row.get(3)?,
+    })
 }
 
 /// Prefix of every secret, so a leaked one is recognisable (e.g. by secret scanners).
@@ -28,7 +41,7 @@ fn digest(secret: &str) -> Vec<u8> {
 impl Store {
     /// Creates a token for `scope`; returns its record and the secret, which is shown once
     /// and never stored.
-    pub fn issue_token(&self, scope: &str) -> Result<(TokenRecord, String)> {
+    pub fn issue_token(&self, scope: &str, description: &str) -> Result<(TokenRecord, String)> {
         let mut random = [0u8; 32];
         rand::rng().fill_bytes(&mut random);
         let secret = format!("{SECRET_PREFIX}{}", hex::encode(random));
@@ -36,8 +49,9 @@ impl Store {
         let id = self
             .write(|tx| {
                 tx.execute(
-                    "INSERT INTO tokens (scope, sha256, created_ms) VALUES (?1, ?2, ?3)",
-                    params![scope, digest(&secret), created_ms],
+                    "INSERT INTO tokens (scope, sha256, created_ms, description) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![scope, digest(&secret), created_ms, description],
                 )?;
                 Ok(tx.last_insert_rowid())
             })
@@ -45,6 +59,7 @@ impl Store {
         let record = TokenRecord {
             id,
             scope: scope.to_string(),
+            description: description.to_string(),
             created_ms,
         };
         Ok((record, secret))
@@ -56,15 +71,21 @@ impl Store {
         let db = self.lock();
         Ok(db
             .query_row(
-                "SELECT id, scope, created_ms FROM tokens WHERE sha256 = ?1",
+                &format!("SELECT {COLUMNS} FROM tokens WHERE sha256 = ?1"),
                 [digest(secret)],
-                |row| {
-                    Ok(TokenRecord {
-                        id: row.get(0)?,
-                        scope: row.get(1)?,
-                        created_ms: row.get(2)?,
-                    })
-                },
+                record,
+            )
+            .optional()?)
+    }
+
+    /// Token `id`, if it is still live (sessions signed in with it end when it is revoked).
+    pub fn token(&self, id: i64) -> Result<Option<TokenRecord>> {
+        let db = self.lock();
+        Ok(db
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM tokens WHERE id = ?1"),
+                [id],
+                record,
             )
             .optional()?)
     }
@@ -72,15 +93,9 @@ impl Store {
     /// Every token, oldest first.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
         let db = self.lock();
-        let mut query = db.prepare("SELECT id, scope, created_ms FROM tokens ORDER BY id")?;
+        let mut query = db.prepare(&format!("SELECT {COLUMNS} FROM tokens ORDER BY id"))?;
         let rows = query
-            .query_map([], |row| {
-                Ok(TokenRecord {
-                    id: row.get(0)?,
-                    scope: row.get(1)?,
-                    created_ms: row.get(2)?,
-                })
-            })?
+            .query_map([], record)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }

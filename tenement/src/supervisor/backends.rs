@@ -7,7 +7,7 @@ use tokio::sync::watch;
 use super::{InstanceState, StartError, Supervisor};
 use crate::{
     config::InstanceName,
-    proxy::{ActivityGuard, BackendInstance, BackendState, Backends, WakeError},
+    proxy::{ActivityGuard, BackendInstance, BackendState, Backends, Endpoint, WakeError},
 };
 
 impl Backends for Supervisor {
@@ -16,7 +16,7 @@ impl Backends for Supervisor {
             .into_iter()
             .map(|info| BackendInstance {
                 state: backend_state(info.state),
-                port: info.state.serves().then_some(info.port).flatten(),
+                endpoint: info.state.serves().then_some(info.endpoint).flatten(),
                 weight: info.weight,
                 name: info.name,
             })
@@ -27,7 +27,10 @@ impl Backends for Supervisor {
         Supervisor::changes(self)
     }
 
-    fn ensure_running(&self, name: &InstanceName) -> BoxFuture<'static, Result<u16, WakeError>> {
+    fn ensure_running(
+        &self,
+        name: &InstanceName,
+    ) -> BoxFuture<'static, Result<Endpoint, WakeError>> {
         let supervisor = self.clone();
         let name = name.clone();
         async move {
@@ -36,11 +39,16 @@ impl Backends for Supervisor {
                 .await
                 .map_err(|err| match err {
                     StartError::UnknownService(_) => WakeError::Unknown,
+                    held @ StartError::Held(_) => WakeError::Failed {
+                        state: InstanceState::Stopped.to_string(),
+                        reason: held.to_string(),
+                    },
                     StartError::Failed { state, reason } => WakeError::Failed {
                         state: state.to_string(),
                         reason,
                     },
-                    StartError::Timeout { after } => WakeError::Timeout { after },
+                    StartError::Timeout { after, .. } => WakeError::Timeout { after },
+                    StartError::NotReady(reason) => WakeError::NotStarted(reason),
                     StartError::Spawn(reason) => WakeError::Failed {
                         state: InstanceState::Failed.to_string(),
                         reason,
@@ -57,8 +65,10 @@ impl Backends for Supervisor {
 
 fn backend_state(state: InstanceState) -> BackendState {
     match state {
-        InstanceState::Stopped | InstanceState::Stopping => BackendState::Stopped,
-        InstanceState::Sleeping => BackendState::Sleeping,
+        // Held by an operator's stop: a request gets a 503 naming how to start it.
+        InstanceState::Stopped => BackendState::Stopped,
+        // On its way down (asleep or held): a request asks `ensure_running`, which knows.
+        InstanceState::Sleeping | InstanceState::Stopping => BackendState::Sleeping,
         InstanceState::Starting => BackendState::Starting,
         InstanceState::Running => BackendState::Running,
         InstanceState::Degraded => BackendState::Degraded,

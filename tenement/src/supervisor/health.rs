@@ -2,16 +2,15 @@
 //! path, `GET {health}` answers 2xx. And does the kernel see it in trouble? A storm of TCP
 //! retransmits or resets on its sockets makes it `degraded` until the storm passes.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::time::Duration;
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
     sync::Notify,
     time::timeout,
 };
 
-use crate::monitor::Rates;
+use crate::{endpoint::Endpoint, monitor::Rates};
 
 /// How often a starting instance's port is tried: short, so a fast app is seen ready fast.
 const CONNECT_POLL: Duration = Duration::from_millis(15);
@@ -22,60 +21,78 @@ const MAX_ANSWER: usize = 1024 * 1024;
 /// ...or how long it may pause (a server that ignores `Connection: close`).
 const ANSWER_PAUSE: Duration = Duration::from_millis(200);
 
-/// Returns once the port accepts a connection, or once `listening` is notified (the kernel
-/// saw the instance start listening). Runs until cancelled.
-pub async fn wait_listening(port: u16, listening: &Notify) {
+/// Returns once the endpoint accepts a connection, or once `listening` is notified (the
+/// kernel saw the instance start listening on TCP; a unix socket is only ever polled, so
+/// that another TCP listener of the app cannot make it look ready). Runs until cancelled.
+pub async fn wait_listening(endpoint: &Endpoint, listening: &Notify) {
     let polling = async {
         loop {
-            if accepts(port).await {
+            if accepts(endpoint).await {
                 return;
             }
             tokio::time::sleep(CONNECT_POLL).await;
         }
     };
+    let kernel_says = async {
+        match endpoint {
+            Endpoint::Port(_) => listening.notified().await,
+            Endpoint::Unix { .. } => std::future::pending().await,
+        }
+    };
     tokio::select! {
         () = polling => {}
-        () = listening.notified() => {}
+        () = kernel_says => {}
     }
 }
 
-async fn accepts(port: u16) -> bool {
+async fn accepts(endpoint: &Endpoint) -> bool {
     matches!(
-        timeout(
-            CONNECT_POLL * 10,
-            TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        )
-        .await,
+        timeout(CONNECT_POLL * 10, endpoint.connect()).await,
         Ok(Ok(_))
     )
 }
 
-/// One check: the port accepts, and `GET path` (if any) answers 2xx. The error says what
-/// failed, for the instance's log.
-pub async fn check(port: u16, path: Option<&str>, wait: Duration) -> Result<(), String> {
+/// One check: the endpoint accepts, and `GET path` (if any) answers 2xx. The error says
+/// what failed, for the instance's log.
+pub async fn check(endpoint: &Endpoint, path: Option<&str>, wait: Duration) -> Result<(), String> {
     let wait = wait.min(PROBE_TIMEOUT);
+    let at = Place(endpoint);
     match path {
-        None => match timeout(wait, TcpStream::connect((Ipv4Addr::LOCALHOST, port))).await {
+        None => match timeout(wait, endpoint.connect()).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(err)) => Err(format!("port {port} refused a connection: {err}")),
-            Err(_) => Err(format!("port {port} did not accept within {wait:?}")),
+            Ok(Err(err)) => Err(format!("{at} refused a connection: {err}")),
+            Err(_) => Err(format!("{at} did not accept within {wait:?}")),
         },
-        Some(path) => match timeout(wait, get_status(port, path)).await {
+        Some(path) => match timeout(wait, get_status(endpoint, path)).await {
             Ok(Ok(status)) if (200..300).contains(&status) => Ok(()),
             Ok(Ok(status)) => Err(format!("GET {path} answered {status}")),
-            Ok(Err(err)) => Err(format!("GET {path} on port {port} failed: {err}")),
-            Err(_) => Err(format!(
-                "GET {path} on port {port} gave no answer within {wait:?}"
-            )),
+            Ok(Err(err)) => Err(format!("GET {path} on {at} failed: {err}")),
+            Err(_) => Err(format!("GET {path} on {at} gave no answer within {wait:?}")),
         },
     }
 }
 
-/// The status code of `GET path` on 127.0.0.1:port (HTTP/1.1, connection closed after).
-async fn get_status(port: u16, path: &str) -> std::io::Result<u16> {
-    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await?;
+/// `port 31000` or `socket /path`, in check failures.
+struct Place<'a>(&'a Endpoint);
+
+impl std::fmt::Display for Place<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Endpoint::Port(port) => write!(f, "port {port}"),
+            Endpoint::Unix { path, .. } => write!(f, "socket {}", path.display()),
+        }
+    }
+}
+
+/// The status code of `GET path` at the endpoint (HTTP/1.1, connection closed after).
+async fn get_status(endpoint: &Endpoint, path: &str) -> std::io::Result<u16> {
+    let mut stream = endpoint.connect().await?;
+    let host = match endpoint {
+        Endpoint::Port(port) => format!("127.0.0.1:{port}"),
+        Endpoint::Unix { .. } => "localhost".to_string(),
+    };
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: tenement-health\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tenement-health\r\n\
          Connection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await?;
@@ -183,9 +200,9 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
-    async fn server(answer: &'static str) -> u16 {
+    async fn server(answer: &'static str) -> Endpoint {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let port = Endpoint::Port(listener.local_addr().unwrap().port());
         tokio::spawn(async move {
             loop {
                 let (mut socket, _) = listener.accept().await.unwrap();
@@ -249,17 +266,50 @@ mod tests {
         let bad = server("HTTP/1.1 503 Unavailable\r\ncontent-length: 0\r\n\r\n").await;
         let garbage = server("hello\n").await;
         let wait = Duration::from_secs(2);
-        assert_eq!(check(ok, Some("/health"), wait).await, Ok(()));
-        assert!(check(bad, Some("/health"), wait)
+        assert_eq!(check(&ok, Some("/health"), wait).await, Ok(()));
+        assert!(check(&bad, Some("/health"), wait)
             .await
             .unwrap_err()
             .contains("503"));
-        assert!(check(garbage, Some("/h"), wait).await.is_err());
-        assert_eq!(check(ok, None, wait).await, Ok(()));
+        assert!(check(&garbage, Some("/h"), wait).await.is_err());
+        assert_eq!(check(&ok, None, wait).await, Ok(()));
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
+            Endpoint::Port(l.local_addr().unwrap().port())
         };
-        assert!(check(closed, None, wait).await.is_err());
+        assert!(check(&closed, None, wait).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn health_over_a_unix_socket() {
+        let dir = crate::test_support::TempDir::new("health-unix");
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let path = dir.0.join("app.sock");
+        let endpoint = Endpoint::Unix {
+            path: path.clone().into(),
+            // SAFETY: geteuid has no preconditions.
+            owner: unsafe { libc::geteuid() },
+        };
+        let wait = Duration::from_secs(2);
+        let err = check(&endpoint, Some("/health"), wait).await.unwrap_err();
+        assert!(err.contains(&format!("socket {}", path.display())), "{err}");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut request = [0u8; 1024];
+                let n = socket.read(&mut request).await.unwrap_or(0);
+                let asked = String::from_utf8_lossy(&request[..n]).into_owned();
+                let answer = if asked.contains("Host: localhost\r\n") {
+                    "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+                } else {
+                    "HTTP/1.1 400 Bad\r\ncontent-length: 0\r\n\r\n"
+                };
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        wait_listening(&endpoint, &Notify::new()).await;
+        assert_eq!(check(&endpoint, Some("/health"), wait).await, Ok(()));
+        assert_eq!(check(&endpoint, None, wait).await, Ok(()));
     }
 }

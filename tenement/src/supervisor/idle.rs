@@ -126,6 +126,11 @@ impl Activity {
 impl Shared {
     /// The kernel's view of `instance`, or `None` when the kernel does not count it.
     pub(super) fn kernel_traffic(&self, instance: &Instance) -> Option<KernelTraffic> {
+        // The kernel programs count IP packets: traffic on a unix socket is invisible to
+        // them, so for such an instance the proxy's view decides (an open tunnel included).
+        if instance.service.listen == crate::config::Listen::Unix {
+            return None;
+        }
         let cgroup_id = instance.status.borrow().cgroup_id?;
         let source = self
             .activity_source

@@ -3,7 +3,7 @@
 
 use std::{
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard,
     },
     time::{Instant, SystemTime},
@@ -23,7 +23,7 @@ use crate::{
 /// How a run loop is asked to end, and so what state the instance is left in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopKind {
-    /// `stop`: stopped, not wanted running.
+    /// `stop`: stopped by an operator, held so (no wake on request) until started again.
     Stop,
     /// Idle: sleeping until the next request.
     Sleep,
@@ -38,13 +38,22 @@ pub struct Status {
     pub state: InstanceState,
     pub pid: Option<u32>,
     pub port: Option<u16>,
+    /// Where the current process listens (its port, or its unix socket).
+    pub endpoint: Option<crate::endpoint::Endpoint>,
     pub weight: u8,
     pub restarts: u32,
     pub started_at: Option<SystemTime>,
     pub last_error: Option<String>,
+    /// Stopped by an operator: requests do not wake it, tenement does not start it, until
+    /// `start`, `spawn` or `restart` (kept in the store across restarts of tenement).
+    pub held: bool,
     /// The last failure happened before any process existed (bad command, missing runsc):
     /// waiters get `StartError::Spawn`.
     pub cannot_start: bool,
+    /// Attempts that ended before the process was ready (exited, or not ready within
+    /// `startup_timeout`): a waiter seeing it grow gets `last_error` at once instead of
+    /// waiting out its deadline while restarts go on.
+    pub start_failures: u64,
     pub cgroup_id: Option<u64>,
     pub cgroup_path: Option<std::path::PathBuf>,
     /// The directory whose memory files count the instance's memory (the v2 group, or the
@@ -83,21 +92,32 @@ pub struct Instance {
     pub listening: Notify,
     /// Over `storage_quota_mb` at the last measurement (an event is recorded on crossing).
     pub over_quota: AtomicBool,
+    /// Bytes its data directory used at the last measurement; `u64::MAX` before the first.
+    pub disk_used: AtomicU64,
     /// The sampler's latest stats of the current process; `None` while none runs.
     pub stats: Mutex<Option<InstanceStats>>,
 }
 
 impl Instance {
-    pub fn new(name: InstanceName, service: Service, weight: u8) -> Instance {
+    /// A known instance without a process: `stopped` when an operator's stop holds it,
+    /// else `sleeping` (the next request starts it).
+    pub fn new(name: InstanceName, service: Service, weight: u8, held: bool) -> Instance {
         let status = Status {
-            state: InstanceState::Stopped,
+            state: if held {
+                InstanceState::Stopped
+            } else {
+                InstanceState::Sleeping
+            },
+            held,
             pid: None,
             port: None,
+            endpoint: None,
             weight,
             restarts: 0,
             started_at: None,
             last_error: None,
             cannot_start: false,
+            start_failures: 0,
             cgroup_id: None,
             cgroup_path: None,
             memory_cgroup: None,
@@ -112,6 +132,7 @@ impl Instance {
             activity: Mutex::new(Activity::new()),
             listening: Notify::new(),
             over_quota: AtomicBool::new(false),
+            disk_used: AtomicU64::new(u64::MAX),
             stats: Mutex::new(None),
         }
     }
@@ -123,6 +144,12 @@ impl Instance {
             state: s.state,
             pid: s.pid,
             port: s.port,
+            socket: s
+                .endpoint
+                .as_ref()
+                .and_then(|e| e.socket_path())
+                .map(|p| p.to_path_buf()),
+            endpoint: s.endpoint.clone(),
             weight: s.weight,
             restarts: s.restarts,
             started_at: s.started_at,
@@ -131,6 +158,9 @@ impl Instance {
             cgroup_path: s.cgroup_path.clone(),
             memory_cgroup: s.memory_cgroup.clone(),
             network: s.network.clone(),
+            disk_used_bytes: Some(self.disk_used.load(Ordering::Relaxed))
+                .filter(|&bytes| bytes != u64::MAX),
+            storage_quota_mb: self.service.storage_quota_mb,
         }
     }
 

@@ -7,7 +7,9 @@
 
 mod backends;
 pub mod cgroup;
+mod env_file;
 mod environment;
+mod failure;
 pub mod guard;
 mod health;
 mod identity;
@@ -27,6 +29,7 @@ mod sampler;
 mod sandbox;
 mod spawner;
 mod state;
+pub mod storage;
 
 use std::{
     collections::BTreeMap,
@@ -40,6 +43,7 @@ use tokio::sync::watch;
 
 use crate::{
     config::{Config, InstanceName},
+    endpoint::Endpoint,
     logs::LogHub,
     monitor::{InstanceStats, Monitor},
     store::{EventKind, Store, DEFAULT_WEIGHT},
@@ -58,6 +62,13 @@ pub use idle::KernelTraffic;
 pub use instance::ActivityGuard;
 pub use sandbox::find_runsc;
 pub use state::{InstanceInfo, InstanceNetwork, InstanceState, StartError};
+
+/// Who wants an instance running: an operator's start ends a hold, a request does not.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Waker {
+    Operator,
+    Request,
+}
 
 /// Extra time a waiter gives a start beyond the service's `startup_timeout` (spawning,
 /// backoff of a restart in progress).
@@ -218,17 +229,34 @@ impl Supervisor {
             monitor,
         });
 
-        // Every known instance: configured ones, and those the store remembers.
+        // Every known instance: configured ones, and those the store remembers. A
+        // configured instance starts unless it was asleep or held by an operator's stop when
+        // tenement last ran: those stay so.
+        let records = shared.store.known_instances()?;
+        let resting = |name: &InstanceName| {
+            records
+                .iter()
+                .find(|r| &r.name == name && !r.desired_running)
+        };
         let mut wanted: Vec<InstanceName> = Vec::new();
         for (service, ids) in &config.instances {
             for id in ids {
                 let name = InstanceName::new(service, id)
                     .map_err(|err| anyhow::anyhow!("[instances] {service}: {err}"))?;
-                shared.store.set_desired(&name, true)?;
-                wanted.push(name);
+                match resting(&name) {
+                    Some(record) if record.held => tracing::info!(
+                        "{name} stays stopped, as an operator left it: `tenement start {name}` \
+                         starts it"
+                    ),
+                    Some(_) => tracing::info!("{name} stays asleep until a request wakes it"),
+                    None => {
+                        shared.store.set_desired(&name, true)?;
+                        wanted.push(name);
+                    }
+                }
             }
         }
-        for record in shared.store.known_instances()? {
+        for record in records {
             if !config.service.contains_key(&record.name.service) {
                 tracing::warn!(
                     "{} is in the store, but service {:?} is not configured: ignored",
@@ -275,52 +303,74 @@ impl Supervisor {
     }
 
     /// Wants `name` running (also after a restart of tenement), starts it if needed (a
-    /// failed instance gets a fresh start) and waits until it is ready.
+    /// failed instance gets a fresh start, an operator's stop ends) and waits until it is
+    /// ready. What `tenement start` and `tenement spawn` do.
     pub async fn spawn(&self, name: &InstanceName) -> Result<InstanceInfo, StartError> {
         let instance = self.shared.known_service(name)?;
         if instance.state() == InstanceState::Failed {
             self.shared.stop_run(&instance, StopKind::Restart).await;
         }
-        self.wake(&instance).await?;
+        self.wake(&instance, Waker::Operator).await?;
         Ok(instance.info())
     }
 
-    /// The port of `name` once it is ready, starting it if it is stopped or sleeping. All
-    /// concurrent callers share one start. Fails at once for an unknown service or a
-    /// failed instance.
-    pub async fn ensure_running(&self, name: &InstanceName) -> Result<u16, StartError> {
+    /// Where `name` listens once it is ready, starting it if it is sleeping. All concurrent
+    /// callers share one start. Fails at once for an unknown service, a failed instance,
+    /// or one an operator stopped.
+    pub async fn ensure_running(&self, name: &InstanceName) -> Result<Endpoint, StartError> {
         let instance = self.shared.known_service(name)?;
         {
             let status = instance.status.borrow();
             if status.state.serves() {
-                if let Some(port) = status.port {
-                    return Ok(port);
+                if let Some(endpoint) = &status.endpoint {
+                    return Ok(endpoint.clone());
                 }
+            }
+            if status.held {
+                return Err(StartError::Held(instance.name.clone()));
             }
             if status.state == InstanceState::Failed {
                 return Err(failed(&instance, &status));
             }
         }
-        self.wake(&instance).await
+        self.wake(&instance, Waker::Request).await
     }
 
-    async fn wake(&self, instance: &Arc<Instance>) -> Result<u16, StartError> {
+    async fn wake(&self, instance: &Arc<Instance>, by: Waker) -> Result<Endpoint, StartError> {
         if self.shared.is_shutting_down() {
             return Err(StartError::Failed {
                 state: instance.state(),
                 reason: format!("{}: tenement is shutting down", instance.name),
             });
         }
-        if let Err(err) = self.shared.store.set_desired(&instance.name, true) {
-            tracing::warn!("{err:#}");
+        let held = StartError::Held(instance.name.clone());
+        match by {
+            Waker::Operator => {
+                if let Err(err) = self.shared.store.set_desired(&instance.name, true) {
+                    tracing::warn!("{err:#}");
+                }
+                self.shared.update(instance, |s| s.held = false);
+            }
+            Waker::Request => match self.shared.store.want_running_unless_held(&instance.name) {
+                Ok(true) => {}
+                Ok(false) => return Err(held),
+                Err(err) => tracing::warn!("{err:#}"),
+            },
         }
+        let failures_before = instance.status.borrow().start_failures;
         self.shared.start_run(instance).await;
-        let limit = Duration::from_secs(instance.service.startup_timeout) + START_WAIT_SLACK;
+        if by == Waker::Request && instance.status.borrow().held {
+            // An operator's stop came in between: it wins.
+            self.shared.stop_run(instance, StopKind::Stop).await;
+            return Err(held);
+        }
+        let startup = Duration::from_secs(instance.service.startup_timeout);
         let mut status = instance.status.subscribe();
         let waited = tokio::time::timeout(
-            limit,
+            startup + START_WAIT_SLACK,
             status.wait_for(|s| {
                 s.state.serves()
+                    || s.start_failures > failures_before
                     || matches!(
                         s.state,
                         InstanceState::Failed | InstanceState::Stopped | InstanceState::Sleeping
@@ -329,7 +379,12 @@ impl Supervisor {
         )
         .await;
         let status = match waited {
-            Err(_) => return Err(StartError::Timeout { after: limit }),
+            Err(_) => {
+                return Err(StartError::Timeout {
+                    after: startup,
+                    last_error: instance.status.borrow().last_error.clone(),
+                })
+            }
             Ok(Err(_)) => {
                 return Err(StartError::Failed {
                     state: instance.state(),
@@ -338,21 +393,38 @@ impl Supervisor {
             }
             Ok(Ok(status)) => status.clone(),
         };
-        match (status.state.serves(), status.port) {
-            (true, Some(port)) => Ok(port),
+        match (status.state.serves(), status.endpoint.clone()) {
+            (true, Some(endpoint)) => Ok(endpoint),
+            // A failed attempt, restarted in the background: its reason, now.
+            _ if status.state == InstanceState::Starting => Err(StartError::NotReady(
+                status
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| format!("{} did not become ready", instance.name)),
+            )),
             _ => Err(failed(instance, &status)),
         }
     }
 
-    /// Wants `name` stopped, stops it, and returns when its processes are gone and its
-    /// cgroup removed.
+    /// An operator's stop: stops `name` and holds it stopped (requests get a 503, tenement
+    /// does not start it) until `start`, `spawn` or `restart`. Returns when its processes
+    /// are gone and its cgroup removed.
     pub async fn stop(&self, name: &InstanceName) -> Result<()> {
         let instance = self
             .shared
             .get(name)
             .with_context(|| format!("no instance {name}"))?;
-        self.shared.store.set_desired(name, false)?;
+        self.shared.store.hold(name)?;
+        self.shared.update(&instance, |s| s.held = true);
         self.shared.stop_run(&instance, StopKind::Stop).await;
+        // Also when it had no process (asleep, failed): now it is held.
+        self.shared
+            .update(&instance, |s| s.state = InstanceState::Stopped);
+        self.shared.record(
+            &instance,
+            EventKind::Stopped,
+            &format!("stopped by an operator; it stays stopped until `tenement start {name}`"),
+        );
         Ok(())
     }
 
@@ -363,7 +435,7 @@ impl Supervisor {
         self.shared.stop_run(&instance, StopKind::Restart).await;
         self.shared
             .record(&instance, EventKind::Restarted, "restart requested");
-        self.wake(&instance).await?;
+        self.wake(&instance, Waker::Operator).await?;
         Ok(instance.info())
     }
 
@@ -445,6 +517,7 @@ impl Supervisor {
         for stop in stops {
             let _ = stop.await;
         }
+        storage::unmount_all(&self.shared.config.settings.data_dir);
         if let Some(tree) = &self.shared.cgroups {
             if let Err(err) = tree.remove() {
                 tracing::error!("removing tenement's cgroups: {err:#}");
@@ -546,7 +619,8 @@ impl Shared {
                 return Ok(instance.clone());
             }
             let weight = self.store.weight(name)?.unwrap_or(DEFAULT_WEIGHT);
-            let instance = Arc::new(Instance::new(name.clone(), service.clone(), weight));
+            let held = self.store.held(name)?;
+            let instance = Arc::new(Instance::new(name.clone(), service.clone(), weight, held));
             instances.insert(name.clone(), instance.clone());
             instance
         };

@@ -2,7 +2,7 @@
 //! directory, its port, its cgroup, its command line and environment, its isolation.
 
 use std::{
-    os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -10,19 +10,26 @@ use anyhow::{bail, Context, Result};
 
 use super::{
     cgroup::{InstanceCgroup, Limits},
+    env_file,
     environment::{self, DEFAULT_PATH},
     identity::{self, RunAs},
     init::InitSpec,
     launch::{Launch, Wrapper},
     ports::PortLease,
-    privacy, sandbox, Shared,
+    privacy, sandbox, storage, Shared,
 };
-use crate::config::{InstanceName, Isolation, Service};
+use crate::{
+    config::{InstanceName, Isolation, Listen, Placeholders, Service, SOCKET_FILE},
+    endpoint::Endpoint,
+};
 
 /// A launch, and what it holds until the instance stops.
 pub struct Prepared {
     pub launch: Launch,
-    pub port: PortLease,
+    /// Where the instance will listen.
+    pub endpoint: Endpoint,
+    /// Its port, held until it stops (none with `listen = "unix"`).
+    pub port: Option<PortLease>,
     pub cgroup: Option<InstanceCgroup>,
     pub run_as: RunAs,
     /// runsc's bundle and state, removed after the stop.
@@ -50,15 +57,44 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
     )?;
     let data_dir = data_dir(&settings.data_dir, name);
     create_data_dir(&settings.data_dir, &data_dir, &run_as, root)?;
-    let port = shared
-        .ports
-        .lease()
-        .with_context(|| format!("{name}: no port"))?;
-    let workdir = service.workdir.clone().unwrap_or_else(|| data_dir.clone());
-    let mut argv = environment::argv(service, name)?;
-    let env = environment::variables(service, name, &data_dir, port.port(), |key| {
+    if let (Some(quota_mb), storage::Enforcement::Filesystem) =
+        (service.storage_quota_mb, storage::current())
+    {
+        // mkfs and mount take a moment: on the daemon's multi-threaded runtime, let its
+        // other tasks go on meanwhile (a single-threaded runtime cannot hand them over).
+        let mount = || storage::mount(&settings.data_dir, &data_dir, name, quota_mb);
+        let multi_threaded = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+            runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        });
+        if multi_threaded {
+            tokio::task::block_in_place(mount)?;
+        } else {
+            mount()?;
+        }
+        // The mounted file system's root becomes the data directory: the tenant's, 0700.
+        create_data_dir(&settings.data_dir, &data_dir, &run_as, root)?;
+    }
+    let (endpoint, port) = match service.listen {
+        Listen::Port => {
+            let port = shared
+                .ports
+                .lease()
+                .with_context(|| format!("{name}: no port"))?;
+            (Endpoint::Port(port.port()), Some(port))
+        }
+        Listen::Unix => (socket_endpoint(name, &data_dir, &run_as)?, None),
+    };
+    // `{port}` is refused at config check with listen = "unix".
+    let values = Placeholders::new(name, &data_dir, endpoint.port().unwrap_or(0));
+    let workdir = service.workdir_for(&values);
+    let mut argv = environment::argv(service, name, &values)?;
+    let mut env = environment::variables(service, name, &data_dir, &endpoint, |key| {
         std::env::var(key).ok()
     });
+    if let Some(path) = &service.env_file {
+        let secrets = env_file::read(path).with_context(|| format!("{name}: its env_file"))?;
+        environment::overlay(&mut env, secrets);
+    }
     let search = environment::lookup(&env, "PATH").unwrap_or(DEFAULT_PATH);
     let program = identity::resolve_program(&argv[0], &workdir, search, &run_as)
         .with_context(|| format!("{name}: starting its command"))?;
@@ -74,7 +110,7 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
     let wrapper = match service.isolation {
         Isolation::Process => Wrapper::Direct,
         Isolation::Namespace => Wrapper::Init(InitSpec::new(
-            name.slug(),
+            name.hostname(),
             privacy::covers(&settings.data_dir, &needed),
             &run_as,
             workdir.clone(),
@@ -84,6 +120,7 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
             let covers = privacy::covers(&settings.data_dir, &needed);
             let launch = sandbox::prepare(&sandbox::SandboxSpec {
                 slug: &name.slug(),
+                hostname: &name.hostname(),
                 argv: &argv,
                 env: &env,
                 workdir: &workdir,
@@ -114,10 +151,37 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
             run_as: root.then(|| run_as.clone()),
             wrapper,
         },
+        endpoint,
         port,
         cgroup,
         run_as,
         sandbox_state,
+    })
+}
+
+/// `{data_dir}/app.sock`, owned by the instance's uid once it listens. A socket left by the
+/// instance's last run is removed first: most servers fail to bind over one. (Removing a
+/// name never follows a symlink; the directory itself is the tenant's, below root's.)
+fn socket_endpoint(name: &InstanceName, data_dir: &Path, run_as: &RunAs) -> Result<Endpoint> {
+    let path = data_dir.join(SOCKET_FILE);
+    // sun_path holds 108 bytes, the terminating NUL included.
+    let len = path.as_os_str().len();
+    if len > 107 {
+        bail!(
+            "{name}: its socket path {} is {len} bytes long, more than a unix socket \
+             allows (107): use a shorter data_dir (or shorter service and instance names)",
+            path.display()
+        );
+    }
+    match std::fs::remove_file(&path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            return Err(err).with_context(|| format!("{name}: removing the old {}", path.display()))
+        }
+        _ => {}
+    }
+    Ok(Endpoint::Unix {
+        path: path.into(),
+        owner: run_as.uid,
     })
 }
 
@@ -145,7 +209,9 @@ pub fn limits(service: &Service) -> Limits {
 }
 
 /// `{data_root}/{service}/{id}`: owned by the tenant, mode 0700, so no other tenant can
-/// read it. The levels above are traversable but not listable by tenants (0711).
+/// read it. The levels above are traversable but not listable by tenants (0711). Ownership
+/// and mode are set through a descriptor opened with `O_NOFOLLOW`: were the directory ever
+/// replaced by a symlink, root would refuse it rather than chown what the link names.
 fn create_data_dir(data_root: &Path, dir: &Path, run_as: &RunAs, root: bool) -> Result<()> {
     let service_dir = dir.parent().expect("data dirs have a service level");
     for level in [data_root, service_dir] {
@@ -167,13 +233,50 @@ fn create_data_dir(data_root: &Path, dir: &Path, run_as: &RunAs, root: bool) -> 
             _ => Err(err),
         })
         .with_context(|| format!("creating data directory {}", dir.display()))?;
-    let meta = std::fs::metadata(dir)?;
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+        .with_context(|| format!("opening data directory {} (not a symlink)", dir.display()))?;
+    let meta = handle.metadata()?;
     if root && (meta.uid() != run_as.uid || meta.gid() != run_as.gid) {
-        std::os::unix::fs::chown(dir, Some(run_as.uid), Some(run_as.gid))
+        std::os::unix::fs::fchown(&handle, Some(run_as.uid), Some(run_as.gid))
             .with_context(|| format!("giving {} to uid {}", dir.display(), run_as.uid))?;
     }
     if meta.mode() & 0o7777 != 0o700 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        handle.set_permissions(std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_path_too_long_for_a_unix_socket_is_refused() {
+        let name = InstanceName::parse("web:alice").unwrap();
+        let run_as = RunAs {
+            uid: 61000,
+            gid: 61000,
+            groups: vec![],
+        };
+        let long = Path::new("/srv").join("d".repeat(100));
+        let err = socket_endpoint(&name, &long, &run_as)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("more than a unix socket allows (107)"),
+            "{err}"
+        );
+        let short = Path::new("/nonexistent/web/alice");
+        let endpoint = socket_endpoint(&name, short, &run_as).unwrap();
+        assert_eq!(
+            endpoint,
+            Endpoint::Unix {
+                path: short.join("app.sock").into(),
+                owner: 61000
+            }
+        );
+    }
 }

@@ -1,5 +1,7 @@
 //! Periodic housekeeping: puts idle instances to sleep, and measures data directories
-//! against `storage_quota_mb`.
+//! (shown by the API and `ps --json`) against `storage_quota_mb`. Where the quota is a
+//! mounted file system (`storage.rs`) the kernel enforces it and this only reads its usage;
+//! elsewhere, going over is recorded as an event and a warning in the instance's log.
 
 use std::{
     path::Path,
@@ -7,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{instance::StopKind, prepare, Shared};
+use super::{instance::StopKind, prepare, storage, Shared};
 use crate::store::EventKind;
 
 const IDLE_CHECK: Duration = Duration::from_secs(1);
@@ -28,7 +30,7 @@ pub async fn run(shared: Weak<Shared>) {
         put_idle_to_sleep(&shared);
         if last_quota_check.is_none_or(|at| at.elapsed() >= QUOTA_CHECK) {
             last_quota_check = Some(Instant::now());
-            tokio::spawn(check_quotas(shared.clone()));
+            tokio::spawn(measure_storage(shared.clone()));
         }
     }
 }
@@ -58,13 +60,21 @@ fn put_idle_to_sleep(shared: &Arc<Shared>) {
     }
 }
 
-async fn check_quotas(shared: Arc<Shared>) {
+async fn measure_storage(shared: Arc<Shared>) {
     for instance in shared.snapshot() {
-        let Some(quota_mb) = instance.service.storage_quota_mb else {
+        let dir = prepare::data_dir(&shared.config.settings.data_dir, &instance.name);
+        // A quota file system reports its usage at once; a plain directory is walked.
+        let measured = tokio::task::spawn_blocking(move || {
+            storage::used_bytes(&dir).or_else(|| disk_usage(&dir))
+        })
+        .await;
+        let Ok(Some(bytes)) = measured else {
             continue;
         };
-        let dir = prepare::data_dir(&shared.config.settings.data_dir, &instance.name);
-        let Ok(Some(bytes)) = tokio::task::spawn_blocking(move || disk_usage(&dir)).await else {
+        instance
+            .disk_used
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+        let Some(quota_mb) = instance.service.storage_quota_mb else {
             continue;
         };
         let over = bytes > quota_mb * 1024 * 1024;

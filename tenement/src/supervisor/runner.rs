@@ -12,7 +12,7 @@ use std::{
 use tokio::{sync::watch, task::JoinHandle, time::timeout};
 
 use super::{
-    health,
+    failure, health,
     instance::{Instance, StopKind},
     launch,
     listener::{self, Listening},
@@ -23,9 +23,9 @@ use super::{
     spawner::{self, Child},
     state::InstanceNetwork,
     state::InstanceState,
-    Shared,
+    storage, Shared,
 };
-use crate::{logs::Stream, store::EventKind};
+use crate::{endpoint::Endpoint, logs::Stream, store::EventKind};
 
 /// Health checks failing in a row before the instance counts as unhealthy.
 const UNHEALTHY_AFTER: u32 = 3;
@@ -73,7 +73,9 @@ pub async fn run(
 ) {
     let mut tracker = RestartTracker::new(&shared.config.settings);
     let mut takeovers = 0u32;
+    let name = &instance.name;
     loop {
+        let began_ms = failure::unix_ms(SystemTime::now());
         let end = attempt(&shared, &instance, &mut stop).await;
         if !matches!(end, AttemptEnd::PortTaken { .. }) {
             takeovers = 0;
@@ -102,6 +104,16 @@ pub async fn run(
                 }
             }
         }
+        // Ended before it was ready: what it said counts, and waiters are told at once.
+        let start_failed = matches!(
+            end,
+            AttemptEnd::NeverReady { .. }
+                | AttemptEnd::Exited {
+                    ready_for: None,
+                    ..
+                }
+        );
+        let output = || failure::last_output(&shared.logs, name, began_ms);
         let (ending, ready_for, what) = match end {
             // Handled above.
             AttemptEnd::NoPort(_) | AttemptEnd::PortTaken { .. } => continue,
@@ -140,6 +152,10 @@ pub async fn run(
                     let what = format!("the program exited ({how})");
                     shared.record(&instance, EventKind::Stopped, &what);
                     what
+                } else if ready_for.is_none() {
+                    let what = format!("it exited ({how}) before it was ready{}", output());
+                    shared.record(&instance, EventKind::Crashed, &what);
+                    what
                 } else {
                     let what = format!("crashed ({how})");
                     shared.record(&instance, EventKind::Crashed, &what);
@@ -158,8 +174,9 @@ pub async fn run(
             }
             AttemptEnd::NeverReady { reason } => {
                 let what = format!(
-                    "not ready within startup_timeout ({}s): {reason}",
-                    instance.service.startup_timeout
+                    "not ready within startup_timeout ({}s): {reason}{}",
+                    instance.service.startup_timeout,
+                    output()
                 );
                 shared.record(&instance, EventKind::Crashed, &what);
                 shared.logs.system(&instance.name, &what);
@@ -169,31 +186,31 @@ pub async fn run(
 
         match tracker.decide(instance.service.restart, ending, ready_for, Instant::now()) {
             Decision::Stay => {
-                let state = if ending == Ending::CleanExit {
-                    // Done by its own choice: not restarted at the next start of tenement.
+                let (state, reason) = if ending == Ending::CleanExit {
+                    // Done by its own choice: not restarted at the next start of tenement,
+                    // but, like an idle stop, woken by the next request.
                     let _ = shared.store.set_desired(&instance.name, false);
-                    InstanceState::Stopped
+                    (InstanceState::Sleeping, None)
                 } else {
-                    shared.record(
-                        &instance,
-                        EventKind::Failed,
-                        &format!("{what}; restart = \"never\""),
-                    );
-                    InstanceState::Failed
+                    let reason =
+                        format!("{what}; restart = \"never\": {}", failure::given_up(name));
+                    shared.record(&instance, EventKind::Failed, &reason);
+                    (InstanceState::Failed, Some(reason))
                 };
                 shared.update(&instance, |s| {
                     s.state = state;
-                    s.last_error = (ending == Ending::Failure).then(|| what.clone());
+                    s.last_error = reason;
+                    s.start_failures += u64::from(start_failed);
                     clear_process(s);
                 });
                 break;
             }
             Decision::GiveUp { restarts, window } => {
                 let reason = format!(
-                    "{} failed: {restarts} restarts within restart_window ({}s) reached \
-                     max_restarts; last: {what}. It stays failed until spawned or restarted.",
-                    instance.name,
-                    window.as_secs()
+                    "{name} failed: {restarts} restarts within restart_window ({}s) reached \
+                     max_restarts; last: {what}; {}",
+                    window.as_secs(),
+                    failure::given_up(name)
                 );
                 shared.record(&instance, EventKind::Failed, &reason);
                 shared.logs.system(&instance.name, &reason);
@@ -201,6 +218,7 @@ pub async fn run(
                 shared.update(&instance, |s| {
                     s.state = InstanceState::Failed;
                     s.last_error = Some(reason);
+                    s.start_failures += u64::from(start_failed);
                     clear_process(s);
                 });
                 break;
@@ -213,10 +231,12 @@ pub async fn run(
                     &format!("restarting in {}ms", delay.as_millis()),
                 );
                 tracing::info!("{}: {detail}", instance.name);
+                let reason = format!("{what}; {}", failure::retrying(name, delay.as_millis()));
                 shared.update(&instance, |s| {
                     s.state = InstanceState::Starting;
                     s.restarts += 1;
-                    s.last_error = Some(what.clone());
+                    s.last_error = Some(reason);
+                    s.start_failures += u64::from(start_failed);
                     clear_process(s);
                 });
                 tokio::select! {
@@ -288,8 +308,9 @@ fn finish(shared: &Shared, instance: &Instance, kind: StopKind) {
         StopKind::Sleep => InstanceState::Sleeping,
         StopKind::Stop | StopKind::Shutdown | StopKind::Restart => InstanceState::Stopped,
     };
+    // An operator's stop is recorded by `Supervisor::stop`, which holds it.
     match kind {
-        StopKind::Stop => shared.record(instance, EventKind::Stopped, "stopped"),
+        StopKind::Stop | StopKind::Restart => {}
         StopKind::Shutdown => shared.record(instance, EventKind::Stopped, "tenement shut down"),
         StopKind::Sleep => shared.record(
             instance,
@@ -299,10 +320,22 @@ fn finish(shared: &Shared, instance: &Instance, kind: StopKind) {
                 instance.service.idle_timeout
             ),
         ),
-        StopKind::Restart => {}
+    }
+    let data_root = &shared.config.settings.data_dir;
+    if kind != StopKind::Restart && instance.service.storage_quota_mb.is_some() {
+        // The quota image is mounted from a start to the next stop (`storage.rs`).
+        let dir = prepare::data_dir(data_root, &instance.name);
+        if let Err(err) = storage::unmount(&dir) {
+            tracing::warn!("{}: {err:#}", instance.name);
+        }
+        if !instance.service.storage_persist {
+            if let Err(err) = storage::remove_image(data_root, &instance.name) {
+                tracing::warn!("{}: removing its storage image: {err:#}", instance.name);
+            }
+        }
     }
     if !instance.service.storage_persist && kind != StopKind::Restart {
-        let dir = prepare::data_dir(&shared.config.settings.data_dir, &instance.name);
+        let dir = prepare::data_dir(data_root, &instance.name);
         if let Err(err) = std::fs::remove_dir_all(&dir) {
             if err.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(
@@ -322,6 +355,7 @@ fn finish(shared: &Shared, instance: &Instance, kind: StopKind) {
 fn clear_process(status: &mut super::instance::Status) {
     status.pid = None;
     status.port = None;
+    status.endpoint = None;
     status.cgroup_id = None;
     status.cgroup_path = None;
     status.memory_cgroup = None;
@@ -357,6 +391,7 @@ async fn attempt(
     };
     let Prepared {
         launch,
+        endpoint,
         port,
         cgroup,
         run_as,
@@ -364,7 +399,12 @@ async fn attempt(
     } = prepared;
     // Counted and confined before the first instruction of the tenant runs.
     let cgroup_id = cgroup.as_ref().and_then(|c| c.id());
-    let network = match confine(shared, instance, cgroup_id, port.port()) {
+    let network = match confine(
+        shared,
+        instance,
+        cgroup_id,
+        port.as_ref().map_or(0, |p| p.port()),
+    ) {
         Ok(network) => network,
         Err(reason) => {
             if let Some(cgroup) = &cgroup {
@@ -423,7 +463,8 @@ async fn attempt(
     shared.update(instance, |s| {
         s.state = InstanceState::Starting;
         s.pid = Some(pid);
-        s.port = Some(port.port());
+        s.port = endpoint.port();
+        s.endpoint = Some(endpoint.clone());
         s.started_at = Some(SystemTime::now());
         s.cannot_start = false;
         s.cgroup_id = cgroup_id;
@@ -441,19 +482,18 @@ async fn attempt(
         instance,
         EventKind::Spawned,
         &format!(
-            "pid {pid}, port {}, uid {}, isolation {:?}",
-            port.port(),
+            "pid {pid}, {}, uid {}, isolation {}",
+            listens_on(&endpoint),
             run_as.uid,
-            instance.service.isolation
-        )
-        .to_lowercase(),
+            format!("{:?}", instance.service.isolation).to_lowercase()
+        ),
     );
 
     let end = supervise(
         shared,
         instance,
         &mut child,
-        port.port(),
+        &endpoint,
         cgroup.as_ref(),
         stop,
         began,
@@ -539,7 +579,7 @@ async fn supervise(
     shared: &Shared,
     instance: &Instance,
     child: &mut Child,
-    port: u16,
+    endpoint: &Endpoint,
     cgroup: Option<&super::cgroup::InstanceCgroup>,
     stop: &mut watch::Receiver<Option<StopKind>>,
     began: Instant,
@@ -547,10 +587,10 @@ async fn supervise(
     let service = &instance.service;
     let startup = Duration::from_secs(service.startup_timeout);
     let ready = tokio::select! {
-        ready = timeout(startup, wait_ready(instance, port, cgroup)) => ready,
+        ready = timeout(startup, wait_ready(instance, endpoint, cgroup)) => ready,
         status = child.wait() => {
             // An app that died because its port was taken (EADDRINUSE) gets another port.
-            if let Some(taken) = taken(port, cgroup) {
+            if let Some(taken) = endpoint.port().and_then(|port| taken(port, cgroup)) {
                 return taken;
             }
             return exited(status, None);
@@ -562,11 +602,11 @@ async fn supervise(
     }
     if let Err(_elapsed) = ready {
         let reason = match service.health.as_deref() {
-            Some(path) => match health::check(port, Some(path), Duration::from_secs(1)).await {
+            Some(path) => match health::check(endpoint, Some(path), Duration::from_secs(1)).await {
                 Ok(()) => "it became healthy just too late".to_string(),
                 Err(reason) => reason,
             },
-            None => format!("nothing accepted connections on port {port}"),
+            None => format!("nothing accepted connections on {}", listens_on(endpoint)),
         };
         return AttemptEnd::NeverReady { reason };
     }
@@ -579,11 +619,12 @@ async fn supervise(
     // From the decision to start (cgroup, data directory, fork included) to the first
     // successful check.
     let took = began.elapsed().as_millis();
-    tracing::info!("{}: ready in {took}ms on port {port}", instance.name);
+    let on = listens_on(endpoint);
+    tracing::info!("{}: ready in {took}ms on {on}", instance.name);
     shared.record(
         instance,
         EventKind::Ready,
-        &format!("ready after {took}ms on port {port}"),
+        &format!("ready after {took}ms on {on}"),
     );
 
     let interval = Duration::from_secs(shared.config.settings.health_check_interval.max(1));
@@ -607,7 +648,7 @@ async fn supervise(
                 shared.logs.system(&instance.name, detail);
             }
         }
-        let check = health::check(port, service.health.as_deref(), interval);
+        let check = health::check(endpoint, service.health.as_deref(), interval);
         match shared.probe(instance, check).await {
             Ok(()) if failures > 0 => {
                 failures = 0;
@@ -660,17 +701,19 @@ fn exited(status: std::io::Result<ExitStatus>, ready_for: Option<Duration>) -> A
     }
 }
 
-/// Listening (on a socket of the instance's own: anything else is `PortTaken`), then (if
-/// the service has a health path) answering it with 2xx.
+/// Listening (on a port: on a socket of the instance's own, anything else is `PortTaken`),
+/// then (if the service has a health path) answering it with 2xx.
 async fn wait_ready(
     instance: &Instance,
-    port: u16,
+    endpoint: &Endpoint,
     cgroup: Option<&super::cgroup::InstanceCgroup>,
 ) -> Result<(), AttemptEnd> {
     loop {
-        health::wait_listening(port, &instance.listening).await;
-        let Some(cgroup) = cgroup else {
-            break; // no cgroup, no way to tell whose socket it is
+        health::wait_listening(endpoint, &instance.listening).await;
+        // A unix socket in its own 0700 directory cannot be taken; without a cgroup there
+        // is no way to tell whose socket it is.
+        let (Some(port), Some(cgroup)) = (endpoint.port(), cgroup) else {
+            break;
         };
         match listener::check(port, &cgroup.pids()) {
             Listening::Owned => break,
@@ -680,7 +723,7 @@ async fn wait_ready(
         }
     }
     if let Some(path) = instance.service.health.as_deref() {
-        while health::check(port, Some(path), Duration::from_secs(2))
+        while health::check(endpoint, Some(path), Duration::from_secs(2))
             .await
             .is_err()
         {
@@ -696,6 +739,14 @@ fn taken(port: u16, cgroup: Option<&super::cgroup::InstanceCgroup>) -> Option<At
     match listener::check(port, &cgroup.pids()) {
         Listening::Foreign { holder } => Some(AttemptEnd::PortTaken { port, holder }),
         Listening::Owned | Listening::Nobody => None,
+    }
+}
+
+/// `port 31000` or `socket /var/lib/tenement/notes/alice/app.sock`, for events and logs.
+fn listens_on(endpoint: &Endpoint) -> String {
+    match endpoint {
+        Endpoint::Port(port) => format!("port {port}"),
+        Endpoint::Unix { path, .. } => format!("socket {}", path.display()),
     }
 }
 

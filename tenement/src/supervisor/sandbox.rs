@@ -46,6 +46,8 @@ pub struct SandboxLaunch {
 
 pub struct SandboxSpec<'a> {
     pub slug: &'a str,
+    /// The host name inside (`service-id`).
+    pub hostname: &'a str,
     pub argv: &'a [String],
     pub env: &'a [(String, String)],
     pub workdir: &'a Path,
@@ -144,7 +146,7 @@ fn oci_config(spec: &SandboxSpec) -> Value {
             },
         },
         "root": {"path": "/", "readonly": true},
-        "hostname": spec.slug,
+        "hostname": spec.hostname,
         "mounts": mounts,
         "linux": {
             "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
@@ -171,7 +173,8 @@ mod tests {
             groups: vec![],
         };
         let spec = SandboxSpec {
-            slug: "api-alice",
+            slug: "api_alice",
+            hostname: "api-alice",
             argv: &argv,
             env: &env,
             workdir: Path::new("/tmp/app"),

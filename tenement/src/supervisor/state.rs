@@ -13,9 +13,11 @@ use crate::{config::InstanceName, monitor::NetworkPolicy};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InstanceState {
-    /// Not running, not wanted (or never started).
+    /// Stopped by an operator (`tenement stop`): stays stopped, also across restarts of
+    /// tenement, until `start`, `spawn` or `restart`; requests get a 503 meanwhile.
     Stopped,
-    /// Stopped after `idle_timeout` without traffic; the next request wakes it.
+    /// No process, and the next request starts one: put to sleep after `idle_timeout`
+    /// without traffic, exited with status 0, or not started yet.
     Sleeping,
     /// Started (or waiting for its next restart) and not ready yet.
     Starting,
@@ -64,6 +66,11 @@ pub struct InstanceInfo {
     /// `sandbox`, runsc).
     pub pid: Option<u32>,
     pub port: Option<u16>,
+    /// The unix socket it listens on (`listen = "unix"`), instead of a port.
+    pub socket: Option<PathBuf>,
+    /// Where it listens: `port` or `socket`, as the proxy connects.
+    #[serde(skip)]
+    pub endpoint: Option<crate::endpoint::Endpoint>,
     /// Routing weight, 0-100.
     pub weight: u8,
     /// Restarts since tenement started it (crashes, failed health, failed starts).
@@ -79,6 +86,11 @@ pub struct InstanceInfo {
     pub memory_cgroup: Option<PathBuf>,
     /// The network boundary of the current process; `None` while no process runs.
     pub network: Option<InstanceNetwork>,
+    /// Bytes its data directory used at the last measurement (every 30 s); `None` before
+    /// the first one.
+    pub disk_used_bytes: Option<u64>,
+    /// Its service's `storage_quota_mb`.
+    pub storage_quota_mb: Option<u64>,
 }
 
 /// The network boundary of one running instance.
@@ -97,14 +109,23 @@ pub struct InstanceNetwork {
 pub enum StartError {
     /// No such service in the configuration (the service name).
     UnknownService(String),
+    /// An operator stopped it: requests do not wake it until it is started again.
+    Held(InstanceName),
     /// The instance is in `state`: failed, or stopped while it was starting.
     Failed {
         state: InstanceState,
         reason: String,
     },
+    /// Still not ready after `after` (its `startup_timeout`) and the waiter's slack, with
+    /// the last attempt's failure if there was one.
     Timeout {
         after: Duration,
+        last_error: Option<String>,
     },
+    /// An attempt ended before the process was ready (the reason names its exit status or
+    /// the `startup_timeout`, its last output and what happens next); tenement may be
+    /// restarting it.
+    NotReady(String),
     /// It could not be started at all (missing program, permissions, runsc not installed).
     Spawn(String),
 }
@@ -115,12 +136,23 @@ impl fmt::Display for StartError {
             StartError::UnknownService(service) => {
                 write!(f, "no service {service:?} in the configuration")
             }
-            StartError::Failed { state, reason } => write!(f, "{reason} (state: {state})"),
-            StartError::Timeout { after } => write!(
+            StartError::Held(name) => write!(
                 f,
-                "the instance did not become ready within {}s",
-                after.as_secs()
+                "an operator stopped it; `tenement start {name}` starts it again"
             ),
+            StartError::Failed { state, reason } => write!(f, "{reason} (state: {state})"),
+            StartError::Timeout { after, last_error } => {
+                write!(
+                    f,
+                    "still not ready after startup_timeout ({}s)",
+                    after.as_secs()
+                )?;
+                match last_error {
+                    Some(last) => write!(f, "; last attempt: {last}"),
+                    None => Ok(()),
+                }
+            }
+            StartError::NotReady(reason) => f.write_str(reason),
             StartError::Spawn(reason) => write!(f, "{reason}"),
         }
     }

@@ -2,7 +2,7 @@
 //! there is none, and the data directory. `--dry-run` prints every step instead of doing it.
 
 use std::{
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -84,8 +84,19 @@ impl Steps {
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
         let temporary = placed.with_extension("tmp");
-        std::fs::write(&temporary, contents)
+        // Created with its final mode (never readable by others for a moment), and never
+        // through a symlink someone left at the temporary name.
+        let _ = std::fs::remove_file(&temporary);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&temporary)
             .with_context(|| format!("writing {}", temporary.display()))?;
+        std::io::Write::write_all(&mut file, contents.as_bytes())
+            .with_context(|| format!("writing {}", temporary.display()))?;
+        drop(file);
         std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(mode))?;
         std::fs::rename(&temporary, &placed)
             .with_context(|| format!("moving {} into place", placed.display()))?;
@@ -164,13 +175,18 @@ pub fn install(args: &InstallArgs, config: Option<&Path>) -> Result<()> {
             "keeping the existing configuration {}",
             placed_config.display()
         );
+        if let Some(warning) = crate::config::readable_secrets(&placed_config, &config) {
+            println!("warning: {warning}");
+        }
         config.settings.data_dir
     } else {
         let data_dir = Settings::default().data_dir;
         if let Some(dir) = config_path.parent() {
             steps.create_dir(dir, 0o755)?;
         }
-        steps.write(&config_path, &default_config(&data_dir), 0o644)?;
+        // Root's alone: `env` values put in it later are secrets, and tenants run as
+        // other users on this machine.
+        steps.write(&config_path, &default_config(&data_dir), 0o600)?;
         data_dir
     };
     // Tenants run under their own uids and must reach their directories inside it: 0711

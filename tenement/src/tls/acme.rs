@@ -1,5 +1,5 @@
 //! Talking to the ACME server (instant-acme): the account, created once and stored, and one
-//! order per certificate, answered by HTTP-01 or TLS-ALPN-01.
+//! order per certificate, answered by HTTP-01, TLS-ALPN-01 or DNS-01.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -14,6 +14,9 @@ use super::{
     certificate::Certificate,
     challenges::{ChallengeGuard, Challenges},
     disk::Disk,
+    dns01::{wait_until_visible, Published, TxtPublisher, TxtRecord},
+    names::order_identifiers,
+    retry_after::NotingClient,
 };
 use crate::config::Challenge;
 
@@ -22,10 +25,34 @@ pub(crate) struct Acme {
     email: Option<String>,
     root: Option<PathBuf>,
     challenges: Vec<Challenge>,
+    dns: Option<DnsChallenge>,
     disk: Disk,
     /// Loaded (or created) at the first order, not at start: starting must never wait for
     /// the ACME server.
     account: tokio::sync::Mutex<Option<Account>>,
+}
+
+/// How DNS-01 answers are published, and how long they may take to become visible.
+pub(crate) struct DnsChallenge {
+    pub publisher: Arc<dyn TxtPublisher>,
+    pub propagation_timeout: Duration,
+}
+
+/// The answers of one order, removed when it ends.
+#[derive(Default)]
+struct Answers {
+    /// HTTP-01 and TLS-ALPN-01: removed when dropped.
+    _in_memory: Vec<ChallengeGuard>,
+    /// DNS-01 records: removed by `Answers::remove` (or in the background when dropped).
+    published: Vec<Published>,
+}
+
+impl Answers {
+    async fn remove(self) {
+        for record in self.published {
+            record.remove().await;
+        }
+    }
 }
 
 impl Acme {
@@ -34,6 +61,7 @@ impl Acme {
         email: Option<String>,
         root: Option<PathBuf>,
         challenges: Vec<Challenge>,
+        dns: Option<DnsChallenge>,
         disk: Disk,
     ) -> Acme {
         Acme {
@@ -41,22 +69,43 @@ impl Acme {
             email,
             root,
             challenges,
+            dns,
             disk,
             account: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// Orders a certificate for `name`, stores it and returns it. After failures the
-    /// preferred challenge rotates (`failed_before`), so that a closed port 80 makes the
-    /// next attempt use TLS-ALPN-01 on 443, and the other way round.
+    /// Orders a certificate for `name` (`*.{base}` orders the wildcard and its base name),
+    /// stores it and returns it. After failures the preferred challenge rotates
+    /// (`failed_before`), so that a closed port 80 makes the next attempt use TLS-ALPN-01
+    /// on 443, and the other way round. DNS-01 records are removed when the order ends.
     pub async fn issue(
         &self,
         name: &str,
         pending: &Arc<Challenges>,
         failed_before: u32,
     ) -> Result<Certificate> {
+        let mut answers = Answers::default();
+        let issued = self
+            .issue_answering(name, pending, failed_before, &mut answers)
+            .await;
+        answers.remove().await;
+        issued
+    }
+
+    async fn issue_answering(
+        &self,
+        name: &str,
+        pending: &Arc<Challenges>,
+        failed_before: u32,
+        answers: &mut Answers,
+    ) -> Result<Certificate> {
+        let identifiers: Vec<Identifier> = order_identifiers(name)
+            .into_iter()
+            .map(Identifier::Dns)
+            .collect();
         let account = self.account().await?;
-        let order = match account.new_order(&NewOrder::new(&[dns(name)])).await {
+        let order = match account.new_order(&NewOrder::new(&identifiers)).await {
             Err(instant_acme::Error::Api(problem))
                 if problem.r#type.as_deref()
                     == Some("urn:ietf:params:acme:error:accountDoesNotExist") =>
@@ -69,7 +118,7 @@ impl Acme {
                     self.disk.account_path().display()
                 );
                 let account = self.create_account().await?;
-                account.new_order(&NewOrder::new(&[dns(name)])).await
+                account.new_order(&NewOrder::new(&identifiers)).await
             }
             other => other,
         };
@@ -77,8 +126,7 @@ impl Acme {
         let mut preference = self.challenges.clone();
         let shift = failed_before as usize % preference.len().max(1);
         preference.rotate_left(shift);
-        let _answers = self
-            .answer_challenges(name, &mut order, pending, &preference)
+        self.answer_challenges(name, &mut order, pending, &preference, answers)
             .await?;
 
         let status = order
@@ -95,7 +143,7 @@ impl Acme {
         }
 
         let key = KeyPair::generate().context("generating the certificate key")?;
-        let mut params = CertificateParams::new(vec![name.to_string()])?;
+        let mut params = CertificateParams::new(order_identifiers(name))?;
         params.distinguished_name = DistinguishedName::new();
         let csr = params.serialize_request(&key)?;
         order
@@ -110,9 +158,12 @@ impl Acme {
         let key_pem = key.serialize_pem();
         let certificate = Certificate::from_pem(chain.as_bytes(), key_pem.as_bytes())
             .context("the server sent an unusable certificate")?;
-        if !certificate.covers(name) {
+        let missing = order_identifiers(name)
+            .into_iter()
+            .find(|wanted| !certificate.names.contains(wanted));
+        if let Some(missing) = missing {
             bail!(
-                "the server sent a certificate for {:?}, not for {name}",
+                "the server sent a certificate for {:?}, without {missing}",
                 certificate.names
             );
         }
@@ -121,22 +172,27 @@ impl Acme {
     }
 
     /// Sets up an answer for each pending authorization, with the first challenge of
-    /// `preference` the server offers, and tells the server to validate it.
+    /// `preference` the server offers, and tells the server to validate it. A DNS-01
+    /// record is first waited for until the configured servers show it.
     async fn answer_challenges(
         &self,
         name: &str,
         order: &mut Order,
         pending: &Arc<Challenges>,
         preference: &[Challenge],
-    ) -> Result<Vec<ChallengeGuard>> {
-        let mut answers = Vec::new();
+        answers: &mut Answers,
+    ) -> Result<()> {
         let mut authorizations = order.authorizations();
         while let Some(authorization) = authorizations.next().await {
             let mut authorization = authorization.context("fetching the authorization")?;
+            let identifier = match &authorization.identifier().identifier {
+                Identifier::Dns(host) => host.clone(),
+                other => bail!("the server asks to validate {other:?}, not a DNS name"),
+            };
             match authorization.status {
                 AuthorizationStatus::Pending => {}
                 AuthorizationStatus::Valid => continue,
-                status => bail!("the server's authorization for {name} is {status:?}"),
+                status => bail!("the server's authorization for {identifier} is {status:?}"),
             }
             let offered: Vec<ChallengeType> = authorization
                 .challenges
@@ -149,27 +205,47 @@ impl Acme {
                 .find(|kind| offered.contains(kind))
             else {
                 bail!(
-                    "the server offers {offered:?} for {name}, none of the configured \
-                     challenges ({preference:?})"
+                    "the server offers {offered:?} for {identifier} (order {name}), none of \
+                     the configured challenges ({preference:?})"
                 );
             };
             let mut challenge = authorization
                 .challenge(kind.clone())
                 .context("challenge vanished")?;
             let key_authorization = challenge.key_authorization();
-            answers.push(match kind {
-                ChallengeType::TlsAlpn01 => {
-                    pending.add_tls_alpn01(name, key_authorization.digest().as_ref())?
+            match kind {
+                ChallengeType::TlsAlpn01 => answers._in_memory.push(
+                    pending.add_tls_alpn01(&identifier, key_authorization.digest().as_ref())?,
+                ),
+                ChallengeType::Dns01 => {
+                    let dns = self
+                        .dns
+                        .as_ref()
+                        .context("DNS-01 has no dns_listen or dns_update to publish with")?;
+                    let record =
+                        TxtRecord::for_identifier(&identifier, key_authorization.dns_value());
+                    let published = Published::publish(&dns.publisher, record).await?;
+                    let record = published.record().clone();
+                    answers.published.push(published);
+                    tracing::info!("tls: published the TXT record {}", record.name);
+                    wait_until_visible(
+                        &record,
+                        dns.publisher.check_servers(),
+                        dns.propagation_timeout,
+                    )
+                    .await?;
                 }
-                _ => pending.add_http01(&challenge.token, key_authorization.as_str()),
-            });
-            tracing::debug!("tls: answering {kind:?} for {name}");
+                _ => answers
+                    ._in_memory
+                    .push(pending.add_http01(&challenge.token, key_authorization.as_str())),
+            }
+            tracing::debug!("tls: answering {kind:?} for {identifier}");
             challenge
                 .set_ready()
                 .await
                 .with_context(|| format!("starting the {kind:?} validation"))?;
         }
-        Ok(answers)
+        Ok(())
     }
 
     async fn account(&self) -> Result<Account> {
@@ -222,22 +298,16 @@ impl Acme {
     }
 
     fn builder(&self) -> Result<AccountBuilder> {
-        match &self.root {
-            Some(root) => Account::builder_with_root(root)
-                .with_context(|| format!("settings.tls.acme_root {}", root.display())),
-            None => Account::builder().context("loading the system's trusted roots"),
-        }
+        let http = NotingClient::new(self.root.as_deref())?;
+        Ok(Account::builder_with_http(Box::new(http)))
     }
-}
-
-fn dns(name: &str) -> Identifier {
-    Identifier::Dns(name.to_string())
 }
 
 fn challenge_type(challenge: Challenge) -> ChallengeType {
     match challenge {
         Challenge::Http01 => ChallengeType::Http01,
         Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        Challenge::Dns01 => ChallengeType::Dns01,
     }
 }
 

@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use rustls::{crypto::CryptoProvider, sign::CertifiedKey};
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use x509_parser::{extensions::GeneralName, parse_x509_certificate};
 
 /// The crypto provider for every TLS config and key in tenement: ring, the only one the
@@ -87,14 +88,21 @@ impl Certificate {
         self.names.iter().any(|pattern| name_matches(pattern, name))
     }
 
-    /// Two thirds into the lifetime: late enough not to waste certificates, early enough
-    /// to leave a third of the lifetime for retries.
+    /// Two thirds into the lifetime, less up to a fifteenth of it (day 54 to 60 of 90):
+    /// late enough not to waste certificates, early enough to leave a third of the
+    /// lifetime for retries. The spread comes from the certificate's own bytes, so it is
+    /// the same at every look (and in the status), while certificates issued together are
+    /// not all renewed in the same minute.
     pub fn renew_at(&self) -> SystemTime {
         let lifetime = self
             .not_after
             .duration_since(self.not_before)
             .unwrap_or(Duration::ZERO);
-        self.not_before + lifetime * 2 / 3
+        let leaf = self.key.cert.first().map_or(&[][..], |der| der.as_ref());
+        let digest = sha2::Sha256::digest(leaf);
+        let spread = u32::from(u16::from_be_bytes([digest[0], digest[1]]));
+        let jitter = (lifetime / 15).mul_f64(f64::from(spread) / f64::from(u16::MAX));
+        self.not_before + lifetime * 2 / 3 - jitter
     }
 }
 
@@ -120,7 +128,7 @@ pub(crate) fn name_matches(pattern: &str, name: &str) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CertificateSource {
-    /// Issued by the ACME server and stored under `{data_dir}/tls/`.
+    /// Issued by the ACME server and stored under `{data_dir}/.tenement/tls/`.
     Acme,
     /// The operator's own `cert` / `key` files from `[settings.tls]`.
     File,
@@ -214,6 +222,14 @@ mod tests {
         assert_eq!(parsed.names, vec!["a.example.com"]);
         assert!(parsed.covers("a.example.com"));
         assert!(parsed.not_before < parsed.renew_at() && parsed.renew_at() < parsed.not_after);
+        // Between 60% and two thirds of the lifetime, the same at every look.
+        let lifetime = parsed.not_after.duration_since(parsed.not_before).unwrap();
+        let at = parsed.renew_at().duration_since(parsed.not_before).unwrap();
+        assert!(
+            at >= lifetime * 3 / 5 && at <= lifetime * 2 / 3,
+            "{at:?} of {lifetime:?}"
+        );
+        assert_eq!(parsed.renew_at(), parsed.renew_at());
 
         let other = rcgen::KeyPair::generate().unwrap();
         let err = Certificate::from_pem(cert.pem().as_bytes(), other.serialize_pem().as_bytes())

@@ -1,4 +1,4 @@
-//! Files under `{data_dir}/tls/`: the ACME account and the issued certificates.
+//! Files under `{data_dir}/.tenement/tls/`: the ACME account and the issued certificates.
 //!
 //! Each ACME directory gets its own folder (`acme/{host}-{hash}`), so switching from a staging
 //! server to production never serves a staging certificate, and switching back reuses the old
@@ -23,12 +23,9 @@ pub(crate) struct Disk {
 }
 
 impl Disk {
-    /// Creates `{data_dir}/tls/acme/{directory id}/` (mode 0700) if needed.
-    pub fn open(data_dir: &Path, directory_url: &str) -> Result<Disk> {
-        let root = data_dir
-            .join("tls")
-            .join("acme")
-            .join(directory_id(directory_url));
+    /// Creates `{tls_dir}/acme/{directory id}/` (mode 0700) if needed.
+    pub fn open(tls_dir: &Path, directory_url: &str) -> Result<Disk> {
+        let root = tls_dir.join("acme").join(directory_id(directory_url));
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -58,7 +55,9 @@ impl Disk {
     }
 
     pub fn certificate_path(&self, name: &str) -> PathBuf {
-        self.root.join("certs").join(format!("{name}.pem"))
+        self.root
+            .join("certs")
+            .join(format!("{}.pem", super::names::file_stem(name)))
     }
 
     pub fn write_certificate(&self, name: &str, key_pem: &str, chain_pem: &str) -> Result<()> {
@@ -88,7 +87,7 @@ impl Disk {
                 .map_err(anyhow::Error::from)
                 .and_then(|bundle| Certificate::from_pem(&bundle, &bundle))
                 .with_context(|| format!("loading the stored certificate {}", path.display()));
-            loaded.push((name.to_string(), result));
+            loaded.push((super::names::from_file_stem(name), result));
         }
         loaded
     }
@@ -125,6 +124,7 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
             .create(true)
             .truncate(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
         file.write_all(contents)?;
         file.sync_all()?;

@@ -11,9 +11,10 @@ use tokio::{sync::watch, time::timeout};
 
 use super::{
     acme,
-    names::orderable,
+    names::{certificate_name, orderable},
+    on_demand::Refusal,
     orders::{Admission, Outcome},
-    Inner,
+    retry_after, Inner,
 };
 
 /// Why an order starts; for the logs.
@@ -45,9 +46,25 @@ impl Inner {
             return Err("no certificate covers it, and ACME is off".into());
         }
         if !orderable(name) || !self.names.routes(name) {
+            self.on_demand.count(Refusal::Unrouted);
             return Err("it routes nowhere, so no certificate is ordered for it".into());
         }
-        let mut outcome = self.request(name, Reason::OnDemand)?;
+        // A tenant under a wildcard waits for the wildcard's order, never starts its own.
+        let order_name = certificate_name(name, &self.wildcards);
+        let mut outcome = if order_name != name
+            || self.configured.contains(&order_name)
+            || self.orders.is_running(&order_name)
+        {
+            // Not a new on-demand order: the gate does not apply.
+            self.request(&order_name, Reason::OnDemand)?
+        } else {
+            self.pass_on_demand_gate(name).await?;
+            self.request(name, Reason::OnDemand).inspect_err(|_| {
+                // Refused by the order book (a name pausing after failures): nothing
+                // was ordered, so nothing is spent.
+                self.on_demand.give_back();
+            })?
+        };
         let wait = self.tuning.handshake_wait;
         // Bound to a local so that the channel's read guard is gone before `outcome` is.
         let waited = match timeout(wait, outcome.wait_for(Option::is_some)).await {
@@ -59,6 +76,21 @@ impl Inner {
             )),
         };
         waited
+    }
+
+    /// The `ask` URL, then the `on_demand_rate` budget; each refusal is counted and logged.
+    async fn pass_on_demand_gate(&self, name: &str) -> Result<(), String> {
+        if let Err(why) = self.on_demand.ask(name).await {
+            self.on_demand.count(Refusal::Ask);
+            tracing::warn!("tls: no certificate ordered for {name}: {why}");
+            return Err(why);
+        }
+        if let Err(why) = self.on_demand.take() {
+            self.on_demand.count(Refusal::Rate);
+            tracing::warn!("tls: no certificate ordered for {name}: {why}");
+            return Err(why);
+        }
+        Ok(())
     }
 
     /// Starts an order for `name` in the background, or joins the running one.
@@ -90,8 +122,16 @@ impl Inner {
         let inner = self.clone();
         let name = name.to_string();
         tokio::spawn(async move {
-            let result = inner.order(&name, failed_before).await;
-            if let Some(pause) = inner.orders.finish(&name, &result) {
+            let (result, retry_after) =
+                retry_after::noting(inner.order(&name, failed_before)).await;
+            let result = match (result, retry_after) {
+                (Err(error), Some(until)) => Err(format!(
+                    "{error}; the CA asked not to retry before {} (Retry-After)",
+                    humantime::format_rfc3339_seconds(until)
+                )),
+                (result, _) => result,
+            };
+            if let Some(pause) = inner.orders.finish(&name, &result, retry_after) {
                 let error = result.as_ref().err().map(String::as_str).unwrap_or("");
                 let serving = match inner.store.lookup(&name) {
                     Some(_) => "the current certificate keeps serving; ",

@@ -9,9 +9,11 @@
 //!   ([`NamePolicy`]), so a stranger cannot make tenement order certificates for made-up names;
 //! - one order per name at a time, a growing pause after a name's failures, a global rate
 //!   limit; a handshake waits a bounded time for its name's first certificate;
-//! - certificates and the ACME account live under `{data_dir}/tls/` (keys 0600) and are
-//!   served at start without contacting the ACME server;
-//! - renewal at two thirds of the lifetime, retried with backoff while the old one serves;
+//! - certificates and the ACME account live under `{data_dir}/.tenement/tls/` (keys 0600)
+//!   and are served at start without contacting the ACME server;
+//! - renewal at 60% to two thirds of the lifetime (spread per certificate), retried with
+//!   backoff while the old one serves;
+//! - DNS-01 through a TXT record publisher (`dns01/`), and wildcard certificates per service;
 //! - the operator's own `cert` / `key` win for the names they cover and are reloaded when
 //!   the files change.
 
@@ -19,12 +21,15 @@ mod acme;
 mod certificate;
 mod challenges;
 mod disk;
+mod dns01;
 mod handshake;
 mod issuance;
 mod maintenance;
 mod names;
+mod on_demand;
 mod orders;
 mod own_cert;
+mod retry_after;
 mod store;
 
 use std::sync::PoisonError;
@@ -44,8 +49,9 @@ use tokio_rustls::server::TlsStream;
 
 pub use certificate::{CertificateInfo, CertificateSource};
 pub use names::http01_token;
+pub use on_demand::Refusal;
 
-use crate::config::{Settings, Tls};
+use crate::config::{Config, Settings, Tls};
 use acme::Acme;
 use challenges::{ChallengeResolver, Challenges, ACME_TLS_ALPN};
 use handshake::server_config;
@@ -131,9 +137,14 @@ struct Inner {
     acme: Option<Acme>,
     orders: OrderBook,
     orders_started: AtomicU64,
+    on_demand: on_demand::OnDemandGate,
     names: Arc<dyn NamePolicy>,
-    /// `settings.domain` and `[settings.tls] names`: kept certified whether they route or not.
+    /// `settings.domain`, `[settings.tls] names` and the wildcards: kept certified whether
+    /// they route or not.
     configured: Vec<String>,
+    /// `*.{service}.{domain}` for the services of `[settings.tls] wildcard`: a name they
+    /// cover waits for the wildcard's order instead of starting one of its own.
+    wildcards: Vec<String>,
     own_error: Mutex<Option<String>>,
     server_config: Arc<ServerConfig>,
     challenge_config: Arc<ServerConfig>,
@@ -141,16 +152,36 @@ struct Inner {
 }
 
 impl TlsManager {
-    /// [`TlsManager::start_with`] with the default [`Tuning`].
+    /// [`TlsManager::start_with`] with the default [`Tuning`] (no services: see there).
     pub async fn start(settings: &Settings, names: Arc<dyn NamePolicy>) -> Result<TlsManager> {
         Self::start_with(settings, names, Tuning::default()).await
     }
 
-    /// Loads the own certificate (errors here are configuration errors), the stored ACME
-    /// certificates, and starts the background work. Never contacts the ACME server: a CA
-    /// that is down delays new certificates, never the start.
+    /// What `tenement serve` starts: [`TlsManager::start_with_services`] for `config`'s
+    /// settings and services, with the default [`Tuning`].
+    pub async fn start_for(config: &Config, names: Arc<dyn NamePolicy>) -> Result<TlsManager> {
+        let services: Vec<String> = config.service.keys().cloned().collect();
+        Self::start_with_services(&config.settings, &services, names, Tuning::default()).await
+    }
+
+    /// [`TlsManager::start_with_services`] without services: `wildcard = true` then has no
+    /// service to order a wildcard for.
     pub async fn start_with(
         settings: &Settings,
+        names: Arc<dyn NamePolicy>,
+        tuning: Tuning,
+    ) -> Result<TlsManager> {
+        Self::start_with_services(settings, &[], names, tuning).await
+    }
+
+    /// Loads the own certificate (errors here are configuration errors), the stored ACME
+    /// certificates, starts the DNS-01 responder when `dns_listen` is set, and starts the
+    /// background work. Never contacts the ACME server: a CA that is down delays new
+    /// certificates, never the start. `services` are the configured service names, for
+    /// `[settings.tls] wildcard`.
+    pub async fn start_with_services(
+        settings: &Settings,
+        services: &[String],
         names: Arc<dyn NamePolicy>,
         tuning: Tuning,
     ) -> Result<TlsManager> {
@@ -166,8 +197,10 @@ impl TlsManager {
             );
             store.set_own(Arc::new(own));
         }
-        let acme = open_acme(settings, &store)?;
-        let configured = names::configured_names(settings)?;
+        let acme = open_acme(settings, &store).await?;
+        let wildcards = names::wildcard_names(settings, services);
+        let mut configured = names::configured_names(settings)?;
+        configured.extend(wildcards.iter().cloned());
 
         let challenges = Arc::new(Challenges::default());
         let inner = Arc::new(Inner {
@@ -184,8 +217,10 @@ impl TlsManager {
             acme,
             orders: OrderBook::new(&tuning),
             orders_started: AtomicU64::new(0),
+            on_demand: on_demand::OnDemandGate::new(&settings.tls)?,
             names,
             configured,
+            wildcards,
             own_error: Mutex::new(None),
             tuning,
         });
@@ -251,6 +286,11 @@ impl TlsManager {
         list
     }
 
+    /// On-demand orders refused since `start`, by reason (every reason listed, zeros too).
+    pub fn on_demand_refusals(&self) -> Vec<(Refusal, u64)> {
+        self.inner.on_demand.refusals()
+    }
+
     /// ACME orders started since `start` (on demand, configured names and renewals).
     pub fn orders_started(&self) -> u64 {
         self.inner.orders_started.load(Ordering::Relaxed)
@@ -271,7 +311,7 @@ fn own_certificate_files(tls: &Tls) -> Result<Option<OwnCertFiles>> {
 
 /// The ACME client, with the certificates stored for its directory loaded into `store`;
 /// `None` when ACME is off. Nothing here talks to the ACME server.
-fn open_acme(settings: &Settings, store: &CertStore) -> Result<Option<Acme>> {
+async fn open_acme(settings: &Settings, store: &CertStore) -> Result<Option<Acme>> {
     let tls = &settings.tls;
     if tls.acme_directory.trim().is_empty() || tls.challenges.is_empty() {
         tracing::info!("tls: ACME is off (no acme_directory or no challenges)");
@@ -286,18 +326,26 @@ fn open_acme(settings: &Settings, store: &CertStore) -> Result<Option<Acme>> {
         std::fs::metadata(root)
             .with_context(|| format!("settings.tls.acme_root {}", root.display()))?;
     }
-    let disk = disk::Disk::open(&settings.data_dir, &tls.acme_directory)?;
+    let disk = disk::Disk::open(
+        &crate::datadir::tls_dir(&settings.data_dir),
+        &tls.acme_directory,
+    )?;
     for (name, loaded) in disk.load_certificates() {
         match loaded {
             Ok(cert) => store.insert_acme(&name, Arc::new(cert)),
             Err(err) => tracing::error!("tls: {err:#}"),
         }
     }
+    let dns = dns01::publisher(tls).await?;
     Ok(Some(Acme::new(
         tls.acme_directory.clone(),
         tls.acme_email.clone(),
         tls.acme_root.clone(),
         tls.challenges.clone(),
+        dns.map(|publisher| acme::DnsChallenge {
+            publisher,
+            propagation_timeout: Duration::from_secs(tls.dns_propagation_timeout),
+        }),
         disk,
     )))
 }

@@ -2,7 +2,8 @@
 
 use anyhow::{bail, Result};
 
-use crate::config::Settings;
+use super::certificate::name_matches;
+use crate::config::{Settings, Wildcard};
 
 /// The token of an HTTP-01 challenge request path, for the plain listener:
 /// `/.well-known/acme-challenge/{token}` (tokens are base64url).
@@ -62,9 +63,117 @@ pub(crate) fn configured_names(settings: &Settings) -> Result<Vec<String>> {
     Ok(configured.into_iter().collect())
 }
 
+/// `*.{service}.{domain}` for every service `[settings.tls] wildcard` names (all of
+/// `services` for `true`) and every public domain. Each is ordered together with its base
+/// name `{service}.{domain}`.
+pub(crate) fn wildcard_names(settings: &Settings, services: &[String]) -> Vec<String> {
+    let chosen: Vec<&str> = match &settings.tls.wildcard {
+        Wildcard::All(false) => Vec::new(),
+        Wildcard::All(true) => services.iter().map(String::as_str).collect(),
+        Wildcard::Services(list) => list.iter().map(String::as_str).collect(),
+    };
+    let mut names = std::collections::BTreeSet::new();
+    for domain in &settings.domain {
+        let domain = normalize_host(domain);
+        for service in &chosen {
+            let base = format!("{service}.{domain}");
+            if orderable(&base) {
+                names.insert(format!("*.{base}"));
+            }
+        }
+    }
+    names.into_iter().collect()
+}
+
+/// The name whose certificate serves `host`: the first of `wildcards` covering it (the
+/// tenant or the bare service name), else `host` itself.
+pub(crate) fn certificate_name(host: &str, wildcards: &[String]) -> String {
+    wildcards
+        .iter()
+        .find(|wildcard| {
+            let base = &wildcard[2..];
+            host == base || name_matches(wildcard, host)
+        })
+        .cloned()
+        .unwrap_or_else(|| host.to_string())
+}
+
+/// The identifiers of the order for `name`: a wildcard comes with its base name.
+pub(crate) fn order_identifiers(name: &str) -> Vec<String> {
+    match name.strip_prefix("*.") {
+        Some(base) => vec![name.to_string(), base.to_string()],
+        None => vec![name.to_string()],
+    }
+}
+
+/// File names of stored certificates: `*` is no character for a file name, and `_` never
+/// starts an orderable name, so `*.notes.example.com` is stored as `_wildcard.notes...`.
+const WILDCARD_STEM: &str = "_wildcard.";
+
+pub(crate) fn file_stem(name: &str) -> String {
+    match name.strip_prefix("*.") {
+        Some(base) => format!("{WILDCARD_STEM}{base}"),
+        None => name.to_string(),
+    }
+}
+
+pub(crate) fn from_file_stem(stem: &str) -> String {
+    match stem.strip_prefix(WILDCARD_STEM) {
+        Some(base) => format!("*.{base}"),
+        None => stem.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wildcards_per_service_and_domain() {
+        let mut settings = Settings {
+            domain: vec!["example.com".into(), "localhost".into()],
+            ..Settings::default()
+        };
+        let services = ["notes".to_string(), "wiki".to_string()];
+        assert!(wildcard_names(&settings, &services).is_empty());
+        settings.tls.wildcard = Wildcard::All(true);
+        assert_eq!(
+            wildcard_names(&settings, &services),
+            ["*.notes.example.com", "*.wiki.example.com"]
+        );
+        settings.tls.wildcard = Wildcard::Services(vec!["wiki".into()]);
+        let wildcards = wildcard_names(&settings, &services);
+        assert_eq!(wildcards, ["*.wiki.example.com"]);
+        assert_eq!(
+            certificate_name("alice.wiki.example.com", &wildcards),
+            "*.wiki.example.com"
+        );
+        assert_eq!(
+            certificate_name("wiki.example.com", &wildcards),
+            "*.wiki.example.com"
+        );
+        assert_eq!(
+            certificate_name("alice.notes.example.com", &wildcards),
+            "alice.notes.example.com"
+        );
+        assert_eq!(
+            certificate_name("a.b.wiki.example.com", &wildcards),
+            "a.b.wiki.example.com"
+        );
+        assert_eq!(
+            order_identifiers("*.wiki.example.com"),
+            ["*.wiki.example.com", "wiki.example.com"]
+        );
+        assert_eq!(
+            file_stem("*.wiki.example.com"),
+            "_wildcard.wiki.example.com"
+        );
+        assert_eq!(
+            from_file_stem("_wildcard.wiki.example.com"),
+            "*.wiki.example.com"
+        );
+        assert_eq!(from_file_stem("wiki.example.com"), "wiki.example.com");
+    }
 
     #[test]
     fn challenge_paths() {

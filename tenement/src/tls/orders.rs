@@ -6,12 +6,12 @@ use std::sync::PoisonError;
 use std::{
     collections::HashMap,
     sync::Mutex,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use tokio::sync::watch;
 
-use super::Tuning;
+use super::{retry_after, Tuning};
 
 /// The end of one order, as the handshakes waiting for it see it.
 pub(crate) type Outcome = Option<Result<(), String>>;
@@ -64,6 +64,15 @@ impl OrderBook {
         }
     }
 
+    /// Whether an order for `name` is running now (a handshake would join it).
+    pub fn is_running(&self, name: &str) -> bool {
+        self.book
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .running
+            .contains_key(name)
+    }
+
     pub fn admit(&self, name: &str) -> Admission {
         let now = Instant::now();
         let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
@@ -97,7 +106,13 @@ impl OrderBook {
 
     /// Records the end of an order started by `admit`; returns the pause before the next
     /// attempt when it failed.
-    pub fn finish(&self, name: &str, result: &Result<(), String>) -> Option<Duration> {
+    /// `retry_after`: the CA's `Retry-After`, which lengthens the pause (up to a day).
+    pub fn finish(
+        &self,
+        name: &str,
+        result: &Result<(), String>,
+        retry_after: Option<SystemTime>,
+    ) -> Option<Duration> {
         let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
         book.running.remove(name);
         match result {
@@ -107,7 +122,11 @@ impl OrderBook {
             }
             Err(error) => {
                 let attempts = book.failures.get(name).map_or(0, |f| f.attempts) + 1;
-                let pause = backoff(self.backoff_base, self.backoff_max, attempts);
+                let pause = retry_after::pause(
+                    backoff(self.backoff_base, self.backoff_max, attempts),
+                    retry_after,
+                    SystemTime::now(),
+                );
                 book.failures.insert(
                     name.to_string(),
                     Failure {
@@ -230,7 +249,7 @@ mod tests {
         ));
 
         assert_eq!(
-            book.finish("a.example.com", &Err("connection refused".into())),
+            book.finish("a.example.com", &Err("connection refused".into()), None),
             Some(Duration::from_secs(60))
         );
         match book.admit("a.example.com") {
@@ -238,6 +257,22 @@ mod tests {
             _ => panic!("a failed name must wait"),
         }
         assert_eq!(book.failures().len(), 1);
-        assert_eq!(book.finish("b.example.com", &Ok(())), None);
+        assert_eq!(book.finish("b.example.com", &Ok(()), None), None);
+    }
+
+    #[test]
+    fn a_retry_after_longer_than_the_backoff_wins() {
+        let tuning = Tuning {
+            failure_backoff_base: Duration::from_secs(60),
+            ..Tuning::default()
+        };
+        let book = OrderBook::new(&tuning);
+        let _ = book.admit("a.example.com");
+        let asked = SystemTime::now() + Duration::from_secs(7200);
+        let pause = book
+            .finish("a.example.com", &Err("rateLimited".into()), Some(asked))
+            .unwrap();
+        assert!(pause > Duration::from_secs(7100), "{pause:?}");
+        assert!(pause <= Duration::from_secs(7200), "{pause:?}");
     }
 }

@@ -25,15 +25,21 @@ pub(crate) struct CertStore {
 }
 
 impl CertStore {
+    /// The certificate for a handshake: the own one, else the one ordered for `name`, else
+    /// a wildcard covering it (`*.{parent}` for a tenant, `*.{name}` for its base name).
     pub fn lookup(&self, name: &str) -> Option<Arc<Certificate>> {
         if let Some(own) = self.own_covering(name) {
             return Some(own);
         }
-        self.acme
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .cloned()
+        let acme = self.acme.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(cert) = acme.get(name) {
+            return Some(cert.clone());
+        }
+        let parent = name.split_once('.').map(|(_, parent)| parent);
+        [parent.map(|p| format!("*.{p}")), Some(format!("*.{name}"))]
+            .into_iter()
+            .flatten()
+            .find_map(|wildcard| acme.get(&wildcard).filter(|c| c.covers(name)).cloned())
     }
 
     pub fn own_covering(&self, name: &str) -> Option<Arc<Certificate>> {

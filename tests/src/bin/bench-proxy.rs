@@ -10,7 +10,9 @@ use std::{net::SocketAddr, sync::Arc};
 use futures_util::{future::BoxFuture, FutureExt};
 use tenement::{
     config::{Config, InstanceName},
-    proxy::{ActivityGuard, BackendInstance, BackendState, Backends, Options, Proxy, WakeError},
+    proxy::{
+        ActivityGuard, BackendInstance, BackendState, Backends, Endpoint, Options, Proxy, WakeError,
+    },
 };
 use tokio::sync::watch;
 
@@ -25,7 +27,7 @@ impl Backends for OneInstance {
             name: InstanceName::parse("bench:one").expect("valid name"),
             weight: 100,
             state: BackendState::Running,
-            port: Some(self.port),
+            endpoint: Some(Endpoint::Port(self.port)),
         }]
     }
 
@@ -33,8 +35,11 @@ impl Backends for OneInstance {
         self.changes.subscribe()
     }
 
-    fn ensure_running(&self, _name: &InstanceName) -> BoxFuture<'static, Result<u16, WakeError>> {
-        futures_util::future::ready(Ok(self.port)).boxed()
+    fn ensure_running(
+        &self,
+        _name: &InstanceName,
+    ) -> BoxFuture<'static, Result<Endpoint, WakeError>> {
+        futures_util::future::ready(Ok(Endpoint::Port(self.port))).boxed()
     }
 
     fn activity(&self, _name: &InstanceName) -> ActivityGuard {

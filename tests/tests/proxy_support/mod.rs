@@ -27,7 +27,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tenement::{
     config::{Config, InstanceName},
-    proxy::{ActivityGuard, BackendInstance, BackendState, Backends, Options, Proxy, WakeError},
+    proxy::{
+        ActivityGuard, BackendInstance, BackendState, Backends, Endpoint, Options, Proxy, WakeError,
+    },
 };
 use tenement_tests::{free_port, workspace_root, Scratch};
 use tokio::{
@@ -173,7 +175,7 @@ pub struct Slot {
     pub spawns: usize,
     /// Answer `ensure_running` with this instead of starting.
     pub wake_error: Option<WakeError>,
-    starting: Option<Shared<BoxFuture<'static, Result<u16, WakeError>>>>,
+    starting: Option<Shared<BoxFuture<'static, Result<Endpoint, WakeError>>>>,
 }
 
 impl TestBackends {
@@ -244,7 +246,7 @@ impl Backends for TestBackends {
                 name: name.clone(),
                 weight: slot.weight,
                 state: slot.state,
-                port: slot.port,
+                endpoint: slot.port.map(Endpoint::Port),
             })
             .collect()
     }
@@ -253,7 +255,10 @@ impl Backends for TestBackends {
         self.changes.subscribe()
     }
 
-    fn ensure_running(&self, name: &InstanceName) -> BoxFuture<'static, Result<u16, WakeError>> {
+    fn ensure_running(
+        &self,
+        name: &InstanceName,
+    ) -> BoxFuture<'static, Result<Endpoint, WakeError>> {
         let mut slots = self.slots.lock().unwrap();
         let Some(slot) = slots.get_mut(name) else {
             return futures_util::future::ready(Err(WakeError::Unknown)).boxed();
@@ -270,7 +275,8 @@ impl Backends for TestBackends {
                 return futures_util::future::ready(Err(error)).boxed();
             }
             BackendState::Running => {
-                return futures_util::future::ready(Ok(slot.port.unwrap())).boxed();
+                let endpoint = Endpoint::Port(slot.port.unwrap());
+                return futures_util::future::ready(Ok(endpoint)).boxed();
             }
             _ => {}
         }
@@ -292,7 +298,7 @@ impl Backends for TestBackends {
                 slot.starting = None;
             }
             changes.send_modify(|n| *n += 1);
-            Ok(port)
+            Ok(Endpoint::Port(port))
         }
         .boxed()
         .shared();

@@ -128,3 +128,27 @@ pub fn data_dir(dir: &Path) -> Check {
         ),
     }
 }
+
+/// How `storage_quota_mb` would be applied by a daemon on this host (`supervisor::storage`).
+/// Measured-only is a FAIL when the configuration sets a quota, a WARN otherwise.
+pub fn storage_quotas(needed: bool) -> Check {
+    use crate::supervisor::storage::{enforcement, Enforcement};
+    let what = "storage quotas";
+    match enforcement() {
+        Enforcement::Filesystem => Check::ok(
+            what,
+            "enforced: a loop-mounted ext4 image per instance with storage_quota_mb \
+             (writes past it fail with ENOSPC)",
+        ),
+        Enforcement::Measured(reason) => Check::missing(
+            needed,
+            what,
+            format!(
+                "measured only, every 30 s (going over records a quota-exceeded event and a \
+                 log warning; writes are not stopped): {reason}"
+            ),
+            "run tenement as root, with e2fsprogs (mkfs.ext4) installed and loop devices \
+             available",
+        ),
+    }
+}

@@ -92,6 +92,8 @@ pub struct Needs {
     pub sandbox: bool,
     /// Any memory, CPU or pids limit.
     pub limits: bool,
+    /// Any `storage_quota_mb`.
+    pub quotas: bool,
 }
 
 impl Needs {
@@ -104,6 +106,7 @@ impl Needs {
             needs.limits |= service.memory_limit_mb.is_some()
                 || service.cpu_weight.is_some()
                 || service.pids_max.is_some();
+            needs.quotas |= service.storage_quota_mb.is_some();
         }
         needs
     }
@@ -130,6 +133,7 @@ pub fn run(explicit_config: Option<&Path>) -> ExitCode {
     checks.extend(isolation::runsc(&config.settings, &needs));
     checks.extend(host::listeners(&config.settings));
     checks.push(host::data_dir(&config.settings.data_dir));
+    checks.push(host::storage_quotas(needs.quotas));
 
     for check in &checks {
         println!("{check}");
