@@ -293,12 +293,14 @@ fn crash_and_wake_races_never_reach_the_attacker() {
         }
         assert_ne!(daemon.instance("victim:alice").unwrap()["state"], "failed");
     }
-    // Wake race: the neighbour sleeps, the attacker holds what it can, the wake starts it.
+    // Wake race: the neighbour is down, the attacker holds what it can, a start brings it
+    // back on a port the attacker could not take.
     daemon.ok(&["stop", "victim:alice"]);
     assert_eq!(
         attacker(&daemon, &format!("/hold?low={low}&high={high}")),
         "0"
     );
+    daemon.ok(&["start", "victim:alice"]);
     assert_eq!(victim(&daemon), (200, "hello from alice".to_string()));
     assert_eq!(
         attacker(&daemon, "/grabbed"),
@@ -473,6 +475,9 @@ fn an_instance_without_a_port_recovers_when_one_frees_up() {
         .filter_map(|port| TcpListener::bind(("127.0.0.1", port)).ok())
         .collect();
     assert!(!held.is_empty());
+    // The start finds no port: it fails at once, with the reason.
+    let out = daemon.cli(&["start", "victim:alice"]);
+    assert!(!out.status.success());
     let (status, body) = victim(&daemon);
     assert_eq!(status, 503, "{body}");
     daemon.wait_until("the victim waits for a port", |d| {
