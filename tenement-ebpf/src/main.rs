@@ -8,7 +8,9 @@
 
 mod counters;
 mod cpu;
+mod log;
 mod maps;
+mod network;
 mod sockets;
 mod tcp_health;
 mod traffic;

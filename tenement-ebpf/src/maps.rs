@@ -8,13 +8,13 @@ use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
     bindings::{bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, BPF_F_CLONE, BPF_F_NO_PREALLOC},
-    btf_maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
     helpers::generated::bpf_sk_storage_get,
     macros::btf_map,
 };
 use tenement_common::{
-    CpuCounters, ListenEvent, SocketOwner, TcpCounters, TrafficCounters, LISTEN_EVENTS_BYTES,
-    MAX_INSTANCES,
+    CpuCounters, EgressKey, ListenEvent, NetPolicy, PortRange, SocketOwner, TcpCounters,
+    TrafficCounters, LISTEN_EVENTS_BYTES, MAX_EGRESS_RULES, MAX_INSTANCES,
 };
 
 const INSTANCES: usize = MAX_INSTANCES as usize;
@@ -35,6 +35,19 @@ pub static SWITCHED_IN: PerCpuArray<u64, 1> = PerCpuArray::new();
 
 #[btf_map(name = "LISTEN_EVENTS")]
 pub static LISTEN_EVENTS: RingBuf<ListenEvent, { LISTEN_EVENTS_BYTES as usize }> = RingBuf::new();
+
+#[btf_map(name = "NET_POLICY")]
+pub static NET_POLICY: HashMap<u64, NetPolicy, INSTANCES, ON_INSERT> = HashMap::new();
+
+#[btf_map(name = "PORT_RANGE")]
+pub static PORT_RANGE: Array<PortRange, 1> = Array::new();
+
+/// tenement's own listeners: few, set once at start.
+#[btf_map(name = "HOST_PORTS")]
+pub static HOST_PORTS: HashMap<u32, u32, 64> = HashMap::new();
+
+#[btf_map(name = "EGRESS_ALLOW")]
+pub static EGRESS_ALLOW: LpmTrie<EgressKey, u8, { MAX_EGRESS_RULES as usize }> = LpmTrie::new();
 
 #[btf_map(name = "SOCKET_OWNERS")]
 pub static SOCKET_OWNERS: SocketStorage = SocketStorage::new();

@@ -428,3 +428,15 @@ fn show_refuses_a_bad_file_with_the_same_errors() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .starts_with("unknown-key.toml:7:1: unknown key `idel_timeout`"));
 }
+
+#[test]
+fn egress_must_be_any_none_or_cidr_port_entries() {
+    assert_errors(
+        "bad-egress.toml",
+        &[
+            "3:10: `egress` in [service.a]: \"all\": expected \"any\", \"none\" or a list of \"cidr:port\" entries such as [\"10.0.0.0/8:5432\"]",
+            "7:10: `egress` in [service.b]: \"10.0.0.1/8:80\": bits are set past the /8 prefix; did you mean 10.0.0.0/8:80?",
+            "11:10: `egress` in [service.c]: \"2001:db8::/32:443\": not an IPv4 address (write IPv6 in brackets: \"[::1]:53\")",
+        ],
+    );
+}

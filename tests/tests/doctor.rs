@@ -168,6 +168,11 @@ fn reports_this_hosts_cgroup_layout_and_working_ebpf() {
             ebpf.starts_with("OK   ebpf: cgroup_skb programs loaded, attached to a test cgroup"),
             "{report}"
         );
+        assert!(
+            line(&lines, "network:")
+                .starts_with("OK   network: bind/connect/sendmsg programs attached"),
+            "{report}"
+        );
         // The test cgroup is gone again.
         let leftovers: Vec<_> = std::fs::read_dir(mount.join(own))
             .unwrap()

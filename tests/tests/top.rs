@@ -98,8 +98,8 @@ fn top_once_lists_every_instance_with_its_counters() {
             table = daemon.ok(&["top", "--once"]);
             TENANTS.iter().all(|tenant| {
                 row(&table, &format!("api:{tenant}")).is_some_and(|cells| {
-                    // NAME STATE CPU% MEM RX/s TX/s CONNS RETRANS RESTARTS IDLE-FOR
-                    cells.len() == 10
+                    // NAME STATE CPU% MEM RX/s TX/s CONNS RETRANS DENIED RESTARTS IDLE-FOR
+                    cells.len() == 11
                         && cells[1] == "running"
                         && !["-", "0.0"].contains(&cells[2])
                         && cells[3] != "-"
@@ -251,12 +251,13 @@ fn top_runs_sorts_and_quits_in_a_terminal() {
                 screen.lines().any(|line| {
                     let cells: Vec<&str> = line.split_whitespace().collect();
                     // NAME STATE CPU% MEM RX/s ...: sampled numbers, not dashes.
-                    cells.first() == Some(name) && cells.len() == 10 && cells[4] != "-"
+                    cells.first() == Some(name) && cells.len() == 11 && cells[4] != "-"
                 })
             })
     });
     for column in [
-        "NAME", "STATE", "CPU%", "MEM", "RX/s", "TX/s", "CONNS", "RETRANS", "RESTARTS", "IDLE-FOR",
+        "NAME", "STATE", "CPU%", "MEM", "RX/s", "TX/s", "CONNS", "RETRANS", "DENIED", "RESTARTS",
+        "IDLE-FOR",
     ] {
         assert!(screen.contains(column), "no {column} column:\n{screen}");
     }

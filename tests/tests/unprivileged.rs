@@ -224,6 +224,12 @@ fn serves_without_root_and_says_kernel_counters_are_off() {
             .any(|line| line.contains("kernel counters: off") && line.contains("CAP_BPF")),
         "{log}"
     );
+    // ... and that tenants are not network-isolated.
+    assert!(
+        log.lines()
+            .any(|line| line.contains("network isolation off: tenants are NOT network-isolated")),
+        "{log}"
+    );
 
     // `tenement status` shows it.
     let output = Command::new(&daemon.bin)
@@ -245,6 +251,12 @@ fn serves_without_root_and_says_kernel_counters_are_off() {
         shown
             .lines()
             .any(|line| line.starts_with("kernel counters: off: not running as root")),
+        "{shown}"
+    );
+    assert!(
+        shown
+            .lines()
+            .any(|line| line.starts_with("network:         OFF, tenants are not network-isolated")),
         "{shown}"
     );
 

@@ -1,7 +1,8 @@
 //! `cargo xtask bench ebpf`: what the kernel programs cost the traffic they count. wrk
-//! (keep-alive, 32 connections, 12 B and 64 KiB answers) through tenement's proxy to an
-//! instance whose sockets sit in a counted cgroup, with the programs attached and with
-//! `--no-kernel-counters`.
+//! (keep-alive, 32 connections, 12 B and 64 KiB answers; and a connect-heavy run with
+//! `Connection: close`, a new connection per request) through tenement's proxy to an
+//! instance whose sockets sit in a counted and network-confined cgroup, with the programs
+//! attached and with `--no-kernel-counters`.
 //!
 //! One daemon at a time: some programs (sched_switch, TCP tracepoints) are machine-wide,
 //! so a second daemon with counters on would tax the "detached" runs too. Each round starts
@@ -21,7 +22,7 @@ use crate::{
 
 const USAGE: &str = "usage: cargo xtask bench ebpf [--seconds N] [--rounds N]";
 
-const SCENARIOS: [Scenario; 2] = [
+const SCENARIOS: [Scenario; 3] = [
     Scenario {
         mode: Mode::KeepAlive,
         connections: 32,
@@ -31,6 +32,13 @@ const SCENARIOS: [Scenario; 2] = [
         mode: Mode::KeepAlive,
         connections: 32,
         large: true,
+    },
+    // Connect-heavy: every request a new connection, so socket creation, the sock_ops
+    // callbacks and the network boundary's hooks weigh as much as they ever do.
+    Scenario {
+        mode: Mode::Close,
+        connections: 32,
+        large: false,
     },
 ];
 
@@ -156,7 +164,8 @@ fn report(runs: &[Vec<Vec<Run>>], seconds: u64, rounds: usize, counted: u64) -> 
          through tenement's proxy to a tenement instance (tests/src/bin/bench-backend, \
          isolation \"process\") whose sockets are in a counted cgroup. *Attached*: \
          `tenement serve` with its kernel programs (traffic, connections, listen, TCP \
-         health, CPU); *detached*: `tenement serve --no-kernel-counters`. One daemon at a \
+         health, CPU, the network boundary on bind/connect/sendmsg); *detached*: \
+         `tenement serve --no-kernel-counters`. One daemon at a \
          time, {rounds} rounds in alternating order, median of the rounds; the ratio is the \
          median of the per-round ratios. The kernel counted {:.0} MB sent by the instance \
          during the last attached round.\n",

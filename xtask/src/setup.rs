@@ -20,6 +20,9 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "systemd",
     "prometheus",
+    // `ip netns` and `nsenter` for the network boundary tests' own namespace.
+    "iproute2",
+    "util-linux",
     // RFC 2136 dynamic updates (tls_dns01 tests): named, tsig-keygen, dig.
     "bind9",
     "bind9-utils",

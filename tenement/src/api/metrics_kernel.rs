@@ -118,6 +118,27 @@ const FAMILIES: &[Family] = &[
             },
         ],
     },
+    Family {
+        name: "tenement_instance_network_denied_total",
+        kind: Kind::Counter,
+        help: "Socket operations of the instance that the network boundary refused: binds \
+               of a port not its own, connects and UDP sends to a protected port or outside \
+               its egress policy.",
+        series: &[
+            Series {
+                labels: &[("operation", "bind")],
+                value: |k| Some(k.binds_denied as f64),
+            },
+            Series {
+                labels: &[("operation", "connect")],
+                value: |k| Some(k.connects_denied as f64),
+            },
+            Series {
+                labels: &[("operation", "send")],
+                value: |k| Some(k.sends_denied as f64),
+            },
+        ],
+    },
 ];
 
 /// One instance as its latest sample shows it.

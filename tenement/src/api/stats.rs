@@ -38,6 +38,15 @@ pub fn status(context: &Context, caller: &Caller) -> ApiResult<Response<Body>> {
             .entry(info.state.as_str().to_string())
             .or_insert(0) += 1;
     }
+    // One lock of the monitor for both (a second lock in the same statement would wait on
+    // the first guard forever).
+    let (kernel_counters, network_isolation) = {
+        let monitor = context.monitor();
+        (
+            view::kernel_counters(&monitor),
+            view::network_isolation(&monitor),
+        )
+    };
     let status = StatusView {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
@@ -45,7 +54,8 @@ pub fn status(context: &Context, caller: &Caller) -> ApiResult<Response<Body>> {
         uptime_secs: context.started.elapsed().as_secs(),
         api: context.addresses.iter().map(ToString::to_string).collect(),
         data_dir: context.api.config.settings.data_dir.display().to_string(),
-        kernel_counters: view::kernel_counters(&context.monitor()),
+        kernel_counters,
+        network_isolation: Some(network_isolation),
         services: context.api.config.service.keys().cloned().collect(),
         instances,
         certificates: context

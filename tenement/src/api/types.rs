@@ -33,6 +33,9 @@ pub struct InstanceView {
     /// The sampler's latest stats of the current process (see [`InstanceStats`]); `null`
     /// while no process runs.
     pub stats: Option<InstanceStats>,
+    /// The network boundary of the current process; `null` while no process runs.
+    #[serde(default)]
+    pub network: Option<NetworkView>,
     /// Bytes its data directory uses, measured every 30 s (also while it is stopped);
     /// `null` until the first measurement.
     #[serde(default)]
@@ -40,6 +43,27 @@ pub struct InstanceView {
     /// Its service's `storage_quota_mb`; `null` for no quota.
     #[serde(default)]
     pub storage_quota_mb: Option<u64>,
+}
+
+/// An instance's network policy, as `ps --json` and the API show it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetworkView {
+    /// The kernel enforces this policy; `false` when tenement runs without network isolation.
+    pub enforced: bool,
+    /// The only port the instance may bind (on loopback).
+    pub bind_port: u16,
+    /// `"any"`, `"none"`, or the allowed `"cidr:port"` destinations (the system resolvers
+    /// on port 53 included).
+    pub egress: EgressView,
+    /// The latest refused operation, e.g. `connect 127.0.0.1:30002`.
+    pub last_denied: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EgressView {
+    Mode(String),
+    List(Vec<String>),
 }
 
 /// `GET /v1/stats`: one line of the stats stream, or the snapshot.
@@ -84,6 +108,9 @@ pub struct StatusView {
     pub api: Vec<String>,
     pub data_dir: String,
     pub kernel_counters: KernelCountersView,
+    /// Whether the kernel keeps tenants inside their network boundary.
+    #[serde(default)]
+    pub network_isolation: Option<KernelCountersView>,
     pub services: Vec<String>,
     /// Number of instances in each state.
     pub instances: BTreeMap<String, usize>,

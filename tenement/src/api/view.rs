@@ -2,10 +2,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::types::{InstanceStatsView, InstanceView, KernelCountersView};
+use super::types::{EgressView, InstanceStatsView, InstanceView, KernelCountersView, NetworkView};
 use crate::{
-    monitor::{InstanceStats, KernelCounters, Monitor},
-    supervisor::{InstanceInfo, InstanceState},
+    monitor::{Egress, InstanceStats, KernelCounters, Monitor, NetworkIsolation},
+    supervisor::{InstanceInfo, InstanceNetwork, InstanceState},
 };
 
 /// Health only means something while a process is up.
@@ -52,8 +52,35 @@ pub fn instance(info: &InstanceInfo, stats: Option<InstanceStats>) -> InstanceVi
             .map(|up| up.as_secs()),
         last_error: info.last_error.clone(),
         stats: stats.filter(|_| running),
+        network: info.network.as_ref().filter(|_| running).map(network),
         disk_used_bytes: info.disk_used_bytes,
         storage_quota_mb: info.storage_quota_mb,
+    }
+}
+
+fn network(network: &InstanceNetwork) -> NetworkView {
+    NetworkView {
+        enforced: network.enforced,
+        bind_port: network.policy.port,
+        egress: match &network.policy.egress {
+            Egress::Any => EgressView::Mode("any".into()),
+            Egress::None => EgressView::Mode("none".into()),
+            Egress::List(list) => EgressView::List(list.iter().map(|d| d.to_string()).collect()),
+        },
+        last_denied: network.last_denied.clone(),
+    }
+}
+
+pub fn network_isolation(monitor: &Monitor) -> KernelCountersView {
+    match monitor.network_isolation() {
+        NetworkIsolation::Active => KernelCountersView {
+            active: true,
+            reason: None,
+        },
+        NetworkIsolation::Off(reason) => KernelCountersView {
+            active: false,
+            reason: Some(reason.clone()),
+        },
     }
 }
 

@@ -527,6 +527,16 @@ fn status_text(status: &StatusView) -> String {
                 .unwrap_or("unknown")
         )
     };
+    let network = match &status.network_isolation {
+        Some(view) if view.active => {
+            "active (eBPF: each tenant binds only its own port)".to_string()
+        }
+        Some(view) => format!(
+            "OFF, tenants are not network-isolated: {}",
+            view.reason.as_deref().unwrap_or("unknown")
+        ),
+        None => "unknown (older daemon)".to_string(),
+    };
     let instances = if status.instances.is_empty() {
         "none".to_string()
     } else {
@@ -542,6 +552,7 @@ fn status_text(status: &StatusView) -> String {
          api:             {}\n\
          data dir:        {}\n\
          kernel counters: {kernel}\n\
+         network:         {network}\n\
          services:        {}\n\
          instances:       {instances}",
         status.version,

@@ -5,6 +5,7 @@
 //! Each stage reports everything it finds, so one run lists every mistake with its
 //! `file:line:column`.
 
+mod egress;
 mod errors;
 mod model;
 mod names;

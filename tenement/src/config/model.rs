@@ -5,6 +5,8 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use super::egress::{EgressConfig, EgressRule};
+
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -271,6 +273,9 @@ pub struct Service {
     pub env_inherit: Vec<String>,
     /// Extra environment; values may use `{name}`, `{id}`, `{data_dir}`, `{port}`.
     pub env: BTreeMap<String, String>,
+    /// Where instances may connect and send beyond their own port: `"any"`, `"none"` or a
+    /// list of `"cidr:port"` entries (enforced by the kernel when eBPF is available).
+    pub egress: EgressConfig,
     /// A file of `KEY=VALUE` lines read by tenement (root) at each start of an instance:
     /// secrets kept out of the shared configuration. Its values win over `env`.
     pub env_file: Option<PathBuf>,
@@ -300,6 +305,7 @@ impl Default for Service {
             user: None,
             env_inherit: Vec::new(),
             env: BTreeMap::new(),
+            egress: EgressConfig::Any,
             env_file: None,
             listen: Listen::Port,
         }

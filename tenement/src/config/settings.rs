@@ -14,6 +14,17 @@ impl Settings {
             None => format!("unix:{}", self.data_dir.join(API_SOCKET_FILE).display()),
         }
     }
+
+    /// The TCP port of the management API, when it listens on TCP rather than a socket file.
+    pub fn api_tcp_port(&self) -> Option<u16> {
+        let endpoint = self.api_endpoint();
+        if endpoint.starts_with("unix:") {
+            return None;
+        }
+        let host_port = endpoint.strip_prefix("http://").unwrap_or(&endpoint);
+        let host_port = host_port.strip_suffix('/').unwrap_or(host_port);
+        host_port.rsplit_once(':')?.1.parse().ok()
+    }
 }
 
 /// The syntax `api` accepts: `unix:/absolute/path`, `host:port` or `http://host:port`.
@@ -62,6 +73,16 @@ mod tests {
         assert_eq!(settings.api_endpoint(), "unix:/srv/tenement/tenement.sock");
         settings.api = Some("127.0.0.1:8090".into());
         assert_eq!(settings.api_endpoint(), "127.0.0.1:8090");
+    }
+
+    #[test]
+    fn api_tcp_port_only_for_tcp_endpoints() {
+        let mut settings = Settings::default();
+        assert_eq!(settings.api_tcp_port(), None);
+        settings.api = Some("http://127.0.0.1:8090/".into());
+        assert_eq!(settings.api_tcp_port(), Some(8090));
+        settings.api = Some("[::1]:9000".into());
+        assert_eq!(settings.api_tcp_port(), Some(9000));
     }
 
     #[test]

@@ -20,7 +20,14 @@ use aya::{
 };
 use tenement_common::{maps, programs, CpuCounters, TcpCounters, TrafficCounters, CPU_TICK_NS};
 
-use super::stats::KernelStats;
+use super::{
+    network::{self, NetworkMaps},
+    policy::{HostPorts, NetworkDenials, NetworkIsolation, NetworkPolicy},
+    stats::KernelStats,
+};
+
+/// Reads the kernel programs' log lines (aya-log) into tenement's log.
+pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 /// The object built by build.rs from tenement-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tenement"));
@@ -29,7 +36,15 @@ pub struct KernelPrograms {
     // Owns the loaded programs and their links: dropping it detaches everything.
     _ebpf: Ebpf,
     maps: Mutex<InstanceMaps>,
+    network: Mutex<NetworkMaps>,
+    network_status: NetworkIsolation,
     cpus: usize,
+}
+
+/// What `attach` hands to the reader thread: listen events and the kernel's log lines.
+pub struct KernelOutput {
+    pub listen_events: RingBuf<MapData>,
+    pub logger: Option<KernelLogger>,
 }
 
 /// The maps keyed by instance cgroup id. Userspace alone inserts and removes their entries;
@@ -43,10 +58,25 @@ struct InstanceMaps {
 impl KernelPrograms {
     /// Loads the programs, attaches the cgroup ones to `subtree` (a directory of the cgroup
     /// v2 hierarchy; they then see every socket of every cgroup below it) and the tracing ones
-    /// to their tracepoints. Also hands back the listen-event ring buffer for its reader.
-    pub fn attach(subtree: &Path) -> Result<(Self, RingBuf<MapData>)> {
+    /// to their tracepoints. Also hands back the listen-event ring buffer and the kernel
+    /// log for their reader. The network boundary programs may fail alone (an older
+    /// kernel's verifier): the counters still run, and the status says why tenants are not
+    /// network-isolated.
+    pub fn attach(subtree: &Path) -> Result<(Self, KernelOutput)> {
         let mut ebpf = Ebpf::load(OBJECT).context("loading tenement's eBPF object")?;
         attach_to_subtree(&mut ebpf, subtree)?;
+        let network_status = match network::attach(&mut ebpf, subtree, cgroup_attach_mode()) {
+            Ok(()) => NetworkIsolation::Active,
+            Err(err) => NetworkIsolation::Off(format!("{err:#}")),
+        };
+        let network = NetworkMaps::take(&mut ebpf)?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(err) => {
+                tracing::warn!("kernel log lines (aya-log) unavailable: {err}");
+                None
+            }
+        };
         attach_cpu_time(&mut ebpf)?;
         attach_tcp_health(&mut ebpf)?;
 
@@ -61,10 +91,38 @@ impl KernelPrograms {
             Self {
                 _ebpf: ebpf,
                 maps: Mutex::new(maps),
+                network: Mutex::new(network),
+                network_status,
                 cpus,
             },
-            listen_events,
+            KernelOutput {
+                listen_events,
+                logger,
+            },
         ))
+    }
+
+    pub fn network_status(&self) -> &NetworkIsolation {
+        &self.network_status
+    }
+
+    pub fn set_host_ports(&self, ports: &HostPorts) -> Result<()> {
+        self.network().set_host_ports(ports)
+    }
+
+    pub fn confine(&self, cgroup_id: u64, policy: &NetworkPolicy) -> Result<()> {
+        self.network().confine(cgroup_id, policy)
+    }
+
+    pub fn denials(&self, cgroup_id: u64) -> Option<NetworkDenials> {
+        self.network().denials(cgroup_id)
+    }
+
+    fn network(&self) -> std::sync::MutexGuard<'_, NetworkMaps> {
+        // As `maps`: each kernel update is atomic, a poisoned lock is still usable.
+        self.network
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Starts counting for one cgroup (an instance's), every counter from zero.
@@ -82,8 +140,10 @@ impl KernelPrograms {
             .with_context(context)
     }
 
-    /// Stops counting for a cgroup; its counters are gone. Idempotent.
+    /// Stops counting for a cgroup, and lifts its network policy; its counters are gone.
+    /// Idempotent.
     pub fn unregister(&self, cgroup_id: u64) {
+        self.network().release(cgroup_id);
         let mut maps = self.maps();
         // Absent already is fine.
         let _ = maps.traffic.remove(&cgroup_id);
@@ -115,7 +175,14 @@ impl KernelPrograms {
             .iter()
             .for_each(|c| cpu.merge(c));
         let tcp = maps.tcp.get(&cgroup_id, 0).ok()?;
-        Some(KernelStats::from_counters(&traffic, &cpu, &tcp))
+        drop(maps);
+        let mut stats = KernelStats::from_counters(&traffic, &cpu, &tcp);
+        if let Some(denials) = self.denials(cgroup_id) {
+            stats.binds_denied = denials.binds;
+            stats.connects_denied = denials.connects;
+            stats.sends_denied = denials.sends;
+        }
+        Some(stats)
     }
 
     fn maps(&self) -> std::sync::MutexGuard<'_, InstanceMaps> {

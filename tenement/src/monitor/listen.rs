@@ -1,4 +1,5 @@
-//! Delivers listen events from the kernel's ring buffer to every subscriber.
+//! Delivers listen events from the kernel's ring buffer to every subscriber, and the kernel
+//! programs' log lines (aya-log) to tenement's log.
 //!
 //! A plain thread blocks in poll() on the ring buffer, so the kernel's wakeup reaches the
 //! subscribers at once and the monitor needs no async runtime to exist. Stopping is a closed
@@ -17,7 +18,7 @@ use nix::{
 };
 use tokio::sync::broadcast;
 
-use super::ListenEvent;
+use super::{kernel::KernelOutput, ListenEvent};
 
 pub struct ListenReader {
     stop: Option<OwnedFd>,
@@ -25,12 +26,12 @@ pub struct ListenReader {
 }
 
 impl ListenReader {
-    pub fn start(ring: RingBuf<MapData>, events: broadcast::Sender<ListenEvent>) -> Result<Self> {
+    pub fn start(output: KernelOutput, events: broadcast::Sender<ListenEvent>) -> Result<Self> {
         let (stop_rx, stop_tx) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC).context("creating the listen reader's pipe")?;
         let thread = std::thread::Builder::new()
             .name("listen-events".into())
-            .spawn(move || read_until_stopped(ring, stop_rx, events))
+            .spawn(move || read_until_stopped(output, stop_rx, events))
             .context("starting the listen-event reader thread")?;
         Ok(Self {
             stop: Some(stop_tx),
@@ -48,25 +49,26 @@ impl Drop for ListenReader {
     }
 }
 
-fn read_until_stopped(
-    mut ring: RingBuf<MapData>,
-    stop: OwnedFd,
-    events: broadcast::Sender<ListenEvent>,
-) {
+fn read_until_stopped(output: KernelOutput, stop: OwnedFd, events: broadcast::Sender<ListenEvent>) {
+    let KernelOutput {
+        listen_events: mut ring,
+        mut logger,
+    } = output;
     loop {
-        while let Some(item) = ring.next() {
-            if let Some(event) = decode(&item) {
-                // No subscriber right now is fine: nobody is waiting for this port.
-                let _ = events.send(event);
-            }
+        forward(&mut ring, &events);
+        if let Some(logger) = &mut logger {
+            logger.flush();
         }
-        let mut fds = [
-            PollFd::new(ring.as_fd(), PollFlags::POLLIN),
+        let mut fds = vec![
             PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+            PollFd::new(ring.as_fd(), PollFlags::POLLIN),
         ];
+        if let Some(logger) = &logger {
+            fds.push(PollFd::new(logger.as_fd(), PollFlags::POLLIN));
+        }
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {
-                if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+                if fds[0].revents().is_some_and(|r| !r.is_empty()) {
                     return;
                 }
             }
@@ -75,6 +77,15 @@ fn read_until_stopped(
                 tracing::error!("listen events stop: polling the ring buffer failed: {err}");
                 return;
             }
+        }
+    }
+}
+
+fn forward(ring: &mut RingBuf<MapData>, events: &broadcast::Sender<ListenEvent>) {
+    while let Some(item) = ring.next() {
+        if let Some(event) = decode(&item) {
+            // No subscriber right now is fine: nobody is waiting for this port.
+            let _ = events.send(event);
         }
     }
 }

@@ -12,6 +12,9 @@ mod cgroup_files;
 mod kernel;
 #[cfg(feature = "ebpf")]
 mod listen;
+#[cfg(feature = "ebpf")]
+mod network;
+mod policy;
 mod stats;
 
 use std::{path::Path, time::Instant};
@@ -20,6 +23,10 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 pub use cgroup_files::{cgroup_id, memory_usage};
+pub use policy::{
+    system_resolvers, Denial, Destination, Egress, HostPorts, NetworkDenials, NetworkIsolation,
+    NetworkPolicy,
+};
 pub use stats::{monotonic_now_ns, InstanceStats, KernelStats, Rates, Sample, StatsTracker};
 pub use tenement_common::TrafficCounters;
 
@@ -70,6 +77,7 @@ pub struct Monitor {
     #[cfg(feature = "ebpf")]
     kernel: Option<Kernel>,
     status: KernelCounters,
+    network: NetworkIsolation,
     listen_events: broadcast::Sender<ListenEvent>,
 }
 
@@ -88,8 +96,8 @@ impl Monitor {
         let (listen_events, _) = broadcast::channel(LISTEN_EVENT_BACKLOG);
         #[cfg(feature = "ebpf")]
         {
-            let started = kernel::KernelPrograms::attach(subtree).and_then(|(programs, ring)| {
-                let reader = listen::ListenReader::start(ring, listen_events.clone())?;
+            let started = kernel::KernelPrograms::attach(subtree).and_then(|(programs, output)| {
+                let reader = listen::ListenReader::start(output, listen_events.clone())?;
                 Ok(Kernel {
                     programs,
                     _listen_reader: reader,
@@ -98,6 +106,7 @@ impl Monitor {
             match started {
                 // The caller logs the outcome once, whichever path turned the counters off.
                 Ok(kernel) => Self {
+                    network: kernel.programs.network_status().clone(),
                     kernel: Some(kernel),
                     status: KernelCounters::Active,
                     listen_events,
@@ -124,6 +133,7 @@ impl Monitor {
         Self {
             #[cfg(feature = "ebpf")]
             kernel: None,
+            network: NetworkIsolation::Off(format!("kernel counters are off: {reason}")),
             status: KernelCounters::Off(reason),
             listen_events,
         }
@@ -131,6 +141,45 @@ impl Monitor {
 
     pub fn kernel_counters(&self) -> &KernelCounters {
         &self.status
+    }
+
+    /// Whether the kernel keeps confined instances inside their network boundary.
+    pub fn network_isolation(&self) -> &NetworkIsolation {
+        &self.network
+    }
+
+    /// The ports every confined instance is kept away from: `port_range` (but for its own
+    /// port) and tenement's own listeners. Set once, before the first instance starts.
+    pub fn set_host_ports(&self, ports: &HostPorts) -> anyhow::Result<()> {
+        #[cfg(feature = "ebpf")]
+        if let (Some(kernel), true) = (&self.kernel, self.network.is_active()) {
+            return kernel.programs.set_host_ports(ports);
+        }
+        let _ = ports;
+        Ok(())
+    }
+
+    /// Puts a registered cgroup inside its network boundary (see [`NetworkPolicy`]), its
+    /// denial counters from zero. Do it before the instance's process starts. Returns whether
+    /// the kernel enforces it (false without network isolation).
+    pub fn confine(&self, cgroup_id: u64, policy: &NetworkPolicy) -> anyhow::Result<bool> {
+        #[cfg(feature = "ebpf")]
+        if let (Some(kernel), true) = (&self.kernel, self.network.is_active()) {
+            kernel.programs.confine(cgroup_id, policy)?;
+            return Ok(true);
+        }
+        let _ = (cgroup_id, policy);
+        Ok(false)
+    }
+
+    /// What the boundary refused a confined cgroup, the latest refusal included.
+    pub fn denials(&self, cgroup_id: u64) -> Option<NetworkDenials> {
+        #[cfg(feature = "ebpf")]
+        if let Some(kernel) = &self.kernel {
+            return kernel.programs.denials(cgroup_id);
+        }
+        let _ = cgroup_id;
+        None
     }
 
     /// Starts counting for an instance's cgroup (its cgroup v2 id, see [`cgroup_id`]), every
@@ -145,7 +194,8 @@ impl Monitor {
         Ok(())
     }
 
-    /// Stops counting for a cgroup and forgets its counters. Idempotent.
+    /// Stops counting for a cgroup, lifts its network policy and forgets its counters.
+    /// Idempotent.
     pub fn unregister(&self, cgroup_id: u64) {
         #[cfg(feature = "ebpf")]
         if let Some(kernel) = &self.kernel {

@@ -30,6 +30,14 @@ pub struct KernelStats {
     pub retransmits: u64,
     pub resets_sent: u64,
     pub resets_received: u64,
+    /// Socket operations the network boundary refused (0 when the instance is not confined).
+    #[serde(default)]
+    pub binds_denied: u64,
+    #[serde(default)]
+    pub connects_denied: u64,
+    /// UDP datagrams refused at sendmsg.
+    #[serde(default)]
+    pub sends_denied: u64,
 }
 
 impl KernelStats {
@@ -54,7 +62,15 @@ impl KernelStats {
             retransmits: tcp.retransmits,
             resets_sent: tcp.resets_sent,
             resets_received: tcp.resets_received,
+            binds_denied: 0,
+            connects_denied: 0,
+            sends_denied: 0,
         }
+    }
+
+    /// Every refused bind, connect and send.
+    pub fn denied(&self) -> u64 {
+        self.binds_denied + self.connects_denied + self.sends_denied
     }
 
     pub fn connections_opened(&self) -> u64 {

@@ -23,10 +23,14 @@ pub enum EventKind {
     Failed,
     Stopped,
     QuotaExceeded,
+    /// The network boundary refused a bind, connect or send of the instance.
+    NetworkDenied,
+    /// Something else listened on the instance's port: the start moved to another port.
+    PortTaken,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::Spawned,
         EventKind::Ready,
         EventKind::Degraded,
@@ -38,6 +42,8 @@ impl EventKind {
         EventKind::Failed,
         EventKind::Stopped,
         EventKind::QuotaExceeded,
+        EventKind::NetworkDenied,
+        EventKind::PortTaken,
     ];
 
     /// The kebab-case name, as in JSON and in the database.
@@ -54,6 +60,8 @@ impl EventKind {
             EventKind::Failed => "failed",
             EventKind::Stopped => "stopped",
             EventKind::QuotaExceeded => "quota-exceeded",
+            EventKind::NetworkDenied => "network-denied",
+            EventKind::PortTaken => "port-taken",
         }
     }
 }

@@ -62,6 +62,7 @@ pub struct Status {
     /// While the kernel's TCP counters show a storm: why (`kernel: 140 TCP retransmits/s`).
     /// Keeps the instance `degraded` even when its health checks pass.
     pub kernel_trouble: Option<String>,
+    pub network: Option<super::state::InstanceNetwork>,
 }
 
 /// The run loop of a started instance.
@@ -121,6 +122,7 @@ impl Instance {
             cgroup_path: None,
             memory_cgroup: None,
             kernel_trouble: None,
+            network: None,
         };
         Instance {
             name,
@@ -155,6 +157,7 @@ impl Instance {
             cgroup_id: s.cgroup_id,
             cgroup_path: s.cgroup_path.clone(),
             memory_cgroup: s.memory_cgroup.clone(),
+            network: s.network.clone(),
             disk_used_bytes: Some(self.disk_used.load(Ordering::Relaxed))
                 .filter(|&bytes| bytes != u64::MAX),
             storage_quota_mb: self.service.storage_quota_mb,

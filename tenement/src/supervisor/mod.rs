@@ -17,6 +17,8 @@ mod idle;
 pub mod init;
 mod instance;
 mod launch;
+mod listener;
+mod network;
 mod ports;
 mod prepare;
 mod privacy;
@@ -59,7 +61,7 @@ pub use health::{
 pub use idle::KernelTraffic;
 pub use instance::ActivityGuard;
 pub use sandbox::find_runsc;
-pub use state::{InstanceInfo, InstanceState, StartError};
+pub use state::{InstanceInfo, InstanceNetwork, InstanceState, StartError};
 
 /// Who wants an instance running: an operator's start ends a hold, a request does not.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -189,6 +191,26 @@ impl Supervisor {
         // Sandbox state of the earlier run: its processes are gone with their cgroups.
         let _ = std::fs::remove_dir_all(settings.data_dir.join(".sandbox"));
 
+        {
+            let monitor = monitor.lock().unwrap_or_else(|p| p.into_inner());
+            let isolation = monitor.network_isolation();
+            if isolation.is_active() {
+                monitor
+                    .set_host_ports(&network::host_ports(&config))
+                    .context("protecting port_range and tenement's listeners")?;
+                tracing::info!(
+                    "network isolation: active (each instance binds only its own port, on \
+                     loopback; port_range and the management API are closed to tenants)"
+                );
+            } else if cgroups.is_some() {
+                tracing::warn!("{isolation}");
+            } else {
+                tracing::warn!(
+                    "network isolation off: tenants are NOT network-isolated (no cgroup v2 \
+                     group per instance to attach the policy to)"
+                );
+            }
+        }
         let spawner = Spawner::start()?;
         if let Some(tree) = &cgroups {
             start_guard(&spawner, tree).await?;

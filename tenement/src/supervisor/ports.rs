@@ -9,6 +9,19 @@ use std::{
 
 use anyhow::{bail, Result};
 
+/// Every port of `port_range` is leased or in use on the host. Not a configuration problem:
+/// the run loop waits for a port to free up.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no free port left in port_range [{low}, {high}]: {leased} are held by instances, the \
+     rest are in use on this host"
+)]
+pub struct NoFreePort {
+    pub low: u16,
+    pub high: u16,
+    pub leased: usize,
+}
+
 #[derive(Clone)]
 pub struct PortAllocator {
     inner: Arc<Mutex<State>>,
@@ -86,11 +99,12 @@ impl PortAllocator {
                 allocator: self.clone(),
             });
         }
-        bail!(
-            "no free port left in port_range [{low}, {high}]: {} are held by instances, the \
-             rest are in use on this host",
-            state.leased.len()
-        )
+        Err(NoFreePort {
+            low,
+            high,
+            leased: state.leased.len(),
+        }
+        .into())
     }
 }
 

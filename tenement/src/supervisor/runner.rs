@@ -15,9 +15,13 @@ use super::{
     failure, health,
     instance::{Instance, StopKind},
     launch,
+    listener::{self, Listening},
+    network,
+    ports::NoFreePort,
     prepare::{self, Prepared},
     restart::{Decision, Ending, RestartTracker},
     spawner::{self, Child},
+    state::InstanceNetwork,
     state::InstanceState,
     storage, Shared,
 };
@@ -45,7 +49,20 @@ enum AttemptEnd {
     },
     /// Nothing was started: the reason is a configuration or host problem.
     CannotStart(String),
+    /// Every port of `port_range` is taken: nothing was started, the next try waits.
+    NoPort(String),
+    /// Something other than the instance listened on its port: tried again on another.
+    PortTaken {
+        port: u16,
+        holder: Option<String>,
+    },
 }
+
+/// How long an instance without a port waits before trying again: ports free up when
+/// instances stop or whatever held them lets go.
+const NO_PORT_RETRY: Duration = Duration::from_secs(1);
+/// After this many port takeovers in a row, later retries wait `NO_PORT_RETRY` in between.
+const QUICK_PORT_RETRIES: u32 = 5;
 
 /// Runs attempts until the instance is stopped, stays down by policy, or fails.
 pub async fn run(
@@ -55,10 +72,38 @@ pub async fn run(
     done: watch::Sender<bool>,
 ) {
     let mut tracker = RestartTracker::new(&shared.config.settings);
+    let mut takeovers = 0u32;
     let name = &instance.name;
     loop {
         let began_ms = failure::unix_ms(SystemTime::now());
         let end = attempt(&shared, &instance, &mut stop).await;
+        if !matches!(end, AttemptEnd::PortTaken { .. }) {
+            takeovers = 0;
+        }
+        // Not the tenant's failure: no restart is counted, and it never gives up.
+        let retry_after = match &end {
+            AttemptEnd::NoPort(reason) => Some(no_port(&shared, &instance, reason)),
+            AttemptEnd::PortTaken { port, holder } => {
+                takeovers += 1;
+                Some(port_taken(
+                    &shared,
+                    &instance,
+                    *port,
+                    holder.as_deref(),
+                    takeovers,
+                ))
+            }
+            _ => None,
+        };
+        if let Some(delay) = retry_after {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => continue,
+                kind = stopped(&mut stop) => {
+                    finish(&shared, &instance, kind);
+                    break;
+                }
+            }
+        }
         // Ended before it was ready: what it said counts, and waiters are told at once.
         let start_failed = matches!(
             end,
@@ -70,6 +115,8 @@ pub async fn run(
         );
         let output = || failure::last_output(&shared.logs, name, began_ms);
         let (ending, ready_for, what) = match end {
+            // Handled above.
+            AttemptEnd::NoPort(_) | AttemptEnd::PortTaken { .. } => continue,
             AttemptEnd::Stopped(kind) => {
                 finish(&shared, &instance, kind);
                 break;
@@ -205,6 +252,56 @@ pub async fn run(
     let _ = done.send(true);
 }
 
+/// The instance waits for a port, shown `failed` with the reason (requests get it at once
+/// instead of waiting), and tries again by itself.
+fn no_port(shared: &Shared, instance: &Instance, reason: &str) -> Duration {
+    let reason = format!(
+        "{reason}; retrying every {}s until a port frees up",
+        NO_PORT_RETRY.as_secs()
+    );
+    let first = instance.status.borrow().last_error.as_deref() != Some(reason.as_str());
+    if first {
+        shared.record(instance, EventKind::Failed, &reason);
+        shared.logs.system(&instance.name, &reason);
+        tracing::warn!("{}: {reason}", instance.name);
+    }
+    shared.update(instance, |s| {
+        s.state = InstanceState::Failed;
+        s.cannot_start = false;
+        s.last_error = Some(reason.clone());
+        clear_process(s);
+    });
+    NO_PORT_RETRY
+}
+
+/// Someone else listened on the port the instance was given: the next attempt leases
+/// another port (the allocator goes round-robin and skips ports in use).
+fn port_taken(
+    shared: &Shared,
+    instance: &Instance,
+    port: u16,
+    holder: Option<&str>,
+    takeovers: u32,
+) -> Duration {
+    let holder = holder.unwrap_or("a process outside the instance");
+    let detail = format!(
+        "port {port} is held by {holder}, not by the instance: starting again on another port"
+    );
+    shared.record(instance, EventKind::PortTaken, &detail);
+    shared.logs.system(&instance.name, &detail);
+    tracing::warn!("{}: {detail}", instance.name);
+    shared.update(instance, |s| {
+        s.state = InstanceState::Starting;
+        s.last_error = Some(detail.clone());
+        clear_process(s);
+    });
+    if takeovers > QUICK_PORT_RETRIES {
+        NO_PORT_RETRY
+    } else {
+        Duration::ZERO
+    }
+}
+
 /// The state after a requested stop; the event and the data directory's fate.
 fn finish(shared: &Shared, instance: &Instance, kind: StopKind) {
     let state = match kind {
@@ -263,6 +360,7 @@ fn clear_process(status: &mut super::instance::Status) {
     status.cgroup_path = None;
     status.memory_cgroup = None;
     status.kernel_trouble = None;
+    status.network = None;
 }
 
 /// Resolves once a stop is requested, with its kind.
@@ -286,6 +384,9 @@ async fn attempt(
     let began = Instant::now();
     let prepared = match prepare::prepare(shared, name, &instance.service) {
         Ok(prepared) => prepared,
+        Err(err) if err.downcast_ref::<NoFreePort>().is_some() => {
+            return AttemptEnd::NoPort(format!("{err:#}"))
+        }
         Err(err) => return AttemptEnd::CannotStart(format!("{err:#}")),
     };
     let Prepared {
@@ -296,6 +397,22 @@ async fn attempt(
         run_as,
         sandbox_state,
     } = prepared;
+    // Counted and confined before the first instruction of the tenant runs.
+    let cgroup_id = cgroup.as_ref().and_then(|c| c.id());
+    let network = match confine(
+        shared,
+        instance,
+        cgroup_id,
+        port.as_ref().map_or(0, |p| p.port()),
+    ) {
+        Ok(network) => network,
+        Err(reason) => {
+            if let Some(cgroup) = &cgroup {
+                let _ = cgroup.remove();
+            }
+            return AttemptEnd::CannotStart(reason);
+        }
+    };
     let spawned = async {
         let join = match &cgroup {
             Some(cgroup) => cgroup.join_files()?,
@@ -313,6 +430,9 @@ async fn attempt(
     let mut child = match spawned {
         Ok(child) => child,
         Err(err) => {
+            if let Some(id) = cgroup_id {
+                shared.monitor_lock().unregister(id);
+            }
             if let Some(cgroup) = &cgroup {
                 let _ = cgroup.remove();
             }
@@ -340,12 +460,6 @@ async fn attempt(
             return AttemptEnd::CannotStart(format!("{name}: watching pid {pid}: {err}"));
         }
     };
-    let cgroup_id = cgroup.as_ref().and_then(|c| c.id());
-    if let Some(id) = cgroup_id {
-        if let Err(err) = shared.monitor_lock().register(id) {
-            tracing::warn!("{name}: kernel counters for cgroup {id}: {err:#}");
-        }
-    }
     shared.update(instance, |s| {
         s.state = InstanceState::Starting;
         s.pid = Some(pid);
@@ -362,6 +476,7 @@ async fn attempt(
             .as_ref()
             .and_then(|c| c.memory_dir())
             .map(|p| p.to_path_buf());
+        s.network = Some(network);
     });
     shared.record(
         instance,
@@ -422,6 +537,42 @@ async fn attempt(
     }
 }
 
+/// Registers the instance's cgroup with the kernel counters and puts it inside its network
+/// boundary. A boundary the kernel could not take is an error (the instance would run
+/// unconfined while shown confined); without network isolation at all, it runs unconfined
+/// and says so.
+fn confine(
+    shared: &Shared,
+    instance: &Instance,
+    cgroup_id: Option<u64>,
+    port: u16,
+) -> Result<InstanceNetwork, String> {
+    let name = &instance.name;
+    let policy = network::policy(&instance.service, port);
+    let Some(id) = cgroup_id else {
+        return Ok(InstanceNetwork {
+            enforced: false,
+            policy,
+            last_denied: None,
+        });
+    };
+    let monitor = shared.monitor_lock();
+    if let Err(err) = monitor.register(id) {
+        tracing::warn!("{name}: kernel counters for cgroup {id}: {err:#}");
+    }
+    match monitor.confine(id, &policy) {
+        Ok(enforced) => Ok(InstanceNetwork {
+            enforced,
+            policy,
+            last_denied: None,
+        }),
+        Err(err) => {
+            monitor.unregister(id);
+            Err(format!("{name}: applying its network policy: {err:#}"))
+        }
+    }
+}
+
 /// Waits for readiness, then health-checks until the process ends, turns unhealthy, or a
 /// stop is requested.
 async fn supervise(
@@ -436,10 +587,19 @@ async fn supervise(
     let service = &instance.service;
     let startup = Duration::from_secs(service.startup_timeout);
     let ready = tokio::select! {
-        ready = timeout(startup, wait_ready(instance, endpoint)) => ready,
-        status = child.wait() => return exited(status, None),
+        ready = timeout(startup, wait_ready(instance, endpoint, cgroup)) => ready,
+        status = child.wait() => {
+            // An app that died because its port was taken (EADDRINUSE) gets another port.
+            if let Some(taken) = endpoint.port().and_then(|port| taken(port, cgroup)) {
+                return taken;
+            }
+            return exited(status, None);
+        }
         kind = stopped(stop) => return AttemptEnd::Stopped(kind),
     };
+    if let Ok(Err(taken)) = ready {
+        return taken;
+    }
     if let Err(_elapsed) = ready {
         let reason = match service.health.as_deref() {
             Some(path) => match health::check(endpoint, Some(path), Duration::from_secs(1)).await {
@@ -541,9 +701,27 @@ fn exited(status: std::io::Result<ExitStatus>, ready_for: Option<Duration>) -> A
     }
 }
 
-/// Listening, then (if the service has a health path) answering it with 2xx.
-async fn wait_ready(instance: &Instance, endpoint: &Endpoint) {
-    health::wait_listening(endpoint, &instance.listening).await;
+/// Listening (on a port: on a socket of the instance's own, anything else is `PortTaken`),
+/// then (if the service has a health path) answering it with 2xx.
+async fn wait_ready(
+    instance: &Instance,
+    endpoint: &Endpoint,
+    cgroup: Option<&super::cgroup::InstanceCgroup>,
+) -> Result<(), AttemptEnd> {
+    loop {
+        health::wait_listening(endpoint, &instance.listening).await;
+        // A unix socket in its own 0700 directory cannot be taken; without a cgroup there
+        // is no way to tell whose socket it is.
+        let (Some(port), Some(cgroup)) = (endpoint.port(), cgroup) else {
+            break;
+        };
+        match listener::check(port, &cgroup.pids()) {
+            Listening::Owned => break,
+            Listening::Foreign { holder } => return Err(AttemptEnd::PortTaken { port, holder }),
+            // Seen listening a moment ago, closed since: wait for it again.
+            Listening::Nobody => tokio::time::sleep(Duration::from_millis(15)).await,
+        }
+    }
     if let Some(path) = instance.service.health.as_deref() {
         while health::check(endpoint, Some(path), Duration::from_secs(2))
             .await
@@ -551,6 +729,16 @@ async fn wait_ready(instance: &Instance, endpoint: &Endpoint) {
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+    Ok(())
+}
+
+/// `PortTaken` when something outside the instance listens on its port.
+fn taken(port: u16, cgroup: Option<&super::cgroup::InstanceCgroup>) -> Option<AttemptEnd> {
+    let cgroup = cgroup?;
+    match listener::check(port, &cgroup.pids()) {
+        Listening::Foreign { holder } => Some(AttemptEnd::PortTaken { port, holder }),
+        Listening::Owned | Listening::Nobody => None,
     }
 }
 

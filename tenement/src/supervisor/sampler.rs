@@ -24,6 +24,8 @@ struct Watched {
     cgroup_id: Option<u64>,
     pid: u32,
     health: KernelHealth,
+    /// Network denials already reported as events.
+    denied: u64,
 }
 
 pub async fn run(shared: Weak<Shared>) {
@@ -84,6 +86,7 @@ fn sample(
                 cgroup_id,
                 pid,
                 health: KernelHealth::default(),
+                denied: 0,
             },
         );
     }
@@ -105,10 +108,39 @@ fn sample(
         stats.idle_for_secs = Some(since.map_or(0.0, |at| at.elapsed().as_secs_f64()));
     }
     instance.set_stats(Some(stats));
+    if let (Some(totals), Some(watch), Some(id)) = (stats.totals, watched.get_mut(name), cgroup_id)
+    {
+        if totals.denied() > watch.denied {
+            watch.denied = totals.denied();
+            report_denials(shared, instance, id);
+        }
+    }
     if let (Some(rates), Some(watch)) = (stats.rates, watched.get_mut(name)) {
         let trouble = watch.health.observe(&rates).map(str::to_string);
         apply_kernel_health(shared, instance, trouble);
     }
+}
+
+/// An event per second at most (the sampler's pace) while a tenant keeps knocking: the
+/// latest refused address and the totals so far.
+fn report_denials(shared: &Shared, instance: &Instance, cgroup_id: u64) {
+    let Some(denials) = shared.monitor_lock().denials(cgroup_id) else {
+        return;
+    };
+    let Some(last) = &denials.last else {
+        return;
+    };
+    let detail = format!(
+        "refused {last} ({} binds, {} connects, {} sends refused so far)",
+        denials.binds, denials.connects, denials.sends
+    );
+    shared.record(instance, EventKind::NetworkDenied, &detail);
+    let last = last.to_string();
+    shared.update(instance, |s| {
+        if let Some(network) = &mut s.network {
+            network.last_denied = Some(last);
+        }
+    });
 }
 
 /// Puts a serving instance into `degraded` while the kernel sees a storm, and back to

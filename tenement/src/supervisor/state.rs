@@ -8,7 +8,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::config::InstanceName;
+use crate::{config::InstanceName, monitor::NetworkPolicy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -84,11 +84,23 @@ pub struct InstanceInfo {
     /// The directory with the memory controller (`cgroup_path` on pure cgroup v2, the v1
     /// memory group on hybrid hosts), when the instance has one.
     pub memory_cgroup: Option<PathBuf>,
+    /// The network boundary of the current process; `None` while no process runs.
+    pub network: Option<InstanceNetwork>,
     /// Bytes its data directory used at the last measurement (every 30 s); `None` before
     /// the first one.
     pub disk_used_bytes: Option<u64>,
     /// Its service's `storage_quota_mb`.
     pub storage_quota_mb: Option<u64>,
+}
+
+/// The network boundary of one running instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InstanceNetwork {
+    /// The kernel enforces `policy` (false: tenement runs without network isolation).
+    pub enforced: bool,
+    pub policy: NetworkPolicy,
+    /// The latest operation the kernel refused, e.g. `connect 127.0.0.1:30002`.
+    pub last_denied: Option<String>,
 }
 
 /// Why an instance is not ready. The reasons name the instance; callers that want the name

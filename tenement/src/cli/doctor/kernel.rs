@@ -7,7 +7,7 @@ use std::{
 
 use super::{tidy, Check};
 use crate::{
-    monitor::{KernelCounters, Monitor},
+    monitor::{KernelCounters, Monitor, NetworkIsolation},
     supervisor::cgroup::CgroupLayout,
 };
 
@@ -58,13 +58,36 @@ pub fn btf() -> Check {
 }
 
 /// Loads and attaches tenement's programs on a throwaway cgroup below our own, registers
-/// that cgroup in the counters map, then removes everything.
-pub fn ebpf(layout: &CgroupLayout) -> Check {
+/// that cgroup in the counters map, then removes everything. Two checks: the counters, and
+/// the network boundary (which says plainly when tenants are not network-isolated).
+pub fn ebpf(layout: &CgroupLayout) -> Vec<Check> {
+    let (counters, network) = counters_and_network(layout);
+    let network = match network {
+        Ok(()) => Check::ok(
+            "network",
+            "bind/connect/sendmsg programs attached: each tenant binds only its own port (on \
+             loopback) and cannot reach port_range or the management API",
+        ),
+        Err(reason) => Check::warn(
+            "network",
+            format!("tenants are NOT network-isolated: {reason}"),
+            "run as root on a kernel with eBPF cgroup programs (see docs/isolation.md)",
+        ),
+    };
+    vec![counters, network]
+}
+
+fn counters_and_network(layout: &CgroupLayout) -> (Check, Result<(), String>) {
     let Some(unified) = &layout.unified else {
-        return Check::warn(
-            "ebpf",
-            "no cgroup v2 hierarchy is mounted, and eBPF cgroup programs attach only there",
-            "mount one: mount -t cgroup2 none /sys/fs/cgroup/unified",
+        let reason =
+            "no cgroup v2 hierarchy is mounted, and eBPF cgroup programs attach only there";
+        return (
+            Check::warn(
+                "ebpf",
+                reason,
+                "mount one: mount -t cgroup2 none /sys/fs/cgroup/unified",
+            ),
+            Err(reason.to_string()),
         );
     };
     let dir = unified
@@ -73,14 +96,22 @@ pub fn ebpf(layout: &CgroupLayout) -> Check {
     let cgroup = match ScratchCgroup::create(dir.clone()) {
         Ok(cgroup) => cgroup,
         Err(err) => {
-            return Check::warn(
-                "ebpf",
-                format!("cannot create the test cgroup {}: {err}", dir.display()),
-                "run as root (loading eBPF programs needs CAP_BPF and CAP_NET_ADMIN, cgroups need write access)",
-            )
+            let reason = format!("cannot create the test cgroup {}: {err}", dir.display());
+            return (
+                Check::warn(
+                    "ebpf",
+                    reason.clone(),
+                    "run as root (loading eBPF programs needs CAP_BPF and CAP_NET_ADMIN, cgroups need write access)",
+                ),
+                Err(reason),
+            );
         }
     };
     let monitor = Monitor::start(&cgroup.0);
+    let network = match monitor.network_isolation() {
+        NetworkIsolation::Active => Ok(()),
+        NetworkIsolation::Off(reason) => Err(reason.clone()),
+    };
     let status = monitor.kernel_counters().clone();
     let check = match status {
         KernelCounters::Active => match cgroup_id(&cgroup.0).and_then(|id| {
@@ -110,7 +141,7 @@ pub fn ebpf(layout: &CgroupLayout) -> Check {
     };
     drop(monitor);
     drop(cgroup);
-    check
+    (check, network)
 }
 
 fn fix_for(reason: &str) -> &'static str {

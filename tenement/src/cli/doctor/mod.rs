@@ -120,7 +120,7 @@ pub fn run(explicit_config: Option<&Path>) -> ExitCode {
     checks.extend([kernel::version(), kernel::btf()]);
     match CgroupLayout::detect() {
         Ok(layout) => {
-            checks.push(kernel::ebpf(&layout));
+            checks.extend(kernel::ebpf(&layout));
             checks.extend(cgroups::checks(&layout, &needs));
         }
         Err(err) => checks.push(Check::fail(

@@ -106,6 +106,7 @@ fn instance_table<'a>(view: &TopView, rows: &'a [Row]) -> Table<'a> {
         Constraint::Length(8),
         Constraint::Length(6),
         Constraint::Length(8),
+        Constraint::Length(7),
         Constraint::Length(9),
         Constraint::Length(9),
     ];

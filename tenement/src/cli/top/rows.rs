@@ -8,8 +8,9 @@ use crate::api::types::InstanceStatsView;
 use super::super::table::{duration, or_dash, Table};
 
 /// Every column, in display order.
-pub const HEADERS: [&str; 10] = [
-    "NAME", "STATE", "CPU%", "MEM", "RX/s", "TX/s", "CONNS", "RETRANS", "RESTARTS", "IDLE-FOR",
+pub const HEADERS: [&str; 11] = [
+    "NAME", "STATE", "CPU%", "MEM", "RX/s", "TX/s", "CONNS", "RETRANS", "DENIED", "RESTARTS",
+    "IDLE-FOR",
 ];
 
 /// The columns a key sorts by.
@@ -68,7 +69,7 @@ impl SortBy {
             SortBy::Rx => 4,
             SortBy::Tx => 5,
             SortBy::Connections => 6,
-            SortBy::Idle => 9,
+            SortBy::Idle => 10,
         }
     }
 
@@ -136,6 +137,8 @@ pub struct Row {
     pub tx_per_sec: Option<f64>,
     pub connections: Option<u64>,
     pub retransmits: Option<u64>,
+    /// Binds, connects and sends the network boundary refused.
+    pub denied: Option<u64>,
     pub restarts: u32,
     pub idle_for_secs: Option<f64>,
     /// Why it is degraded or failed, shown below the table.
@@ -157,6 +160,7 @@ impl Row {
             tx_per_sec: rates.map(|r| r.tx_bytes_per_sec),
             connections: totals.map(|t| t.connections_open),
             retransmits: totals.map(|t| t.retransmits),
+            denied: totals.map(|t| t.denied()),
             restarts: view.restarts,
             idle_for_secs: stats.and_then(|s| s.idle_for_secs),
             reason: view.last_error.clone(),
@@ -174,6 +178,7 @@ impl Row {
             or_dash(self.tx_per_sec.map(compact_bytes)),
             or_dash(self.connections),
             or_dash(self.retransmits),
+            or_dash(self.denied),
             self.restarts.to_string(),
             or_dash(self.idle_for_secs.map(|secs| duration(secs as u64))),
         ]
@@ -293,6 +298,7 @@ mod tests {
                 "0B",
                 "3",
                 "7",
+                "0",
                 "1",
                 "1m15s"
             ]
@@ -300,7 +306,7 @@ mod tests {
         let mut stopped = view("api:bob", None);
         stopped.stats = None;
         let cells = Row::from_view(&stopped).cells();
-        assert_eq!(cells[2..8], ["-", "-", "-", "-", "-", "-"]);
+        assert_eq!(cells[2..9], ["-", "-", "-", "-", "-", "-", "-"]);
     }
 
     #[test]
