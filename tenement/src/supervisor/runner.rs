@@ -12,9 +12,10 @@ use std::{
 use tokio::{sync::watch, task::JoinHandle, time::timeout};
 
 use super::{
+    cgroup::InstanceCgroup,
     failure, health,
     instance::{Instance, StopKind},
-    launch,
+    launch::{self, Launch},
     listener::{self, Listening},
     network,
     ports::NoFreePort,
@@ -25,7 +26,7 @@ use super::{
     state::InstanceState,
     storage, Shared,
 };
-use crate::{endpoint::Endpoint, logs::Stream, store::EventKind};
+use crate::{config::InstanceName, endpoint::Endpoint, logs::Stream, store::EventKind};
 
 /// Health checks failing in a row before the instance counts as unhealthy.
 const UNHEALTHY_AFTER: u32 = 3;
@@ -139,36 +140,7 @@ pub async fn run(
                 status,
                 ready_for,
                 oom_killed,
-            } => {
-                let how = spawner::describe(status);
-                let what = if oom_killed {
-                    let limit = instance.service.memory_limit_mb.unwrap_or_default();
-                    let what = format!(
-                        "killed by the kernel's OOM killer ({how}, memory_limit_mb = {limit})"
-                    );
-                    shared.record(&instance, EventKind::OomKilled, &what);
-                    what
-                } else if status.success() {
-                    let what = format!("the program exited ({how})");
-                    shared.record(&instance, EventKind::Stopped, &what);
-                    what
-                } else if ready_for.is_none() {
-                    let what = format!("it exited ({how}) before it was ready{}", output());
-                    shared.record(&instance, EventKind::Crashed, &what);
-                    what
-                } else {
-                    let what = format!("crashed ({how})");
-                    shared.record(&instance, EventKind::Crashed, &what);
-                    what
-                };
-                shared.logs.system(&instance.name, &what);
-                let ending = if status.success() {
-                    Ending::CleanExit
-                } else {
-                    Ending::Failure
-                };
-                (ending, ready_for, what)
-            }
+            } => exit_ending(&shared, &instance, status, ready_for, oom_killed, output),
             AttemptEnd::Unhealthy { ready_for } => {
                 (Ending::Failure, Some(ready_for), "unhealthy".to_string())
             }
@@ -184,72 +156,138 @@ pub async fn run(
             }
         };
 
-        match tracker.decide(instance.service.restart, ending, ready_for, Instant::now()) {
-            Decision::Stay => {
-                let (state, reason) = if ending == Ending::CleanExit {
-                    // Done by its own choice: not restarted at the next start of tenement,
-                    // but, like an idle stop, woken by the next request.
-                    let _ = shared.store.set_desired(&instance.name, false);
-                    (InstanceState::Sleeping, None)
-                } else {
-                    let reason =
-                        format!("{what}; restart = \"never\": {}", failure::given_up(name));
-                    shared.record(&instance, EventKind::Failed, &reason);
-                    (InstanceState::Failed, Some(reason))
-                };
-                shared.update(&instance, |s| {
-                    s.state = state;
-                    s.last_error = reason;
-                    s.start_failures += u64::from(start_failed);
-                    clear_process(s);
-                });
-                break;
-            }
-            Decision::GiveUp { restarts, window } => {
-                let reason = format!(
-                    "{name} failed: {restarts} restarts within restart_window ({}s) reached \
-                     max_restarts; last: {what}; {}",
-                    window.as_secs(),
-                    failure::given_up(name)
-                );
-                shared.record(&instance, EventKind::Failed, &reason);
-                shared.logs.system(&instance.name, &reason);
-                tracing::warn!("{reason}");
-                shared.update(&instance, |s| {
-                    s.state = InstanceState::Failed;
-                    s.last_error = Some(reason);
-                    s.start_failures += u64::from(start_failed);
-                    clear_process(s);
-                });
-                break;
-            }
-            Decision::Restart { delay } => {
-                let detail = format!("backoff {}ms after: {what}", delay.as_millis());
-                shared.record(&instance, EventKind::Restarted, &detail);
-                shared.logs.system(
-                    &instance.name,
-                    &format!("restarting in {}ms", delay.as_millis()),
-                );
-                tracing::info!("{}: {detail}", instance.name);
-                let reason = format!("{what}; {}", failure::retrying(name, delay.as_millis()));
-                shared.update(&instance, |s| {
-                    s.state = InstanceState::Starting;
-                    s.restarts += 1;
-                    s.last_error = Some(reason);
-                    s.start_failures += u64::from(start_failed);
-                    clear_process(s);
-                });
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    kind = stopped(&mut stop) => {
-                        finish(&shared, &instance, kind);
-                        break;
-                    }
+        let decision = tracker.decide(instance.service.restart, ending, ready_for, Instant::now());
+        if !follow(
+            &shared,
+            &instance,
+            decision,
+            ending,
+            &what,
+            start_failed,
+            &mut stop,
+        )
+        .await
+        {
+            break;
+        }
+    }
+    let _ = done.send(true);
+}
+
+/// What a process's exit means for the restart policy: its ending, how long it had been
+/// ready, and what happened in words (recorded as the matching event).
+fn exit_ending(
+    shared: &Shared,
+    instance: &Instance,
+    status: ExitStatus,
+    ready_for: Option<Duration>,
+    oom_killed: bool,
+    output: impl Fn() -> String,
+) -> (Ending, Option<Duration>, String) {
+    let how = spawner::describe(status);
+    let what = if oom_killed {
+        let limit = instance.service.memory_limit_mb.unwrap_or_default();
+        let what = format!("killed by the kernel's OOM killer ({how}, memory_limit_mb = {limit})");
+        shared.record(instance, EventKind::OomKilled, &what);
+        what
+    } else if status.success() {
+        let what = format!("the program exited ({how})");
+        shared.record(instance, EventKind::Stopped, &what);
+        what
+    } else if ready_for.is_none() {
+        let what = format!("it exited ({how}) before it was ready{}", output());
+        shared.record(instance, EventKind::Crashed, &what);
+        what
+    } else {
+        let what = format!("crashed ({how})");
+        shared.record(instance, EventKind::Crashed, &what);
+        what
+    };
+    shared.logs.system(&instance.name, &what);
+    let ending = if status.success() {
+        Ending::CleanExit
+    } else {
+        Ending::Failure
+    };
+    (ending, ready_for, what)
+}
+
+/// Carries out the restart policy's decision after an attempt ended. Returns whether the
+/// instance runs another attempt.
+async fn follow(
+    shared: &Shared,
+    instance: &Instance,
+    decision: Decision,
+    ending: Ending,
+    what: &str,
+    start_failed: bool,
+    stop: &mut watch::Receiver<Option<StopKind>>,
+) -> bool {
+    let name = &instance.name;
+    match decision {
+        Decision::Stay => {
+            let (state, reason) = if ending == Ending::CleanExit {
+                // Done by its own choice: not restarted at the next start of tenement,
+                // but, like an idle stop, woken by the next request.
+                let _ = shared.store.set_desired(&instance.name, false);
+                (InstanceState::Sleeping, None)
+            } else {
+                let reason = format!("{what}; restart = \"never\": {}", failure::given_up(name));
+                shared.record(instance, EventKind::Failed, &reason);
+                (InstanceState::Failed, Some(reason))
+            };
+            shared.update(instance, |s| {
+                s.state = state;
+                s.last_error = reason;
+                s.start_failures += u64::from(start_failed);
+                clear_process(s);
+            });
+            return false;
+        }
+        Decision::GiveUp { restarts, window } => {
+            let reason = format!(
+                "{name} failed: {restarts} restarts within restart_window ({}s) reached \
+                 max_restarts; last: {what}; {}",
+                window.as_secs(),
+                failure::given_up(name)
+            );
+            shared.record(instance, EventKind::Failed, &reason);
+            shared.logs.system(&instance.name, &reason);
+            tracing::warn!("{reason}");
+            shared.update(instance, |s| {
+                s.state = InstanceState::Failed;
+                s.last_error = Some(reason);
+                s.start_failures += u64::from(start_failed);
+                clear_process(s);
+            });
+            return false;
+        }
+        Decision::Restart { delay } => {
+            let detail = format!("backoff {}ms after: {what}", delay.as_millis());
+            shared.record(instance, EventKind::Restarted, &detail);
+            shared.logs.system(
+                &instance.name,
+                &format!("restarting in {}ms", delay.as_millis()),
+            );
+            tracing::info!("{}: {detail}", instance.name);
+            let reason = format!("{what}; {}", failure::retrying(name, delay.as_millis()));
+            shared.update(instance, |s| {
+                s.state = InstanceState::Starting;
+                s.restarts += 1;
+                s.last_error = Some(reason);
+                s.start_failures += u64::from(start_failed);
+                clear_process(s);
+            });
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                kind = stopped(stop) => {
+                    finish(shared, instance, kind);
+                    return false;
                 }
             }
         }
     }
-    let _ = done.send(true);
+    true
 }
 
 /// The instance waits for a port, shown `failed` with the reason (requests get it at once
@@ -413,21 +451,7 @@ async fn attempt(
             return AttemptEnd::CannotStart(reason);
         }
     };
-    let spawned = async {
-        let join = match &cgroup {
-            Some(cgroup) => cgroup.join_files()?,
-            None => Vec::new(),
-        };
-        let (command, what) = launch::command(&launch, join)?;
-        let child = shared
-            .spawner
-            .spawn(command)
-            .await
-            .map_err(|err| anyhow::anyhow!("{name}: starting {what}: {err}"))?;
-        anyhow::Ok(child)
-    }
-    .await;
-    let mut child = match spawned {
+    let mut child = match spawn_in(shared, name, &launch, cgroup.as_ref()).await {
         Ok(child) => child,
         Err(err) => {
             if let Some(id) = cgroup_id {
@@ -439,17 +463,7 @@ async fn attempt(
             return AttemptEnd::CannotStart(format!("{err:#}"));
         }
     };
-    let mut captures: Vec<JoinHandle<()>> = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        if let Ok(out) = tokio::process::ChildStdout::from_std(out) {
-            captures.push(shared.logs.capture(name, Stream::Stdout, out));
-        }
-    }
-    if let Some(err) = child.stderr.take() {
-        if let Ok(err) = tokio::process::ChildStderr::from_std(err) {
-            captures.push(shared.logs.capture(name, Stream::Stderr, err));
-        }
-    }
+    let captures = capture_output(shared, name, &mut child);
     let pid = child.id();
     let mut child = match Child::watch(child) {
         Ok(child) => child,
@@ -460,33 +474,14 @@ async fn attempt(
             return AttemptEnd::CannotStart(format!("{name}: watching pid {pid}: {err}"));
         }
     };
-    shared.update(instance, |s| {
-        s.state = InstanceState::Starting;
-        s.pid = Some(pid);
-        s.port = endpoint.port();
-        s.endpoint = Some(endpoint.clone());
-        s.started_at = Some(SystemTime::now());
-        s.cannot_start = false;
-        s.cgroup_id = cgroup_id;
-        s.cgroup_path = cgroup
-            .as_ref()
-            .and_then(|c| c.path())
-            .map(|p| p.to_path_buf());
-        s.memory_cgroup = cgroup
-            .as_ref()
-            .and_then(|c| c.memory_dir())
-            .map(|p| p.to_path_buf());
-        s.network = Some(network);
-    });
-    shared.record(
+    mark_started(
+        shared,
         instance,
-        EventKind::Spawned,
-        &format!(
-            "pid {pid}, {}, uid {}, isolation {}",
-            listens_on(&endpoint),
-            run_as.uid,
-            format!("{:?}", instance.service.isolation).to_lowercase()
-        ),
+        pid,
+        &endpoint,
+        cgroup.as_ref(),
+        network,
+        run_as.uid,
     );
 
     let end = supervise(
@@ -503,27 +498,16 @@ async fn attempt(
     // Teardown, whatever happened. A stop gets the grace period; after a crash the orphans
     // of a dead app are killed at once.
     let graceful = matches!(end, AttemptEnd::Stopped(_));
-    let grace = Duration::from_secs(instance.service.stop_timeout);
-    terminate(&mut child, cgroup.as_ref(), graceful.then_some(grace)).await;
-    let mut oom_killed = false;
-    if let Some(cgroup) = &cgroup {
-        if let Err(err) = cgroup.wait_empty(KILL_WAIT).await {
-            tracing::error!("{name}: {err:#}");
-        }
-        oom_killed = cgroup.oom_kills() > 0;
-        if let Err(err) = cgroup.remove() {
-            tracing::error!("{name}: {err:#}");
-        }
-    }
-    if let Some(id) = cgroup_id {
-        shared.monitor_lock().unregister(id);
-    }
-    if let Some(state) = sandbox_state {
-        let _ = std::fs::remove_dir_all(state);
-    }
-    for capture in captures {
-        let _ = timeout(LOG_DRAIN, capture).await;
-    }
+    let oom_killed = tear_down(
+        shared,
+        instance,
+        &mut child,
+        cgroup.as_ref(),
+        sandbox_state,
+        captures,
+        graceful,
+    )
+    .await;
     drop(port);
     match end {
         AttemptEnd::Exited {
@@ -535,6 +519,117 @@ async fn attempt(
         },
         other => other,
     }
+}
+
+/// Forks the instance's process, in its cgroup before it execs.
+async fn spawn_in(
+    shared: &Shared,
+    name: &InstanceName,
+    launch: &Launch,
+    cgroup: Option<&InstanceCgroup>,
+) -> anyhow::Result<std::process::Child> {
+    let join = match cgroup {
+        Some(cgroup) => cgroup.join_files()?,
+        None => Vec::new(),
+    };
+    let (command, what) = launch::command(launch, join)?;
+    shared
+        .spawner
+        .spawn(command)
+        .await
+        .map_err(|err| anyhow::anyhow!("{name}: starting {what}: {err}"))
+}
+
+/// Sends the process's stdout and stderr to its logs; the tasks end when the pipes close.
+fn capture_output(
+    shared: &Shared,
+    name: &InstanceName,
+    child: &mut std::process::Child,
+) -> Vec<JoinHandle<()>> {
+    let mut captures = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        if let Ok(out) = tokio::process::ChildStdout::from_std(out) {
+            captures.push(shared.logs.capture(name, Stream::Stdout, out));
+        }
+    }
+    if let Some(err) = child.stderr.take() {
+        if let Ok(err) = tokio::process::ChildStderr::from_std(err) {
+            captures.push(shared.logs.capture(name, Stream::Stderr, err));
+        }
+    }
+    captures
+}
+
+/// The instance is `starting`: its process, endpoint, cgroup and network policy are known.
+fn mark_started(
+    shared: &Shared,
+    instance: &Instance,
+    pid: u32,
+    endpoint: &Endpoint,
+    cgroup: Option<&InstanceCgroup>,
+    network: InstanceNetwork,
+    uid: u32,
+) {
+    let cgroup_id = cgroup.and_then(InstanceCgroup::id);
+    shared.update(instance, |s| {
+        s.state = InstanceState::Starting;
+        s.pid = Some(pid);
+        s.port = endpoint.port();
+        s.endpoint = Some(endpoint.clone());
+        s.started_at = Some(SystemTime::now());
+        s.cannot_start = false;
+        s.cgroup_id = cgroup_id;
+        s.cgroup_path = cgroup.and_then(|c| c.path()).map(|p| p.to_path_buf());
+        s.memory_cgroup = cgroup.and_then(|c| c.memory_dir()).map(|p| p.to_path_buf());
+        s.network = Some(network);
+    });
+    shared.record(
+        instance,
+        EventKind::Spawned,
+        &format!(
+            "pid {pid}, {}, uid {}, isolation {}",
+            listens_on(endpoint),
+            uid,
+            format!("{:?}", instance.service.isolation).to_lowercase()
+        ),
+    );
+}
+
+/// Ends every process of the attempt (gracefully for a stop), removes its cgroup, kernel
+/// registration and sandbox state, and lets its last output reach the logs. Returns whether
+/// the kernel's OOM killer ended it.
+async fn tear_down(
+    shared: &Shared,
+    instance: &Instance,
+    child: &mut Child,
+    cgroup: Option<&InstanceCgroup>,
+    sandbox_state: Option<std::path::PathBuf>,
+    captures: Vec<JoinHandle<()>>,
+    graceful: bool,
+) -> bool {
+    let name = &instance.name;
+    let grace = Duration::from_secs(instance.service.stop_timeout);
+    terminate(child, cgroup, graceful.then_some(grace)).await;
+    let mut oom_killed = false;
+    if let Some(cgroup) = cgroup {
+        if let Err(err) = cgroup.wait_empty(KILL_WAIT).await {
+            tracing::error!("{name}: {err:#}");
+        }
+        oom_killed = cgroup.oom_kills() > 0;
+        if let Err(err) = cgroup.remove() {
+            tracing::error!("{name}: {err:#}");
+        }
+    }
+    if let Some(id) = cgroup.and_then(InstanceCgroup::id) {
+        shared.monitor_lock().unregister(id);
+    }
+    if let Some(state) = sandbox_state {
+        let _ = std::fs::remove_dir_all(state);
+    }
+    for capture in captures {
+        let _ = timeout(LOG_DRAIN, capture).await;
+    }
+    oom_killed
 }
 
 /// Registers the instance's cgroup with the kernel counters and puts it inside its network
@@ -580,7 +675,7 @@ async fn supervise(
     instance: &Instance,
     child: &mut Child,
     endpoint: &Endpoint,
-    cgroup: Option<&super::cgroup::InstanceCgroup>,
+    cgroup: Option<&InstanceCgroup>,
     stop: &mut watch::Receiver<Option<StopKind>>,
     began: Instant,
 ) -> AttemptEnd {
@@ -706,7 +801,7 @@ fn exited(status: std::io::Result<ExitStatus>, ready_for: Option<Duration>) -> A
 async fn wait_ready(
     instance: &Instance,
     endpoint: &Endpoint,
-    cgroup: Option<&super::cgroup::InstanceCgroup>,
+    cgroup: Option<&InstanceCgroup>,
 ) -> Result<(), AttemptEnd> {
     loop {
         health::wait_listening(endpoint, &instance.listening).await;
@@ -734,7 +829,7 @@ async fn wait_ready(
 }
 
 /// `PortTaken` when something outside the instance listens on its port.
-fn taken(port: u16, cgroup: Option<&super::cgroup::InstanceCgroup>) -> Option<AttemptEnd> {
+fn taken(port: u16, cgroup: Option<&InstanceCgroup>) -> Option<AttemptEnd> {
     let cgroup = cgroup?;
     match listener::check(port, &cgroup.pids()) {
         Listening::Foreign { holder } => Some(AttemptEnd::PortTaken { port, holder }),
@@ -753,11 +848,7 @@ fn listens_on(endpoint: &Endpoint) -> String {
 /// Ends every process of the attempt. With a grace period: SIGTERM to the process group,
 /// then up to `grace` for everything to exit. Then SIGKILL to whatever is left in the
 /// cgroup (processes that left the group with setsid included), and the child is reaped.
-async fn terminate(
-    child: &mut Child,
-    cgroup: Option<&super::cgroup::InstanceCgroup>,
-    grace: Option<Duration>,
-) {
+async fn terminate(child: &mut Child, cgroup: Option<&InstanceCgroup>, grace: Option<Duration>) {
     if let Some(grace) = grace {
         child.signal_group(libc::SIGTERM);
         let all_gone = async {
