@@ -20,7 +20,7 @@ pub mod metrics;
 mod metrics_kernel;
 mod metrics_proxy;
 pub mod query;
-mod routes;
+pub(crate) mod routes;
 mod stats;
 pub mod types;
 pub(crate) mod view;

@@ -229,7 +229,7 @@ fn dashboard_link(context: &Context, caller: &Caller) -> ApiResult<Response<Body
 }
 
 /// Path segments, percent-decoded: `/v1/instances/api%3Aalice` names `api:alice`.
-fn segments(path: &str) -> ApiResult<Vec<String>> {
+pub(crate) fn segments(path: &str) -> ApiResult<Vec<String>> {
     path.split('/')
         .filter(|segment| !segment.is_empty())
         .map(|segment| {

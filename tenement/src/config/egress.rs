@@ -103,6 +103,17 @@ impl EgressRule {
     }
 }
 
+impl EgressRule {
+    /// The address in the kernel's form (IPv4 mapped into IPv6) and the prefix over it.
+    pub fn mapped(&self) -> (Ipv6Addr, u32) {
+        match self.address {
+            IpAddr::V4(v4) => (v4.to_ipv6_mapped(), 96 + u32::from(self.prefix.min(32))),
+            IpAddr::V6(v6) => (v6, u32::from(self.prefix.min(128))),
+        }
+    }
+}
+
+/// `10.0.0.0/8:5432`, `[2001:db8::]/32:443`, `192.0.2.1/32:*`.
 impl fmt::Display for EgressRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.address {
@@ -113,6 +124,12 @@ impl fmt::Display for EgressRule {
             Some(port) => write!(f, ":{port}"),
             None => f.write_str(":*"),
         }
+    }
+}
+
+impl Serialize for EgressRule {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 

@@ -16,7 +16,7 @@ use crate::api::{
     auth_limit,
     body::Body,
     error::{ApiError, ApiResult},
-    query::{decode, Query},
+    query::Query,
     Context,
 };
 
@@ -51,17 +51,7 @@ impl Page {
     }
 
     pub fn segments(&self) -> ApiResult<Vec<String>> {
-        self.path
-            .split('/')
-            .filter(|segment| !segment.is_empty())
-            .map(|segment| {
-                decode(segment, false).ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "path segment {segment:?} is not valid percent-encoded UTF-8"
-                    ))
-                })
-            })
-            .collect()
+        crate::api::routes::segments(&self.path)
     }
 
     pub fn cookie(&self, name: &str) -> Option<&str> {

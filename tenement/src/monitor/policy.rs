@@ -63,45 +63,9 @@ pub enum Egress {
     List(Vec<Destination>),
 }
 
-/// A network (address and prefix length) and a port, or every port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Destination {
-    pub address: IpAddr,
-    /// Bits of `address` that must match (0-32 for IPv4, 0-128 for IPv6).
-    pub prefix: u8,
-    /// `None`: every port.
-    pub port: Option<u16>,
-}
-
-impl Destination {
-    /// The address in the kernel's form (IPv4 mapped into IPv6) and the prefix over it.
-    pub fn mapped(&self) -> (Ipv6Addr, u32) {
-        match self.address {
-            IpAddr::V4(v4) => (v4.to_ipv6_mapped(), 96 + u32::from(self.prefix.min(32))),
-            IpAddr::V6(v6) => (v6, u32::from(self.prefix.min(128))),
-        }
-    }
-}
-
-/// `10.0.0.0/8:5432`, `[2001:db8::]/32:443`, `192.0.2.1/32:*`.
-impl std::fmt::Display for Destination {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.address {
-            IpAddr::V4(v4) => write!(f, "{v4}/{}", self.prefix)?,
-            IpAddr::V6(v6) => write!(f, "[{v6}]/{}", self.prefix)?,
-        }
-        match self.port {
-            Some(port) => write!(f, ":{port}"),
-            None => f.write_str(":*"),
-        }
-    }
-}
-
-impl Serialize for Destination {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
+/// A network (address and prefix length) and a port, or every port: the configuration's own
+/// `egress` entry, which the kernel maps take as it is.
+pub use crate::config::EgressRule as Destination;
 
 /// Socket operations of one instance that the boundary refused.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

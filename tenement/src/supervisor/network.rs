@@ -37,12 +37,7 @@ pub fn policy(service: &Service, port: u16) -> NetworkPolicy {
         EgressConfig::None => Egress::None,
         EgressConfig::List(rules) => {
             let resolv = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
-            let listed = rules.iter().map(|rule| Destination {
-                address: rule.address,
-                prefix: rule.prefix,
-                port: rule.port,
-            });
-            Egress::List(listed.chain(resolvers(&resolv)).collect())
+            Egress::List(rules.iter().copied().chain(resolvers(&resolv)).collect())
         }
     };
     NetworkPolicy { port, egress }
