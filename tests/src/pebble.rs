@@ -61,11 +61,21 @@ pub struct Pebble {
 }
 
 impl Pebble {
-    /// Starts pebble and its DNS server.
+    /// Starts pebble and its DNS server. A start that never comes up (seen once in many
+    /// runs on a loaded machine: neither process printed anything within a minute) is
+    /// retried once from scratch, on new ports, before the test fails.
     pub fn start(options: PebbleOptions) -> Pebble {
-        let mut pebble = Pebble::prepare(options);
-        pebble.run();
-        pebble
+        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut pebble = Pebble::prepare(options.clone());
+            pebble.run();
+            pebble
+        }));
+        first.unwrap_or_else(|_| {
+            eprintln!("pebble did not come up; starting it again on new ports");
+            let mut pebble = Pebble::prepare(options);
+            pebble.run();
+            pebble
+        })
     }
 
     /// Writes the configuration and picks the ports, without starting anything yet (for a
