@@ -98,7 +98,9 @@ fn an_idle_instance_is_frozen_then_stopped_and_a_request_thaws_it() {
         events.iter().any(|e| e.kind == EventKind::Frozen)
     });
     assert!(
-        events.iter().any(|e| e.detail.contains("freeze_after (1s)")),
+        events
+            .iter()
+            .any(|e| e.detail.contains("freeze_after (1s)")),
         "{}",
         describe(&events)
     );
@@ -106,10 +108,12 @@ fn an_idle_instance_is_frozen_then_stopped_and_a_request_thaws_it() {
     let socket = Target::Unix(daemon.data_dir.join("tenement.sock"));
     let (_, metrics) = request(&socket, "GET", "/metrics", None, "").unwrap();
     assert!(
-        metrics.lines().any(|line| line.starts_with("tenement_instance_state{")
-            && line.contains("instance=\"api:alice\"")
-            && line.contains("state=\"frozen\"")
-            && line.ends_with(" 1")),
+        metrics
+            .lines()
+            .any(|line| line.starts_with("tenement_instance_state{")
+                && line.contains("instance=\"api:alice\"")
+                && line.contains("state=\"frozen\"")
+                && line.ends_with(" 1")),
         "{metrics}"
     );
 
@@ -257,7 +261,10 @@ fn memory_pressure_stops_frozen_instances_least_recently_used_first() {
             .time
     };
     let (c, a, b) = (stopped_at("c"), stopped_at("a"), stopped_at("b"));
-    assert!(c <= a && a <= b, "stopped out of LRU order: c {c:?}, a {a:?}, b {b:?}");
+    assert!(
+        c <= a && a <= b,
+        "stopped out of LRU order: c {c:?}, a {a:?}, b {b:?}"
+    );
     // The running instance is not touched by it.
     assert_eq!(state(&daemon, "busy:x"), "running");
     assert!(cli(&daemon, &["logs", "api:c"]).contains("memory pressure (forced by"));
@@ -267,4 +274,26 @@ fn memory_pressure_stops_frozen_instances_least_recently_used_first() {
     let (status, _) = http(port, "c.api.localhost", "GET", "/pid", "");
     assert_eq!(status, 200);
     assert_eq!(state(&daemon, "api:c"), "running");
+}
+
+#[test]
+fn a_frozen_instance_does_not_outlive_a_killed_daemon() {
+    if !privileged("a_frozen_instance_does_not_outlive_a_killed_daemon") {
+        return;
+    }
+    let mut daemon = daemon("freeze-guard", &["alice"], "freeze_after = 1");
+    wait_state(&daemon, "api:alice", "frozen", WITHIN);
+    let group = cgroup(&daemon, "api:alice");
+    eventually("the kernel to report the group frozen", || {
+        kernel_says_frozen(&group).then_some(())
+    });
+    let tenant = pid(&daemon, "api:alice").expect("a frozen instance keeps its process");
+    // No graceful shutdown: the guard's sweep must kill a frozen group and remove it.
+    daemon.kill9();
+    eventually("the frozen tenant to be gone", || {
+        (!supervisor_common::alive(tenant)).then_some(())
+    });
+    eventually("no instance cgroup left", || {
+        daemon.instance_cgroups().is_empty().then_some(())
+    });
 }

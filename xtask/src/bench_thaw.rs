@@ -85,11 +85,19 @@ pub fn measure(tenement: &Path, scratch: &Path, runs: usize) -> Result<ThawSampl
     for round in 0..runs {
         daemon.wait_state("frozen:f", "frozen", Duration::from_secs(60))?;
         if round % 2 == 0 {
-            samples.frozen.push(get(&daemon, &mut frozen, "f.frozen.localhost")?);
-            samples.running.push(get(&daemon, &mut running, "w.warm.localhost")?);
+            samples
+                .frozen
+                .push(get(&daemon, &mut frozen, "f.frozen.localhost")?);
+            samples
+                .running
+                .push(get(&daemon, &mut running, "w.warm.localhost")?);
         } else {
-            samples.running.push(get(&daemon, &mut running, "w.warm.localhost")?);
-            samples.frozen.push(get(&daemon, &mut frozen, "f.frozen.localhost")?);
+            samples
+                .running
+                .push(get(&daemon, &mut running, "w.warm.localhost")?);
+            samples
+                .frozen
+                .push(get(&daemon, &mut frozen, "f.frozen.localhost")?);
         }
         eprint!("\r    {}/{runs}", round + 1);
     }

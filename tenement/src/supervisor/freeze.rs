@@ -16,12 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{
-    idle::Activity,
-    instance::Instance,
-    state::InstanceState,
-    Shared,
-};
+use super::{idle::Activity, instance::Instance, state::InstanceState, Shared};
 use crate::store::EventKind;
 
 /// How long the kernel may take to report a group frozen before the freeze is given up.

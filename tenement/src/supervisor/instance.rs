@@ -14,8 +14,8 @@ use tokio::sync::{watch, Notify};
 use super::{
     freeze::Thaw,
     idle::Activity,
-    Shared,
     state::{InstanceInfo, InstanceState},
+    Shared,
 };
 use crate::{
     config::{InstanceName, Service},

@@ -8,11 +8,7 @@
 //! replace both readings with a file (`TENEMENT_MEMORY_PRESSURE_FILE`) so that they can
 //! switch pressure on and off at will.
 
-use std::{
-    path::PathBuf,
-    sync::Arc,
-    time::Instant,
-};
+use std::{path::PathBuf, sync::Arc, time::Instant};
 
 use super::{instance::StopKind, state::InstanceState, Shared};
 use crate::{config::Settings, store::EventKind};
@@ -54,7 +50,9 @@ impl Gauge {
                 .chain(self.subtree.iter())
                 .filter_map(|path: &PathBuf| std::fs::read_to_string(path).ok())
                 .filter_map(|text| some_avg10(&text))
-                .fold(None, |max: Option<f64>, v| Some(max.map_or(v, |m| m.max(v))));
+                .fold(None, |max: Option<f64>, v| {
+                    Some(max.map_or(v, |m| m.max(v)))
+                });
             if let Some(psi) = psi.filter(|&psi| psi > self.psi_limit) {
                 return Some(format!(
                     "memory PSI some avg10 {psi:.2}% above memory_pressure_psi ({})",
@@ -88,7 +86,9 @@ fn some_avg10(text: &str) -> Option<f64> {
 
 /// `MemAvailable` of `/proc/meminfo`, in MiB.
 fn mem_available_mb(text: &str) -> Option<u64> {
-    let line = text.lines().find(|line| line.starts_with("MemAvailable:"))?;
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024)
 }
@@ -113,15 +113,15 @@ impl Shared {
             frozen.push((last, instance));
         }
         let (_, instance) = frozen.into_iter().min_by_key(|(last, _)| *last)?;
-        let detail = format!(
-            "memory pressure ({reason}): stopped while frozen, least recently used first"
-        );
+        let detail =
+            format!("memory pressure ({reason}): stopped while frozen, least recently used first");
         tracing::warn!("{}: {detail}", instance.name);
         self.logs.system(&instance.name, &detail);
         self.record(&instance, EventKind::IdleStopped, &detail);
         if let Err(err) = self.store.set_desired(&instance.name, false) {
             tracing::warn!("{err:#}");
         }
+        self.update(&instance, |s| s.state = InstanceState::Stopping);
         let shared = self.clone();
         Some(tokio::spawn(async move {
             shared.stop_run(&instance, StopKind::Pressure).await
@@ -139,7 +139,8 @@ mod tests {
                    full avg10=40.00 avg60=0.00 avg300=0.00 total=1\n";
         assert_eq!(some_avg10(psi), Some(12.5));
         assert_eq!(some_avg10("garbage"), None);
-        let meminfo = "MemTotal:       16000000 kB\nMemFree:  100 kB\nMemAvailable:    2097152 kB\n";
+        let meminfo =
+            "MemTotal:       16000000 kB\nMemFree:  100 kB\nMemAvailable:    2097152 kB\n";
         assert_eq!(mem_available_mb(meminfo), Some(2048));
         assert_eq!(mem_available_mb("MemTotal: 1 kB\n"), None);
     }

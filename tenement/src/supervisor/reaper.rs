@@ -39,11 +39,13 @@ pub async fn run(shared: Weak<Shared>) {
         if shared.is_shutting_down() {
             return;
         }
+        // Pressure first: the instance it stops is `stopping` at once, so the idle stop
+        // below does not pick it too.
+        if relieving.as_ref().is_none_or(|stop| stop.is_finished()) {
+            relieving = shared.relieve_pressure(&gauge).or(relieving);
+        }
         put_idle_to_sleep(&shared);
         shared.freeze_idle();
-        if relieving.as_ref().is_none_or(|stop| stop.is_finished()) {
-            relieving = shared.relieve_pressure(&gauge);
-        }
         if last_quota_check.is_none_or(|at| at.elapsed() >= QUOTA_CHECK) {
             last_quota_check = Some(Instant::now());
             tokio::spawn(measure_storage(shared.clone()));

@@ -123,7 +123,10 @@ impl Freezer {
 /// errors: for teardown paths that must not leave a process frozen (a v1-frozen process
 /// does not die of SIGKILL).
 pub fn thaw_any(group: &Path) {
-    for freezer in [Freezer::v2(group), Freezer::v1(group)].into_iter().flatten() {
+    for freezer in [Freezer::v2(group), Freezer::v1(group)]
+        .into_iter()
+        .flatten()
+    {
         let _ = freezer.thaw();
     }
 }
@@ -184,11 +187,34 @@ mod tests {
         result.unwrap();
     }
 
+    #[test]
+    fn a_group_without_freezer_files_has_no_freezer_and_a_gone_group_fails_by_name() {
+        let dir = std::env::temp_dir().join(format!("freezer-none-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(Freezer::v2(&dir), None);
+        assert_eq!(Freezer::v1(&dir), None);
+        std::fs::write(dir.join("cgroup.freeze"), "0").unwrap();
+        let freezer = Freezer::v2(&dir).expect("a v2 freezer file");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let err = freezer.freeze().unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "writing \"1\" to {}",
+                dir.join("cgroup.freeze").display()
+            )),
+            "{err}"
+        );
+        assert!(!freezer.is_frozen());
+    }
+
     #[tokio::test]
     async fn v2_freezer_stops_and_resumes_a_process() {
         let unified = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
             .into_iter()
-            .find(|dir| Path::new(dir).join("cgroup.procs").exists() && Path::new(dir).join("cgroup.subtree_control").exists());
+            .find(|dir| {
+                Path::new(dir).join("cgroup.procs").exists()
+                    && Path::new(dir).join("cgroup.subtree_control").exists()
+            });
         match unified {
             Some(dir) => freezes_a_busy_process(dir, Freezer::v2).await,
             None => eprintln!("skipped: no cgroup v2 hierarchy"),

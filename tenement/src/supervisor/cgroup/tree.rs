@@ -275,7 +275,9 @@ cgroup /sys/fs/cgroup/pids cgroup rw,pids 0 0
             |_| Some(String::new()),
         );
         let tree = CgroupTree::plan(&hybrid, Path::new("/nonexistent/data"));
-        assert!(tree.dirs().all(|dir| !dir.starts_with("/sys/fs/cgroup/freezer")));
+        assert!(tree
+            .dirs()
+            .all(|dir| !dir.starts_with("/sys/fs/cgroup/freezer")));
         let legacy = CgroupLayout::from_proc(
             "cgroup /sys/fs/cgroup/freezer cgroup rw,freezer 0 0\n\
              cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n",
