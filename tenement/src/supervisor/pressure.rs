@@ -124,7 +124,7 @@ impl Shared {
         self.update(&instance, |s| s.state = InstanceState::Stopping);
         let shared = self.clone();
         Some(tokio::spawn(async move {
-            shared.stop_run(&instance, StopKind::Pressure).await
+            shared.stop_run(&instance, StopKind::Pressure).await;
         }))
     }
 }
