@@ -13,6 +13,7 @@ pub mod endpoint;
 pub mod logs;
 pub mod monitor;
 pub mod proxy;
+pub mod reload;
 pub mod store;
 pub mod supervisor;
 pub mod systemd;

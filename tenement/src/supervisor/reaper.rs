@@ -38,7 +38,7 @@ pub async fn run(shared: Weak<Shared>) {
 /// Puts to sleep every instance idle for its `idle_timeout` (what idle means: `idle.rs`).
 fn put_idle_to_sleep(shared: &Arc<Shared>) {
     for instance in shared.snapshot() {
-        let timeout = instance.service.idle_timeout;
+        let timeout = instance.service().idle_timeout;
         if timeout == 0 || !instance.state().serves() {
             continue;
         }
@@ -62,7 +62,7 @@ fn put_idle_to_sleep(shared: &Arc<Shared>) {
 
 async fn measure_storage(shared: Arc<Shared>) {
     for instance in shared.snapshot() {
-        let dir = prepare::data_dir(&shared.config.settings.data_dir, &instance.name);
+        let dir = prepare::data_dir(&shared.config().settings.data_dir, &instance.name);
         // A quota file system reports its usage at once; a plain directory is walked.
         let measured = tokio::task::spawn_blocking(move || {
             storage::used_bytes(&dir).or_else(|| disk_usage(&dir))
@@ -74,7 +74,7 @@ async fn measure_storage(shared: Arc<Shared>) {
         instance
             .disk_used
             .store(bytes, std::sync::atomic::Ordering::Relaxed);
-        let Some(quota_mb) = instance.service.storage_quota_mb else {
+        let Some(quota_mb) = instance.service().storage_quota_mb else {
             continue;
         };
         let over = bytes > quota_mb * 1024 * 1024;

@@ -13,6 +13,18 @@ pub fn ready(status: &str) -> Result<()> {
     ))
 }
 
+/// Tells systemd that the daemon reloads its configuration (on SIGHUP); `ready` ends it.
+pub fn reloading() -> Result<()> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let usec = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000;
+    notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"))
+}
+
 /// Tells systemd that the daemon is shutting down.
 pub fn stopping() -> Result<()> {
     notify("STOPPING=1")

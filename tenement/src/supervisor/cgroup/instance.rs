@@ -227,6 +227,46 @@ fn set_limits(group: &Group, limits: &Limits) -> Result<()> {
     Ok(())
 }
 
+/// Rewrites the limits of a group that exists (a reload changed them): a limit no longer
+/// configured goes back to the kernel's default, so the group ends up as a new start would
+/// make it. Lowering `memory.max` below the usage makes the kernel reclaim (or OOM-kill).
+pub(super) fn rewrite_limits(group: &Group, limits: &Limits) -> Result<()> {
+    let defaults = |version: Version| match version {
+        Version::V2 => ("max", "100"),
+        Version::V1 => ("-1", "1024"),
+    };
+    let (unlimited, default_share) = defaults(group.version);
+    let dir = &group.dir;
+    if group.has("memory") {
+        match group.version {
+            Version::V2 if limits.memory_bytes.is_none() => {
+                files::write(&dir.join("memory.max"), unlimited)?
+            }
+            Version::V2 => {}
+            Version::V1 => {
+                // memsw must stay >= the memory limit: lift it first, `set_limits` lowers
+                // it again to the new limit.
+                let swap = dir.join("memory.memsw.limit_in_bytes");
+                if swap.exists() {
+                    files::write(&swap, unlimited)?;
+                }
+                files::write(&dir.join("memory.limit_in_bytes"), unlimited)?;
+            }
+        }
+    }
+    if group.has("cpu") && limits.cpu_weight.is_none() {
+        let file = match group.version {
+            Version::V2 => "cpu.weight",
+            Version::V1 => "cpu.shares",
+        };
+        files::write(&dir.join(file), default_share)?;
+    }
+    if group.has("pids") && limits.pids_max.is_none() {
+        files::write(&dir.join("pids.max"), "max")?;
+    }
+    set_limits(group, limits)
+}
+
 /// cgroup v1 `cpu.shares` for a v2 weight: 100 (the v2 default) is 1024 (the v1 default).
 fn v1_shares(weight: u64) -> u64 {
     (weight.clamp(1, 10_000) * 1024 / 100).clamp(2, 262_144)
