@@ -221,6 +221,8 @@ fn reload_applies_a_diff_under_load_and_refuses_bad_files() {
     for (host, child) in load {
         let (requests, non_2xx, socket_errors, text) = wrk_result(child);
         assert!(requests > 0, "{host}: {text}");
+        // Printed for docs/production.md: the replaced instance's errors, if any.
+        eprintln!("{host}: {requests} requests, {non_2xx} non-2xx, {socket_errors} socket errors");
         if host.ends_with(".web.localhost") {
             assert_eq!((non_2xx, socket_errors), (0, 0), "{host}: {text}");
         }
@@ -293,12 +295,45 @@ fn reload_applies_a_diff_under_load_and_refuses_bad_files() {
     assert!(err.contains("restart"), "{err}");
     assert_eq!(who(port, "x.alt.localhost"), (alt_after, "b".to_string()));
 
+    // A file that cannot be read: refused, nothing changes.
+    std::fs::remove_file(&daemon.config).unwrap();
+    let (ok, _, err) = reload(&daemon);
+    assert!(!ok);
+    assert!(err.contains("reading "), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+
+    // A replacement that never becomes ready: applied, reported as failed, exit status 1;
+    // the other services are not touched.
+    std::fs::write(
+        &daemon.config,
+        good.replace(
+            &format!(
+                "command = \"/usr/bin/python3 {}\"\nhealth = \"/health\"\nenv = {{ MODE = \"b\" }}",
+                app.display()
+            ),
+            "command = \"/bin/false\"\nhealth = \"/health\"\nenv = { MODE = \"b\" }",
+        ),
+    )
+    .unwrap();
+    assert!(std::fs::read_to_string(&daemon.config)
+        .unwrap()
+        .contains("/bin/false"));
+    let (ok, out, err) = reload(&daemon);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("FAILED: alt:x: replaced, but the new process is not ready"),
+        "{out}"
+    );
+    assert!(err.contains("1 change failed"), "{err}");
+    assert_eq!(pid(&daemon, "web:a"), Some(web_a));
+
     // SIGHUP reloads too (and does not end the daemon or any tenant).
     std::fs::write(&daemon.config, good.replace("MODE = \"b\"", "MODE = \"c\"")).unwrap();
     // SAFETY: a signal to the daemon this test started.
     assert_eq!(unsafe { libc::kill(daemon.pid() as i32, libc::SIGHUP) }, 0);
     wait_until("alt:x with MODE=c after SIGHUP", &daemon, || {
-        who(port, "x.alt.localhost").1 == "c"
+        let (status, body) = http(port, "x.alt.localhost", "GET", "/who", "");
+        status == 200 && body.ends_with(" c")
     });
     assert!(
         daemon.log().contains("SIGHUP: reloading"),

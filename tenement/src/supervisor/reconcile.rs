@@ -191,8 +191,8 @@ impl Supervisor {
         }
     }
 
-    /// Running instances of services whose process definition changed are restarted with
-    /// it, one at a time: the next one is only touched once this one is ready again, so a
+    /// Running (or failed) instances of services whose process definition changed are
+    /// restarted with it, one at a time: the next one is only touched once this one is ready again, so a
     /// bad new definition costs one instance, not the service. Instances without a process
     /// simply start with the new definition next time.
     async fn replace_running(&self, plan: &Plan, out: &mut Reconciled) {
@@ -209,12 +209,14 @@ impl Supervisor {
             for instance in instances {
                 let name = &instance.name;
                 let state = instance.state();
+                // A failed one gets a fresh start too: the new definition may be the fix.
                 let live = matches!(
                     state,
                     InstanceState::Starting
                         | InstanceState::Running
                         | InstanceState::Degraded
                         | InstanceState::Unhealthy
+                        | InstanceState::Failed
                 );
                 if !live {
                     out.changes.push(format!(

@@ -240,7 +240,7 @@ pub(super) fn rewrite_limits(group: &Group, limits: &Limits) -> Result<()> {
     if group.has("memory") {
         match group.version {
             Version::V2 if limits.memory_bytes.is_none() => {
-                files::write(&dir.join("memory.max"), unlimited)?
+                files::write(&dir.join("memory.max"), unlimited)?;
             }
             Version::V2 => {}
             Version::V1 => {
