@@ -225,6 +225,14 @@ impl Supervisor {
                     continue;
                 }
                 let before = instance.status.borrow().pid;
+                // Off the proxy's table while the old process ends: a request that comes
+                // now waits for the new process (as for a wake) instead of being sent to
+                // a port about to close.
+                shared.update(&instance, |s| {
+                    if s.state.serves() {
+                        s.state = InstanceState::Stopping;
+                    }
+                });
                 shared.stop_run(&instance, StopKind::Restart).await;
                 shared.record(
                     &instance,
