@@ -284,4 +284,48 @@ mod tests {
         assert_eq!(v1_shares(10_000), 102_400);
         assert_eq!(v1_shares(0), 10);
     }
+
+    /// A group directory of plain files: what `rewrite_limits` writes, without a kernel.
+    fn fake_group(dir: &Path, version: Version) -> Group {
+        std::fs::create_dir_all(dir).unwrap();
+        if version == Version::V1 {
+            std::fs::write(dir.join("memory.memsw.limit_in_bytes"), "67108864").unwrap();
+        }
+        Group {
+            dir: dir.to_path_buf(),
+            version,
+            controllers: vec!["memory".into(), "cpu".into(), "pids".into()],
+        }
+    }
+
+    fn read(dir: &Path, file: &str) -> String {
+        std::fs::read_to_string(dir.join(file)).unwrap()
+    }
+
+    #[test]
+    fn rewritten_limits_set_new_values_and_reset_removed_ones() {
+        let temp = crate::test_support::TempDir::new("limits");
+        let v2 = fake_group(&temp.0.join("v2"), Version::V2);
+        let limits = Limits {
+            memory_bytes: Some(128 << 20),
+            cpu_weight: None,
+            pids_max: Some(64),
+        };
+        rewrite_limits(&v2, &limits).unwrap();
+        assert_eq!(read(&v2.dir, "memory.max"), "134217728");
+        assert_eq!(read(&v2.dir, "cpu.weight"), "100");
+        assert_eq!(read(&v2.dir, "pids.max"), "64");
+        rewrite_limits(&v2, &Limits::default()).unwrap();
+        assert_eq!(read(&v2.dir, "memory.max"), "max");
+        assert_eq!(read(&v2.dir, "pids.max"), "max");
+
+        let v1 = fake_group(&temp.0.join("v1"), Version::V1);
+        rewrite_limits(&v1, &limits).unwrap();
+        assert_eq!(read(&v1.dir, "memory.limit_in_bytes"), "134217728");
+        assert_eq!(read(&v1.dir, "memory.memsw.limit_in_bytes"), "134217728");
+        assert_eq!(read(&v1.dir, "cpu.shares"), "1024");
+        rewrite_limits(&v1, &Limits::default()).unwrap();
+        assert_eq!(read(&v1.dir, "memory.limit_in_bytes"), "-1");
+        assert_eq!(read(&v1.dir, "memory.memsw.limit_in_bytes"), "-1");
+    }
 }
