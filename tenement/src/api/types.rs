@@ -117,6 +117,37 @@ pub struct StatusView {
     /// TLS certificates and names waiting for one (empty with TLS off).
     #[serde(default)]
     pub certificates: Vec<crate::tls::CertificateInfo>,
+    /// The binary this daemon runs: after `tenement upgrade` (or SIGUSR2), the new one's.
+    #[serde(default)]
+    pub binary: Option<BinaryView>,
+}
+
+/// Which file a daemon runs (the running file itself, even if replaced on disk since).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BinaryView {
+    pub path: String,
+    pub size: u64,
+    /// Modification time of the file, ms since the epoch.
+    pub modified_ms: u64,
+}
+
+impl BinaryView {
+    /// The running binary, read through `/proc/self/exe`.
+    pub fn current() -> Option<BinaryView> {
+        let link = std::fs::read_link("/proc/self/exe").ok()?;
+        let meta = std::fs::metadata("/proc/self/exe").ok()?;
+        let modified_ms = meta
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_millis() as u64;
+        Some(BinaryView {
+            path: link.display().to_string(),
+            size: meta.len(),
+            modified_ms,
+        })
+    }
 }
 
 /// `POST /v1/instances`

@@ -566,6 +566,15 @@ fn status_text(status: &StatusView) -> String {
             status.services.join(", ")
         },
     );
+    if let Some(binary) = &status.binary {
+        let modified = httpdate::fmt_http_date(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(binary.modified_ms),
+        );
+        text.push_str(&format!(
+            "\nbinary:          {} ({} bytes, modified {modified})",
+            binary.path, binary.size
+        ));
+    }
     for (index, info) in status.certificates.iter().enumerate() {
         let label = if index == 0 { "certificates:" } else { "" };
         text.push_str(&format!("\n{label:<17}{}", certificate_line(info)));
