@@ -47,6 +47,10 @@ server.serve_forever()
 
 /// One request on a fresh connection; the connection itself must not be refused.
 fn request(port: u16, host: &str) -> (u16, serde_json::Value) {
+    request_path(port, host, "/")
+}
+
+fn request_path(port: u16, host: &str, path: &str) -> (u16, serde_json::Value) {
     let mut stream = TcpStream::connect(("127.0.0.1", port))
         .unwrap_or_else(|err| panic!("connecting to 127.0.0.1:{port}: {err}"));
     stream
@@ -54,7 +58,7 @@ fn request(port: u16, host: &str) -> (u16, serde_json::Value) {
         .unwrap();
     write!(
         stream,
-        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut answer = String::new();
@@ -168,4 +172,41 @@ fn sandbox_with_socket_activation_is_refused_at_config_check() {
         stderr.contains("tenement.toml:") && stderr.contains("`socket_activation` in [service.api]: cannot be combined with isolation = \"sandbox\""),
         "{stderr}"
     );
+}
+
+/// The bundled examples take the held socket: the Node one (examples/held-node) and notes.
+#[test]
+fn the_examples_serve_the_held_socket() {
+    if !privileged("the_examples_serve_the_held_socket") {
+        return;
+    }
+    let proxy = free_port();
+    let mut daemon = Daemon::new(
+        "socket-activation-examples",
+        &format!("listen = \"127.0.0.1:{proxy}\"\ndomain = \"example.test\""),
+    );
+    let root = tenement_tests::workspace_root().join("examples");
+    let node = daemon.app(
+        "app.js",
+        &std::fs::read_to_string(root.join("held-node/app.js")).unwrap(),
+    );
+    let notes = daemon.app(
+        "notes.py",
+        &std::fs::read_to_string(root.join("notes/app.py")).unwrap(),
+    );
+    daemon.configure(&format!(
+        "[service.hello]\ncommand = \"/usr/bin/node {}\"\nsocket_activation = true\n\n\
+         [service.notes]\ncommand = \"/usr/bin/python3 {}\"\nsocket_activation = true\n\n\
+         [instances]\nhello = [\"alice\"]\nnotes = [\"bob\"]\n",
+        node.display(),
+        notes.display()
+    ));
+    daemon.start();
+    // PORT is tenement's held port: an app binding it itself would fail (EADDRINUSE), so
+    // an answer means it took fd 3.
+    let (_, hello) = request(proxy, "alice.hello.example.test");
+    assert_eq!(hello["tenant"], "hello:alice", "{hello}");
+    let (_, notes) = request_path(proxy, "bob.notes.example.test", "/notes");
+    assert_eq!(notes["tenant"], "notes:bob", "{notes}");
+    daemon.stop();
 }
