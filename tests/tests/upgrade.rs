@@ -211,6 +211,70 @@ fn an_upgrade_under_load_loses_no_request_and_runs_the_new_binary() {
     assert!(!alive(new_pid), "the new daemon did not stop");
 }
 
+/// `tenement upgrade` through the management API: (success, stdout, stderr).
+fn cli_upgrade(socket: &Path, binary: &Path) -> (bool, String, String) {
+    let output = Command::new(tenement_bin())
+        .arg("--server")
+        .arg(format!("unix:{}", socket.display()))
+        .args(["upgrade", "--binary"])
+        .arg(binary)
+        .env_remove("TENEMENT_TOKEN")
+        .env_remove("TENEMENT_SERVER")
+        .env_remove("TENEMENT_CONFIG")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+#[test]
+fn tenement_upgrade_runs_the_given_binary() {
+    if !privileged("tenement_upgrade_runs_the_given_binary") {
+        return;
+    }
+    let Setup {
+        daemon,
+        proxy,
+        mut child,
+        log,
+        ..
+    } = start("upgrade-cli");
+    let socket = daemon.data_dir.join("tenement.sock");
+    let copy = daemon.scratch.join("bin/tenement-copy");
+    std::fs::copy(tenement_bin(), &copy).unwrap();
+    let old_pid = child.id();
+    let (ok, stdout, stderr) = cli_upgrade(&socket, &copy);
+    assert!(ok, "{stderr}\n{}", log_tail(&log));
+    assert!(
+        stdout.starts_with(&format!("upgraded: pid {old_pid} handed ")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .trim_end()
+            .ends_with(&format!("({})", copy.display())),
+        "{stdout}"
+    );
+    wait_exit(&mut child, &log);
+    let (new_pid, binary) = eventually("the new daemon's status", || {
+        status(&socket).filter(|(pid, _)| *pid != old_pid)
+    });
+    assert!(binary.contains(&copy.display().to_string()), "{binary}");
+    eventually("alice to answer through the new daemon", || {
+        (request(proxy) == Ok(200)).then_some(())
+    });
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(new_pid as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + PATIENCE;
+    while alive(new_pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(new_pid), "the new daemon did not stop");
+}
+
 #[test]
 fn a_new_binary_that_fails_to_come_up_is_rolled_back() {
     if !privileged("a_new_binary_that_fails_to_come_up_is_rolled_back") {
@@ -219,24 +283,32 @@ fn a_new_binary_that_fails_to_come_up_is_rolled_back() {
     let Setup {
         daemon,
         proxy,
-        binary,
         mut child,
         log,
+        ..
     } = start("upgrade-rollback");
     let socket = daemon.data_dir.join("tenement.sock");
     let broken = daemon
         .scratch
         .write("broken.sh", "#!/bin/sh\necho broken binary >&2\nexit 3\n");
     std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    replace(&binary, &broken);
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(child.id() as i32, libc::SIGUSR2) };
-    eventually("the failed upgrade in the log", || {
+    let (ok, _, stderr) = cli_upgrade(&socket, &broken);
+    assert!(!ok);
+    assert!(
+        stderr.contains("upgrade failed, still serving: the new binary (pid ")
+            && stderr.contains("did not take over within 30s"),
+        "{stderr}"
+    );
+    assert!(
         std::fs::read_to_string(&log)
             .unwrap()
-            .contains("upgrade failed, still serving")
-            .then_some(())
-    });
+            .contains("broken binary"),
+        "its output reaches the daemon's log"
+    );
+    // A path that is no program at all.
+    let (ok, _, stderr) = cli_upgrade(&socket, &daemon.scratch.join("missing"));
+    assert!(!ok);
+    assert!(stderr.contains("starting the new binary"), "{stderr}");
     assert!(child.try_wait().unwrap().is_none(), "{}", log_tail(&log));
     assert_eq!(request(proxy), Ok(200));
     assert_eq!(status(&socket).map(|s| s.0), Some(child.id()));

@@ -49,6 +49,8 @@ pub struct Api {
     pub store: Store,
     pub logs: LogHub,
     pub monitor: Arc<Mutex<Monitor>>,
+    /// `POST /v1/upgrade` goes to `serve` through it; `None` where nothing can upgrade.
+    pub upgrade: Option<tokio::sync::mpsc::Sender<types::UpgradeAsk>>,
 }
 
 /// Everything a request handler reads.

@@ -122,6 +122,31 @@ pub struct StatusView {
     pub binary: Option<BinaryView>,
 }
 
+/// `POST /v1/upgrade`: the binary to run; default the path the daemon was started from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
+}
+
+/// `POST /v1/upgrade`: the new daemon took over the held sockets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeResponse {
+    pub old_pid: u32,
+    pub new_pid: u32,
+    pub binary: String,
+    /// How many held sockets it took over.
+    pub sockets: usize,
+}
+
+/// How the API asks `serve` for an upgrade: the binary (or `None`), and where the answer
+/// (or the reason of the rollback) goes.
+pub type UpgradeAsk = (
+    Option<std::path::PathBuf>,
+    tokio::sync::oneshot::Sender<Result<UpgradeResponse, String>>,
+);
+
 /// Which file a daemon runs (the running file itself, even if replaced on disk since).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BinaryView {

@@ -16,7 +16,8 @@ use crate::{
         query::encode,
         types::{
             DeployRequest, DeployResponse, InstanceView, RouteRequest, RouteResponse, SpawnRequest,
-            StatusView, TokenCreated, TokenRequest, TokenView, WeightRequest,
+            StatusView, TokenCreated, TokenRequest, TokenView, UpgradeRequest, UpgradeResponse,
+            WeightRequest,
         },
     },
     config::InstanceName,
@@ -109,6 +110,14 @@ pub enum RemoteCommand {
     TokenRevoke { id: i64 },
     /// Show the daemon: version, uptime, kernel features, instances
     Status,
+    /// Hand the daemon's listening sockets to a new binary (the file at the path it was
+    /// started from, or --binary); the old one finishes its requests and exits. Rolled back
+    /// if the new one does not take over
+    Upgrade {
+        /// The new binary; default: the path the daemon was started from
+        #[arg(long)]
+        binary: Option<String>,
+    },
 }
 
 /// What `tenement logs` shows.
@@ -228,6 +237,21 @@ async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<
         RemoteCommand::Status => {
             let status: StatusView = client.get("/v1/status").await?;
             print(json, &status, || status_text(&status))
+        }
+        RemoteCommand::Upgrade { binary } => {
+            let done: UpgradeResponse = client
+                .call(
+                    Method::POST,
+                    "/v1/upgrade",
+                    Some(&UpgradeRequest { binary }),
+                )
+                .await?;
+            print(json, &done, || {
+                format!(
+                    "upgraded: pid {} handed {} sockets to pid {} ({})",
+                    done.old_pid, done.sockets, done.new_pid, done.binary
+                )
+            })
         }
     }
 }

@@ -139,6 +139,7 @@ async fn run(
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut upgrade_signal = signal(SignalKind::user_defined2())?;
+    let (upgrade_asks, mut upgrade_requests) = tokio::sync::mpsc::channel(4);
     let monitor = Arc::new(Mutex::new(monitor));
     let supervisor = Supervisor::start_with(
         config.clone(),
@@ -156,6 +157,7 @@ async fn run(
             store,
             logs,
             monitor,
+            upgrade: Some(upgrade_asks),
         },
         api_listeners,
     )
@@ -192,8 +194,26 @@ async fn run(
             }
             _ = upgrade_signal.recv() => {
                 tracing::info!("SIGUSR2: upgrading to {}", exe.display());
-                if let Some(handover) = upgrade(&exe, &held).await {
+                if let Ok(handover) = upgrade(&exe, &held).await {
                     break Some(handover);
+                }
+            }
+            Some((binary, answer)) = upgrade_requests.recv() => {
+                let binary = binary.unwrap_or_else(|| exe.clone());
+                tracing::info!("upgrade requested through the API: upgrading to {}", binary.display());
+                match upgrade(&binary, &held).await {
+                    Ok(handover) => {
+                        let _ = answer.send(Ok(crate::api::types::UpgradeResponse {
+                            old_pid: std::process::id(),
+                            new_pid: handover.pid,
+                            binary: handover.binary.display().to_string(),
+                            sockets: handover.count,
+                        }));
+                        break Some(handover);
+                    }
+                    Err(reason) => {
+                        let _ = answer.send(Err(reason));
+                    }
                 }
             }
         }
@@ -225,19 +245,16 @@ async fn run(
 }
 
 /// Hands over to `binary`; on failure this tenement goes on serving and says why.
-async fn upgrade(binary: &Path, held: &Arc<HeldFds>) -> Option<upgrade::Handover> {
+async fn upgrade(binary: &Path, held: &Arc<HeldFds>) -> Result<upgrade::Handover, String> {
     let (binary, held) = (binary.to_path_buf(), held.clone());
-    match tokio::task::spawn_blocking(move || upgrade::hand_over(&binary, &held)).await {
-        Ok(Ok(handover)) => Some(handover),
-        Ok(Err(err)) => {
-            tracing::error!("upgrade failed, still serving: {err}");
-            None
-        }
-        Err(err) => {
-            tracing::error!("upgrade failed, still serving: {err}");
-            None
-        }
+    let outcome = tokio::task::spawn_blocking(move || upgrade::hand_over(&binary, &held))
+        .await
+        .map_err(|err| err.to_string())
+        .and_then(|result| result.map_err(|err| err.to_string()));
+    if let Err(reason) = &outcome {
+        tracing::error!("upgrade failed, still serving: {reason}");
     }
+    outcome
 }
 
 /// The kernel monitor on tenement's cgroup subtree; without one, a monitor that says why
