@@ -84,6 +84,10 @@ pub fn plan(old: &Config, new: &Config, env_files_changed: &BTreeSet<PathBuf>) -
         match old.service.get(name) {
             None => plan.services_added.push(name.clone()),
             Some(before) => {
+                if service.socket_activation != before.socket_activation {
+                    plan.needs_restart
+                        .push(format!("service.{name}.socket_activation"));
+                }
                 let mut keys = service_changes(before, service);
                 let file_changed = service
                     .env_file
@@ -153,6 +157,8 @@ fn service_changes(old: &Service, new: &Service) -> Vec<&'static str> {
         egress,
         env_file,
         listen,
+        // Who holds the port changes: `plan` asks for a restart instead.
+        socket_activation: _,
     } = new;
     let mut keys = Vec::new();
     let mut compare = |key: &'static str, differs: bool| {
