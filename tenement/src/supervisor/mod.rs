@@ -25,6 +25,7 @@ mod prepare;
 mod pressure;
 mod privacy;
 mod reaper;
+mod reconcile;
 mod restart;
 mod runner;
 mod sampler;
@@ -44,7 +45,7 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 
 use crate::{
-    config::{Config, InstanceName},
+    config::{Config, InstanceName, LiveConfig},
     endpoint::Endpoint,
     logs::LogHub,
     monitor::{InstanceStats, Monitor},
@@ -62,6 +63,7 @@ pub use health::{
 };
 pub use idle::KernelTraffic;
 pub use instance::ActivityGuard;
+pub use reconcile::Reconciled;
 pub use sandbox::find_runsc;
 pub use state::{InstanceInfo, InstanceNetwork, InstanceState, StartError};
 
@@ -88,7 +90,8 @@ pub struct Supervisor {
 
 /// State shared by the supervisor handle, the run loops and the reaper.
 pub(crate) struct Shared {
-    config: Arc<Config>,
+    /// Replaced by a reload; read a snapshot with `config()`.
+    config: LiveConfig,
     store: Store,
     logs: LogHub,
     monitor: Arc<Mutex<Monitor>>,
@@ -228,7 +231,7 @@ impl Supervisor {
             changes: watch::channel(0).0,
             activity_source: RwLock::new(None),
             shutting_down: false.into(),
-            config: config.clone(),
+            config: LiveConfig::new(config.clone()),
             store,
             logs,
             monitor,
@@ -289,6 +292,11 @@ impl Supervisor {
     /// stopped and sleeping ones included, in name order.
     pub fn instances(&self) -> Vec<InstanceInfo> {
         self.shared.snapshot().iter().map(|i| i.info()).collect()
+    }
+
+    /// The configuration the daemon runs with; shared with the API, replaced by a reload.
+    pub fn live_config(&self) -> LiveConfig {
+        self.shared.config.clone()
     }
 
     pub fn info(&self, name: &InstanceName) -> Option<InstanceInfo> {
@@ -379,7 +387,7 @@ impl Supervisor {
             self.shared.stop_run(instance, StopKind::Stop).await;
             return Err(held);
         }
-        let startup = Duration::from_secs(instance.service.startup_timeout);
+        let startup = Duration::from_secs(instance.service().startup_timeout);
         let mut status = instance.status.subscribe();
         let waited = tokio::time::timeout(
             startup + START_WAIT_SLACK,
@@ -474,7 +482,7 @@ impl Supervisor {
     /// Sets several routing weights at once (all or none).
     pub fn set_weights(&self, weights: &[(InstanceName, u8)]) -> Result<()> {
         for (name, _) in weights {
-            if !self.shared.config.service.contains_key(&name.service) {
+            if !self.shared.config().service.contains_key(&name.service) {
                 anyhow::bail!("{name}: no service {:?} in the configuration", name.service);
             }
         }
@@ -532,7 +540,7 @@ impl Supervisor {
         for stop in stops {
             let _ = stop.await;
         }
-        storage::unmount_all(&self.shared.config.settings.data_dir);
+        storage::unmount_all(&self.shared.config().settings.data_dir);
         if let Some(tree) = &self.shared.cgroups {
             if let Err(err) = tree.remove() {
                 tracing::error!("removing tenement's cgroups: {err:#}");
@@ -595,6 +603,11 @@ fn failed(instance: &Instance, status: &Status) -> StartError {
 }
 
 impl Shared {
+    /// The configuration as of now (a reload replaces it).
+    fn config(&self) -> Arc<Config> {
+        self.config.get()
+    }
+
     fn lock_instances(&self) -> MutexGuard<'_, BTreeMap<InstanceName, Arc<Instance>>> {
         self.instances.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -617,7 +630,7 @@ impl Shared {
 
     /// The instance `name`, created on first use when its service is configured.
     fn known_service(&self, name: &InstanceName) -> Result<Arc<Instance>, StartError> {
-        if !self.config.service.contains_key(&name.service) {
+        if !self.config().service.contains_key(&name.service) {
             return Err(StartError::UnknownService(name.service.clone()));
         }
         self.entry(name)
@@ -625,7 +638,8 @@ impl Shared {
     }
 
     fn entry(&self, name: &InstanceName) -> Result<Arc<Instance>> {
-        let service = self.config.service.get(&name.service).with_context(|| {
+        let config = self.config();
+        let service = config.service.get(&name.service).with_context(|| {
             format!("{name}: no service {:?} in the configuration", name.service)
         })?;
         let created = {
