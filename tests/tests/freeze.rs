@@ -24,7 +24,7 @@ use tenement_tests::privileged;
 /// The test app: a little CPU work every 10 ms, a SIGTERM marker.
 const FREEZE_APP: &str = include_str!("../apps/freeze_app.py");
 /// Generous against a loaded machine: the reaper checks once a second.
-const WITHIN: Duration = Duration::from_secs(30);
+const WITHIN: Duration = Duration::from_secs(120);
 
 /// A daemon with one-second health checks (every one of them would fail on a frozen
 /// process) and service `api` running the freeze app with `extra` lines.
