@@ -137,6 +137,7 @@ fn service_changes(old: &Service, new: &Service) -> Vec<&'static str> {
         health,
         isolation,
         idle_timeout,
+        freeze_after,
         startup_timeout,
         stop_timeout,
         request_timeout,
@@ -165,6 +166,7 @@ fn service_changes(old: &Service, new: &Service) -> Vec<&'static str> {
     compare("health", *health != old.health);
     compare("isolation", *isolation != old.isolation);
     compare("idle_timeout", *idle_timeout != old.idle_timeout);
+    compare("freeze_after", *freeze_after != old.freeze_after);
     compare("startup_timeout", *startup_timeout != old.startup_timeout);
     compare("stop_timeout", *stop_timeout != old.stop_timeout);
     compare("request_timeout", *request_timeout != old.request_timeout);
@@ -204,6 +206,8 @@ fn settings_needing_restart(old: &Settings, new: &Settings) -> Vec<String> {
         uid_range,
         sandbox_platform,
         cgroup_favordynmods,
+        memory_pressure_psi,
+        memory_pressure_available_mb,
         tls,
     } = new;
     let mut keys = Vec::new();
@@ -224,6 +228,15 @@ fn settings_needing_restart(old: &Settings, new: &Settings) -> Vec<String> {
     compare(
         "cgroup_favordynmods",
         *cgroup_favordynmods != old.cgroup_favordynmods,
+    );
+    // Read once, when the memory-pressure watch starts.
+    compare(
+        "memory_pressure_psi",
+        *memory_pressure_psi != old.memory_pressure_psi,
+    );
+    compare(
+        "memory_pressure_available_mb",
+        *memory_pressure_available_mb != old.memory_pressure_available_mb,
     );
     // With TLS on, the domains are names certificates were ordered for at start.
     compare(
