@@ -53,6 +53,8 @@ pub struct Api {
     pub monitor: Arc<Mutex<Monitor>>,
     /// `POST /v1/reload`; `None` where nothing can be reloaded (no file behind the config).
     pub reloader: Option<Arc<crate::reload::Reloader>>,
+    /// `POST /v1/upgrade` goes to `serve` through it; `None` where nothing can upgrade.
+    pub upgrade: Option<tokio::sync::mpsc::Sender<types::UpgradeAsk>>,
 }
 
 /// Everything a request handler reads.
@@ -101,11 +103,16 @@ pub struct ApiListeners {
 
 impl ApiListeners {
     /// Binds the management listeners (see [`ApiAddress::listeners`]).
-    pub async fn bind(settings: &crate::config::Settings) -> Result<ApiListeners> {
+    /// Listeners held in `held` (handed over by the tenement this one replaces, or passed by
+    /// systemd) are taken from there; the others are bound and held there.
+    pub async fn bind(
+        settings: &crate::config::Settings,
+        held: &crate::held::HeldFds,
+    ) -> Result<ApiListeners> {
         let addresses = ApiAddress::listeners(settings).map_err(|err| anyhow::anyhow!(err))?;
         let mut listeners = Vec::new();
         for address in &addresses {
-            listeners.push(listener::Listener::bind(address).await?);
+            listeners.push(listener::Listener::bind(address, held).await?);
         }
         Ok(ApiListeners {
             addresses,

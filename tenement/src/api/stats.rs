@@ -49,6 +49,7 @@ pub fn status(context: &Context, caller: &Caller) -> ApiResult<Response<Body>> {
         )
     };
     let status = StatusView {
+        binary: super::types::BinaryView::current(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
         started_at_ms: view::unix_ms(context.started_at),

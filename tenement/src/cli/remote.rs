@@ -17,6 +17,7 @@ use crate::{
         types::{
             DeployRequest, DeployResponse, InstanceView, ReloadResponse, RouteRequest,
             RouteResponse, SpawnRequest, StatusView, TokenCreated, TokenRequest, TokenView,
+            UpgradeRequest, UpgradeResponse,
             WeightRequest,
         },
     },
@@ -114,6 +115,14 @@ pub enum RemoteCommand {
     TokenRevoke { id: i64 },
     /// Show the daemon: version, uptime, kernel features, instances
     Status,
+    /// Hand the daemon's listening sockets to a new binary (the file at the path it was
+    /// started from, or --binary); the old one finishes its requests and exits. Rolled back
+    /// if the new one does not take over
+    Upgrade {
+        /// The new binary; default: the path the daemon was started from
+        #[arg(long)]
+        binary: Option<String>,
+    },
 }
 
 /// What `tenement logs` shows.
@@ -251,6 +260,21 @@ async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<
         RemoteCommand::Status => {
             let status: StatusView = client.get("/v1/status").await?;
             print(json, &status, || status_text(&status))
+        }
+        RemoteCommand::Upgrade { binary } => {
+            let done: UpgradeResponse = client
+                .call(
+                    Method::POST,
+                    "/v1/upgrade",
+                    Some(&UpgradeRequest { binary }),
+                )
+                .await?;
+            print(json, &done, || {
+                format!(
+                    "upgraded: pid {} handed {} sockets to pid {} ({})",
+                    done.old_pid, done.sockets, done.new_pid, done.binary
+                )
+            })
         }
     }
 }
@@ -605,6 +629,15 @@ fn status_text(status: &StatusView) -> String {
             status.services.join(", ")
         },
     );
+    if let Some(binary) = &status.binary {
+        let modified = httpdate::fmt_http_date(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(binary.modified_ms),
+        );
+        text.push_str(&format!(
+            "\nbinary:          {} ({} bytes, modified {modified})",
+            binary.path, binary.size
+        ));
+    }
     for (index, info) in status.certificates.iter().enumerate() {
         let label = if index == 0 { "certificates:" } else { "" };
         text.push_str(&format!("\n{label:<17}{}", certificate_line(info)));

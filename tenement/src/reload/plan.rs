@@ -84,6 +84,10 @@ pub fn plan(old: &Config, new: &Config, env_files_changed: &BTreeSet<PathBuf>) -
         match old.service.get(name) {
             None => plan.services_added.push(name.clone()),
             Some(before) => {
+                if service.socket_activation != before.socket_activation {
+                    plan.needs_restart
+                        .push(format!("service.{name}.socket_activation"));
+                }
                 let mut keys = service_changes(before, service);
                 let file_changed = service
                     .env_file
@@ -153,6 +157,8 @@ fn service_changes(old: &Service, new: &Service) -> Vec<&'static str> {
         egress,
         env_file,
         listen,
+        // Who holds the port changes: `plan` asks for a restart instead.
+        socket_activation: _,
     } = new;
     let mut keys = Vec::new();
     let mut compare = |key: &'static str, differs: bool| {
@@ -203,11 +209,11 @@ fn settings_needing_restart(old: &Settings, new: &Settings) -> Vec<String> {
         restart_window: _,
         backoff_base_ms: _,
         backoff_max_ms: _,
+        memory_pressure_psi: _,
+        memory_pressure_available_mb: _,
         uid_range,
         sandbox_platform,
         cgroup_favordynmods,
-        memory_pressure_psi,
-        memory_pressure_available_mb,
         tls,
     } = new;
     let mut keys = Vec::new();
@@ -228,15 +234,6 @@ fn settings_needing_restart(old: &Settings, new: &Settings) -> Vec<String> {
     compare(
         "cgroup_favordynmods",
         *cgroup_favordynmods != old.cgroup_favordynmods,
-    );
-    // Read once, when the memory-pressure watch starts.
-    compare(
-        "memory_pressure_psi",
-        *memory_pressure_psi != old.memory_pressure_psi,
-    );
-    compare(
-        "memory_pressure_available_mb",
-        *memory_pressure_available_mb != old.memory_pressure_available_mb,
     );
     // With TLS on, the domains are names certificates were ordered for at start.
     compare(
@@ -315,6 +312,14 @@ fn settings_in_place(old: &Config, new: &Config) -> Vec<&'static str> {
         (
             "settings.backoff_max_ms",
             n.backoff_max_ms != o.backoff_max_ms,
+        ),
+        (
+            "settings.memory_pressure_psi",
+            n.memory_pressure_psi != o.memory_pressure_psi,
+        ),
+        (
+            "settings.memory_pressure_available_mb",
+            n.memory_pressure_available_mb != o.memory_pressure_available_mb,
         ),
         (
             "settings.domain",

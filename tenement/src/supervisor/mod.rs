@@ -5,6 +5,7 @@
 //! start of tenement) shares that loop and waits on the instance's status, so a thousand
 //! concurrent requests to a sleeping tenant cause exactly one spawn.
 
+mod activation;
 mod backends;
 pub mod cgroup;
 mod env_file;
@@ -97,6 +98,8 @@ pub(crate) struct Shared {
     monitor: Arc<Mutex<Monitor>>,
     cgroups: Option<CgroupTree>,
     ports: PortAllocator,
+    /// Held sockets of `socket_activation` services (in tenement's `HeldFds` registry).
+    activation: activation::Activation,
     spawner: Spawner,
     instances: Mutex<BTreeMap<InstanceName, Arc<Instance>>>,
     changes: watch::Sender<u64>,
@@ -145,6 +148,19 @@ impl Supervisor {
         store: Store,
         logs: LogHub,
         monitor: Arc<Mutex<Monitor>>,
+    ) -> Result<Supervisor> {
+        let held = Arc::new(crate::held::HeldFds::new());
+        Supervisor::start_with(config, store, logs, monitor, held).await
+    }
+
+    /// `start`, keeping the held sockets of `socket_activation` instances in `held` (the
+    /// daemon's registry, which may hold sockets handed over by a previous tenement).
+    pub async fn start_with(
+        config: Arc<Config>,
+        store: Store,
+        logs: LogHub,
+        monitor: Arc<Mutex<Monitor>>,
+        held: Arc<crate::held::HeldFds>,
     ) -> Result<Supervisor> {
         let settings = &config.settings;
         let root = identity::running_as_root();
@@ -225,6 +241,7 @@ impl Supervisor {
         }
         let shared = Arc::new(Shared {
             ports: PortAllocator::new(settings.port_range),
+            activation: activation::Activation::new(held),
             spawner,
             cgroups,
             instances: Mutex::new(BTreeMap::new()),
@@ -276,6 +293,12 @@ impl Supervisor {
             shared.entry(&record.name)?;
             if record.desired_running && !wanted.contains(&record.name) {
                 wanted.push(record.name);
+            }
+        }
+        // A socket-activated instance's port is held from the start, asleep or not.
+        for instance in shared.snapshot() {
+            if instance.service().socket_activation {
+                activation::hold(&shared, &instance)?;
             }
         }
         let supervisor = Supervisor { shared };
@@ -471,6 +494,7 @@ impl Supervisor {
         self.shared.store.forget(name)?;
         self.shared.logs.forget(name)?;
         self.shared.lock_instances().remove(name);
+        self.shared.activation.release(name);
         self.shared.bump();
         Ok(())
     }

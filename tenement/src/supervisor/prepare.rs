@@ -14,7 +14,7 @@ use super::{
     environment::{self, DEFAULT_PATH},
     identity::{self, RunAs},
     init::InitSpec,
-    launch::{Launch, Wrapper},
+    launch::{self, Launch, Wrapper},
     ports::PortLease,
     privacy, sandbox, storage, Shared,
 };
@@ -75,7 +75,14 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
         // The mounted file system's root becomes the data directory: the tenant's, 0700.
         create_data_dir(&settings.data_dir, &data_dir, &run_as, root)?;
     }
+    let mut activation = None;
     let (endpoint, port) = match service.listen {
+        Listen::Port if service.socket_activation => {
+            // The port (and its lease) belongs to the held socket, not to this attempt.
+            let (port, socket, _) = shared.activation.ensure(&shared.ports, name)?;
+            activation = Some(socket);
+            (Endpoint::Port(port), None)
+        }
         Listen::Port => {
             let port = shared
                 .ports
@@ -151,6 +158,10 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
             workdir,
             run_as: root.then(|| run_as.clone()),
             wrapper,
+            activation: activation.map(|socket| launch::Activation {
+                socket,
+                name: name.service.clone(),
+            }),
         },
         endpoint,
         port,

@@ -19,14 +19,11 @@ pub async fn run(shared: Weak<Shared>) {
     let mut ticks = tokio::time::interval(IDLE_CHECK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_quota_check: Option<Instant> = None;
-    let gauge = match shared.upgrade() {
-        Some(shared) => pressure::Gauge::new(
-            &shared.config().settings,
-            shared
-                .cgroups
-                .as_ref()
-                .and_then(|tree| tree.unified_dir().map(Path::to_path_buf)),
-        ),
+    let subtree = match shared.upgrade() {
+        Some(shared) => shared
+            .cgroups
+            .as_ref()
+            .and_then(|tree| tree.unified_dir().map(Path::to_path_buf)),
         None => return,
     };
     // A memory-pressure stop in progress: the next waits for it.
@@ -42,6 +39,8 @@ pub async fn run(shared: Weak<Shared>) {
         // Pressure first: the instance it stops is `stopping` at once, so the idle stop
         // below does not pick it too.
         if relieving.as_ref().is_none_or(|stop| stop.is_finished()) {
+            // Built each tick: a reload may have changed the thresholds.
+            let gauge = pressure::Gauge::new(&shared.config().settings, subtree.clone());
             relieving = shared.relieve_pressure(&gauge).or(relieving);
         }
         put_idle_to_sleep(&shared);

@@ -427,6 +427,14 @@ async fn attempt(
     }
     let name = &instance.name;
     let began = Instant::now();
+    if instance.service().socket_activation {
+        if let Err(err) = super::activation::hold(shared, instance) {
+            if err.downcast_ref::<NoFreePort>().is_some() {
+                return AttemptEnd::NoPort(format!("{err:#}"));
+            }
+            return AttemptEnd::CannotStart(format!("{err:#}"));
+        }
+    }
     let prepared = match prepare::prepare(shared, name, &instance.service()) {
         Ok(prepared) => prepared,
         Err(err) if err.downcast_ref::<NoFreePort>().is_some() => {
@@ -695,7 +703,9 @@ async fn supervise(
         ready = timeout(startup, wait_ready(instance, endpoint, cgroup)) => ready,
         status = child.wait() => {
             // An app that died because its port was taken (EADDRINUSE) gets another port.
-            if let Some(taken) = endpoint.port().and_then(|port| taken(port, cgroup)) {
+            // (A held port is tenement's own: nobody else can take it.)
+            let held = service.socket_activation;
+            if let Some(taken) = endpoint.port().filter(|_| !held).and_then(|port| taken(port, cgroup)) {
                 return taken;
             }
             return exited(status, None);
@@ -817,6 +827,11 @@ async fn wait_ready(
     endpoint: &Endpoint,
     cgroup: Option<&InstanceCgroup>,
 ) -> Result<(), AttemptEnd> {
+    // A held socket listens already: connections wait in its accept queue until the app
+    // accepts them, so requests are forwarded at once, without waiting for readiness.
+    if instance.service().socket_activation {
+        return Ok(());
+    }
     loop {
         health::wait_listening(endpoint, &instance.listening).await;
         // A unix socket in its own 0700 directory cannot be taken; without a cgroup there
