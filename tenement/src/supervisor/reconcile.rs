@@ -216,6 +216,7 @@ impl Supervisor {
                         | InstanceState::Running
                         | InstanceState::Degraded
                         | InstanceState::Unhealthy
+                        | InstanceState::Frozen
                         | InstanceState::Failed
                 );
                 if !live {
@@ -229,7 +230,7 @@ impl Supervisor {
                 // now waits for the new process (as for a wake) instead of being sent to
                 // a port about to close.
                 shared.update(&instance, |s| {
-                    if s.state.serves() {
+                    if s.state.serves() || s.state == InstanceState::Frozen {
                         s.state = InstanceState::Stopping;
                     }
                 });
