@@ -20,6 +20,17 @@ pub trait Backends: Send + Sync + 'static {
         &self,
         name: &InstanceName,
     ) -> BoxFuture<'static, Result<Endpoint, WakeError>>;
+    /// Like `ensure_running`, after a connection to `stale` was refused: waits until the
+    /// instance no longer claims to serve there (it crashed, restarts or is being stopped),
+    /// then starts it if needed. The default asks `ensure_running` at once.
+    fn ensure_running_instead_of(
+        &self,
+        name: &InstanceName,
+        stale: &Endpoint,
+    ) -> BoxFuture<'static, Result<Endpoint, WakeError>> {
+        let _ = stale;
+        self.ensure_running(name)
+    }
     /// Marks proxied activity: the guard counts an open connection/request until dropped.
     fn activity(&self, name: &InstanceName) -> ActivityGuard;
 }

@@ -279,6 +279,11 @@ pub(crate) async fn send(
     };
     let (parts, mut body) = request.into_parts();
     let without_body = body.is_end_stream();
+    // A request without a body whose method may be repeated (RFC 9110 9.2.2) goes again
+    // once when its connection ended before a byte of answer: the instance crashed or was
+    // stopped under it. The new connection is then refused, and the caller waits for the
+    // next process.
+    let mut may_repeat = without_body && parts.method.is_idempotent();
     loop {
         let written = connection
             .write_request(&parts, forwarded, false, &mut body)
@@ -288,9 +293,13 @@ pub(crate) async fn send(
         let head = connection.read_head().await;
         let head = match (head, written) {
             (Ok(head), _) => head,
-            (Err(ReadHeadError::NothingReceived(_)), _) if connection.reused && without_body => {
-                // The instance closed the idle connection just as it was picked: the
-                // request reached nobody, so it goes again on a new connection.
+            (Err(ReadHeadError::NothingReceived(_)), _)
+                if (connection.reused && without_body) || may_repeat =>
+            {
+                // The instance closed the idle connection just as it was picked (the
+                // request reached nobody), or went away while it had the request: it goes
+                // again on a new connection.
+                may_repeat = false;
                 connection = match Box::pin(Upstream::connect(endpoint)).await {
                     Ok(connection) => connection,
                     Err(error) => return Err((error, Some(Request::from_parts(parts, body)))),

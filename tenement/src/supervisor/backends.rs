@@ -33,11 +33,33 @@ impl Backends for Supervisor {
     ) -> BoxFuture<'static, Result<Endpoint, WakeError>> {
         let supervisor = self.clone();
         let name = name.clone();
+        async move { supervisor.ensure_running(&name).await.map_err(wake_error) }.boxed()
+    }
+
+    fn ensure_running_instead_of(
+        &self,
+        name: &InstanceName,
+        stale: &Endpoint,
+    ) -> BoxFuture<'static, Result<Endpoint, WakeError>> {
+        let supervisor = self.clone();
+        let name = name.clone();
+        let stale = stale.clone();
         async move {
             supervisor
-                .ensure_running(&name)
+                .ensure_running_instead_of(&name, &stale)
                 .await
-                .map_err(|err| match err {
+                .map_err(wake_error)
+        }
+        .boxed()
+    }
+
+    fn activity(&self, name: &InstanceName) -> ActivityGuard {
+        ActivityGuard::new(Supervisor::activity(self, name))
+    }
+}
+
+fn wake_error(err: StartError) -> WakeError {
+    match err {
                     StartError::UnknownService(_) => WakeError::Unknown,
                     held @ StartError::Held(_) => WakeError::Failed {
                         state: InstanceState::Stopped.to_string(),
@@ -53,13 +75,6 @@ impl Backends for Supervisor {
                         state: InstanceState::Failed.to_string(),
                         reason,
                     },
-                })
-        }
-        .boxed()
-    }
-
-    fn activity(&self, name: &InstanceName) -> ActivityGuard {
-        ActivityGuard::new(Supervisor::activity(self, name))
     }
 }
 

@@ -498,6 +498,15 @@ async fn attempt(
     // Teardown, whatever happened. A stop gets the grace period; after a crash the orphans
     // of a dead app are killed at once.
     let graceful = matches!(end, AttemptEnd::Stopped(_));
+    if !graceful {
+        // Out of the proxy's rotation before the teardown (which may take a while): a
+        // request from now on waits for what comes next instead of meeting a dead port.
+        shared.update(instance, |s| {
+            if s.state.serves() || s.state == InstanceState::Unhealthy {
+                s.state = InstanceState::Starting;
+            }
+        });
+    }
     let oom_killed = tear_down(
         shared,
         instance,
