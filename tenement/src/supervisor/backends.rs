@@ -60,21 +60,21 @@ impl Backends for Supervisor {
 
 fn wake_error(err: StartError) -> WakeError {
     match err {
-                    StartError::UnknownService(_) => WakeError::Unknown,
-                    held @ StartError::Held(_) => WakeError::Failed {
-                        state: InstanceState::Stopped.to_string(),
-                        reason: held.to_string(),
-                    },
-                    StartError::Failed { state, reason } => WakeError::Failed {
-                        state: state.to_string(),
-                        reason,
-                    },
-                    StartError::Timeout { after, .. } => WakeError::Timeout { after },
-                    StartError::NotReady(reason) => WakeError::NotStarted(reason),
-                    StartError::Spawn(reason) => WakeError::Failed {
-                        state: InstanceState::Failed.to_string(),
-                        reason,
-                    },
+        StartError::UnknownService(_) => WakeError::Unknown,
+        held @ StartError::Held(_) => WakeError::Failed {
+            state: InstanceState::Stopped.to_string(),
+            reason: held.to_string(),
+        },
+        StartError::Failed { state, reason } => WakeError::Failed {
+            state: state.to_string(),
+            reason,
+        },
+        StartError::Timeout { after, .. } => WakeError::Timeout { after },
+        StartError::NotReady(reason) => WakeError::NotStarted(reason),
+        StartError::Spawn(reason) => WakeError::Failed {
+            state: InstanceState::Failed.to_string(),
+            reason,
+        },
     }
 }
 
