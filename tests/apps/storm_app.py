@@ -1,11 +1,13 @@
-"""The app of the wake storm tests: answers `GET /item/N` with `item N from PID`, and
-`POST /digest` with the SHA-256 of the body it received (hex), so that a test can tell that
-every request reached it whole. Standard library only; listens on 127.0.0.1:$PORT."""
+"""The app of the wake storm tests: answers `GET /item/N` with `item N from PID` (and
+`GET /slow/N` the same after 20 ms), and `POST /digest` with the SHA-256 of the body it
+received (hex), so that a test can tell that every request reached it whole. Standard
+library only; listens on 127.0.0.1:$PORT."""
 
 import hashlib
 import http.server
 import os
 import socket
+import time
 
 CHUNK = 64 * 1024
 
@@ -33,6 +35,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/health":
             self.reply(200, "ok")
+        elif self.path.startswith("/slow/"):
+            # Busy for a moment: a crash then finds requests in the middle of being served.
+            time.sleep(0.02)
+            self.reply(200, "item %s from %d" % (self.path[len("/slow/"):], os.getpid()))
         elif self.path.startswith("/item/"):
             self.reply(200, "item %s from %d" % (self.path[len("/item/"):], os.getpid()))
         else:

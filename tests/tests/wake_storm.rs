@@ -182,7 +182,7 @@ fn a_storm_on_a_sleeping_instance_is_served_whole_by_one_start_namespace() {
     storm_at("namespace");
 }
 
-/// Client loops sending `GET /item/N` one after the other on kept-alive connections (a new
+/// Client loops sending `GET /slow/N` (answered after 20 ms) one after the other on kept-alive connections (a new
 /// one after an error), counting answers and everything that was not a 2xx.
 struct SteadyTraffic {
     stop: Arc<AtomicBool>,
@@ -204,7 +204,7 @@ impl SteadyTraffic {
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         n += 1;
-                        let path = format!("/item/{client}-{n}");
+                        let path = format!("/slow/{client}-{n}");
                         match http.send("GET", &path, "") {
                             Ok((200, body)) if body.starts_with(&format!("item {client}-{n} ")) => {
                                 answered.fetch_add(1, Ordering::Relaxed);
@@ -267,10 +267,10 @@ fn crashes_under_steady_traffic_cost_no_client_an_error() {
     }
     let mut daemon = storm_daemon("storm-crash", "process", "restart = \"always\"");
     let port = proxy_port(&daemon);
-    let traffic = SteadyTraffic::start(port, 4);
+    let traffic = SteadyTraffic::start(port, 8);
     traffic.wait_answers(20);
     let mut current = pid(&daemon, "api:alice").expect("alice runs");
-    for _ in 0..3 {
+    for _ in 0..4 {
         // SAFETY: kill has no memory-safety preconditions; the pid is the app's.
         unsafe { libc::kill(current as i32, libc::SIGKILL) };
         current = new_process(&daemon, current);
@@ -279,7 +279,7 @@ fn crashes_under_steady_traffic_cost_no_client_an_error() {
     let (answered, problems) = traffic.finish();
     assert!(
         problems.is_empty(),
-        "{} of {} requests failed across 3 crashes: {:?}",
+        "{} of {} requests failed across 4 crashes: {:?}",
         problems.len(),
         answered + problems.len(),
         &problems[..problems.len().min(5)]
@@ -289,7 +289,7 @@ fn crashes_under_steady_traffic_cost_no_client_an_error() {
         .into_iter()
         .filter(|kind| *kind == EventKind::Crashed)
         .count();
-    assert_eq!(crashes, 3, "every kill is seen as a crash");
+    assert_eq!(crashes, 4, "every kill is seen as a crash");
     daemon.stop();
 }
 
@@ -300,7 +300,7 @@ fn restarts_under_steady_traffic_cost_no_client_an_error() {
     }
     let mut daemon = storm_daemon("storm-restart", "process", "");
     let port = proxy_port(&daemon);
-    let traffic = SteadyTraffic::start(port, 4);
+    let traffic = SteadyTraffic::start(port, 8);
     traffic.wait_answers(20);
     let mut current = pid(&daemon, "api:alice").expect("alice runs");
     for _ in 0..3 {
