@@ -34,14 +34,14 @@ impl ConnContext {
     }
 
     /// Asks the backends for a running instance, on the runtime they live on; with
-    /// `stale`, one that has moved on from that refused endpoint.
+    /// `stale`, one that has moved on from that failed endpoint (waiting at most `within`).
     pub(crate) async fn ensure_running(
         &self,
         name: &crate::config::InstanceName,
-        stale: Option<&crate::endpoint::Endpoint>,
+        stale: Option<(&crate::endpoint::Endpoint, Option<std::time::Duration>)>,
     ) -> Result<crate::endpoint::Endpoint, super::backend::WakeError> {
         let waking = match stale {
-            Some(stale) => self.backends().ensure_running_instead_of(name, stale),
+            Some((stale, within)) => self.backends().ensure_running_instead_of(name, stale, within),
             None => self.backends().ensure_running(name),
         };
         match self.shared.main.spawn(waking).await {

@@ -88,11 +88,16 @@ pub(crate) async fn forward(
     )
     .await
     {
-        Some(Err((error, Some(request)))) if error.is_refused() => {
-            // Nobody listens there any more, and the request never left: the instance
-            // crashed, is restarting or was stopped since the table (or the wake) said where
-            // it runs. The request waits for the next process, once, as for a wake.
-            match Box::pin(wake(&conn, &entry, Some(endpoint), format)).await {
+        Some(Err((error, Some(request)))) => {
+            // Nobody listens there any more (or twice nobody answered a request that may be
+            // repeated): the instance crashed, is restarting or was stopped since the table
+            // (or the wake) said where it runs. The request waits for the next process,
+            // once, as for a wake.
+            let stale = Stale {
+                endpoint,
+                error: &error,
+            };
+            match Box::pin(wake(&conn, &entry, Some(stale), format)).await {
                 Ok(endpoint) => {
                     let again = upstream::send(&entry.pool, &endpoint, request, &forwarded);
                     Box::pin(in_time(limit, again)).await
@@ -146,16 +151,36 @@ fn relay(response: Response<UpstreamBody>, mut exchange: Exchange) -> Response<P
     Response::from_parts(parts, ProxyBody::upstream(body, exchange))
 }
 
-/// `stale`: the endpoint that just refused the connection, which the instance must have
-/// left behind before the request goes again.
+/// How long a request that twice met a connection ending unanswered waits for its instance
+/// to be seen gone (a dying process is seen within milliseconds) before the failure counts
+/// as the instance's own answer, a 502.
+const GONE_PATIENCE: Duration = Duration::from_secs(1);
+
+/// An endpoint that just failed a request which never reached the app (or may be
+/// repeated), and how.
+struct Stale<'a> {
+    endpoint: &'a Endpoint,
+    error: &'a UpstreamError,
+}
+
+/// With `stale`, the instance must have left that endpoint behind before the request goes
+/// again: at once for a refused connection (bounded by its `startup_timeout`), within
+/// `GONE_PATIENCE` for one that ended unanswered; otherwise that failure is the answer.
 async fn wake(
     conn: &ConnContext,
     entry: &Entry,
-    stale: Option<&Endpoint>,
+    stale: Option<Stale<'_>>,
     format: Format,
 ) -> Result<Endpoint, Response<Bytes>> {
     let started = std::time::Instant::now();
-    let woken = conn.ensure_running(&entry.name, stale).await;
+    let asked = stale.as_ref().map(|stale| {
+        let within = (!stale.error.is_refused()).then_some(GONE_PATIENCE);
+        (stale.endpoint, within)
+    });
+    let woken = conn.ensure_running(&entry.name, asked).await;
+    if let (Err(WakeError::StillServing), Some(stale)) = (&woken, &stale) {
+        return Err(bad_gateway(entry, stale.error, format));
+    }
     entry.requests.woke(started.elapsed(), woken.is_ok());
     woken.map_err(|error| {
         let message = format!("instance {} {error}", entry.label);
@@ -163,7 +188,7 @@ async fn wake(
         match error {
             WakeError::Unknown => reply::error(StatusCode::NOT_FOUND, &message, format),
             WakeError::Failed { .. } => reply::retry_later(&message, reply::RETRY_FAILED, format),
-            WakeError::NotStarted(_) => {
+            WakeError::NotStarted(_) | WakeError::StillServing => {
                 reply::retry_later(&message, reply::RETRY_RESTARTING, format)
             }
             WakeError::Timeout { after } => reply::retry_later(&message, after, format),
@@ -253,7 +278,11 @@ async fn tunnel(
     .await
     {
         Some(Err((error, Some(request)))) if error.is_refused() => {
-            match wake(&conn, &entry, Some(&target.endpoint), format).await {
+            let stale = Stale {
+                endpoint: &target.endpoint,
+                error: &error,
+            };
+            match wake(&conn, &entry, Some(stale), format).await {
                 Ok(endpoint) => {
                     in_time(
                         limit,

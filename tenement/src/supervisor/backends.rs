@@ -40,13 +40,14 @@ impl Backends for Supervisor {
         &self,
         name: &InstanceName,
         stale: &Endpoint,
+        within: Option<std::time::Duration>,
     ) -> BoxFuture<'static, Result<Endpoint, WakeError>> {
         let supervisor = self.clone();
         let name = name.clone();
         let stale = stale.clone();
         async move {
             supervisor
-                .ensure_running_instead_of(&name, &stale)
+                .ensure_running_instead_of(&name, &stale, within)
                 .await
                 .map_err(wake_error)
         }
@@ -75,6 +76,7 @@ fn wake_error(err: StartError) -> WakeError {
             state: InstanceState::Failed.to_string(),
             reason,
         },
+        StartError::StillServing(_) => WakeError::StillServing,
     }
 }
 

@@ -337,20 +337,22 @@ impl Supervisor {
     }
 
     /// Like `ensure_running`, for a caller that just found `stale` dead (the connection was
-    /// refused): the process behind it is crashing, restarting or being stopped while the
-    /// state may still say it serves there. Waits (bounded by `startup_timeout`) until the
-    /// instance has moved on from `stale`, then wakes it as usual, so that the request is
-    /// answered by the next process instead of failing with the last one.
+    /// refused, or ended unanswered): the process behind it may be crashing, restarting or
+    /// being stopped while the state still says it serves there. Waits until the instance
+    /// has moved on from `stale` (at most `within`, by default its `startup_timeout`), then
+    /// wakes it as usual, so that the request is answered by the next process instead of
+    /// failing with the last one. `StillServing` if it did not move on in time.
     pub async fn ensure_running_instead_of(
         &self,
         name: &InstanceName,
         stale: &Endpoint,
+        within: Option<Duration>,
     ) -> Result<Endpoint, StartError> {
         let instance = self.shared.known_service(name)?;
         let startup = Duration::from_secs(instance.service.startup_timeout);
         let mut status = instance.status.subscribe();
         let moved_on = tokio::time::timeout(
-            startup + START_WAIT_SLACK,
+            within.unwrap_or(startup + START_WAIT_SLACK),
             status.wait_for(|s| !(s.state.serves() && s.endpoint.as_ref() == Some(stale))),
         )
         .await
@@ -363,12 +365,7 @@ impl Supervisor {
                     reason: format!("{}: the supervisor is gone", instance.name),
                 })
             }
-            Err(_) => {
-                return Err(StartError::Timeout {
-                    after: startup,
-                    last_error: Some(format!("{} refused connections on {stale}", instance.name)),
-                })
-            }
+            Err(_) => return Err(StartError::StillServing(stale.clone())),
         }
         self.ensure_running(name).await
     }
