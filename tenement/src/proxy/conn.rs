@@ -41,7 +41,9 @@ impl ConnContext {
         stale: Option<(&crate::endpoint::Endpoint, Option<std::time::Duration>)>,
     ) -> Result<crate::endpoint::Endpoint, super::backend::WakeError> {
         let waking = match stale {
-            Some((stale, within)) => self.backends().ensure_running_instead_of(name, stale, within),
+            Some((stale, within)) => self
+                .backends()
+                .ensure_running_instead_of(name, stale, within),
             None => self.backends().ensure_running(name),
         };
         match self.shared.main.spawn(waking).await {

@@ -30,6 +30,7 @@ mod sandbox;
 mod spawner;
 mod state;
 pub mod storage;
+mod wake_steps;
 
 use std::{
     collections::BTreeMap,

@@ -24,7 +24,9 @@ use super::{
     spawner::{self, Child},
     state::InstanceNetwork,
     state::InstanceState,
-    storage, Shared,
+    storage,
+    wake_steps::WakeSteps,
+    Shared,
 };
 use crate::{config::InstanceName, endpoint::Endpoint, logs::Stream, store::EventKind};
 
@@ -419,7 +421,7 @@ async fn attempt(
         return AttemptEnd::Stopped(kind);
     }
     let name = &instance.name;
-    let began = Instant::now();
+    let mut steps = WakeSteps::begin();
     let prepared = match prepare::prepare(shared, name, &instance.service) {
         Ok(prepared) => prepared,
         Err(err) if err.downcast_ref::<NoFreePort>().is_some() => {
@@ -435,6 +437,7 @@ async fn attempt(
         run_as,
         sandbox_state,
     } = prepared;
+    steps.prepared();
     // Counted and confined before the first instruction of the tenant runs.
     let cgroup_id = cgroup.as_ref().and_then(|c| c.id());
     let network = match confine(
@@ -451,6 +454,7 @@ async fn attempt(
             return AttemptEnd::CannotStart(reason);
         }
     };
+    steps.confined();
     let mut child = match spawn_in(shared, name, &launch, cgroup.as_ref()).await {
         Ok(child) => child,
         Err(err) => {
@@ -463,6 +467,7 @@ async fn attempt(
             return AttemptEnd::CannotStart(format!("{err:#}"));
         }
     };
+    steps.spawned();
     let captures = capture_output(shared, name, &mut child);
     let pid = child.id();
     let mut child = match Child::watch(child) {
@@ -491,7 +496,7 @@ async fn attempt(
         &endpoint,
         cgroup.as_ref(),
         stop,
-        began,
+        &steps,
     )
     .await;
 
@@ -686,7 +691,7 @@ async fn supervise(
     endpoint: &Endpoint,
     cgroup: Option<&InstanceCgroup>,
     stop: &mut watch::Receiver<Option<StopKind>>,
-    began: Instant,
+    steps: &WakeSteps,
 ) -> AttemptEnd {
     let service = &instance.service;
     let startup = Duration::from_secs(service.startup_timeout);
@@ -720,6 +725,8 @@ async fn supervise(
         s.state = InstanceState::Running;
         s.last_error = None;
     });
+    steps.log(&instance.name, ready_at);
+    let began = steps.began();
     // From the decision to start (cgroup, data directory, fork included) to the first
     // successful check.
     let took = began.elapsed().as_millis();
