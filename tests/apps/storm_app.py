@@ -1,7 +1,8 @@
 """The app of the wake storm tests: answers `GET /item/N` with `item N from PID` (and
-`GET /slow/N` the same after 20 ms), and `POST /digest` with the SHA-256 of the body it
-received (hex), so that a test can tell that every request reached it whole. Standard
-library only; listens on 127.0.0.1:$PORT."""
+`GET /slow/N` the same after 20 ms), `POST /digest` with the SHA-256 of the body it
+received (hex), so that a test can tell that every request reached it whole, and closes the
+connection without answering `GET /hangup`. Standard library only; listens on
+127.0.0.1:$PORT."""
 
 import hashlib
 import http.server
@@ -39,6 +40,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             # Busy for a moment: a crash then finds requests in the middle of being served.
             time.sleep(0.02)
             self.reply(200, "item %s from %d" % (self.path[len("/slow/"):], os.getpid()))
+        elif self.path == "/hangup":
+            # Alive, but closes the connection without a word.
+            self.close_connection = True
         elif self.path.startswith("/item/"):
             self.reply(200, "item %s from %d" % (self.path[len("/item/"):], os.getpid()))
         else:

@@ -401,3 +401,24 @@ fn a_start_that_fails_is_a_503_with_retry_after_in_the_clients_format() {
     assert!(seen_failed, "broken:alice never gave up:\n{}", daemon.log());
     daemon.stop();
 }
+
+#[test]
+fn a_live_instance_that_hangs_up_unanswered_is_a_502() {
+    if !privileged("a_live_instance_that_hangs_up_unanswered_is_a_502") {
+        return;
+    }
+    let mut daemon = storm_daemon("storm-hangup", "process", "");
+    let port = proxy_port(&daemon);
+    let before = pid(&daemon, "api:alice").expect("alice runs");
+    // Sent twice (a GET may be repeated), then, the process being alive, its hang-up is
+    // the answer: no endless wait for a restart that is not coming.
+    let (status, body) = idle_support::http(port, HOST, "GET", "/hangup", "");
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.starts_with("instance api:alice closed the connection on 127.0.0.1:")
+            && body.ends_with("without answering\n"),
+        "{body}"
+    );
+    assert_eq!(pid(&daemon, "api:alice"), Some(before));
+    daemon.stop();
+}
