@@ -409,6 +409,7 @@ fn a_live_instance_that_hangs_up_unanswered_is_a_502() {
     }
     let mut daemon = storm_daemon("storm-hangup", "process", "");
     let port = proxy_port(&daemon);
+    wait_state(&daemon, "api:alice", "running", PATIENCE);
     let before = pid(&daemon, "api:alice").expect("alice runs");
     // Sent twice (a GET may be repeated), then, the process being alive, its hang-up is
     // the answer: no endless wait for a restart that is not coming.
