@@ -20,6 +20,7 @@ pub mod metrics;
 mod metrics_kernel;
 mod metrics_proxy;
 pub mod query;
+mod reload;
 pub(crate) mod routes;
 mod stats;
 pub mod types;
@@ -38,17 +39,20 @@ pub use certificates::{expiry_reasons, EXPIRY_WARNING};
 pub use metrics::{Exposition, Kind, Metrics};
 
 use crate::{
-    config::Config, logs::LogHub, monitor::Monitor, store::Store, supervisor::Supervisor,
+    config::LiveConfig, logs::LogHub, monitor::Monitor, store::Store, supervisor::Supervisor,
     tls::TlsManager,
 };
 
 /// What the API serves from: the daemon's parts, shared with the rest of `serve`.
 pub struct Api {
-    pub config: Arc<Config>,
+    /// The daemon's configuration, replaced by a reload.
+    pub config: LiveConfig,
     pub supervisor: Supervisor,
     pub store: Store,
     pub logs: LogHub,
     pub monitor: Arc<Mutex<Monitor>>,
+    /// `POST /v1/reload`; `None` where nothing can be reloaded (no file behind the config).
+    pub reloader: Option<Arc<crate::reload::Reloader>>,
 }
 
 /// Everything a request handler reads.

@@ -14,7 +14,7 @@ use super::{
     error::{ApiError, ApiResult},
     handlers, logs,
     query::{decode, Query},
-    stats, Context,
+    reload, stats, Context,
 };
 
 pub async fn handle(
@@ -80,6 +80,7 @@ fn audited(method: &Method, segments: &[&str]) -> Option<(&'static str, String)>
         ["v1", "instances", name, "weight"] => ("weight", name.to_string()),
         ["v1", "services", service, "deploy"] => ("deploy", service.to_string()),
         ["v1", "services", service, "route"] => ("route", service.to_string()),
+        ["v1", "reload"] => ("reload", String::new()),
         ["v1", "tokens"] => ("token-gen", String::new()),
         ["v1", "dashboard", "links"] => ("dashboard-link", String::new()),
         ["v1", "tokens", id] => ("token-revoke", id.to_string()),
@@ -108,6 +109,11 @@ async fn dispatch(
             is("GET")?;
             query.allow(&[])?;
             stats::metrics(context, caller)
+        }
+        ["v1", "reload"] => {
+            is("POST")?;
+            query.allow(&[])?;
+            reload::reload(context, caller).await
         }
         ["v1", "status"] => {
             is("GET")?;

@@ -155,6 +155,14 @@ pub struct DeployResponse {
     pub weights: Vec<WeightView>,
 }
 
+/// `POST /v1/reload`: what the reload changed, one sentence each, and what failed while
+/// applying it (the new configuration is in force either way).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReloadResponse {
+    pub changes: Vec<String>,
+    pub failures: Vec<String>,
+}
+
 /// `POST /v1/services/{service}/route`: swaps the weights of two instances in one step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

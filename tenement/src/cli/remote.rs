@@ -15,8 +15,9 @@ use crate::{
     api::{
         query::encode,
         types::{
-            DeployRequest, DeployResponse, InstanceView, RouteRequest, RouteResponse, SpawnRequest,
-            StatusView, TokenCreated, TokenRequest, TokenView, WeightRequest,
+            DeployRequest, DeployResponse, InstanceView, ReloadResponse, RouteRequest,
+            RouteResponse, SpawnRequest, StatusView, TokenCreated, TokenRequest, TokenView,
+            WeightRequest,
         },
     },
     config::InstanceName,
@@ -83,6 +84,10 @@ pub enum RemoteCommand {
         #[arg(long, default_value_t = 60)]
         timeout: i64,
     },
+    /// Read the daemon's configuration file again and apply what changed: new services and
+    /// instances start, removed ones stop, changed ones are replaced one at a time,
+    /// unchanged ones are not touched; a file with an error changes nothing
+    Reload,
     /// Swap the weights of two instances of a service in one step
     Route {
         service: String,
@@ -204,6 +209,24 @@ async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<
                 },
             )
             .await
+        }
+        RemoteCommand::Reload => {
+            let reloaded: ReloadResponse =
+                client.call(Method::POST, "/v1/reload", None::<&()>).await?;
+            print(json, &reloaded, || reload_lines(&reloaded))?;
+            if reloaded.failures.is_empty() {
+                Ok(())
+            } else {
+                Err(anyhow!(
+                    "the new configuration is in force, but {} change{} failed (see above)",
+                    reloaded.failures.len(),
+                    if reloaded.failures.len() == 1 {
+                        ""
+                    } else {
+                        "s"
+                    }
+                ))
+            }
         }
         RemoteCommand::Route { service, from, to } => {
             let path = format!("/v1/services/{}/route", encode(&service));
@@ -422,6 +445,22 @@ fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) ->
         println!("{}", human());
     }
     Ok(())
+}
+
+/// One line per change, then one per failure; "no changes" for an identical file.
+fn reload_lines(reloaded: &ReloadResponse) -> String {
+    if reloaded.changes.is_empty() && reloaded.failures.is_empty() {
+        return "reloaded: no changes".to_string();
+    }
+    let mut lines = vec!["reloaded:".to_string()];
+    lines.extend(reloaded.changes.iter().map(|change| format!("  {change}")));
+    lines.extend(
+        reloaded
+            .failures
+            .iter()
+            .map(|failure| format!("  FAILED: {failure}")),
+    );
+    lines.join("\n")
 }
 
 fn instance_arg(text: &str) -> Result<String> {

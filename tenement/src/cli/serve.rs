@@ -3,7 +3,7 @@
 //! SIGTERM or SIGINT stops every instance cleanly (they start again with the next `serve`).
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::ExitCode,
     sync::{Arc, Mutex},
 };
@@ -21,6 +21,7 @@ use crate::{
     datadir,
     logs::LogHub,
     monitor::Monitor,
+    reload::{self, Overrides, Reloader},
     store::{DataDirLock, Store},
     supervisor::{self, KernelTraffic, Supervisor},
     systemd,
@@ -48,22 +49,25 @@ pub struct ServeOptions {
 pub fn serve(explicit: Option<&Path>, options: &ServeOptions) -> Result<ExitCode> {
     daemon_log::init(options.log_format);
     let path = config::locate(explicit)?;
-    let mut config = Config::load(&path)?;
-    if let Some(warning) = config::readable_secrets(&path, &config) {
-        tracing::warn!("{warning}");
-    }
-    if options.tls {
-        config.settings.tls.enabled = true;
-    }
-    if let Some(email) = &options.email {
-        config.settings.tls.acme_email = Some(email.clone());
-    }
+    let overrides = Overrides {
+        tls: options.tls,
+        email: options.email.clone(),
+    };
+    let config = reload::load(&path, &overrides)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(run(Arc::new(config), options.no_kernel_counters))?;
+    runtime.block_on(run(
+        Arc::new(config),
+        (path, overrides),
+        options.no_kernel_counters,
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
+async fn run(
+    config: Arc<Config>,
+    (path, overrides): (PathBuf, Overrides),
+    no_kernel_counters: bool,
+) -> Result<()> {
     let settings = &config.settings;
     // Before anything else in the data directory: a second daemon on it must leave the
     // first one's store, sockets and tenants alone.
@@ -98,23 +102,28 @@ async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
     }
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    // Without a handler, SIGHUP would end the daemon (and so every tenant): it reloads.
+    let mut hangup = signal(SignalKind::hangup())?;
     let monitor = Arc::new(Mutex::new(monitor));
     let supervisor =
         Supervisor::start(config.clone(), store.clone(), logs.clone(), monitor.clone()).await?;
     watch_kernel(&supervisor, &monitor);
+    let reloader = Arc::new(Reloader::new(path, overrides, supervisor.clone()));
     let api = ApiServer::start(
         Api {
-            config: config.clone(),
+            config: supervisor.live_config(),
             supervisor: supervisor.clone(),
             store,
             logs,
             monitor,
+            reloader: Some(reloader.clone()),
         },
         api_listeners,
     )
     .await?;
     let front = FrontDoor::start(config.clone(), supervisor.clone(), listeners).await?;
     api.attach_proxy(front.proxy.request_metrics());
+    reloader.attach_proxy(front.proxy.clone());
     if let Some(manager) = &front.tls {
         api.attach_tls(manager.clone());
     }
@@ -133,9 +142,24 @@ async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
     if let Err(err) = systemd::notify::ready("serving") {
         tracing::warn!("{err:#}");
     }
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM: stopping every instance"),
-        _ = interrupt.recv() => tracing::info!("SIGINT: stopping every instance"),
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => {
+                tracing::info!("SIGTERM: stopping every instance");
+                break;
+            }
+            _ = interrupt.recv() => {
+                tracing::info!("SIGINT: stopping every instance");
+                break;
+            }
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading {}", reloader.path().display());
+                let _ = systemd::notify::reloading();
+                // The outcome is logged by the reload itself.
+                let _ = reloader.reload().await;
+                let _ = systemd::notify::ready("serving");
+            }
+        }
     }
     let _ = systemd::notify::stopping();
     front.shutdown().await;

@@ -10,6 +10,7 @@ pub mod cgroup;
 mod env_file;
 mod environment;
 mod failure;
+mod freeze;
 pub mod guard;
 mod health;
 mod identity;
@@ -21,8 +22,10 @@ mod listener;
 mod network;
 mod ports;
 mod prepare;
+mod pressure;
 mod privacy;
 mod reaper;
+mod reconcile;
 mod restart;
 mod runner;
 mod sampler;
@@ -43,7 +46,7 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 
 use crate::{
-    config::{Config, InstanceName},
+    config::{Config, InstanceName, LiveConfig},
     endpoint::Endpoint,
     logs::LogHub,
     monitor::{InstanceStats, Monitor},
@@ -61,6 +64,7 @@ pub use health::{
 };
 pub use idle::KernelTraffic;
 pub use instance::ActivityGuard;
+pub use reconcile::Reconciled;
 pub use sandbox::find_runsc;
 pub use state::{InstanceInfo, InstanceNetwork, InstanceState, StartError};
 
@@ -87,7 +91,8 @@ pub struct Supervisor {
 
 /// State shared by the supervisor handle, the run loops and the reaper.
 pub(crate) struct Shared {
-    config: Arc<Config>,
+    /// Replaced by a reload; read a snapshot with `config()`.
+    config: LiveConfig,
     store: Store,
     logs: LogHub,
     monitor: Arc<Mutex<Monitor>>,
@@ -182,6 +187,9 @@ impl Supervisor {
                     .join(" and ")
             );
         }
+        if cgroups.is_none() && config.service.values().any(|s| s.freeze_after > 0) {
+            tracing::warn!("freeze_after is ignored: freezing an instance needs its cgroup");
+        }
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating {}", settings.data_dir.display()))?;
         if root {
@@ -224,7 +232,7 @@ impl Supervisor {
             changes: watch::channel(0).0,
             activity_source: RwLock::new(None),
             shutting_down: false.into(),
-            config: config.clone(),
+            config: LiveConfig::new(config.clone()),
             store,
             logs,
             monitor,
@@ -287,6 +295,11 @@ impl Supervisor {
         self.shared.snapshot().iter().map(|i| i.info()).collect()
     }
 
+    /// The configuration the daemon runs with; shared with the API, replaced by a reload.
+    pub fn live_config(&self) -> LiveConfig {
+        self.shared.config.clone()
+    }
+
     pub fn info(&self, name: &InstanceName) -> Option<InstanceInfo> {
         self.shared.get(name).map(|i| i.info())
     }
@@ -320,6 +333,11 @@ impl Supervisor {
     /// or one an operator stopped.
     pub async fn ensure_running(&self, name: &InstanceName) -> Result<Endpoint, StartError> {
         let instance = self.shared.known_service(name)?;
+        if self.shared.thaw(&instance, freeze::Thaw::Request) {
+            if let Some(endpoint) = instance.status.borrow().endpoint.clone() {
+                return Ok(endpoint);
+            }
+        }
         {
             let status = instance.status.borrow();
             if status.state.serves() {
@@ -350,7 +368,7 @@ impl Supervisor {
         within: Option<Duration>,
     ) -> Result<Endpoint, StartError> {
         let instance = self.shared.known_service(name)?;
-        let startup = Duration::from_secs(instance.service.startup_timeout);
+        let startup = Duration::from_secs(instance.service().startup_timeout);
         let mut status = instance.status.subscribe();
         let moved_on = tokio::time::timeout(
             within.unwrap_or(startup + START_WAIT_SLACK),
@@ -393,13 +411,18 @@ impl Supervisor {
             },
         }
         let failures_before = instance.status.borrow().start_failures;
+        let thaw = match by {
+            Waker::Operator => freeze::Thaw::Operator,
+            Waker::Request => freeze::Thaw::Request,
+        };
+        self.shared.thaw(instance, thaw);
         self.shared.start_run(instance).await;
         if by == Waker::Request && instance.status.borrow().held {
             // An operator's stop came in between: it wins.
             self.shared.stop_run(instance, StopKind::Stop).await;
             return Err(held);
         }
-        let startup = Duration::from_secs(instance.service.startup_timeout);
+        let startup = Duration::from_secs(instance.service().startup_timeout);
         let mut status = instance.status.subscribe();
         let waited = tokio::time::timeout(
             startup + START_WAIT_SLACK,
@@ -494,7 +517,7 @@ impl Supervisor {
     /// Sets several routing weights at once (all or none).
     pub fn set_weights(&self, weights: &[(InstanceName, u8)]) -> Result<()> {
         for (name, _) in weights {
-            if !self.shared.config.service.contains_key(&name.service) {
+            if !self.shared.config().service.contains_key(&name.service) {
                 anyhow::bail!("{name}: no service {:?} in the configuration", name.service);
             }
         }
@@ -509,7 +532,7 @@ impl Supervisor {
 
     /// Marks one open connection or request to `name` until the guard is dropped.
     pub fn activity(&self, name: &InstanceName) -> ActivityGuard {
-        ActivityGuard::new(self.shared.get(name))
+        ActivityGuard::new(&self.shared, self.shared.get(name))
     }
 
     /// Lets the idle reaper also count the kernel's view of each instance's traffic.
@@ -552,7 +575,7 @@ impl Supervisor {
         for stop in stops {
             let _ = stop.await;
         }
-        storage::unmount_all(&self.shared.config.settings.data_dir);
+        storage::unmount_all(&self.shared.config().settings.data_dir);
         if let Some(tree) = &self.shared.cgroups {
             if let Err(err) = tree.remove() {
                 tracing::error!("removing tenement's cgroups: {err:#}");
@@ -615,6 +638,11 @@ fn failed(instance: &Instance, status: &Status) -> StartError {
 }
 
 impl Shared {
+    /// The configuration as of now (a reload replaces it).
+    fn config(&self) -> Arc<Config> {
+        self.config.get()
+    }
+
     fn lock_instances(&self) -> MutexGuard<'_, BTreeMap<InstanceName, Arc<Instance>>> {
         self.instances.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -637,7 +665,7 @@ impl Shared {
 
     /// The instance `name`, created on first use when its service is configured.
     fn known_service(&self, name: &InstanceName) -> Result<Arc<Instance>, StartError> {
-        if !self.config.service.contains_key(&name.service) {
+        if !self.config().service.contains_key(&name.service) {
             return Err(StartError::UnknownService(name.service.clone()));
         }
         self.entry(name)
@@ -645,7 +673,8 @@ impl Shared {
     }
 
     fn entry(&self, name: &InstanceName) -> Result<Arc<Instance>> {
-        let service = self.config.service.get(&name.service).with_context(|| {
+        let config = self.config();
+        let service = config.service.get(&name.service).with_context(|| {
             format!("{name}: no service {:?} in the configuration", name.service)
         })?;
         let created = {

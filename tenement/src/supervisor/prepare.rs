@@ -41,7 +41,8 @@ pub fn data_dir(data_root: &Path, name: &InstanceName) -> PathBuf {
 }
 
 pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Result<Prepared> {
-    let settings = &shared.config.settings;
+    let config = shared.config();
+    let settings = &config.settings;
     let root = identity::running_as_root();
     if service.isolation == Isolation::Namespace && !root {
         bail!(
@@ -200,7 +201,7 @@ fn needed_paths(data_dir: &Path, workdir: &Path, argv: &[String]) -> Vec<PathBuf
     needed
 }
 
-pub fn limits(service: &Service) -> Limits {
+pub(super) fn limits(service: &Service) -> Limits {
     Limits {
         memory_bytes: service.memory_limit_mb.map(|mb| mb * 1024 * 1024),
         cpu_weight: service.cpu_weight,

@@ -74,7 +74,7 @@ pub async fn run(
     mut stop: watch::Receiver<Option<StopKind>>,
     done: watch::Sender<bool>,
 ) {
-    let mut tracker = RestartTracker::new(&shared.config.settings);
+    let mut tracker = RestartTracker::new(&shared.config().settings);
     let mut takeovers = 0u32;
     let name = &instance.name;
     loop {
@@ -149,7 +149,7 @@ pub async fn run(
             AttemptEnd::NeverReady { reason } => {
                 let what = format!(
                     "not ready within startup_timeout ({}s): {reason}{}",
-                    instance.service.startup_timeout,
+                    instance.service().startup_timeout,
                     output()
                 );
                 shared.record(&instance, EventKind::Crashed, &what);
@@ -158,7 +158,12 @@ pub async fn run(
             }
         };
 
-        let decision = tracker.decide(instance.service.restart, ending, ready_for, Instant::now());
+        let decision = tracker.decide(
+            instance.service().restart,
+            ending,
+            ready_for,
+            Instant::now(),
+        );
         if !follow(
             &shared,
             &instance,
@@ -188,7 +193,7 @@ fn exit_ending(
 ) -> (Ending, Option<Duration>, String) {
     let how = spawner::describe(status);
     let what = if oom_killed {
-        let limit = instance.service.memory_limit_mb.unwrap_or_default();
+        let limit = instance.service().memory_limit_mb.unwrap_or_default();
         let what = format!("killed by the kernel's OOM killer ({how}, memory_limit_mb = {limit})");
         shared.record(instance, EventKind::OomKilled, &what);
         what
@@ -345,36 +350,38 @@ fn port_taken(
 /// The state after a requested stop; the event and the data directory's fate.
 fn finish(shared: &Shared, instance: &Instance, kind: StopKind) {
     let state = match kind {
-        StopKind::Sleep => InstanceState::Sleeping,
+        StopKind::Sleep | StopKind::Pressure => InstanceState::Sleeping,
         StopKind::Stop | StopKind::Shutdown | StopKind::Restart => InstanceState::Stopped,
     };
     // An operator's stop is recorded by `Supervisor::stop`, which holds it.
+    // A memory-pressure stop is recorded by `pressure.rs`, which knows the reading.
     match kind {
-        StopKind::Stop | StopKind::Restart => {}
+        StopKind::Stop | StopKind::Restart | StopKind::Pressure => {}
         StopKind::Shutdown => shared.record(instance, EventKind::Stopped, "tenement shut down"),
         StopKind::Sleep => shared.record(
             instance,
             EventKind::IdleStopped,
             &format!(
                 "no traffic for idle_timeout ({}s)",
-                instance.service.idle_timeout
+                instance.service().idle_timeout
             ),
         ),
     }
-    let data_root = &shared.config.settings.data_dir;
-    if kind != StopKind::Restart && instance.service.storage_quota_mb.is_some() {
+    let config = shared.config();
+    let data_root = &config.settings.data_dir;
+    if kind != StopKind::Restart && instance.service().storage_quota_mb.is_some() {
         // The quota image is mounted from a start to the next stop (`storage.rs`).
         let dir = prepare::data_dir(data_root, &instance.name);
         if let Err(err) = storage::unmount(&dir) {
             tracing::warn!("{}: {err:#}", instance.name);
         }
-        if !instance.service.storage_persist {
+        if !instance.service().storage_persist {
             if let Err(err) = storage::remove_image(data_root, &instance.name) {
                 tracing::warn!("{}: removing its storage image: {err:#}", instance.name);
             }
         }
     }
-    if !instance.service.storage_persist && kind != StopKind::Restart {
+    if !instance.service().storage_persist && kind != StopKind::Restart {
         let dir = prepare::data_dir(data_root, &instance.name);
         if let Err(err) = std::fs::remove_dir_all(&dir) {
             if err.kind() != std::io::ErrorKind::NotFound {
@@ -422,7 +429,7 @@ async fn attempt(
     }
     let name = &instance.name;
     let mut steps = WakeSteps::begin();
-    let prepared = match prepare::prepare(shared, name, &instance.service) {
+    let prepared = match prepare::prepare(shared, name, &instance.service()) {
         Ok(prepared) => prepared,
         Err(err) if err.downcast_ref::<NoFreePort>().is_some() => {
             return AttemptEnd::NoPort(format!("{err:#}"))
@@ -500,6 +507,8 @@ async fn attempt(
     )
     .await;
 
+    // A frozen process gets its SIGTERM only once thawed; nothing freezes it from here on.
+    shared.release_freezer(instance);
     // Teardown, whatever happened. A stop gets the grace period; after a crash the orphans
     // of a dead app are killed at once.
     let graceful = matches!(end, AttemptEnd::Stopped(_));
@@ -585,6 +594,7 @@ fn mark_started(
     uid: u32,
 ) {
     let cgroup_id = cgroup.and_then(InstanceCgroup::id);
+    instance.lock_activity().freezer = cgroup.and_then(InstanceCgroup::freezer);
     shared.update(instance, |s| {
         s.state = InstanceState::Starting;
         s.pid = Some(pid);
@@ -604,7 +614,7 @@ fn mark_started(
             "pid {pid}, {}, uid {}, isolation {}",
             listens_on(endpoint),
             uid,
-            format!("{:?}", instance.service.isolation).to_lowercase()
+            format!("{:?}", instance.service().isolation).to_lowercase()
         ),
     );
 }
@@ -622,7 +632,7 @@ async fn tear_down(
     graceful: bool,
 ) -> bool {
     let name = &instance.name;
-    let grace = Duration::from_secs(instance.service.stop_timeout);
+    let grace = Duration::from_secs(instance.service().stop_timeout);
     terminate(child, cgroup, graceful.then_some(grace)).await;
     let mut oom_killed = false;
     if let Some(cgroup) = cgroup {
@@ -657,7 +667,7 @@ fn confine(
     port: u16,
 ) -> Result<InstanceNetwork, String> {
     let name = &instance.name;
-    let policy = network::policy(&instance.service, port);
+    let policy = network::policy(&instance.service(), port);
     let Some(id) = cgroup_id else {
         return Ok(InstanceNetwork {
             enforced: false,
@@ -693,7 +703,7 @@ async fn supervise(
     stop: &mut watch::Receiver<Option<StopKind>>,
     steps: &WakeSteps,
 ) -> AttemptEnd {
-    let service = &instance.service;
+    let service = &instance.service();
     let startup = Duration::from_secs(service.startup_timeout);
     let ready = tokio::select! {
         ready = timeout(startup, wait_ready(instance, endpoint, cgroup)) => ready,
@@ -738,7 +748,7 @@ async fn supervise(
         &format!("ready after {took}ms on {on}"),
     );
 
-    let interval = Duration::from_secs(shared.config.settings.health_check_interval.max(1));
+    let interval = Duration::from_secs(shared.config().settings.health_check_interval.max(1));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     // A slow check delays the next one instead of causing a burst.
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -760,7 +770,11 @@ async fn supervise(
             }
         }
         let check = health::check(endpoint, service.health.as_deref(), interval);
-        match shared.probe(instance, check).await {
+        let Some(checked) = shared.probe(instance, check).await else {
+            // Frozen: not checked, neither failed nor woken.
+            continue;
+        };
+        match checked {
             Ok(()) if failures > 0 => {
                 failures = 0;
                 shared.logs.system(&instance.name, "healthy again");
@@ -833,7 +847,7 @@ async fn wait_ready(
             Listening::Nobody => tokio::time::sleep(Duration::from_millis(15)).await,
         }
     }
-    if let Some(path) = instance.service.health.as_deref() {
+    if let Some(path) = instance.service().health.as_deref() {
         while health::check(endpoint, Some(path), Duration::from_secs(2))
             .await
             .is_err()
