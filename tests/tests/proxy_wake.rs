@@ -91,6 +91,8 @@ async fn wake_failures_become_503s() {
     assert_eq!(reply.body, "instance api:slow was not ready within 10s\n");
     let reply = stack.get("broken.api.example.com", "/").await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    // Failed stays failed until an operator acts: clients are asked to come back later.
+    assert_eq!(reply.headers[RETRY_AFTER], "30");
     assert_eq!(
         reply.body,
         "instance api:broken is failed: exited with status 3 five times\n"

@@ -205,7 +205,8 @@ impl Daemon {
             command.arg("--no-kernel-counters");
         }
         let child = command
-            .env("RUST_LOG", "info")
+            // One debug line per start: where its milliseconds went (`bench wake` reads it).
+            .env("RUST_LOG", "info,tenement::supervisor::wake_steps=debug")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

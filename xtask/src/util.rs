@@ -30,7 +30,13 @@ pub fn cargo(args: &[&str]) -> Result<()> {
 }
 
 /// Builds the release `tenement` binary and returns its path.
+/// `TENEMENT_RELEASE_BIN` names an already built one instead (a shared, loaded machine can
+/// take many minutes to rebuild it).
 pub fn build_release_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("TENEMENT_RELEASE_BIN") {
+        step("using TENEMENT_RELEASE_BIN instead of building tenement");
+        return Ok(PathBuf::from(path));
+    }
     step("building tenement (release)");
     cargo(&[
         "build",

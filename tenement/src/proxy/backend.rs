@@ -20,6 +20,19 @@ pub trait Backends: Send + Sync + 'static {
         &self,
         name: &InstanceName,
     ) -> BoxFuture<'static, Result<Endpoint, WakeError>>;
+    /// Like `ensure_running`, after a connection to `stale` was refused or ended unanswered:
+    /// waits until the instance no longer claims to serve there (it crashed, restarts or is
+    /// being stopped), at most `within` (`None`: its `startup_timeout`), then starts it if
+    /// needed; `StillServing` if it stayed. The default asks `ensure_running` at once.
+    fn ensure_running_instead_of(
+        &self,
+        name: &InstanceName,
+        stale: &Endpoint,
+        within: Option<Duration>,
+    ) -> BoxFuture<'static, Result<Endpoint, WakeError>> {
+        let _ = (stale, within);
+        self.ensure_running(name)
+    }
     /// Marks proxied activity: the guard counts an open connection/request until dropped.
     /// Called before the proxy connects to the instance: a frozen instance is thawed here.
     fn activity(&self, name: &InstanceName) -> ActivityGuard;
@@ -97,6 +110,9 @@ pub enum WakeError {
     /// Its start failed (it exited, or was not ready in time), with the reason (answered
     /// 503).
     NotStarted(String),
+    /// It still serves on the endpoint that just failed the request: that failure is the
+    /// answer (a 502).
+    StillServing,
 }
 
 impl fmt::Display for WakeError {
@@ -106,6 +122,7 @@ impl fmt::Display for WakeError {
             WakeError::Failed { state, reason } if reason.is_empty() => write!(f, "is {state}"),
             WakeError::Failed { state, reason } => write!(f, "is {state}: {reason}"),
             WakeError::NotStarted(reason) => write!(f, "did not start: {reason}"),
+            WakeError::StillServing => f.write_str("still serves where it failed"),
             WakeError::Timeout { after } => {
                 write!(
                     f,

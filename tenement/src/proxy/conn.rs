@@ -33,12 +33,19 @@ impl ConnContext {
         self.shared.router.backends()
     }
 
-    /// Asks the backends for a running instance, on the runtime they live on.
+    /// Asks the backends for a running instance, on the runtime they live on; with
+    /// `stale`, one that has moved on from that failed endpoint (waiting at most `within`).
     pub(crate) async fn ensure_running(
         &self,
         name: &crate::config::InstanceName,
+        stale: Option<(&crate::endpoint::Endpoint, Option<std::time::Duration>)>,
     ) -> Result<crate::endpoint::Endpoint, super::backend::WakeError> {
-        let waking = self.backends().ensure_running(name);
+        let waking = match stale {
+            Some((stale, within)) => self
+                .backends()
+                .ensure_running_instead_of(name, stale, within),
+            None => self.backends().ensure_running(name),
+        };
         match self.shared.main.spawn(waking).await {
             Ok(result) => result,
             Err(error) => Err(super::backend::WakeError::Failed {
@@ -166,7 +173,7 @@ impl ConnService {
                 let message = format!(
                     "service {service} has no instance taking traffic (none has a weight above 0 and has not failed)"
                 );
-                let response = reply::error(StatusCode::SERVICE_UNAVAILABLE, &message, format);
+                let response = reply::retry_later(&message, reply::RETRY_FAILED, format);
                 self.unrouted(response, exchange)
             }
         }

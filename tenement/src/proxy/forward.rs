@@ -49,7 +49,7 @@ pub(crate) async fn forward(
         exchange.set_instance(entry.clone(), ActivityGuard::none());
         let message = format!("instance {} is failed", entry.label);
         return answer(
-            reply::error(StatusCode::SERVICE_UNAVAILABLE, &message, format),
+            reply::retry_later(&message, reply::RETRY_FAILED, format),
             exchange,
         );
     }
@@ -62,7 +62,7 @@ pub(crate) async fn forward(
     let woken;
     let endpoint = match known {
         Some(endpoint) => endpoint,
-        None => match Box::pin(wake(&conn, &entry, format)).await {
+        None => match Box::pin(wake(&conn, &entry, None, format)).await {
             Ok(endpoint) => {
                 woken = endpoint;
                 &woken
@@ -73,7 +73,6 @@ pub(crate) async fn forward(
     if upgrade {
         let target = Target {
             endpoint: endpoint.clone(),
-            from_table: known.is_some(),
         };
         // Boxed, like the other rare paths below: the future of every request is as big as
         // its biggest path, and hyper and the runtime copy it around whole.
@@ -89,9 +88,16 @@ pub(crate) async fn forward(
     )
     .await
     {
-        Some(Err((error, Some(request)))) if error.is_refused() && known.is_some() => {
-            // The table still said it runs, but it has stopped or moved since: wake it once.
-            match Box::pin(wake(&conn, &entry, format)).await {
+        Some(Err((error, Some(request)))) => {
+            // Nobody listens there any more (or twice nobody answered a request that may be
+            // repeated): the instance crashed, is restarting or was stopped since the table
+            // (or the wake) said where it runs. The request waits for the next process,
+            // once, as for a wake.
+            let stale = Stale {
+                endpoint,
+                error: &error,
+            };
+            match Box::pin(wake(&conn, &entry, Some(stale), format)).await {
                 Ok(endpoint) => {
                     let again = upstream::send(&entry.pool, &endpoint, request, &forwarded);
                     Box::pin(in_time(limit, again)).await
@@ -145,21 +151,45 @@ fn relay(response: Response<UpstreamBody>, mut exchange: Exchange) -> Response<P
     Response::from_parts(parts, ProxyBody::upstream(body, exchange))
 }
 
+/// How long a request that twice met a connection ending unanswered waits for its instance
+/// to be seen gone (a dying process is seen within milliseconds) before the failure counts
+/// as the instance's own answer, a 502.
+const GONE_PATIENCE: Duration = Duration::from_secs(1);
+
+/// An endpoint that just failed a request which never reached the app (or may be
+/// repeated), and how.
+struct Stale<'a> {
+    endpoint: &'a Endpoint,
+    error: &'a UpstreamError,
+}
+
+/// With `stale`, the instance must have left that endpoint behind before the request goes
+/// again: at once for a refused connection (bounded by its `startup_timeout`), within
+/// `GONE_PATIENCE` for one that ended unanswered; otherwise that failure is the answer.
 async fn wake(
     conn: &ConnContext,
     entry: &Entry,
+    stale: Option<Stale<'_>>,
     format: Format,
 ) -> Result<Endpoint, Response<Bytes>> {
     let started = std::time::Instant::now();
-    let woken = conn.ensure_running(&entry.name).await;
+    let asked = stale.as_ref().map(|stale| {
+        let within = (!stale.error.is_refused()).then_some(GONE_PATIENCE);
+        (stale.endpoint, within)
+    });
+    let woken = conn.ensure_running(&entry.name, asked).await;
+    if let (Err(WakeError::StillServing), Some(stale)) = (&woken, &stale) {
+        return Err(bad_gateway(entry, stale.error, format));
+    }
     entry.requests.woke(started.elapsed(), woken.is_ok());
     woken.map_err(|error| {
         let message = format!("instance {} {error}", entry.label);
         tracing::warn!("{message}");
         match error {
             WakeError::Unknown => reply::error(StatusCode::NOT_FOUND, &message, format),
-            WakeError::Failed { .. } | WakeError::NotStarted(_) => {
-                reply::error(StatusCode::SERVICE_UNAVAILABLE, &message, format)
+            WakeError::Failed { .. } => reply::retry_later(&message, reply::RETRY_FAILED, format),
+            WakeError::NotStarted(_) | WakeError::StillServing => {
+                reply::retry_later(&message, reply::RETRY_RESTARTING, format)
             }
             WakeError::Timeout { after } => reply::retry_later(&message, after, format),
         }
@@ -221,11 +251,9 @@ fn join_cookies(headers: &mut http::HeaderMap) {
     }
 }
 
-/// Where a tunnel goes, and whether that came from the routing table (which may be out of
-/// date) rather than from a fresh `ensure_running`.
+/// Where a tunnel goes.
 struct Target {
     endpoint: Endpoint,
-    from_table: bool,
 }
 
 /// `Upgrade` (WebSocket and others): a dedicated connection to the instance; once both
@@ -249,8 +277,12 @@ async fn tunnel(
     )
     .await
     {
-        Some(Err((error, Some(request)))) if error.is_refused() && target.from_table => {
-            match wake(&conn, &entry, format).await {
+        Some(Err((error, Some(request)))) if error.is_refused() => {
+            let stale = Stale {
+                endpoint: &target.endpoint,
+                error: &error,
+            };
+            match wake(&conn, &entry, Some(stale), format).await {
                 Ok(endpoint) => {
                     in_time(
                         limit,

@@ -36,7 +36,8 @@ pub(crate) struct RequestFacts<'h> {
     pub host: Option<&'h HeaderValue>,
     /// More than one `Host` header: ambiguous, so answered 400 (RFC 9112 3.2).
     pub many_hosts: bool,
-    /// The client asks for `application/json` (error bodies follow suit).
+    /// The client's `Accept` prefers `application/json` to `text/plain` (error bodies
+    /// follow suit).
     pub wants_json: bool,
     /// `Upgrade` plus a `Connection` that says `upgrade`.
     pub upgrade: bool,
@@ -49,15 +50,13 @@ impl<'h> RequestFacts<'h> {
         let mut facts = RequestFacts::default();
         let mut upgrade_header = false;
         let mut upgrade_token = false;
+        let mut accept = Accept::default();
         for (name, value) in headers {
             if name == HOST {
                 facts.many_hosts |= facts.host.is_some();
                 facts.host.get_or_insert(value);
             } else if name == ACCEPT {
-                facts.wants_json |= value
-                    .as_bytes()
-                    .windows(b"application/json".len())
-                    .any(|w| w.eq_ignore_ascii_case(b"application/json"));
+                accept.read(value.as_bytes());
             } else if name == CONNECTION {
                 facts.connection = true;
                 upgrade_token |= value
@@ -69,7 +68,99 @@ impl<'h> RequestFacts<'h> {
             }
         }
         facts.upgrade = upgrade_header && upgrade_token;
+        facts.wants_json = accept.prefers_json();
         facts
+    }
+}
+
+/// Content negotiation between the proxy's two ways to spell an error, `text/plain` and
+/// `application/json` (RFC 9110 12.5.1): each gets the quality of the most specific media
+/// range that matches it. JSON wins with a higher quality, or with the same one from a
+/// more specific range (`application/json, */*`); plain text is the default, and an
+/// `Accept` that names only `text/html` gets plain text, never HTML.
+#[derive(Default)]
+struct Accept {
+    json: Match,
+    text: Match,
+}
+
+/// How well one representation matched: specificity (0 none, 1 `*/*`, 2 `type/*`, 3 the
+/// exact type) and quality in thousandths.
+#[derive(Default, Clone, Copy)]
+struct Match {
+    specificity: u8,
+    quality: u16,
+}
+
+impl Match {
+    fn offer(&mut self, specificity: u8, quality: u16) {
+        if specificity > self.specificity {
+            *self = Match {
+                specificity,
+                quality,
+            };
+        } else if specificity == self.specificity {
+            self.quality = self.quality.max(quality);
+        }
+    }
+}
+
+impl Accept {
+    fn read(&mut self, value: &[u8]) {
+        for range in value.split(|&b| b == b',') {
+            let mut parts = range.split(|&b| b == b';');
+            let media = parts.next().unwrap_or_default().trim_ascii();
+            let quality = parts
+                .filter_map(|param| {
+                    let param = param.trim_ascii();
+                    let q = param.strip_prefix(b"q=").or(param.strip_prefix(b"Q="))?;
+                    Some(parse_quality(q))
+                })
+                .next_back()
+                .unwrap_or(1000);
+            let Some(slash) = media.iter().position(|&b| b == b'/') else {
+                continue;
+            };
+            let (kind, sub) = (&media[..slash], &media[slash + 1..]);
+            let specificity = |want_kind: &[u8], want_sub: &[u8]| -> u8 {
+                if kind == b"*" && sub == b"*" {
+                    1
+                } else if kind.eq_ignore_ascii_case(want_kind) && sub == b"*" {
+                    2
+                } else if kind.eq_ignore_ascii_case(want_kind) && sub.eq_ignore_ascii_case(want_sub)
+                {
+                    3
+                } else {
+                    0
+                }
+            };
+            let json = specificity(b"application", b"json");
+            if json > 0 {
+                self.json.offer(json, quality);
+            }
+            let text = specificity(b"text", b"plain");
+            if text > 0 {
+                self.text.offer(text, quality);
+            }
+        }
+    }
+
+    fn prefers_json(&self) -> bool {
+        let (json, text) = (self.json, self.text);
+        json.quality > 0
+            && (json.quality > text.quality
+                || (json.quality == text.quality && json.specificity > text.specificity))
+    }
+}
+
+/// `q=0.25` in thousandths; anything unreadable counts as 0 (not acceptable).
+fn parse_quality(q: &[u8]) -> u16 {
+    let Ok(text) = std::str::from_utf8(q) else {
+        return 0;
+    };
+    match text.trim().parse::<f32>() {
+        Ok(q) if (0.0..=1.0).contains(&q) => (q * 1000.0).round() as u16,
+        _ => 0,
     }
 }
 
@@ -191,6 +282,31 @@ mod tests {
         let empty = HeaderMap::new();
         let plain = RequestFacts::of(&empty);
         assert!(plain.host.is_none() && !plain.wants_json && !plain.upgrade && !plain.connection);
+    }
+
+    fn json_for(accept: &[&str]) -> bool {
+        let pairs: Vec<(&str, &str)> = accept.iter().map(|a| ("accept", *a)).collect();
+        RequestFacts::of(&headers(&pairs)).wants_json
+    }
+
+    #[test]
+    fn json_only_when_preferred() {
+        assert!(json_for(&["application/json"]));
+        assert!(json_for(&["Application/JSON; charset=utf-8"]));
+        assert!(json_for(&["application/json, */*;q=0.8"]));
+        assert!(json_for(&["application/*"]));
+        assert!(json_for(&["text/plain;q=0.5, application/json"]));
+        assert!(json_for(&["text/html", "application/json"]));
+        // A browser, a plain client, and clients preferring text.
+        assert!(!json_for(&[
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+        ]));
+        assert!(!json_for(&[]));
+        assert!(!json_for(&["*/*"]));
+        assert!(!json_for(&["text/plain, application/json;q=0.5"]));
+        assert!(!json_for(&["application/json;q=0, */*"]));
+        assert!(!json_for(&["application/json, text/plain"]));
+        assert!(!json_for(&["application/json;q=bogus"]));
     }
 
     #[test]

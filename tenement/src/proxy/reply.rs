@@ -9,6 +9,12 @@ use http::{
     HeaderValue, Response, StatusCode,
 };
 
+/// `Retry-After` of a 503 for an instance that is `failed` or held `stopped`: it stays so
+/// until an operator acts, so clients are asked not to hammer it.
+pub(crate) const RETRY_FAILED: Duration = Duration::from_secs(30);
+/// `Retry-After` of a 503 for a start that failed while tenement restarts it by itself.
+pub(crate) const RETRY_RESTARTING: Duration = Duration::from_secs(1);
+
 /// How the client wants errors spelled (JSON when its `Accept` names `application/json`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Format {
@@ -32,7 +38,7 @@ pub(crate) fn error(status: StatusCode, message: &str, format: Format) -> Respon
     response
 }
 
-/// 503 with `Retry-After`, for an instance that is still starting.
+/// 503 with `Retry-After` (whole seconds, 1 to 3600): every 503 the proxy writes has one.
 pub(crate) fn retry_later(message: &str, after: Duration, format: Format) -> Response<Bytes> {
     let mut response = error(StatusCode::SERVICE_UNAVAILABLE, message, format);
     let seconds = after.as_secs().clamp(1, 3600);

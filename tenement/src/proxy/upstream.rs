@@ -279,6 +279,12 @@ pub(crate) async fn send(
     };
     let (parts, mut body) = request.into_parts();
     let without_body = body.is_end_stream();
+    // A request without a body whose method may be repeated (RFC 9110 9.2.2) goes again
+    // once when its connection ended before a byte of answer: the instance may have crashed
+    // or been stopped under it. If that fails the same way (or the new connection is
+    // refused), the request comes back to the caller, which waits for the next process.
+    let repeatable = without_body && parts.method.is_idempotent();
+    let mut repeated = false;
     loop {
         let written = connection
             .write_request(&parts, forwarded, false, &mut body)
@@ -288,14 +294,26 @@ pub(crate) async fn send(
         let head = connection.read_head().await;
         let head = match (head, written) {
             (Ok(head), _) => head,
-            (Err(ReadHeadError::NothingReceived(_)), _) if connection.reused && without_body => {
-                // The instance closed the idle connection just as it was picked: the
-                // request reached nobody, so it goes again on a new connection.
+            (Err(ReadHeadError::NothingReceived(_)), _)
+                if !repeated && (repeatable || (connection.reused && without_body)) =>
+            {
+                // The instance closed the idle connection just as it was picked (the
+                // request reached nobody), or went away while it had the request: it goes
+                // again on a new connection.
+                repeated = true;
                 connection = match Box::pin(Upstream::connect(endpoint)).await {
                     Ok(connection) => connection,
                     Err(error) => return Err((error, Some(Request::from_parts(parts, body)))),
                 };
                 continue;
+            }
+            (Err(ReadHeadError::NothingReceived(error)), _) if repeatable => {
+                let endpoint = endpoint.clone();
+                let error = match error {
+                    Some(error) => UpstreamError::Io { endpoint, error },
+                    None => UpstreamError::ClosedEarly { endpoint },
+                };
+                return Err((error, Some(Request::from_parts(parts, body))));
             }
             (Err(_), Err(error)) => {
                 return Err((

@@ -37,33 +37,50 @@ impl Backends for Supervisor {
     ) -> BoxFuture<'static, Result<Endpoint, WakeError>> {
         let supervisor = self.clone();
         let name = name.clone();
+        async move { supervisor.ensure_running(&name).await.map_err(wake_error) }.boxed()
+    }
+
+    fn ensure_running_instead_of(
+        &self,
+        name: &InstanceName,
+        stale: &Endpoint,
+        within: Option<std::time::Duration>,
+    ) -> BoxFuture<'static, Result<Endpoint, WakeError>> {
+        let supervisor = self.clone();
+        let name = name.clone();
+        let stale = stale.clone();
         async move {
             supervisor
-                .ensure_running(&name)
+                .ensure_running_instead_of(&name, &stale, within)
                 .await
-                .map_err(|err| match err {
-                    StartError::UnknownService(_) => WakeError::Unknown,
-                    held @ StartError::Held(_) => WakeError::Failed {
-                        state: InstanceState::Stopped.to_string(),
-                        reason: held.to_string(),
-                    },
-                    StartError::Failed { state, reason } => WakeError::Failed {
-                        state: state.to_string(),
-                        reason,
-                    },
-                    StartError::Timeout { after, .. } => WakeError::Timeout { after },
-                    StartError::NotReady(reason) => WakeError::NotStarted(reason),
-                    StartError::Spawn(reason) => WakeError::Failed {
-                        state: InstanceState::Failed.to_string(),
-                        reason,
-                    },
-                })
+                .map_err(wake_error)
         }
         .boxed()
     }
 
     fn activity(&self, name: &InstanceName) -> ActivityGuard {
         ActivityGuard::new(Supervisor::activity(self, name))
+    }
+}
+
+fn wake_error(err: StartError) -> WakeError {
+    match err {
+        StartError::UnknownService(_) => WakeError::Unknown,
+        held @ StartError::Held(_) => WakeError::Failed {
+            state: InstanceState::Stopped.to_string(),
+            reason: held.to_string(),
+        },
+        StartError::Failed { state, reason } => WakeError::Failed {
+            state: state.to_string(),
+            reason,
+        },
+        StartError::Timeout { after, .. } => WakeError::Timeout { after },
+        StartError::NotReady(reason) => WakeError::NotStarted(reason),
+        StartError::Spawn(reason) => WakeError::Failed {
+            state: InstanceState::Failed.to_string(),
+            reason,
+        },
+        StartError::StillServing(_) => WakeError::StillServing,
     }
 }
 

@@ -34,6 +34,7 @@ mod sandbox;
 mod spawner;
 mod state;
 pub mod storage;
+mod wake_steps;
 
 use std::{
     collections::BTreeMap,
@@ -375,6 +376,40 @@ impl Supervisor {
             }
         }
         self.wake(&instance, Waker::Request).await
+    }
+
+    /// Like `ensure_running`, for a caller that just found `stale` dead (the connection was
+    /// refused, or ended unanswered): the process behind it may be crashing, restarting or
+    /// being stopped while the state still says it serves there. Waits until the instance
+    /// has moved on from `stale` (at most `within`, by default its `startup_timeout`), then
+    /// wakes it as usual, so that the request is answered by the next process instead of
+    /// failing with the last one. `StillServing` if it did not move on in time.
+    pub async fn ensure_running_instead_of(
+        &self,
+        name: &InstanceName,
+        stale: &Endpoint,
+        within: Option<Duration>,
+    ) -> Result<Endpoint, StartError> {
+        let instance = self.shared.known_service(name)?;
+        let startup = Duration::from_secs(instance.service().startup_timeout);
+        let mut status = instance.status.subscribe();
+        let moved_on = tokio::time::timeout(
+            within.unwrap_or(startup + START_WAIT_SLACK),
+            status.wait_for(|s| !(s.state.serves() && s.endpoint.as_ref() == Some(stale))),
+        )
+        .await
+        .map(|waited| waited.map(drop));
+        match moved_on {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                return Err(StartError::Failed {
+                    state: instance.state(),
+                    reason: format!("{}: the supervisor is gone", instance.name),
+                })
+            }
+            Err(_) => return Err(StartError::StillServing(stale.clone())),
+        }
+        self.ensure_running(name).await
     }
 
     async fn wake(&self, instance: &Arc<Instance>, by: Waker) -> Result<Endpoint, StartError> {
@@ -740,9 +775,14 @@ impl Shared {
                 Some(handle) if !handle.finished() => {
                     if handle.stop.borrow().is_none() {
                         let _ = handle.stop.send(Some(kind));
-                        if kind != StopKind::Restart {
-                            self.update(instance, |s| s.state = InstanceState::Stopping);
-                        }
+                        // A restart is a wake to come: requests wait for the new process
+                        // (`starting`) instead of meeting the old one as it goes.
+                        let state = if kind == StopKind::Restart {
+                            InstanceState::Starting
+                        } else {
+                            InstanceState::Stopping
+                        };
+                        self.update(instance, |s| s.state = state);
                     }
                     Some(handle.done.clone())
                 }

@@ -24,7 +24,9 @@ use super::{
     spawner::{self, Child},
     state::InstanceNetwork,
     state::InstanceState,
-    storage, Shared,
+    storage,
+    wake_steps::WakeSteps,
+    Shared,
 };
 use crate::{config::InstanceName, endpoint::Endpoint, logs::Stream, store::EventKind};
 
@@ -426,7 +428,7 @@ async fn attempt(
         return AttemptEnd::Stopped(kind);
     }
     let name = &instance.name;
-    let began = Instant::now();
+    let mut steps = WakeSteps::begin();
     if instance.service().socket_activation {
         if let Err(err) = super::activation::hold(shared, instance) {
             if err.downcast_ref::<NoFreePort>().is_some() {
@@ -450,6 +452,7 @@ async fn attempt(
         run_as,
         sandbox_state,
     } = prepared;
+    steps.prepared();
     // Counted and confined before the first instruction of the tenant runs.
     let cgroup_id = cgroup.as_ref().and_then(|c| c.id());
     let network = match confine(
@@ -466,6 +469,7 @@ async fn attempt(
             return AttemptEnd::CannotStart(reason);
         }
     };
+    steps.confined();
     let mut child = match spawn_in(shared, name, &launch, cgroup.as_ref()).await {
         Ok(child) => child,
         Err(err) => {
@@ -478,6 +482,7 @@ async fn attempt(
             return AttemptEnd::CannotStart(format!("{err:#}"));
         }
     };
+    steps.spawned();
     let captures = capture_output(shared, name, &mut child);
     let pid = child.id();
     let mut child = match Child::watch(child) {
@@ -506,7 +511,7 @@ async fn attempt(
         &endpoint,
         cgroup.as_ref(),
         stop,
-        began,
+        &steps,
     )
     .await;
 
@@ -515,6 +520,15 @@ async fn attempt(
     // Teardown, whatever happened. A stop gets the grace period; after a crash the orphans
     // of a dead app are killed at once.
     let graceful = matches!(end, AttemptEnd::Stopped(_));
+    if !graceful {
+        // Out of the proxy's rotation before the teardown (which may take a while): a
+        // request from now on waits for what comes next instead of meeting a dead port.
+        shared.update(instance, |s| {
+            if s.state.serves() || s.state == InstanceState::Unhealthy {
+                s.state = InstanceState::Starting;
+            }
+        });
+    }
     let oom_killed = tear_down(
         shared,
         instance,
@@ -695,7 +709,7 @@ async fn supervise(
     endpoint: &Endpoint,
     cgroup: Option<&InstanceCgroup>,
     stop: &mut watch::Receiver<Option<StopKind>>,
-    began: Instant,
+    steps: &WakeSteps,
 ) -> AttemptEnd {
     let service = &instance.service();
     let startup = Duration::from_secs(service.startup_timeout);
@@ -731,6 +745,8 @@ async fn supervise(
         s.state = InstanceState::Running;
         s.last_error = None;
     });
+    steps.log(&instance.name, ready_at);
+    let began = steps.began();
     // From the decision to start (cgroup, data directory, fork included) to the first
     // successful check.
     let took = began.elapsed().as_millis();

@@ -132,6 +132,9 @@ pub enum StartError {
     NotReady(String),
     /// It could not be started at all (missing program, permissions, runsc not installed).
     Spawn(String),
+    /// Asked to wait until it left an endpoint that failed a caller, it still serves there
+    /// (the process is alive: the failure was its own answer, not its going away).
+    StillServing(crate::endpoint::Endpoint),
 }
 
 impl fmt::Display for StartError {
@@ -158,6 +161,7 @@ impl fmt::Display for StartError {
             }
             StartError::NotReady(reason) => f.write_str(reason),
             StartError::Spawn(reason) => write!(f, "{reason}"),
+            StartError::StillServing(endpoint) => write!(f, "still serves on {endpoint}"),
         }
     }
 }
