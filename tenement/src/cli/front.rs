@@ -56,6 +56,7 @@ impl FrontDoor {
         config: Arc<Config>,
         supervisor: Supervisor,
         listeners: Listeners,
+        placement: Option<Arc<dyn proxy::placement::Placement>>,
     ) -> Result<FrontDoor> {
         let settings = &config.settings;
         let Listeners {
@@ -67,6 +68,7 @@ impl FrontDoor {
         // route: the manager is filled in once both exist.
         let tls_slot: Arc<std::sync::OnceLock<TlsManager>> = Arc::default();
         let mut options = Options::default();
+        options.placement = placement;
         if settings.tls.enabled {
             // Redirects go to the first TLS listener's port (as bound, so `:0` works too).
             let https_port = tls_listeners

@@ -113,7 +113,17 @@ async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
         api_listeners,
     )
     .await?;
-    let front = FrontDoor::start(config.clone(), supervisor.clone(), listeners).await?;
+    let fleet = match &config.fleet {
+        Some(fleet) => Some(crate::fleet::Fleet::start(fleet, supervisor.clone()).await?),
+        None => None,
+    };
+    let front = FrontDoor::start(
+        config.clone(),
+        supervisor.clone(),
+        listeners,
+        fleet.as_ref().map(|fleet| fleet.placement()),
+    )
+    .await?;
     api.attach_proxy(front.proxy.request_metrics());
     if let Some(manager) = &front.tls {
         api.attach_tls(manager.clone());
@@ -139,6 +149,9 @@ async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
     }
     let _ = systemd::notify::stopping();
     front.shutdown().await;
+    if let Some(fleet) = &fleet {
+        fleet.leave().await;
+    }
     api.shutdown().await;
     supervisor.shutdown().await;
     tracing::info!("stopped");

@@ -428,6 +428,22 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Puts every instance with a process to sleep, as the idle reaper does (the next
+    /// request may start it again). A fleet node that lost its etcd lease does this: another
+    /// node may be placing its tenants by now. Returns the names it stopped.
+    pub async fn sleep_all(&self) -> Vec<InstanceName> {
+        let running: Vec<Arc<Instance>> = self
+            .shared
+            .snapshot()
+            .into_iter()
+            .filter(|instance| instance.info().pid.is_some())
+            .collect();
+        for instance in &running {
+            self.shared.stop_run(instance, StopKind::Sleep).await;
+        }
+        running.iter().map(|i| i.name.clone()).collect()
+    }
+
     /// Stops `name` (if running), clears a `failed` state and its restart history, starts
     /// it and waits until it is ready.
     pub async fn restart(&self, name: &InstanceName) -> Result<InstanceInfo, StartError> {
