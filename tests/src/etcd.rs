@@ -59,8 +59,9 @@ impl EtcdCluster {
 
     fn launch(&mut self, i: usize, state: &str) {
         let data_dir = self.data_dir(i);
-        let log = std::fs::File::create(self.scratch.join(&format!("{}.log", self.members[i].name)))
-            .unwrap();
+        let log =
+            std::fs::File::create(self.scratch.join(&format!("{}.log", self.members[i].name)))
+                .unwrap();
         let member = &self.members[i];
         let client = format!("http://127.0.0.1:{}", member.client);
         let peer = format!("http://127.0.0.1:{}", member.peer);
@@ -137,7 +138,14 @@ impl EtcdCluster {
     pub fn compact(&self, i: usize) {
         let url = format!("http://127.0.0.1:{}", self.members[i].client);
         let revision = Command::new("curl")
-            .args(["-s", "-X", "POST", &format!("{url}/v3/kv/range"), "-d", "{\"key\":\"AA==\"}"])
+            .args([
+                "-s",
+                "-X",
+                "POST",
+                &format!("{url}/v3/kv/range"),
+                "-d",
+                "{\"key\":\"AA==\"}",
+            ])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&revision.stdout).to_string();
@@ -149,7 +157,10 @@ impl EtcdCluster {
             .to_string();
         let status = Command::new("curl")
             .args(["-s", "-f", "-X", "POST", &format!("{url}/v3/kv/compaction")])
-            .args(["-d", &format!("{{\"revision\":\"{revision}\",\"physical\":true}}")])
+            .args([
+                "-d",
+                &format!("{{\"revision\":\"{revision}\",\"physical\":true}}"),
+            ])
             .status()
             .unwrap();
         assert!(status.success(), "compacting etcd at revision {revision}");

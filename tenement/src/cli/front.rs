@@ -67,8 +67,10 @@ impl FrontDoor {
         // The pre-router needs the TLS manager, and the manager asks the proxy which names
         // route: the manager is filled in once both exist.
         let tls_slot: Arc<std::sync::OnceLock<TlsManager>> = Arc::default();
-        let mut options = Options::default();
-        options.placement = placement;
+        let mut options = Options {
+            placement,
+            ..Options::default()
+        };
         if settings.tls.enabled {
             // Redirects go to the first TLS listener's port (as bound, so `:0` works too).
             let https_port = tls_listeners

@@ -37,18 +37,11 @@ pub(super) fn validate(
     instances(&mut check, config);
     routing(&mut check, config);
     if let Some(fleet) = &config.fleet {
-        self::fleet(&mut check, fleet, config);
+        self::fleet(&mut check, fleet);
     }
 }
 
-fn fleet(check: &mut Checker, fleet: &super::model::Fleet, config: &Config) {
-    if !config.instances.is_empty() {
-        check.key(
-            &["instances"],
-            "a fleet starts instances on request only, on the node placement picks: \
-             [instances] would start them on every node (remove it)",
-        );
-    }
+fn fleet(check: &mut Checker, fleet: &super::model::Fleet) {
     if fleet.etcd.is_empty() {
         check.key(&["fleet", "etcd"], "needs at least one etcd endpoint");
     }

@@ -233,7 +233,9 @@ impl Etcd {
         if answer["succeeded"].as_bool() == Some(true) {
             return Ok(Created::Won);
         }
-        let held = kvs(&answer["responses"][0]["response_range"]).into_iter().next();
+        let held = kvs(&answer["responses"][0]["response_range"])
+            .into_iter()
+            .next();
         Ok(held.map_or(Created::Vanished, Created::Taken))
     }
 
@@ -256,9 +258,14 @@ impl Etcd {
 
 /// A member that is up but has no quorum answers with these; another member may do better.
 fn is_unavailable(message: &str) -> bool {
-    ["request timed out", "no leader", "leader changed", "too many requests"]
-        .iter()
-        .any(|m| message.contains(m))
+    [
+        "request timed out",
+        "no leader",
+        "leader changed",
+        "too many requests",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
 }
 
 /// The gateway writes 64-bit numbers as strings, and leaves zeros out.

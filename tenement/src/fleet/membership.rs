@@ -126,7 +126,10 @@ async fn fence(inner: &Inner) {
     let stopped = inner.supervisor.sleep_all().await;
     {
         let node = inner.node.clone();
-        inner.view_mut().placements.retain(|_, owner| owner != &node);
+        inner
+            .view_mut()
+            .placements
+            .retain(|_, owner| owner != &node);
     }
     tracing::warn!(
         "fleet: fenced; stopped {} instance(s): {}",
@@ -159,7 +162,13 @@ pub(super) fn memory_available() -> u64 {
         .and_then(|text| {
             text.lines()
                 .find_map(|line| line.strip_prefix("MemAvailable:"))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
         })
         .map_or(0, |kib| kib * 1024)
 }

@@ -236,7 +236,9 @@ impl Inner {
                 return Ok(place);
             }
             // Placed on a node this one has not listed yet: list the nodes now.
-            membership::relist(self).await.map_err(|e| unreachable(&e))?;
+            membership::relist(self)
+                .await
+                .map_err(|e| unreachable(&e))?;
             return self.resolve(&owner).ok_or_else(|| {
                 Refusal(format!(
                     "it is placed on node {owner}, which is not registered (its lease is \
@@ -268,7 +270,9 @@ impl Inner {
             }
             Ok(Created::Taken(kv)) => Ok(Some(String::from_utf8_lossy(&kv.value).into_owned())),
             Ok(Created::Vanished) => Ok(None),
-            Err(etcd::EtcdError::Refused { message, .. }) if message.contains("lease not found") => {
+            Err(etcd::EtcdError::Refused { message, .. })
+                if message.contains("lease not found") =>
+            {
                 // The chosen node's lease ended since the listing: list again, then retry.
                 let _ = membership::relist(self).await;
                 Ok(None)

@@ -84,7 +84,11 @@ pub(crate) async fn decide(
                 entry.label
             );
             tracing::warn!("{message}");
-            Err(reply::error(StatusCode::LOOP_DETECTED, &message, asked.format))
+            Err(reply::error(
+                StatusCode::LOOP_DETECTED,
+                &message,
+                asked.format,
+            ))
         }
         Ok(peer) => Ok(peer),
         Err(refusal) => {
@@ -120,7 +124,16 @@ pub(crate) async fn to_peer(
             endpoint,
             from_table: false,
         };
-        return tunnel(conn, entry, target, request, forwarded, exchange, asked.format).await;
+        return tunnel(
+            conn,
+            entry,
+            target,
+            request,
+            forwarded,
+            exchange,
+            asked.format,
+        )
+        .await;
     }
     let pool = conn.peer_pools().of(address);
     let sent = in_time(

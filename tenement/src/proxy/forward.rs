@@ -13,13 +13,12 @@ use tokio::io::AsyncWriteExt;
 
 use super::{
     backend::{ActivityGuard, BackendState, WakeError},
-    fleet,
-    placement::{Place, Placement},
     body::ProxyBody,
     conn::ConnContext,
     exchange::Exchange,
-    headers,
+    fleet, headers,
     http1::Forwarded,
+    placement::{Place, Placement},
     reply::{self, Format},
     table::Entry,
     upstream::{self, UpstreamBody, UpstreamError},
@@ -83,7 +82,14 @@ async fn through_fleet(
             // Counted under the instance here too, but the activity is the owner's.
             exchange.set_instance(entry.clone(), ActivityGuard::none());
             fleet::to_peer(
-                conn, placement.clone(), entry, node, address, request, forwarded, exchange,
+                conn,
+                placement.clone(),
+                entry,
+                node,
+                address,
+                request,
+                forwarded,
+                exchange,
                 asked,
             )
             .await
@@ -174,7 +180,10 @@ async fn forward_here(
 /// proxy starts sending it the request. The timer is part of the request's own future (no
 /// allocation, no task); once the head is here the body streams for as long as it takes.
 /// `None` when the time ran out; the connection to the instance is then dropped (closed).
-pub(crate) async fn in_time<T>(limit: Option<Duration>, sending: impl Future<Output = T>) -> Option<T> {
+pub(crate) async fn in_time<T>(
+    limit: Option<Duration>,
+    sending: impl Future<Output = T>,
+) -> Option<T> {
     match limit {
         Some(limit) => tokio::time::timeout(limit, sending).await.ok(),
         None => Some(sending.await),
@@ -200,7 +209,10 @@ pub(crate) fn answer(response: Response<Bytes>, mut exchange: Exchange) -> Respo
 }
 
 /// The instance's answer, streamed back with its hop-by-hop headers left behind.
-pub(crate) fn relay(response: Response<UpstreamBody>, mut exchange: Exchange) -> Response<ProxyBody> {
+pub(crate) fn relay(
+    response: Response<UpstreamBody>,
+    mut exchange: Exchange,
+) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
     exchange.set_status(parts.status.as_u16());

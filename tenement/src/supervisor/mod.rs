@@ -243,6 +243,12 @@ impl Supervisor {
             for id in ids {
                 let name = InstanceName::new(service, id)
                     .map_err(|err| anyhow::anyhow!("[instances] {service}: {err}"))?;
+                if config.fleet.is_some() {
+                    // In a fleet every node knows the instance, and the node the first
+                    // request places it on starts it (docs/fleet.md).
+                    shared.entry(&name)?;
+                    continue;
+                }
                 match resting(&name) {
                     Some(record) if record.held => tracing::info!(
                         "{name} stays stopped, as an operator left it: `tenement start {name}` \
@@ -266,7 +272,7 @@ impl Supervisor {
                 continue;
             }
             shared.entry(&record.name)?;
-            if record.desired_running && !wanted.contains(&record.name) {
+            if config.fleet.is_none() && record.desired_running && !wanted.contains(&record.name) {
                 wanted.push(record.name);
             }
         }

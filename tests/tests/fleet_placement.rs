@@ -1,0 +1,100 @@
+//! A fleet of 3 nodes over a 3-member etcd cluster: one owner per instance, any node
+//! answers any host by forwarding once to the owner.
+
+mod fleet_support;
+
+use std::{sync::Barrier, time::Duration};
+
+use fleet_support::{get, until, Fleet};
+use tenement_tests::privileged;
+
+#[test]
+fn three_hundred_first_requests_over_three_nodes_start_one_process_and_any_node_answers() {
+    if !privileged("three_hundred_first_requests_over_three_nodes_start_one_process") {
+        return;
+    }
+    let fleet = Fleet::start(5);
+    let (ok, status) = fleet.status(0, false);
+    assert!(ok, "{status}");
+    for node in ["n1", "n2", "n3"] {
+        assert!(status.contains(node), "{status}\n{}", fleet.log(0));
+    }
+
+    // 300 concurrent first requests for one sleeping tenant, spread over the 3 nodes.
+    let barrier = Barrier::new(300);
+    let replies: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..300)
+            .map(|i| {
+                let port = fleet.nodes[i % 3].port;
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    get(port, "alice.app.example.com", "/headers", "").unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert!(
+            reply.body.contains("\"instance\": \"app:alice\""),
+            "{reply:?}"
+        );
+    }
+    assert_eq!(fleet.starts(), 1, "processes started fleet-wide");
+    let owner = replies[0].header("tenement-node").unwrap();
+    assert!(replies
+        .iter()
+        .all(|r| r.header("tenement-node").as_deref() == Some(owner.as_str())));
+    let (_, json) = fleet.status(1, true);
+    assert!(
+        json.contains(&format!("\"app:alice\": \"{owner}\"")),
+        "{json}"
+    );
+
+    // A non-owner forwards once to the owner; the client's address is kept, the hop header
+    // does not reach the instance.
+    let other = fleet.nodes.iter().find(|n| n.name != owner).unwrap().port;
+    let reply = get(other, "alice.app.example.com", "/headers", "").unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.header("tenement-node").unwrap(), owner);
+    assert!(
+        reply.body.contains("[\"x-forwarded-for\", \"127.0.0.1\"]"),
+        "{}",
+        reply.body
+    );
+    assert!(!reply.body.contains("tenement-fleet-hop"), "{}", reply.body);
+
+    // A forged hop header is a client's header like any other: forwarded once, no loop.
+    let reply = get(
+        other,
+        "alice.app.example.com",
+        "/headers",
+        "tenement-fleet-hop: forged\r\nX-Forwarded-For: 6.6.6.6\r\n",
+    )
+    .unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.header("tenement-node").unwrap(), owner);
+    assert!(!reply.body.contains("6.6.6.6"), "{}", reply.body);
+    assert_eq!(fleet.starts(), 1);
+
+    // Streaming through the forward: a 4 MiB download arrives whole.
+    let reply = get(
+        other,
+        "alice.app.example.com",
+        "/download?bytes=4194304",
+        "",
+    )
+    .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body_len, 4 * 1024 * 1024);
+
+    // Another tenant first asked on node 3 is placed there (the receiving node has room).
+    let reply = until("bob placed", Duration::from_secs(30), || {
+        get(fleet.nodes[2].port, "bob.app.example.com", "/headers", "")
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    assert_eq!(reply.header("tenement-node").unwrap(), "n3");
+}
