@@ -161,9 +161,12 @@ impl EtcdCluster {
                 "-d",
                 &format!("{{\"revision\":\"{revision}\",\"physical\":true}}"),
             ])
-            .status()
+            .output()
             .unwrap();
-        assert!(status.success(), "compacting etcd at revision {revision}");
+        assert!(
+            status.status.success(),
+            "compacting etcd at revision {revision}"
+        );
     }
 }
 

@@ -333,6 +333,10 @@ impl Placement for Fleet {
         Box::pin(async move { inner.place(&name).await })
     }
 
+    fn is_live(&self, node: &str) -> bool {
+        self.inner.view().nodes.contains_key(node)
+    }
+
     fn unreachable(&self, name: &InstanceName, node: &str) {
         let mut view = self.inner.view_mut();
         if view.placements.get(name).is_some_and(|owner| owner == node) {

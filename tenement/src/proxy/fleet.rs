@@ -136,11 +136,27 @@ pub(crate) async fn to_peer(
         .await;
     }
     let pool = conn.peer_pools().of(address);
-    let sent = in_time(
+    let sending = in_time(
         entry.request_timeout,
         upstream::send(&pool, &endpoint, request, &forwarded),
-    )
-    .await;
+    );
+    // A stopped or cut-off owner may take the connection and never answer: once it has
+    // left the fleet (its lease ended), the request is given up.
+    let sent = tokio::select! {
+        sent = sending => sent,
+        () = left_fleet(placement.as_ref(), &node) => {
+            placement.unreachable(&entry.name, &node);
+            let message = format!(
+                "instance {} was placed on node {node}, which left the fleet before answering",
+                entry.label
+            );
+            tracing::warn!("{message}");
+            return answer(
+                reply::error(StatusCode::BAD_GATEWAY, &message, asked.format),
+                exchange,
+            );
+        }
+    };
     let message = match sent {
         Some(Ok(response)) => return relay(response, exchange),
         Some(Err((error, _))) => {
@@ -162,6 +178,16 @@ pub(crate) async fn to_peer(
         reply::error(StatusCode::BAD_GATEWAY, &message, asked.format),
         exchange,
     )
+}
+
+/// Returns once `node` is no longer a live member of the fleet.
+async fn left_fleet(placement: &dyn Placement, node: &str) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        if !placement.is_live(node) {
+            return;
+        }
+    }
 }
 
 /// Names the serving node on a response, unless the owner node already did.

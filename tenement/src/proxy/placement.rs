@@ -39,6 +39,8 @@ pub trait Placement: Send + Sync + 'static {
     fn known(&self, name: &InstanceName) -> Option<Result<Place, Refusal>>;
     /// Finds or claims the owner of `name`, asking etcd.
     fn place(&self, name: &InstanceName) -> BoxFuture<'static, Result<Place, Refusal>>;
+    /// Whether `node` is still a live member (its lease held, as last listed).
+    fn is_live(&self, node: &str) -> bool;
     /// `node` did not take a connection for `name`: forget what this node knew of it.
     fn unreachable(&self, name: &InstanceName, node: &str);
 }
