@@ -3,7 +3,12 @@
 
 mod fleet_support;
 
-use std::{sync::Barrier, time::Duration};
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    sync::Barrier,
+    time::Duration,
+};
 
 use fleet_support::{get, until, Fleet};
 use tenement_tests::privileged;
@@ -90,6 +95,12 @@ fn three_hundred_first_requests_over_three_nodes_start_one_process_and_any_node_
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body_len, 4 * 1024 * 1024);
 
+    // A WebSocket through the forward: upgraded at the owner, frames echoed end to end.
+    assert_eq!(
+        websocket_echo(other, "alice.app.example.com", b"hello fleet"),
+        b"hello fleet"
+    );
+
     // Another tenant first asked on node 3 is placed there (the receiving node has room).
     let reply = until("bob placed", Duration::from_secs(30), || {
         get(fleet.nodes[2].port, "bob.app.example.com", "/headers", "")
@@ -97,4 +108,37 @@ fn three_hundred_first_requests_over_three_nodes_start_one_process_and_any_node_
             .filter(|r| r.status == 200)
     });
     assert_eq!(reply.header("tenement-node").unwrap(), "n3");
+}
+
+/// Opens a WebSocket to `/ws` through node port `port`, sends `text` in one masked frame
+/// and returns the payload of the frame that comes back.
+fn websocket_echo(port: u16, host: &str, text: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | text.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    stream.write_all(&frame).unwrap();
+    let mut reply_head = [0u8; 2];
+    stream.read_exact(&mut reply_head).unwrap();
+    let mut payload = vec![0u8; usize::from(reply_head[1] & 0x7f)];
+    stream.read_exact(&mut payload).unwrap();
+    payload
 }
