@@ -11,6 +11,7 @@ pub mod dashboard;
 pub mod datadir;
 pub mod endpoint;
 pub mod fleet;
+pub mod held;
 pub mod logs;
 pub mod monitor;
 pub mod proxy;
