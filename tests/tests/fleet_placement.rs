@@ -58,6 +58,19 @@ fn three_hundred_first_requests_over_three_nodes_start_one_process_and_any_node_
         "{json}"
     );
 
+    // /metrics names the node and, once listed, every node and the placement.
+    let placed = format!("tenement_fleet_placement{{instance=\"app:alice\",node=\"{owner}\"}} 1");
+    until("the placement on /metrics", Duration::from_secs(30), || {
+        let text = fleet.metrics(2);
+        (text.contains(&placed) && text.contains("tenement_fleet_nodes 3")).then_some(())
+    });
+    let text = fleet.metrics(2);
+    assert!(
+        text.contains("tenement_fleet_node_info{node=\"n3\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("tenement_fleet_lease_held 1"), "{text}");
+
     // A non-owner forwards once to the owner; the client's address is kept, the hop header
     // does not reach the instance.
     let other = fleet.nodes.iter().find(|n| n.name != owner).unwrap().port;

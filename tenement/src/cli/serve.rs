@@ -125,6 +125,9 @@ async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
     )
     .await?;
     api.attach_proxy(front.proxy.request_metrics());
+    if let Some(fleet) = &fleet {
+        api.attach_fleet(fleet.clone());
+    }
     if let Some(manager) = &front.tls {
         api.attach_tls(manager.clone());
     }

@@ -52,6 +52,16 @@ pub fn default_node_name() -> String {
         .unwrap_or_else(|| "node".to_string())
 }
 
+/// What [`Fleet::snapshot`] returns.
+pub struct FleetView {
+    /// The lease is certainly alive.
+    pub fresh: bool,
+    /// Live nodes, by name.
+    pub nodes: Vec<String>,
+    /// (instance, owner node), by instance.
+    pub placements: Vec<(String, String)>,
+}
+
 #[derive(Clone)]
 pub struct Fleet {
     inner: Arc<Inner>,
@@ -131,6 +141,24 @@ impl Fleet {
 
     pub fn node(&self) -> &str {
         &self.inner.node
+    }
+
+    /// This node's view of the fleet, for `/metrics`.
+    pub fn snapshot(&self) -> FleetView {
+        let view = self.inner.view();
+        let mut nodes: Vec<String> = view.nodes.keys().cloned().collect();
+        nodes.sort();
+        let mut placements: Vec<(String, String)> = view
+            .placements
+            .iter()
+            .map(|(name, node)| (name.to_string(), node.clone()))
+            .collect();
+        placements.sort();
+        FleetView {
+            fresh: self.inner.is_fresh(),
+            nodes,
+            placements,
+        }
     }
 
     /// Leaves the fleet: revokes the lease, so this node's placements go at once.

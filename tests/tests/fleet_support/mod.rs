@@ -140,6 +140,20 @@ impl Fleet {
         (output.status.success(), text)
     }
 
+    /// `GET /metrics` of node `i`, over its management socket (admin without a token).
+    pub fn metrics(&self, i: usize) -> String {
+        let socket = self
+            .scratch
+            .join(&format!("{}/tenement.sock", self.nodes[i].name));
+        let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: tenement\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    }
+
     pub fn signal(&self, i: usize, signal: i32) {
         let pid = self.nodes[i].child.as_ref().unwrap().id() as i32;
         // SAFETY: kill has no memory preconditions; the pid is this test's own child.
