@@ -28,6 +28,9 @@ pub enum Endpoint {
     Port(u16),
     /// A unix socket, which must be a socket owned by `owner`.
     Unix { path: Arc<Path>, owner: u32 },
+    /// Another fleet node's proxy (`[fleet] advertise`): only the proxy forwards there,
+    /// no instance ever listens on one.
+    Peer(std::net::SocketAddr),
 }
 
 impl fmt::Display for Endpoint {
@@ -35,6 +38,7 @@ impl fmt::Display for Endpoint {
         match self {
             Endpoint::Port(port) => write!(f, "127.0.0.1:{port}"),
             Endpoint::Unix { path, .. } => write!(f, "unix:{}", path.display()),
+            Endpoint::Peer(address) => write!(f, "{address}"),
         }
     }
 }
@@ -43,13 +47,13 @@ impl Endpoint {
     pub fn port(&self) -> Option<u16> {
         match self {
             Endpoint::Port(port) => Some(*port),
-            Endpoint::Unix { .. } => None,
+            Endpoint::Unix { .. } | Endpoint::Peer(_) => None,
         }
     }
 
     pub fn socket_path(&self) -> Option<&Path> {
         match self {
-            Endpoint::Port(_) => None,
+            Endpoint::Port(_) | Endpoint::Peer(_) => None,
             Endpoint::Unix { path, .. } => Some(path),
         }
     }
@@ -63,6 +67,11 @@ impl Endpoint {
                 Ok(Stream::Tcp(stream))
             }
             Endpoint::Unix { path, owner } => connect_unix(path, *owner).await.map(Stream::Unix),
+            Endpoint::Peer(address) => {
+                let stream = TcpStream::connect(address).await?;
+                stream.set_nodelay(true)?;
+                Ok(Stream::Tcp(stream))
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod bind;
 pub mod cgroup;
 pub mod daemon;
+pub mod etcd;
 pub mod http;
 pub mod logs;
 pub mod pebble;

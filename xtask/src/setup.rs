@@ -36,6 +36,8 @@ const APT_PACKAGES: &[&str] = &[
     // The dashboard's browser tests: headless Chromium driven through WebDriver.
     "chromium",
     "chromium-driver",
+    // The fleet tests' 3-member etcd cluster (tenement talks to its JSON gateway: no protoc).
+    "etcd-server",
 ];
 
 pub fn setup(apt: bool) -> Result<()> {

@@ -17,6 +17,7 @@ pub(crate) mod handlers;
 mod listener;
 pub(crate) mod logs;
 pub mod metrics;
+mod metrics_fleet;
 mod metrics_kernel;
 mod metrics_proxy;
 pub mod query;
@@ -187,6 +188,11 @@ impl ApiServer {
     }
 
     /// Shows the proxy's request counters on `/metrics`. The front door starts after the API.
+    /// Adds the fleet's node and placements to `/metrics`.
+    pub fn attach_fleet(&self, fleet: crate::fleet::Fleet) {
+        metrics_fleet::register(&self.metrics, fleet);
+    }
+
     pub fn attach_proxy(&self, requests: Arc<crate::proxy::RequestMetrics>) {
         let _ = self
             .context

@@ -87,6 +87,7 @@ impl FrontDoor {
         config: Arc<Config>,
         supervisor: Supervisor,
         listeners: Listeners,
+        placement: Option<Arc<dyn proxy::placement::Placement>>,
     ) -> Result<FrontDoor> {
         let settings = &config.settings;
         let Listeners {
@@ -97,7 +98,10 @@ impl FrontDoor {
         // The pre-router needs the TLS manager, and the manager asks the proxy which names
         // route: the manager is filled in once both exist.
         let tls_slot: Arc<std::sync::OnceLock<TlsManager>> = Arc::default();
-        let mut options = Options::default();
+        let mut options = Options {
+            placement,
+            ..Options::default()
+        };
         if settings.tls.enabled {
             // Redirects go to the first TLS listener's port (as bound, so `:0` works too).
             let https_port = tls_listeners

@@ -3,6 +3,7 @@
 mod client;
 mod daemon_log;
 mod dashboard;
+mod fleet;
 mod init;
 mod remote;
 mod serve;
@@ -49,6 +50,9 @@ pub enum Command {
     Config(ConfigCommand),
     #[command(flatten)]
     Remote(remote::RemoteCommand),
+    /// The fleet of `[fleet]`, as etcd holds it (no daemon needed)
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
     /// Live view of every instance: CPU, memory, traffic, connections, TCP health
     Top(top::TopArgs),
     /// Print a one-time sign-in link to the web dashboard; with the API on a unix socket,
@@ -139,6 +143,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Remote(command) => {
             remote::run(command, &cli.server, cli.config.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fleet(command) => {
+            let path = config::locate(cli.config.as_deref())?;
+            fleet::run(&command, &Config::load(&path)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Top(args) => {

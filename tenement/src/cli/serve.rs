@@ -164,9 +164,22 @@ async fn run(
         api_listeners,
     )
     .await?;
-    let front = FrontDoor::start(config.clone(), supervisor.clone(), listeners).await?;
+    let fleet = match &config.fleet {
+        Some(fleet) => Some(crate::fleet::Fleet::start(fleet, supervisor.clone()).await?),
+        None => None,
+    };
+    let front = FrontDoor::start(
+        config.clone(),
+        supervisor.clone(),
+        listeners,
+        fleet.as_ref().map(|fleet| fleet.placement()),
+    )
+    .await?;
     api.attach_proxy(front.proxy.request_metrics());
     reloader.attach_proxy(front.proxy.clone());
+    if let Some(fleet) = &fleet {
+        api.attach_fleet(fleet.clone());
+    }
     if let Some(manager) = &front.tls {
         api.attach_tls(manager.clone());
     }
@@ -245,6 +258,9 @@ async fn run(
         }
     }
     front.shutdown().await;
+    if let Some(fleet) = &fleet {
+        fleet.leave().await;
+    }
     api.shutdown().await;
     supervisor.shutdown().await;
     // The new tenement takes the data directory once this one let go of it, then serves.

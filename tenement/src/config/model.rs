@@ -16,6 +16,34 @@ pub struct Config {
     /// `[instances]`: service name -> ids started at boot.
     pub instances: BTreeMap<String, Vec<String>>,
     pub routing: Routing,
+    /// `[fleet]`: several nodes share one set of tenants through etcd. Absent: one server,
+    /// no etcd anywhere.
+    pub fleet: Option<Fleet>,
+}
+
+/// `[fleet]`: this node's part in a fleet coordinated through etcd (see docs/fleet.md).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    /// etcd client endpoints, `http://host:port`; tried in turn until one answers.
+    #[serde(deserialize_with = "one_or_many")]
+    pub etcd: Vec<String>,
+    /// This node's name, unique in the fleet. Default: the host name.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Where the other nodes reach this node's proxy (`host:port` of a `settings.listen`).
+    pub advertise: SocketAddr,
+    /// Seconds this node's lease lives without a renewal: how long a dead node's tenants
+    /// stay unreachable, and how long a cut-off node serves before it fences itself.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: u64,
+    /// Most instances this node runs (room for placement); 0: no limit.
+    #[serde(default)]
+    pub max_instances: u32,
+}
+
+fn default_lease_ttl() -> u64 {
+    5
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use toml_edit::TableLike;
 
-use super::model::{Config, DnsUpdate, Routing, Service, Settings, Tls};
+use super::model::{Config, DnsUpdate, Fleet, Routing, Service, Settings, Tls};
 
 /// The keys a table may hold.
 pub(super) enum Shape {
@@ -44,6 +44,7 @@ impl Shape {
                 Shape::Named(Box::new(Shape::of::<Service>(vec![]))),
             ),
             ("routing", Shape::of::<Routing>(vec![])),
+            ("fleet", Shape::of::<Fleet>(vec![])),
         ])
     }
 }
@@ -186,7 +187,7 @@ mod tests {
         assert!(fields.contains(&"cpu_shares"));
         assert_eq!(
             serde_fields::<Config>(),
-            ["settings", "service", "instances", "routing"]
+            ["settings", "service", "instances", "routing", "fleet"]
         );
     }
 
@@ -287,6 +288,7 @@ mod tests {
             serde_fields::<DnsUpdate>(),
             serde_fields::<Service>(),
             serde_fields::<Routing>(),
+            serde_fields::<Fleet>(),
         ]
         .concat();
         for key in keys {

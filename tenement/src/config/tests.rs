@@ -207,6 +207,41 @@ fn unix_listening_refuses_sandbox_and_port_placeholders() {
 }
 
 #[test]
+fn fleet_keys_are_checked_where_they_are_written() {
+    let found = errors(
+        "[fleet]\netcd = [\"https://e1:2379\", \"e2:2379\"]\nnode = \"Bad Name\"\n\
+         advertise = \"0.0.0.0:8080\"\nlease_ttl = 1\n",
+    );
+    let text = found.join("\n");
+    assert!(text.contains("TLS to etcd is not supported yet"), "{text}");
+    assert!(
+        text.contains("\"e2:2379\" must be http://host:port"),
+        "{text}"
+    );
+    assert!(text.contains("node name \"Bad Name\""), "{text}");
+    assert!(text.contains("not 0.0.0.0"), "{text}");
+    assert!(text.contains("at least 2 seconds"), "{text}");
+    assert_eq!(found.len(), 5, "{text}");
+    assert!(
+        errors("[fleet]\netcd = []\nadvertise = \"10.0.0.1:8080\"\n")[0]
+            .contains("needs at least one etcd endpoint")
+    );
+}
+
+#[test]
+fn fleet_is_absent_unless_written() {
+    let config: Config = toml::from_str("").unwrap();
+    assert_eq!(config.fleet, None);
+    let config: Config =
+        toml::from_str("[fleet]\netcd = \"http://127.0.0.1:2379\"\nadvertise = \"10.0.0.1:80\"\n")
+            .unwrap();
+    let fleet = config.fleet.unwrap();
+    assert_eq!(fleet.lease_ttl, 5);
+    assert_eq!(fleet.max_instances, 0);
+    assert_eq!(fleet.node, None);
+}
+
+#[test]
 fn freeze_after_must_come_before_idle_timeout() {
     let found = errors(
         "[service.api]\ncommand = \"app\"\nidle_timeout = 60\nfreeze_after = 60\n\

@@ -36,6 +36,34 @@ pub(super) fn validate(
     }
     instances(&mut check, config);
     routing(&mut check, config);
+    if let Some(fleet) = &config.fleet {
+        self::fleet(&mut check, fleet);
+    }
+}
+
+fn fleet(check: &mut Checker, fleet: &super::model::Fleet) {
+    if fleet.etcd.is_empty() {
+        check.key(&["fleet", "etcd"], "needs at least one etcd endpoint");
+    }
+    for (index, endpoint) in fleet.etcd.iter().enumerate() {
+        if let Err(problem) = crate::fleet::etcd::check_endpoint(endpoint) {
+            check.element(&["fleet", "etcd"], index, problem);
+        }
+    }
+    if let Some(node) = &fleet.node {
+        if let Err(problem) = crate::fleet::check_node_name(node) {
+            check.key(&["fleet", "node"], problem);
+        }
+    }
+    if fleet.lease_ttl < 2 {
+        check.key(&["fleet", "lease_ttl"], "must be at least 2 seconds");
+    }
+    if fleet.advertise.port() == 0 || fleet.advertise.ip().is_unspecified() {
+        check.key(
+            &["fleet", "advertise"],
+            "must be an address other nodes can reach (not port 0, not 0.0.0.0)",
+        );
+    }
 }
 
 struct Checker<'a> {

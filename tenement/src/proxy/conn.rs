@@ -55,6 +55,28 @@ impl ConnContext {
         }
     }
 
+    /// Runs `work` on the runtime the proxy was created on (where etcd's client lives).
+    pub(crate) async fn on_main(
+        &self,
+        work: futures_util::future::BoxFuture<'static, super::placement::Placed>,
+    ) -> super::placement::Placed {
+        match self.shared.main.spawn(work).await {
+            Ok(result) => result,
+            Err(error) => Err(super::placement::Refusal(format!(
+                "placing it failed: {error}"
+            ))),
+        }
+    }
+
+    /// The fleet's placement, when this node is part of one.
+    pub(crate) fn placement(&self) -> Option<&Arc<dyn super::placement::Placement>> {
+        self.shared.options.placement.as_ref()
+    }
+
+    pub(crate) fn peer_pools(&self) -> &super::fleet::PeerPools {
+        &self.shared.peers
+    }
+
     pub(crate) fn peer_ip(&self) -> &HeaderValue {
         &self.peer_ip
     }

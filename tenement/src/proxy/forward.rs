@@ -16,8 +16,9 @@ use super::{
     body::ProxyBody,
     conn::ConnContext,
     exchange::Exchange,
-    headers,
+    fleet, headers,
     http1::Forwarded,
+    placement::{Place, Placement},
     reply::{self, Format},
     table::Entry,
     upstream::{self, UpstreamBody, UpstreamError},
@@ -40,6 +41,74 @@ pub(crate) async fn forward(
     conn: Arc<ConnContext>,
     entry: Arc<Entry>,
     mut request: Request<Incoming>,
+    exchange: Exchange,
+    asked: Asked,
+) -> Response<ProxyBody> {
+    let forwarded = prepare_request(&mut request, &conn, asked.connection_header);
+    match conn.placement() {
+        None => forward_here(conn, entry, request, forwarded, exchange, asked).await,
+        Some(placement) => {
+            let placement = placement.clone();
+            Box::pin(through_fleet(
+                conn, placement, entry, request, forwarded, exchange, asked,
+            ))
+            .await
+        }
+    }
+}
+
+/// With a fleet: the owner node serves the request, this one or another.
+async fn through_fleet(
+    conn: Arc<ConnContext>,
+    placement: Arc<dyn Placement>,
+    entry: Arc<Entry>,
+    mut request: Request<Incoming>,
+    mut forwarded: Forwarded,
+    mut exchange: Exchange,
+    asked: Asked,
+) -> Response<ProxyBody> {
+    let decided = fleet::decide(
+        &conn,
+        &placement,
+        &entry,
+        &mut request,
+        &mut forwarded,
+        asked,
+    )
+    .await;
+    let mut response = match decided {
+        Ok(Place::Local) => forward_here(conn, entry, request, forwarded, exchange, asked).await,
+        Ok(Place::Peer { node, address }) => {
+            // Counted under the instance here too, but the activity is the owner's.
+            exchange.set_instance(entry.clone(), ActivityGuard::none());
+            fleet::to_peer(
+                conn,
+                placement.clone(),
+                entry,
+                node,
+                address,
+                request,
+                forwarded,
+                exchange,
+                asked,
+            )
+            .await
+        }
+        Err(refusal) => {
+            exchange.set_instance(entry.clone(), ActivityGuard::none());
+            answer(refusal, exchange)
+        }
+    };
+    fleet::name_node(&mut response, placement.node());
+    response
+}
+
+/// This node's instance serves the request: wake it if needed, forward to it.
+async fn forward_here(
+    conn: Arc<ConnContext>,
+    entry: Arc<Entry>,
+    request: Request<Incoming>,
+    forwarded: Forwarded,
     mut exchange: Exchange,
     asked: Asked,
 ) -> Response<ProxyBody> {
@@ -56,7 +125,6 @@ pub(crate) async fn forward(
     let backends = conn.backends();
     exchange.set_instance(entry.clone(), backends.activity(&entry.name));
     let upgrade = asked.upgrade;
-    let forwarded = prepare_request(&mut request, &conn, asked.connection_header);
 
     let known = entry.endpoint.as_ref().filter(|_| entry.state.is_serving());
     let woken;
@@ -118,7 +186,10 @@ pub(crate) async fn forward(
 /// proxy starts sending it the request. The timer is part of the request's own future (no
 /// allocation, no task); once the head is here the body streams for as long as it takes.
 /// `None` when the time ran out; the connection to the instance is then dropped (closed).
-async fn in_time<T>(limit: Option<Duration>, sending: impl Future<Output = T>) -> Option<T> {
+pub(crate) async fn in_time<T>(
+    limit: Option<Duration>,
+    sending: impl Future<Output = T>,
+) -> Option<T> {
     match limit {
         Some(limit) => tokio::time::timeout(limit, sending).await.ok(),
         None => Some(sending.await),
@@ -144,7 +215,10 @@ pub(crate) fn answer(response: Response<Bytes>, mut exchange: Exchange) -> Respo
 }
 
 /// The instance's answer, streamed back with its hop-by-hop headers left behind.
-fn relay(response: Response<UpstreamBody>, mut exchange: Exchange) -> Response<ProxyBody> {
+pub(crate) fn relay(
+    response: Response<UpstreamBody>,
+    mut exchange: Exchange,
+) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
     exchange.set_status(parts.status.as_u16());
@@ -252,15 +326,15 @@ fn join_cookies(headers: &mut http::HeaderMap) {
 }
 
 /// Where a tunnel goes.
-struct Target {
-    endpoint: Endpoint,
+pub(crate) struct Target {
+    pub endpoint: Endpoint,
 }
 
 /// `Upgrade` (WebSocket and others): a dedicated connection to the instance; once both
 /// sides agreed to switch, the two sockets are spliced until either closes. The activity
 /// guard lives as long as the tunnel, marked as one: with kernel counters only its traffic
 /// keeps the instance awake, without them its being open does.
-async fn tunnel(
+pub(crate) async fn tunnel(
     conn: Arc<ConnContext>,
     entry: Arc<Entry>,
     target: Target,

@@ -25,12 +25,14 @@ mod backend;
 mod body;
 mod conn;
 mod exchange;
+mod fleet;
 mod forward;
 mod headers;
 mod host;
 mod http1;
 mod listen;
 pub mod metrics;
+pub mod placement;
 mod pool;
 mod reply;
 mod router;
@@ -84,6 +86,8 @@ pub struct Options {
     /// worker processes do); 0 means one per CPU.
     pub workers: usize,
     pub pre_router: Option<PreRouter>,
+    /// With `[fleet]`: asked where each request's instance is served before waking it here.
+    pub placement: Option<Arc<dyn placement::Placement>>,
 }
 
 impl Default for Options {
@@ -95,6 +99,7 @@ impl Default for Options {
             shutdown_grace: Duration::from_secs(10),
             workers: 0,
             pre_router: None,
+            placement: None,
         }
     }
 }

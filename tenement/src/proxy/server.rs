@@ -38,6 +38,8 @@ pub(crate) struct Shared {
     /// Flips to `true` once: stop accepting, finish what is in flight.
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) connections: Arc<Connections>,
+    /// Keep-alive connections to other fleet nodes' proxies.
+    pub(crate) peers: super::fleet::PeerPools,
 }
 
 /// hyper's own default; setting any other value makes it allocate the header array per request.
@@ -70,6 +72,7 @@ impl Shared {
             http2,
             shutdown: watch::channel(false).0,
             connections: Arc::default(),
+            peers: Default::default(),
         }
     }
 

@@ -44,6 +44,8 @@ pub fn variables(
     match endpoint {
         Endpoint::Port(port) => set("PORT", port.to_string()),
         Endpoint::Unix { path, .. } => set("SOCKET_PATH", path.display().to_string()),
+        // Instances listen on their own port or socket, never on another node.
+        Endpoint::Peer(_) => {}
     }
     // `{port}` is refused at config check with listen = "unix".
     let port = endpoint.port().unwrap_or(0);

@@ -36,7 +36,7 @@ pub async fn wait_listening(endpoint: &Endpoint, listening: &Notify) {
     let kernel_says = async {
         match endpoint {
             Endpoint::Port(_) => listening.notified().await,
-            Endpoint::Unix { .. } => std::future::pending().await,
+            Endpoint::Unix { .. } | Endpoint::Peer(_) => std::future::pending().await,
         }
     };
     tokio::select! {
@@ -80,6 +80,7 @@ impl std::fmt::Display for Place<'_> {
         match self.0 {
             Endpoint::Port(port) => write!(f, "port {port}"),
             Endpoint::Unix { path, .. } => write!(f, "socket {}", path.display()),
+            Endpoint::Peer(address) => write!(f, "node {address}"),
         }
     }
 }
@@ -90,6 +91,7 @@ async fn get_status(endpoint: &Endpoint, path: &str) -> std::io::Result<u16> {
     let host = match endpoint {
         Endpoint::Port(port) => format!("127.0.0.1:{port}"),
         Endpoint::Unix { .. } => "localhost".to_string(),
+        Endpoint::Peer(address) => address.to_string(),
     };
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tenement-health\r\n\

@@ -269,6 +269,12 @@ impl Supervisor {
             for id in ids {
                 let name = InstanceName::new(service, id)
                     .map_err(|err| anyhow::anyhow!("[instances] {service}: {err}"))?;
+                if config.fleet.is_some() {
+                    // In a fleet every node knows the instance, and the node the first
+                    // request places it on starts it (docs/fleet.md).
+                    shared.entry(&name)?;
+                    continue;
+                }
                 match resting(&name) {
                     Some(record) if record.held => tracing::info!(
                         "{name} stays stopped, as an operator left it: `tenement start {name}` \
@@ -292,7 +298,7 @@ impl Supervisor {
                 continue;
             }
             shared.entry(&record.name)?;
-            if record.desired_running && !wanted.contains(&record.name) {
+            if config.fleet.is_none() && record.desired_running && !wanted.contains(&record.name) {
                 wanted.push(record.name);
             }
         }
@@ -507,6 +513,22 @@ impl Supervisor {
             &format!("stopped by an operator; it stays stopped until `tenement start {name}`"),
         );
         Ok(())
+    }
+
+    /// Puts every instance with a process to sleep, as the idle reaper does (the next
+    /// request may start it again). A fleet node that lost its etcd lease does this: another
+    /// node may be placing its tenants by now. Returns the names it stopped.
+    pub async fn sleep_all(&self) -> Vec<InstanceName> {
+        let running: Vec<Arc<Instance>> = self
+            .shared
+            .snapshot()
+            .into_iter()
+            .filter(|instance| instance.info().pid.is_some())
+            .collect();
+        for instance in &running {
+            self.shared.stop_run(instance, StopKind::Sleep).await;
+        }
+        running.iter().map(|i| i.name.clone()).collect()
     }
 
     /// Stops `name` (if running), clears a `failed` state and its restart history, starts

@@ -887,6 +887,7 @@ fn listens_on(endpoint: &Endpoint) -> String {
     match endpoint {
         Endpoint::Port(port) => format!("port {port}"),
         Endpoint::Unix { path, .. } => format!("socket {}", path.display()),
+        Endpoint::Peer(address) => format!("node {address}"),
     }
 }
 

@@ -1,0 +1,329 @@
+//! A small etcd v3 client over etcd's JSON gateway (`/v3/kv/...`, `/v3/lease/...`), spoken
+//! with the hyper client tenement already has: no gRPC stack, no `protoc` at build time, so a
+//! fresh clone builds with `cargo build` alone. Only the calls the fleet needs are here.
+//!
+//! Every call goes to the endpoint that answered last and, when that one fails, to the next
+//! ones in turn, each within [`ATTEMPT`]: one member down costs one attempt, not the call.
+
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+
+use base64::{engine::general_purpose::STANDARD as B64, Engine};
+use bytes::Bytes;
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+use serde_json::{json, Value};
+
+/// How long one endpoint may take to answer one call before the next endpoint is asked.
+const ATTEMPT: Duration = Duration::from_millis(1500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    /// No endpoint answered (all down, or cut off from their quorum).
+    #[error("no etcd endpoint answered ({0})")]
+    Unreachable(String),
+    /// An endpoint answered with an error of its own (e.g. an unknown lease).
+    #[error("etcd refused {call}: {message}")]
+    Refused { call: &'static str, message: String },
+}
+
+/// One key as etcd holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub lease: i64,
+    pub mod_revision: i64,
+}
+
+/// The result of a create-if-absent.
+#[derive(Debug)]
+pub enum Created {
+    /// The key is ours now.
+    Won,
+    /// Someone had it already: what it holds.
+    Taken(KeyValue),
+    /// Someone had it, but it was gone again when read (its lease expired): try again.
+    Vanished,
+}
+
+/// `http://host:port`, the only form the gateway client speaks.
+pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let uri: Uri = endpoint
+        .parse()
+        .map_err(|err| format!("{endpoint:?} is not a URL: {err}"))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(format!(
+            "{endpoint:?} must be http://host:port (TLS to etcd is not supported yet)"
+        ));
+    }
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err(format!("{endpoint:?} must have no path"));
+    }
+    Ok(())
+}
+
+pub struct Etcd {
+    endpoints: Vec<String>,
+    /// The endpoint that answered last, asked first.
+    preferred: AtomicUsize,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Etcd {
+    pub fn new(endpoints: &[String]) -> Etcd {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(ATTEMPT));
+        Etcd {
+            endpoints: endpoints
+                .iter()
+                .map(|e| e.trim_end_matches('/').to_string())
+                .collect(),
+            preferred: AtomicUsize::new(0),
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector),
+        }
+    }
+
+    async fn call(&self, call: &'static str, path: &str, body: Value) -> Result<Value, EtcdError> {
+        let body = Bytes::from(body.to_string());
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for step in 0..self.endpoints.len() {
+            let index = (first + step) % self.endpoints.len();
+            let endpoint = &self.endpoints[index];
+            match tokio::time::timeout(ATTEMPT, self.post(endpoint, path, body.clone())).await {
+                Ok(Ok(answer)) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    if let Some(message) = answer.get("message").and_then(Value::as_str) {
+                        if answer.get("code").is_some() {
+                            if is_unavailable(message) {
+                                failures.push(format!("{endpoint}: {message}"));
+                                continue;
+                            }
+                            return Err(EtcdError::Refused {
+                                call,
+                                message: message.to_string(),
+                            });
+                        }
+                    }
+                    return Ok(answer);
+                }
+                Ok(Err(error)) => failures.push(format!("{endpoint}: {error}")),
+                Err(_) => failures.push(format!("{endpoint}: no answer within {ATTEMPT:?}")),
+            }
+        }
+        Err(EtcdError::Unreachable(failures.join("; ")))
+    }
+
+    async fn post(&self, endpoint: &str, path: &str, body: Bytes) -> Result<Value, String> {
+        let request = Request::post(format!("{endpoint}{path}"))
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| format!("{e}"))?;
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            format!(
+                "not JSON ({e}): {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            )
+        })?;
+        // Streaming calls (lease keep-alive) wrap their one answer in `result`.
+        Ok(match value {
+            Value::Object(mut map) if map.contains_key("result") => {
+                map.remove("result").unwrap_or_default()
+            }
+            other => other,
+        })
+    }
+
+    /// A new lease of `ttl` seconds: its id.
+    pub async fn grant(&self, ttl: u64) -> Result<i64, EtcdError> {
+        let answer = self
+            .call("a lease", "/v3/lease/grant", json!({ "TTL": ttl }))
+            .await?;
+        Ok(int(&answer["ID"]))
+    }
+
+    /// Renews `lease`: the seconds it has left, 0 when it is gone (expired or revoked).
+    pub async fn keep_alive(&self, lease: i64) -> Result<i64, EtcdError> {
+        let answer = self
+            .call(
+                "a lease renewal",
+                "/v3/lease/keepalive",
+                json!({ "ID": lease.to_string() }),
+            )
+            .await?;
+        Ok(int(&answer["TTL"]))
+    }
+
+    pub async fn revoke(&self, lease: i64) -> Result<(), EtcdError> {
+        self.call(
+            "a lease revocation",
+            "/v3/lease/revoke",
+            json!({ "ID": lease.to_string() }),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, EtcdError> {
+        let answer = self
+            .call("a read", "/v3/kv/range", json!({ "key": B64.encode(key) }))
+            .await?;
+        Ok(kvs(&answer).into_iter().next())
+    }
+
+    /// Every key under `prefix`, and the revision they were read at.
+    pub async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), EtcdError> {
+        let answer = self
+            .call(
+                "a listing",
+                "/v3/kv/range",
+                json!({ "key": B64.encode(prefix), "range_end": B64.encode(prefix_end(prefix)) }),
+            )
+            .await?;
+        Ok((kvs(&answer), int(&answer["header"]["revision"])))
+    }
+
+    /// Writes `key`; with a lease (not 0) it vanishes with the lease.
+    pub async fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<(), EtcdError> {
+        self.call(
+            "a write",
+            "/v3/kv/put",
+            json!({ "key": B64.encode(key), "value": B64.encode(value), "lease": lease.to_string() }),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Creates `key` only if it does not exist, in one transaction: of concurrent callers
+    /// exactly one wins, the others learn what it holds.
+    pub async fn create(&self, key: &str, value: &[u8], lease: i64) -> Result<Created, EtcdError> {
+        let encoded = B64.encode(key);
+        let answer = self
+            .call(
+                "a create-if-absent",
+                "/v3/kv/txn",
+                json!({
+                    "compare": [{ "key": encoded, "target": "CREATE", "create_revision": "0", "result": "EQUAL" }],
+                    "success": [{ "request_put": { "key": encoded, "value": B64.encode(value), "lease": lease.to_string() } }],
+                    "failure": [{ "request_range": { "key": encoded } }],
+                }),
+            )
+            .await?;
+        if answer["succeeded"].as_bool() == Some(true) {
+            return Ok(Created::Won);
+        }
+        let held = kvs(&answer["responses"][0]["response_range"])
+            .into_iter()
+            .next();
+        Ok(held.map_or(Created::Vanished, Created::Taken))
+    }
+
+    /// Deletes `key` if it still holds `value` (releasing only what is ours).
+    pub async fn delete_if(&self, key: &str, value: &[u8]) -> Result<bool, EtcdError> {
+        let encoded = B64.encode(key);
+        let answer = self
+            .call(
+                "a conditional delete",
+                "/v3/kv/txn",
+                json!({
+                    "compare": [{ "key": encoded, "target": "VALUE", "value": B64.encode(value), "result": "EQUAL" }],
+                    "success": [{ "request_delete_range": { "key": encoded } }],
+                }),
+            )
+            .await?;
+        Ok(answer["succeeded"].as_bool() == Some(true))
+    }
+}
+
+/// A member that is up but has no quorum answers with these; another member may do better.
+fn is_unavailable(message: &str) -> bool {
+    [
+        "request timed out",
+        "no leader",
+        "leader changed",
+        "too many requests",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
+}
+
+/// The gateway writes 64-bit numbers as strings, and leaves zeros out.
+fn int(value: &Value) -> i64 {
+    match value {
+        Value::String(text) => text.parse().unwrap_or(0),
+        Value::Number(number) => number.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn kvs(answer: &Value) -> Vec<KeyValue> {
+    let Some(list) = answer["kvs"].as_array() else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|kv| {
+            let key = B64.decode(kv["key"].as_str()?).ok()?;
+            let value = match kv["value"].as_str() {
+                Some(text) => B64.decode(text).ok()?,
+                None => Vec::new(),
+            };
+            Some(KeyValue {
+                key: String::from_utf8(key).ok()?,
+                value,
+                lease: int(&kv["lease"]),
+                mod_revision: int(&kv["mod_revision"]),
+            })
+        })
+        .collect()
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_plain_http_urls() {
+        assert!(check_endpoint("http://127.0.0.1:2379").is_ok());
+        assert!(check_endpoint("https://etcd:2379").is_err());
+        assert!(check_endpoint("127.0.0.1:2379").is_err());
+        assert!(check_endpoint("http://etcd:2379/v3").is_err());
+    }
+
+    #[test]
+    fn a_prefix_ends_after_its_last_byte() {
+        assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
+    }
+}

@@ -1,0 +1,42 @@
+//! Where the fleet keeps its state in etcd, and the records it writes there.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+pub const NODES: &str = "/tenement/v1/nodes/";
+pub const PLACEMENTS: &str = "/tenement/v1/placements/";
+/// The value of the hop header: created once by the first node, read by the others.
+pub const HOP_SECRET: &str = "/tenement/v1/hop-secret";
+
+pub fn node(name: &str) -> String {
+    format!("{NODES}{name}")
+}
+
+pub fn placement(instance: &str) -> String {
+    format!("{PLACEMENTS}{instance}")
+}
+
+/// A node's registration, bound to its lease: gone when the node is.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub name: String,
+    pub advertise: SocketAddr,
+    pub lease: i64,
+    /// Instances with a process on this node.
+    pub running: usize,
+    /// `[fleet] max_instances` (0: no limit).
+    pub max_instances: u32,
+    /// `MemAvailable` of the node, in bytes.
+    pub memory_available: u64,
+}
+
+impl NodeRecord {
+    /// Whether this node can take one more instance.
+    pub fn has_room(&self) -> bool {
+        self.max_instances == 0 || self.running < self.max_instances as usize
+    }
+}
+
+/// A placement's value: the owner node's name. Its lease is the owner's.
+pub type Owner = String;
