@@ -59,9 +59,23 @@ fn an_idle_tenant_sleeps_and_wakes_with_its_data() {
     eventually("no tenant process left", || {
         daemon.tenant_processes().is_empty().then_some(())
     });
-    eventually("no instance cgroup left", || {
-        daemon.instance_cgroups().is_empty().then_some(())
+    // Its next start is prepared while it sleeps: its cgroups (one per hierarchy) exist,
+    // with nothing in them.
+    let prepared = eventually("alice's cgroups prepared for the wake", || {
+        let groups = daemon.instance_cgroups();
+        (!groups.is_empty()).then_some(groups)
     });
+    for group in &prepared {
+        let procs = std::fs::read_to_string(group.join("cgroup.procs")).unwrap();
+        assert_eq!(procs.trim(), "", "{} holds processes", group.display());
+    }
+    let prepared_inodes: Vec<u64> = {
+        use std::os::unix::fs::MetadataExt;
+        prepared
+            .iter()
+            .map(|g| std::fs::metadata(g).unwrap().ino())
+            .collect()
+    };
 
     // The next request wakes a new process, which finds the note.
     let (status, notes) = http(port, alice, "GET", "/notes", "");
@@ -80,5 +94,34 @@ fn an_idle_tenant_sleeps_and_wakes_with_its_data() {
             group.display()
         );
     }
+    // The same groups, not new ones of the same name: the wake spawned into them.
+    let inodes = |groups: &[std::path::PathBuf]| -> Vec<u64> {
+        use std::os::unix::fs::MetadataExt;
+        groups
+            .iter()
+            .map(|g| std::fs::metadata(g).unwrap().ino())
+            .collect()
+    };
+    assert_eq!(daemon.instance_cgroups(), prepared);
+    assert_eq!(
+        inodes(&daemon.instance_cgroups()),
+        prepared_inodes,
+        "the wake spawned into the prepared cgroups"
+    );
+    // Sleeping again, then tenement stops: nothing prepared is left behind.
+    wait_state(
+        &daemon,
+        "notes:alice",
+        "sleeping",
+        Duration::from_secs(10 * IDLE_TIMEOUT),
+    );
+    eventually("alice's cgroups prepared again", || {
+        (!daemon.instance_cgroups().is_empty()).then_some(())
+    });
     daemon.stop();
+    assert!(
+        daemon.instance_cgroups().is_empty(),
+        "{:?}",
+        daemon.instance_cgroups()
+    );
 }

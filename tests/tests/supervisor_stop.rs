@@ -143,9 +143,17 @@ ephemeral = ["e"]
     eventually("every tenant process to be gone", || {
         daemon.tenant_processes().is_empty().then_some(())
     });
-    eventually("the instance cgroups to be removed", || {
-        daemon.instance_cgroups().is_empty().then_some(())
+    // Only the groups prepared for the next wake stay, empty: one per persistent instance
+    // (the ephemeral one's data directory goes with the stop, so nothing is prepared).
+    eventually("no process left in an instance cgroup", || {
+        daemon.populated_cgroups().is_empty().then_some(())
     });
+    let prepared: Vec<String> = daemon
+        .instance_cgroups()
+        .iter()
+        .map(|g| g.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(prepared.iter().all(|g| g != "ephemeral_e"), "{prepared:?}");
     assert!(
         !Path::new(&daemon.data_dir.join("ephemeral/e")).exists(),
         "storage_persist = false: the data directory is removed after the stop"
@@ -157,4 +165,9 @@ ephemeral = ["e"]
     // Sleeping instances are not started again with tenement.
     assert!(daemon.store().desired_running().unwrap().is_empty());
     daemon.stop();
+    assert!(
+        daemon.instance_cgroups().is_empty(),
+        "the prepared groups go with tenement: {:?}",
+        daemon.instance_cgroups()
+    );
 }

@@ -12,6 +12,7 @@ use std::{
 use tokio::sync::{watch, Notify};
 
 use super::{
+    ahead::Ahead,
     freeze::Thaw,
     idle::Activity,
     state::{InstanceInfo, InstanceState},
@@ -103,6 +104,8 @@ pub struct Instance {
     pub disk_used: AtomicU64,
     /// The sampler's latest stats of the current process; `None` while none runs.
     pub stats: Mutex<Option<InstanceStats>>,
+    /// Its next start, prepared while it sleeps (`ahead.rs`).
+    ahead: Mutex<Option<Ahead>>,
 }
 
 impl Instance {
@@ -155,6 +158,7 @@ impl Instance {
             over_quota: AtomicBool::new(false),
             disk_used: AtomicU64::new(u64::MAX),
             stats: Mutex::new(None),
+            ahead: Mutex::new(None),
         }
     }
 
@@ -191,6 +195,10 @@ impl Instance {
 
     pub fn lock_run(&self) -> MutexGuard<'_, Option<RunHandle>> {
         self.run.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn lock_ahead(&self) -> MutexGuard<'_, Option<Ahead>> {
+        self.ahead.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn lock_activity(&self) -> MutexGuard<'_, Activity> {

@@ -6,6 +6,7 @@
 //! concurrent requests to a sleeping tenant cause exactly one spawn.
 
 mod activation;
+mod ahead;
 mod backends;
 pub mod cgroup;
 mod env_file;
@@ -621,6 +622,10 @@ impl Supervisor {
         for stop in stops {
             let _ = stop.await;
         }
+        // A sleep that ended just as the shutdown began may have prepared a start.
+        for instance in self.shared.snapshot() {
+            ahead::discard(&self.shared, &instance);
+        }
         storage::unmount_all(&self.shared.config().settings.data_dir);
         if let Some(tree) = &self.shared.cgroups {
             if let Err(err) = tree.remove() {
@@ -791,6 +796,8 @@ impl Shared {
     /// that ended by itself (failed, exited) is left as it is, except that `Restart` and
     /// `Stop` clear a `failed` state.
     async fn stop_run(&self, instance: &Instance, kind: StopKind) {
+        // Whatever the stop, a start prepared ahead goes (an idle stop prepares anew).
+        ahead::discard(self, instance);
         let done = {
             let run = instance.lock_run();
             match run.as_ref() {

@@ -103,6 +103,8 @@ impl Supervisor {
                 .collect();
             for instance in &instances {
                 instance.set_service(definition.clone());
+                // Prepared from the old definition: stale.
+                super::ahead::discard(shared, instance);
             }
             if plan.services_updated.contains_key(service) {
                 out.changes.push(format!(

@@ -12,6 +12,7 @@ use std::{
 use tokio::{sync::watch, task::JoinHandle, time::timeout};
 
 use super::{
+    ahead,
     cgroup::InstanceCgroup,
     failure, health,
     instance::{Instance, StopKind},
@@ -397,6 +398,10 @@ fn finish(shared: &Shared, instance: &Instance, kind: StopKind) {
         s.state = state;
         clear_process(s);
     });
+    if state == InstanceState::Sleeping {
+        // The next request's wake: only fork and exec left to do.
+        ahead::prepare(shared, instance);
+    }
 }
 
 fn clear_process(status: &mut super::instance::Status) {
@@ -437,12 +442,20 @@ async fn attempt(
             return AttemptEnd::CannotStart(format!("{err:#}"));
         }
     }
-    let prepared = match prepare::prepare(shared, name, &instance.service()) {
-        Ok(prepared) => prepared,
-        Err(err) if err.downcast_ref::<NoFreePort>().is_some() => {
-            return AttemptEnd::NoPort(format!("{err:#}"))
+    // Prepared while it slept (`ahead.rs`): only the fork is left.
+    let ahead = ahead::take(shared, instance);
+    let (prepared, network) = match ahead {
+        Some((prepared, network)) => {
+            steps.ahead();
+            (prepared, Some(network))
         }
-        Err(err) => return AttemptEnd::CannotStart(format!("{err:#}")),
+        None => match prepare::prepare(shared, name, &instance.service()) {
+            Ok(prepared) => (prepared, None),
+            Err(err) if err.downcast_ref::<NoFreePort>().is_some() => {
+                return AttemptEnd::NoPort(format!("{err:#}"))
+            }
+            Err(err) => return AttemptEnd::CannotStart(format!("{err:#}")),
+        },
     };
     let Prepared {
         launch,
@@ -455,12 +468,16 @@ async fn attempt(
     steps.prepared();
     // Counted and confined before the first instruction of the tenant runs.
     let cgroup_id = cgroup.as_ref().and_then(|c| c.id());
-    let network = match confine(
-        shared,
-        instance,
-        cgroup_id,
-        port.as_ref().map_or(0, |p| p.port()),
-    ) {
+    let confined = match network {
+        Some(network) => Ok(network),
+        None => confine(
+            shared,
+            instance,
+            cgroup_id,
+            port.as_ref().map_or(0, |p| p.port()),
+        ),
+    };
+    let network = match confined {
         Ok(network) => network,
         Err(reason) => {
             if let Some(cgroup) = &cgroup {
@@ -668,7 +685,7 @@ async fn tear_down(
 /// boundary. A boundary the kernel could not take is an error (the instance would run
 /// unconfined while shown confined); without network isolation at all, it runs unconfined
 /// and says so.
-fn confine(
+pub(super) fn confine(
     shared: &Shared,
     instance: &Instance,
     cgroup_id: Option<u64>,

@@ -15,6 +15,8 @@ pub(crate) struct WakeSteps {
     confined: Option<Instant>,
     /// Forked and exec'd (the spawner returned a child).
     spawned: Option<Instant>,
+    /// Prepare and confine were done while the instance slept (`ahead.rs`).
+    ahead: bool,
 }
 
 impl WakeSteps {
@@ -24,6 +26,7 @@ impl WakeSteps {
             prepared: None,
             confined: None,
             spawned: None,
+            ahead: false,
         }
     }
 
@@ -33,6 +36,11 @@ impl WakeSteps {
 
     pub(crate) fn prepared(&mut self) {
         self.prepared = Some(Instant::now());
+    }
+
+    /// The start was prepared while the instance slept.
+    pub(crate) fn ahead(&mut self) {
+        self.ahead = true;
     }
 
     pub(crate) fn confined(&mut self) {
@@ -58,8 +66,13 @@ impl WakeSteps {
         let app = step(Some(ready));
         format!(
             "prepare {prepare:.3} ms, confine {confine:.3} ms, spawn {spawn:.3} ms, \
-             app until ready {app:.3} ms, total {:.3} ms",
-            ms(ready.saturating_duration_since(self.began))
+             app until ready {app:.3} ms, total {:.3} ms{}",
+            ms(ready.saturating_duration_since(self.began)),
+            if self.ahead {
+                " (prepared while it slept)"
+            } else {
+                ""
+            }
         )
     }
 
@@ -87,6 +100,9 @@ mod tests {
         let line = steps.describe(steps.began() + Duration::from_millis(5));
         assert!(line.starts_with("prepare "), "{line}");
         assert!(line.ends_with("total 5.000 ms"), "{line}");
+        steps.ahead();
+        let line = steps.describe(steps.began() + Duration::from_millis(5));
+        assert!(line.ends_with("(prepared while it slept)"), "{line}");
         // A step that never happened (no cgroup, say) counts as zero.
         let bare = WakeSteps::begin();
         let line = bare.describe(bare.began());

@@ -236,6 +236,18 @@ impl Daemon {
         groups
     }
 
+    /// The instance cgroups holding processes. A sleeping instance's group stays, empty:
+    /// its next start is prepared in it.
+    pub fn populated_cgroups(&self) -> Vec<PathBuf> {
+        self.instance_cgroups()
+            .into_iter()
+            .filter(|group| {
+                std::fs::read_to_string(group.join("cgroup.procs"))
+                    .is_ok_and(|procs| !procs.trim().is_empty())
+            })
+            .collect()
+    }
+
     /// Processes other than the daemon whose command line mentions this test's scratch
     /// directory.
     pub fn tenant_processes(&self) -> Vec<u32> {
