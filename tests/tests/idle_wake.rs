@@ -69,13 +69,7 @@ fn an_idle_tenant_sleeps_and_wakes_with_its_data() {
         let procs = std::fs::read_to_string(group.join("cgroup.procs")).unwrap();
         assert_eq!(procs.trim(), "", "{} holds processes", group.display());
     }
-    let prepared_inodes: Vec<u64> = {
-        use std::os::unix::fs::MetadataExt;
-        prepared
-            .iter()
-            .map(|g| std::fs::metadata(g).unwrap().ino())
-            .collect()
-    };
+    let prepared_inodes = inodes(&prepared);
 
     // The next request wakes a new process, which finds the note.
     let (status, notes) = http(port, alice, "GET", "/notes", "");
@@ -95,13 +89,6 @@ fn an_idle_tenant_sleeps_and_wakes_with_its_data() {
         );
     }
     // The same groups, not new ones of the same name: the wake spawned into them.
-    let inodes = |groups: &[std::path::PathBuf]| -> Vec<u64> {
-        use std::os::unix::fs::MetadataExt;
-        groups
-            .iter()
-            .map(|g| std::fs::metadata(g).unwrap().ino())
-            .collect()
-    };
     assert_eq!(daemon.instance_cgroups(), prepared);
     assert_eq!(
         inodes(&daemon.instance_cgroups()),
@@ -124,4 +111,13 @@ fn an_idle_tenant_sleeps_and_wakes_with_its_data() {
         "{:?}",
         daemon.instance_cgroups()
     );
+}
+
+/// A cgroup's inode is its id: a group removed and made again under the same name differs.
+fn inodes(groups: &[std::path::PathBuf]) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    groups
+        .iter()
+        .map(|g| std::fs::metadata(g).unwrap().ino())
+        .collect()
 }
