@@ -74,7 +74,9 @@ pub fn prepare(shared: &Shared, instance: &Instance) {
 /// The prepared start, if there is one and it was built from the current definition.
 pub fn take(shared: &Shared, instance: &Instance) -> Option<(Prepared, InstanceNetwork)> {
     let ahead = instance.lock_ahead().take()?;
-    if Arc::ptr_eq(&ahead.service, &instance.service()) {
+    // A data directory removed while it slept (by hand) is made again by a fresh prepare.
+    let data_dir = prepare::data_dir(&shared.config().settings.data_dir, &instance.name);
+    if Arc::ptr_eq(&ahead.service, &instance.service()) && data_dir.is_dir() {
         return Some((ahead.prepared, ahead.network));
     }
     release(shared, ahead.prepared);
