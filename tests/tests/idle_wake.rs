@@ -121,3 +121,65 @@ fn inodes(groups: &[std::path::PathBuf]) -> Vec<u64> {
         .map(|g| std::fs::metadata(g).unwrap().ino())
         .collect()
 }
+
+/// `pids.max` of the instance's group that has the pids controller.
+fn pids_max(daemon: &supervisor_common::Daemon) -> Option<String> {
+    daemon.instance_cgroups().iter().find_map(|g| {
+        std::fs::read_to_string(g.join("pids.max"))
+            .ok()
+            .map(|v| v.trim().to_string())
+    })
+}
+
+#[test]
+fn a_prepared_start_goes_with_a_reload_and_an_operator_stop() {
+    if !privileged("a_prepared_start_goes_with_a_reload_and_an_operator_stop") {
+        return;
+    }
+    let mut daemon = idle_support::daemon("idle-prepared");
+    let app = daemon.app(
+        "app.py",
+        &std::fs::read_to_string(workspace_root().join("examples/notes/app.py")).unwrap(),
+    );
+    daemon.configure(&format!(
+        "[service.notes]\ncommand = \"/usr/bin/python3 {}\"\nhealth = \"/health\"\n\
+         idle_timeout = {IDLE_TIMEOUT}\npids_max = 50\n\n[instances]\nnotes = [\"alice\"]\n",
+        app.display()
+    ));
+    daemon.start();
+    let port = proxy_port(&daemon);
+    let alice = "alice.notes.localhost";
+    assert_eq!(http(port, alice, "GET", "/health", "").0, 200);
+    let asleep = Duration::from_secs(10 * IDLE_TIMEOUT);
+    wait_state(&daemon, "notes:alice", "sleeping", asleep);
+    // Prepared with the limits of the definition in force.
+    let limit = eventually("alice's cgroups prepared", || pids_max(&daemon));
+    assert_eq!(limit, "50");
+
+    // A reload that changes the definition drops what was prepared from the old one.
+    let config = std::fs::read_to_string(&daemon.config).unwrap();
+    std::fs::write(
+        &daemon.config,
+        config.replace("pids_max = 50", "pids_max = 60"),
+    )
+    .unwrap();
+    cli(&daemon, &["reload"]);
+    eventually("the stale prepared groups removed", || {
+        daemon.instance_cgroups().is_empty().then_some(())
+    });
+    // The wake prepares from the new definition.
+    assert_eq!(http(port, alice, "GET", "/health", "").0, 200);
+    assert_eq!(pids_max(&daemon).as_deref(), Some("60"));
+    wait_state(&daemon, "notes:alice", "sleeping", asleep);
+    eventually("alice's cgroups prepared again", || pids_max(&daemon));
+
+    // An operator's stop of the sleeping instance removes them too.
+    cli(&daemon, &["stop", "notes:alice"]);
+    assert_eq!(state(&daemon, "notes:alice"), "stopped");
+    assert!(
+        daemon.instance_cgroups().is_empty(),
+        "{:?}",
+        daemon.instance_cgroups()
+    );
+    daemon.stop();
+}
