@@ -401,7 +401,10 @@ fn steps_table(daemons: &[Daemon]) -> Result<String> {
          kernel counters and its network policy written), *spawn* (fork and exec, in the \
          cgroup and namespaces), *app until ready* (from exec until tenement saw it \
          listening: the app's own start-up plus the readiness signal), *total*. The request \
-         then still goes through the proxy (routing, connect, forwarding).\n"
+         then still goes through the proxy (routing, connect, forwarding). An idle stop \
+         prepares the next start at once (supervisor/ahead.rs): at the wake, *prepare* and \
+         *confine* only take what is ready, and their work is done while the instance \
+         sleeps.\n"
     )?;
     writeln!(text, "| setup | {} |", STEPS.join(" (ms) | ") + " (ms)")?;
     writeln!(text, "|---|{}", "---:|".repeat(STEPS.len()))?;
