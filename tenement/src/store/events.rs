@@ -27,10 +27,13 @@ pub enum EventKind {
     NetworkDenied,
     /// Something else listened on the instance's port: the start moved to another port.
     PortTaken,
+    /// A new tenement took over the instance's running process (after a crash, a restart
+    /// or an upgrade of tenement).
+    Adopted,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::Spawned,
         EventKind::Ready,
         EventKind::Degraded,
@@ -44,6 +47,7 @@ impl EventKind {
         EventKind::QuotaExceeded,
         EventKind::NetworkDenied,
         EventKind::PortTaken,
+        EventKind::Adopted,
     ];
 
     /// The kebab-case name, as in JSON and in the database.
@@ -62,6 +66,7 @@ impl EventKind {
             EventKind::QuotaExceeded => "quota-exceeded",
             EventKind::NetworkDenied => "network-denied",
             EventKind::PortTaken => "port-taken",
+            EventKind::Adopted => "adopted",
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The command that starts an instance, for each isolation level, and what the forked child
-//! does before `exec`: join the instance's cgroups, lead its own session, die with tenement,
-//! and drop to the tenant's credentials. Isolation is in place before the first instruction
+//! does before `exec`: join the instance's cgroups, lead its own session, and drop to the
+//! tenant's credentials. Tenants outlive tenement (a later tenement adopts them, see
+//! `guard.rs`), except without cgroups: then nothing could find or stop them later, so they
+//! die with tenement. Isolation is in place before the first instruction
 //! of the tenant's program runs; nothing is moved afterwards.
 //!
 //! - `process`: the program itself, as the tenant.
@@ -38,6 +40,9 @@ pub struct Launch {
     /// `None`: keep tenement's own credentials (tenement is not root).
     pub run_as: Option<RunAs>,
     pub wrapper: Wrapper,
+    /// Without cgroups, nothing could find the instance again after tenement ends: it gets
+    /// the parent-death signal instead of outliving tenement.
+    pub die_with_tenement: bool,
 }
 
 /// The command, ready for the spawner thread, and what it runs for error messages
@@ -54,7 +59,12 @@ pub fn command(launch: &Launch, join: Vec<OwnedFd>) -> Result<(Command, String)>
                 .args(&launch.argv[1..])
                 .env_clear()
                 .envs(launch.env.iter().map(|(k, v)| (k, v)));
-            let setup = ChildSetup::new(join, launch.run_as.as_ref(), Some(&launch.workdir))?;
+            let setup = ChildSetup::new(
+                join,
+                launch.run_as.as_ref(),
+                Some(&launch.workdir),
+                launch.die_with_tenement,
+            )?;
             let what = format!(
                 "{} as {uid} in {}",
                 launch.argv[0],
@@ -74,7 +84,8 @@ pub fn command(launch: &Launch, join: Vec<OwnedFd>) -> Result<(Command, String)>
                 .args(&launch.argv)
                 .env_clear()
                 .envs(launch.env.iter().map(|(k, v)| (k, v)));
-            let setup = ChildSetup::new(join, None, Some(Path::new("/")))?;
+            let setup =
+                ChildSetup::new(join, None, Some(Path::new("/")), launch.die_with_tenement)?;
             (
                 command,
                 setup,
@@ -87,7 +98,12 @@ pub fn command(launch: &Launch, join: Vec<OwnedFd>) -> Result<(Command, String)>
                 .args(&sandbox.args)
                 .env_clear()
                 .env("PATH", DEFAULT_PATH);
-            let setup = ChildSetup::new(join, launch.run_as.as_ref(), Some(&sandbox.state_dir))?;
+            let setup = ChildSetup::new(
+                join,
+                launch.run_as.as_ref(),
+                Some(&sandbox.state_dir),
+                launch.die_with_tenement,
+            )?;
             let what = format!(
                 "{} as {uid} in {}",
                 sandbox.runsc.display(),
@@ -120,16 +136,22 @@ pub fn helper_binary() -> PathBuf {
 /// Everything the child does between fork and exec, prepared beforehand.
 struct ChildSetup {
     join: Vec<OwnedFd>,
-    parent: libc::pid_t,
+    /// tenement's pid when the child dies with it.
+    parent: Option<libc::pid_t>,
     credentials: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
     workdir: Option<CString>,
 }
 
 impl ChildSetup {
-    fn new(join: Vec<OwnedFd>, run_as: Option<&RunAs>, workdir: Option<&Path>) -> Result<Self> {
+    fn new(
+        join: Vec<OwnedFd>,
+        run_as: Option<&RunAs>,
+        workdir: Option<&Path>,
+        die_with_tenement: bool,
+    ) -> Result<Self> {
         Ok(ChildSetup {
             join,
-            parent: std::process::id() as libc::pid_t,
+            parent: die_with_tenement.then(|| std::process::id() as libc::pid_t),
             credentials: run_as.map(|r| (r.uid, r.gid, r.groups.clone())),
             workdir: workdir
                 .map(|dir| CString::new(dir.as_os_str().as_bytes()))
@@ -150,12 +172,14 @@ impl ChildSetup {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // tenement died between fork and prctl: the signal will never come.
-            if libc::getppid() != self.parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            if let Some(parent) = self.parent {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // tenement died between fork and prctl: the signal will never come.
+                if libc::getppid() != parent {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
             }
             if let Some((uid, gid, groups)) = &self.credentials {
                 if libc::setgroups(groups.len(), groups.as_ptr()) < 0

@@ -78,6 +78,19 @@ impl PortAllocator {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A lease on `port`, which an adopted instance listens on already (so it is not
+    /// checked free). `None` when a lease holds it.
+    pub fn claim(&self, port: u16) -> Option<PortLease> {
+        let mut state = self.lock();
+        if !state.leased.insert(port) {
+            return None;
+        }
+        Some(PortLease {
+            port,
+            allocator: self.clone(),
+        })
+    }
+
     /// A port of the range that no lease holds and nothing on the host listens on.
     pub fn lease(&self) -> Result<PortLease> {
         let mut state = self.lock();

@@ -150,6 +150,7 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
             workdir,
             run_as: root.then(|| run_as.clone()),
             wrapper,
+            die_with_tenement: shared.cgroups.is_none(),
         },
         endpoint,
         port,
