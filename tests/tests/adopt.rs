@@ -79,6 +79,29 @@ fn logs(daemon: &Daemon, name: &str) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// `inbound_opened` of web:a's kernel counters, as `tenement top --once --json web` shows
+/// them (`None` before the first sample).
+fn connections_counted(daemon: &Daemon) -> Option<u64> {
+    let output = Command::new(tenement_bin())
+        .arg("--config")
+        .arg(&daemon.config)
+        .args(["top", "--once", "--json", "web"])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    fn find(value: &serde_json::Value) -> Option<u64> {
+        match value {
+            serde_json::Value::Object(map) => map
+                .get("inbound_opened")
+                .and_then(serde_json::Value::as_u64)
+                .or_else(|| map.values().find_map(find)),
+            serde_json::Value::Array(items) => items.iter().find_map(find),
+            _ => None,
+        }
+    }
+    find(&json)
+}
+
 fn guards_of(pid: u32) -> Vec<u32> {
     processes_mentioning("__guard")
         .into_iter()
@@ -121,6 +144,13 @@ ns = ["c"]
         pids.push(pid_of(&daemon, name, EventKind::Spawned));
     }
     let first = daemon.pid();
+    // Kernel counters before the crash: they do not go back to zero after the adoption.
+    for _ in 0..20 {
+        assert_eq!(get(ports[0], "/health").unwrap().0, 200);
+    }
+    let counted = eventually("web:a's 20 connections in its kernel counters", || {
+        connections_counted(&daemon).filter(|n| *n >= 20)
+    });
 
     daemon.kill9();
     // The instances keep running and serving, unsupervised for now.
@@ -168,6 +198,13 @@ ns = ["c"]
     eventually("the first tenement's guard to hand over and exit", || {
         guards_of(first).is_empty().then_some(())
     });
+    let now = eventually("web:a's kernel counters after the adoption", || {
+        connections_counted(&daemon)
+    });
+    assert!(
+        now >= counted,
+        "the kernel counters went back: {counted} connections before, {now} after"
+    );
 
     // Logs continue: what was written while tenement was away, and after.
     assert_eq!(get(ports[0], "/say/after-adoption").unwrap().0, 200);

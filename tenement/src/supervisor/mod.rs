@@ -202,6 +202,17 @@ impl Supervisor {
         if let (Some(tree), Some(guard)) = (&cgroups, &guard) {
             let held = crate::held::HeldFds::new();
             guard.take_over(&settings.data_dir, &held);
+            {
+                // Adopted instances keep their kernel counters; this tenement's maps are
+                // held from now on (replacing the earlier ones in the guard).
+                let monitor = monitor.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(err) = monitor.take_previous(&held) {
+                    tracing::warn!("kernel counters of adopted instances start from zero: {err:#}");
+                }
+                for (name, fd) in monitor.held_maps() {
+                    guard.hold(name, fd);
+                }
+            }
             let sorted = adopt::sort(tree, &store, &config, &held).await?;
             if !sorted.killed.is_empty() {
                 tracing::warn!(

@@ -613,6 +613,11 @@ async fn adopted(
             return AttemptEnd::CannotStart(reason);
         }
     };
+    if let Some(id) = cgroup_id {
+        if let Err(err) = shared.monitor_lock().carry_over(id) {
+            tracing::warn!("{name}: its kernel counters start from zero: {err:#}");
+        }
+    }
     mark_started(shared, instance, &record, &endpoint, Some(&cgroup), network);
     let pid = record.pid;
     shared.record(
