@@ -329,3 +329,49 @@ fn a_clean_sigterm_still_stops_every_tenant() {
     assert!(!daemon.kinds("web:a").contains(&EventKind::Adopted));
     daemon.stop();
 }
+
+#[test]
+fn a_sandboxed_instance_is_adopted_too() {
+    if !privileged("a_sandboxed_instance_is_adopted_too") {
+        return;
+    }
+    assert!(
+        tenement::supervisor::find_runsc().is_ok(),
+        "runsc is missing: `cargo xtask setup --apt` installs it"
+    );
+    let mut daemon = Daemon::new("adopt-sandbox", "sandbox_platform = \"ptrace\"");
+    let app = app(&daemon);
+    daemon.configure(&format!(
+        r#"
+[service.boxed]
+command = "/usr/bin/python3 {app}"
+isolation = "sandbox"
+health = "/health"
+startup_timeout = 60
+
+[instances]
+boxed = ["erin"]
+"#
+    ));
+    daemon.start();
+    let port = daemon.wait_ready("boxed:erin", 1);
+    // runsc itself: the outer process tenement watches.
+    let pid = pid_of(&daemon, "boxed:erin", EventKind::Spawned);
+    daemon.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(alive(pid), "runsc died with tenement");
+    assert_eq!(get(port, "/say/while-away").unwrap().0, 200);
+
+    daemon.start();
+    daemon.wait_ready("boxed:erin", 2);
+    assert_eq!(pid_of(&daemon, "boxed:erin", EventKind::Adopted), pid);
+    assert_eq!(get(port, "/").unwrap().0, 200);
+    eventually("the sandbox's output in `tenement logs`", || {
+        logs(&daemon, "boxed:erin")
+            .contains("said while-away")
+            .then_some(())
+    });
+    daemon.stop();
+    assert!(!alive(pid), "runsc outlived a clean stop");
+    assert!(daemon.instance_cgroups().is_empty());
+}
