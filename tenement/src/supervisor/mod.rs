@@ -221,6 +221,11 @@ impl Supervisor {
                 );
             }
             adoptions = sorted.adopted;
+        } else {
+            // Without cgroups instances died with the earlier tenement: nothing to adopt.
+            for (name, _) in store.running()? {
+                store.clear_running(&name)?;
+            }
         }
         // Sandbox state of the earlier run: its processes are gone with their cgroups,
         // except those of adopted instances.
