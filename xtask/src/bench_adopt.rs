@@ -156,23 +156,24 @@ impl Serve {
         text
     }
 
-    /// How many instances the API shows `running` (0 while it does not answer yet).
+    /// `GET /v1/instances` on the management socket, whitespace removed (curl decodes the
+    /// HTTP framing); empty while the API does not answer yet.
+    fn instances(&self) -> String {
+        let socket = self.dir.join("data/tenement.sock");
+        util::output(
+            Command::new("curl")
+                .args(["-sf", "--max-time", "30", "--unix-socket"])
+                .arg(&socket)
+                .arg("http://localhost/v1/instances"),
+        )
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect()
+    }
+
+    /// How many instances the API shows `running`.
     fn running(&self) -> Result<usize> {
-        use std::{
-            io::{Read, Write},
-            os::unix::net::UnixStream,
-        };
-        let Ok(mut stream) = UnixStream::connect(self.dir.join("data/tenement.sock")) else {
-            return Ok(0);
-        };
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        write!(
-            stream,
-            "GET /v1/instances HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer)?;
-        Ok(answer.matches("\"state\":\"running\"").count())
+        Ok(self.instances().matches("\"state\":\"running\"").count())
     }
 
     /// SIGKILL: its instances keep running. Returns the pids it supervised.
@@ -187,20 +188,7 @@ impl Serve {
 
     /// Instance pids as the API shows them.
     fn pids(&self) -> Vec<u32> {
-        use std::{
-            io::{Read, Write},
-            os::unix::net::UnixStream,
-        };
-        let Ok(mut stream) = UnixStream::connect(self.dir.join("data/tenement.sock")) else {
-            return Vec::new();
-        };
-        let _ = write!(
-            stream,
-            "GET /v1/instances HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        );
-        let mut answer = String::new();
-        let _ = stream.read_to_string(&mut answer);
-        answer
+        self.instances()
             .split("\"pid\":")
             .skip(1)
             .filter_map(|rest| {

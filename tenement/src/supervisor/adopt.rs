@@ -9,11 +9,12 @@ use anyhow::Result;
 
 use super::{
     cgroup::{CgroupTree, InstanceCgroup},
+    guard_link::log_name,
     spawner::Child,
 };
 use crate::{
     config::{Config, InstanceName},
-    held::{log_name, HeldFds},
+    held::HeldFds,
     logs::Stream,
     store::{RunRecord, Store},
 };

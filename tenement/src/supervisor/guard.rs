@@ -12,8 +12,8 @@
 //! When tenement ends (its end of the socket closes):
 //! - after `bye` (a clean shutdown, which stopped every instance itself): the guard exits;
 //! - otherwise, while instance cgroups still hold processes, it waits up to `adopt_timeout`
-//!   seconds for a new tenement to connect to `--socket`, hands it every held fd
-//!   (`fd NAME` each, then `end`), and exits once the new tenement answers `ok`;
+//!   seconds for a new tenement to connect to `--socket`, hands it every held fd with its
+//!   name (`HeldFds::send`), and exits once the new tenement answers `ok`;
 //! - if none comes in time, it stops the orphans (SIGTERM, up to `STOP_GRACE`, then
 //!   SIGKILL), removes their cgroups and the subtrees, and exits: nothing runs unsupervised
 //!   for longer than `adopt_timeout`.
@@ -22,7 +22,6 @@
 //! shutdown of tenement must not be cut short by the guard.
 
 use std::{
-    collections::BTreeMap,
     os::fd::{AsFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     process::exit,
@@ -32,6 +31,7 @@ use std::{
 use nix::sys::signal::{signal, SigHandler, Signal};
 
 use super::fdpass;
+use crate::held::HeldFds;
 
 /// How long the orphans get between SIGTERM and SIGKILL when no tenement came back.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -64,12 +64,12 @@ pub fn main(parent: i32, adopt_timeout: u64, socket: &Path, subtrees: &[PathBuf]
             None
         }
     };
-    let mut held: BTreeMap<String, OwnedFd> = BTreeMap::new();
+    let held = HeldFds::new();
     let mut clean = false;
     while let Ok(Some((text, fd))) = fdpass::recv(control.as_fd()) {
         match (text.split_once(' '), fd) {
             (Some(("hold", name)), Some(fd)) => {
-                held.insert(name.to_string(), fd);
+                let _ = held.insert(name, fd);
             }
             (Some(("release", name)), _) => {
                 held.remove(name);
@@ -120,13 +120,8 @@ fn finish(socket: &Path, code: i32) -> ! {
 
 /// Sends every held fd to a new tenement; true once it confirmed (it holds them, and has
 /// handed them to its own guard).
-fn hand_over(connection: &OwnedFd, held: &BTreeMap<String, OwnedFd>) -> bool {
-    for (name, fd) in held {
-        if fdpass::send(connection.as_fd(), &format!("fd {name}"), Some(fd.as_fd())).is_err() {
-            return false;
-        }
-    }
-    if fdpass::send(connection.as_fd(), "end", None).is_err() {
+fn hand_over(connection: &OwnedFd, held: &HeldFds) -> bool {
+    if held.send(connection.as_fd()).is_err() {
         return false;
     }
     fdpass::readable(connection.as_fd(), HANDOVER_WAIT)

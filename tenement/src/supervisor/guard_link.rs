@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use super::{cgroup::CgroupTree, fdpass, launch, spawner, spawner::Spawner};
-use crate::{datadir, held::HeldFds};
+use crate::{config::InstanceName, datadir, held::HeldFds, logs::Stream};
 
 /// How long an earlier guard may take to answer (it notices tenement's end at once).
 const OLD_GUARD_WAIT: Duration = Duration::from_secs(5);
@@ -35,7 +35,12 @@ impl GuardLink {
         use std::os::unix::process::CommandExt;
         let dir = datadir::adopt_dir(data_dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let socket = dir.join(format!("{}.sock", std::process::id()));
+        // The pid alone could be that of a dead tenement whose guard still waits here; a
+        // short suffix tells them apart (a unix socket path holds 107 bytes).
+        let suffix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_micros());
+        let socket = dir.join(format!("{}-{suffix}.sock", std::process::id()));
         let (ours, theirs) = fdpass::pair().context("creating the guard's control socket")?;
         let mut command = std::process::Command::new(launch::helper_binary());
         command
@@ -136,25 +141,25 @@ impl GuardLink {
     }
 
     fn receive(&self, connection: &OwnedFd, held: &HeldFds) -> Result<usize> {
-        let mut count = 0;
-        loop {
-            if !fdpass::readable(connection.as_fd(), OLD_GUARD_WAIT) {
-                anyhow::bail!("no answer within {}s", OLD_GUARD_WAIT.as_secs());
-            }
-            match fdpass::recv(connection.as_fd())? {
-                Some((text, Some(fd))) => {
-                    if let Some(name) = text.strip_prefix("fd ") {
-                        self.hold(name, fd.as_fd());
-                        held.insert(name, fd);
-                        count += 1;
-                    }
-                }
-                Some((text, None)) if text == "end" => break,
-                Some(_) => {}
-                None => anyhow::bail!("it closed the connection before the end"),
+        if !fdpass::readable(connection.as_fd(), OLD_GUARD_WAIT) {
+            anyhow::bail!("no answer within {}s", OLD_GUARD_WAIT.as_secs());
+        }
+        let received = HeldFds::new();
+        let count = received.receive(connection.as_fd())?;
+        // This tenement's guard holds them before the earlier one lets go of its copies.
+        for name in received.names() {
+            if let Some(fd) = received.take(&name) {
+                self.hold(&name, fd.as_fd());
+                held.insert(&name, fd)?;
             }
         }
         fdpass::send(connection.as_fd(), "ok", None)?;
         Ok(count)
     }
+}
+
+/// The name under which the read end of `instance`'s stdout or stderr pipe is held
+/// (`log:web:a:stdout`).
+pub fn log_name(instance: &InstanceName, stream: Stream) -> String {
+    format!("log:{}:{}:{stream}", instance.service, instance.id)
 }

@@ -15,7 +15,9 @@ use tokio::{sync::watch, task::JoinHandle, time::timeout};
 use super::{
     adopt::Adoption,
     cgroup::InstanceCgroup,
-    failure, health,
+    failure,
+    guard_link::log_name,
+    health,
     instance::{Instance, StopKind},
     launch::{self, Launch},
     listener::{self, Listening},
@@ -31,7 +33,6 @@ use super::{
 use crate::{
     config::{InstanceName, Isolation},
     endpoint::Endpoint,
-    held::log_name,
     logs::Stream,
     store::{EventKind, RunRecord},
 };
