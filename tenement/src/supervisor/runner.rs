@@ -528,7 +528,10 @@ async fn attempt(
         &endpoint,
         cgroup.as_ref(),
         stop,
-        began,
+        Begun {
+            at: began,
+            serving: false,
+        },
     )
     .await;
 
@@ -633,6 +636,11 @@ async fn adopted(
     shared
         .logs
         .system(name, &format!("adopted pid {pid} after tenement restarted"));
+    // Listening on its own port: it serves at once, as it did before; otherwise (a unix
+    // socket, or caught mid-start) it goes through the readiness checks.
+    let serving = endpoint
+        .port()
+        .is_some_and(|port| matches!(listener::check(port, &cgroup.pids()), Listening::Owned));
     let end = supervise(
         shared,
         instance,
@@ -640,7 +648,7 @@ async fn adopted(
         &endpoint,
         Some(&cgroup),
         stop,
-        began,
+        Begun { at: began, serving },
     )
     .await;
     let graceful = matches!(end, AttemptEnd::Stopped(_));
@@ -831,8 +839,17 @@ fn confine(
     }
 }
 
-/// Waits for readiness, then health-checks until the process ends, turns unhealthy, or a
-/// stop is requested.
+/// When an attempt began, and whether its process serves already (an adopted process found
+/// listening on its own port).
+#[derive(Clone, Copy)]
+struct Begun {
+    at: Instant,
+    serving: bool,
+}
+
+/// Waits for readiness (unless `serving`: an adopted process found listening on its own
+/// port is ready as it was), then health-checks until the process ends, turns unhealthy,
+/// or a stop is requested.
 async fn supervise(
     shared: &Shared,
     instance: &Instance,
@@ -840,20 +857,25 @@ async fn supervise(
     endpoint: &Endpoint,
     cgroup: Option<&InstanceCgroup>,
     stop: &mut watch::Receiver<Option<StopKind>>,
-    began: Instant,
+    begun: Begun,
 ) -> AttemptEnd {
+    let Begun { at: began, serving } = begun;
     let service = &instance.service;
     let startup = Duration::from_secs(service.startup_timeout);
-    let ready = tokio::select! {
-        ready = timeout(startup, wait_ready(instance, endpoint, cgroup)) => ready,
-        status = child.wait() => {
-            // An app that died because its port was taken (EADDRINUSE) gets another port.
-            if let Some(taken) = endpoint.port().and_then(|port| taken(port, cgroup)) {
-                return taken;
+    let ready = if serving {
+        Ok(Ok(()))
+    } else {
+        tokio::select! {
+            ready = timeout(startup, wait_ready(instance, endpoint, cgroup)) => ready,
+            status = child.wait() => {
+                // An app that died because its port was taken (EADDRINUSE) gets another port.
+                if let Some(taken) = endpoint.port().and_then(|port| taken(port, cgroup)) {
+                    return taken;
+                }
+                return exited(status, None);
             }
-            return exited(status, None);
+            kind = stopped(stop) => return AttemptEnd::Stopped(kind),
         }
-        kind = stopped(stop) => return AttemptEnd::Stopped(kind),
     };
     if let Ok(Err(taken)) = ready {
         return taken;
