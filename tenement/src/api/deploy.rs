@@ -70,7 +70,7 @@ pub async fn deploy(
         Err(_) => {
             let info = supervisor.info(&name);
             let state = info.as_ref().map_or("unknown", |info| info.state.as_str());
-            let check = match &context.api.config.service[service].health {
+            let check = match &context.api.config.get().service[service].health {
                 Some(path) => format!("its health check GET {path} did not pass"),
                 None => "it did not listen on its port".to_string(),
             };
@@ -187,7 +187,10 @@ pub async fn route(
     let to_info = supervisor.info(&to).ok_or_else(|| unknown(&to))?;
     if !matches!(
         to_info.state,
-        InstanceState::Running | InstanceState::Degraded | InstanceState::Sleeping
+        InstanceState::Running
+            | InstanceState::Degraded
+            | InstanceState::Sleeping
+            | InstanceState::Frozen
     ) {
         return Err(ApiError::conflict(format!(
             "{to} is {}: only a running instance can take traffic (see `tenement logs {to}`)",

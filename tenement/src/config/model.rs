@@ -50,6 +50,11 @@ pub struct Settings {
     /// `kill -9`, an upgrade in progress) wait for a new tenement to adopt them before its
     /// guard stops them.
     pub adopt_timeout: u64,
+    /// Memory pressure (see `supervisor/pressure.rs`): PSI `some avg10` (percent) above
+    /// which frozen instances are stopped, least recently used first; 0 = not looked at.
+    pub memory_pressure_psi: f64,
+    /// MemAvailable (MiB) under which frozen instances are stopped; 0 = not looked at.
+    pub memory_pressure_available_mb: u64,
     pub tls: Tls,
 }
 
@@ -70,6 +75,8 @@ impl Default for Settings {
             sandbox_platform: "ptrace".to_string(),
             cgroup_favordynmods: true,
             adopt_timeout: 60,
+            memory_pressure_psi: 20.0,
+            memory_pressure_available_mb: 0,
             tls: Tls::default(),
         }
     }
@@ -254,8 +261,12 @@ pub struct Service {
     /// Health check path, e.g. `/health`: must answer 2xx.
     pub health: Option<String>,
     pub isolation: Isolation,
-    /// Seconds without traffic before the instance is stopped; 0 = never.
+    /// Seconds without traffic before the instance is stopped; 0 = never. Counted from the
+    /// last activity, frozen or not.
     pub idle_timeout: u64,
+    /// Seconds without traffic before the instance's cgroup is frozen (kept in memory,
+    /// thawed by the next request); 0 = never.
+    pub freeze_after: u64,
     /// Seconds to become ready (listening, healthy) before the start counts as failed.
     pub startup_timeout: u64,
     /// Seconds between SIGTERM and SIGKILL.
@@ -287,6 +298,10 @@ pub struct Service {
     /// How the instance is reached: a port of 127.0.0.1 (`PORT`), or a unix socket in its
     /// own data directory (`SOCKET_PATH`).
     pub listen: Listen,
+    /// tenement listens on the instance's port itself, keeps the socket while the instance
+    /// sleeps, and passes it to the app the systemd way (fd 3, `LISTEN_FDS`, `LISTEN_PID`,
+    /// `LISTEN_FDNAMES`): no connection is refused during a wake.
+    pub socket_activation: bool,
 }
 
 impl Default for Service {
@@ -298,6 +313,7 @@ impl Default for Service {
             health: None,
             isolation: Isolation::Process,
             idle_timeout: 0,
+            freeze_after: 0,
             startup_timeout: 10,
             stop_timeout: 10,
             request_timeout: 60,
@@ -313,6 +329,7 @@ impl Default for Service {
             egress: EgressConfig::Any,
             env_file: None,
             listen: Listen::Port,
+            socket_activation: false,
         }
     }
 }

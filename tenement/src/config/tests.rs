@@ -205,3 +205,50 @@ fn unix_listening_refuses_sandbox_and_port_placeholders() {
         "{found:#?}"
     );
 }
+
+#[test]
+fn freeze_after_must_come_before_idle_timeout() {
+    let found = errors(
+        "[service.api]\ncommand = \"app\"\nidle_timeout = 60\nfreeze_after = 60\n\
+         [settings]\nmemory_pressure_psi = 150\n",
+    );
+    assert_eq!(
+        found,
+        [
+            "t.toml:4:1: `freeze_after` in [service.api]: 60s must be below idle_timeout (60s): \
+             an instance is frozen first, then stopped",
+            "t.toml:6:1: `memory_pressure_psi` in [settings]: must be a percentage, 0-100 \
+             (0 = not looked at), got 150",
+        ]
+    );
+    // Either alone, or freezing without stopping, is fine.
+    for text in [
+        "[service.api]\ncommand = \"app\"\nidle_timeout = 60\nfreeze_after = 5\n",
+        "[service.api]\ncommand = \"app\"\nfreeze_after = 5\n",
+    ] {
+        Config::parse(text, "t.toml").expect("valid");
+    }
+}
+
+#[test]
+fn socket_activation_refuses_sandbox_and_unix_listening() {
+    let found = errors(
+        "[service.api]\ncommand = \"app\"\nisolation = \"sandbox\"\nsocket_activation = true\n",
+    );
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with(
+            "t.toml:4:1: `socket_activation` in [service.api]: cannot be combined with \
+             isolation = \"sandbox\""
+        ),
+        "{}",
+        found[0]
+    );
+    let found =
+        errors("[service.api]\ncommand = \"app\"\nlisten = \"unix\"\nsocket_activation = true\n");
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(found[0].contains("needs listen = \"port\""), "{}", found[0]);
+    let fine =
+        "[service.api]\ncommand = \"app\"\nisolation = \"namespace\"\nsocket_activation = true\n";
+    assert!(Config::parse(fine, "t.toml").is_ok());
+}

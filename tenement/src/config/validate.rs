@@ -127,6 +127,13 @@ fn settings(check: &mut Checker, settings: &Settings) {
             check.key(&at(key), "must be at least 1 second");
         }
     }
+    let psi = settings.memory_pressure_psi;
+    if !(0.0..=100.0).contains(&psi) {
+        check.key(
+            &at("memory_pressure_psi"),
+            format!("must be a percentage, 0-100 (0 = not looked at), got {psi}"),
+        );
+    }
     if settings.backoff_base_ms == 0 {
         check.key(&at("backoff_base_ms"), "must be at least 1 millisecond");
     } else if settings.backoff_base_ms > settings.backoff_max_ms {
@@ -445,12 +452,39 @@ fn service(check: &mut Checker, name: &str, service: &Service) {
             check.key(&path, err);
         }
     }
+    if service.freeze_after > 0
+        && service.idle_timeout > 0
+        && service.freeze_after >= service.idle_timeout
+    {
+        check.key(
+            &at("freeze_after"),
+            format!(
+                "{}s must be below idle_timeout ({}s): an instance is frozen first, then \
+                 stopped",
+                service.freeze_after, service.idle_timeout
+            ),
+        );
+    }
     if service.listen == Listen::Unix && service.isolation == Isolation::Sandbox {
         check.key(
             &at("listen"),
             "\"unix\" cannot be combined with isolation = \"sandbox\": a socket made inside the \
              gVisor sandbox cannot be reached from the host; use isolation = \"namespace\", \
              or listen = \"port\"",
+        );
+    }
+    if service.socket_activation && service.isolation == Isolation::Sandbox {
+        check.key(
+            &at("socket_activation"),
+            "cannot be combined with isolation = \"sandbox\": gVisor's netstack does not take \
+             a listening socket from the host; use isolation = \"namespace\" or \"process\"",
+        );
+    }
+    if service.socket_activation && service.listen == Listen::Unix {
+        check.key(
+            &at("socket_activation"),
+            "needs listen = \"port\": tenement holds the instance's port (a unix socket in the \
+             data directory cannot be refused while the instance sleeps anyway)",
         );
     }
     if service

@@ -30,10 +30,14 @@ pub enum EventKind {
     /// A new tenement took over the instance's running process (after a crash, a restart
     /// or an upgrade of tenement).
     Adopted,
+    /// Idle for `freeze_after`: its cgroup was frozen.
+    Frozen,
+    /// A frozen instance was thawed (by a request, an operator's start, or to be stopped).
+    Thawed,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::Spawned,
         EventKind::Ready,
         EventKind::Degraded,
@@ -48,6 +52,8 @@ impl EventKind {
         EventKind::NetworkDenied,
         EventKind::PortTaken,
         EventKind::Adopted,
+        EventKind::Frozen,
+        EventKind::Thawed,
     ];
 
     /// The kebab-case name, as in JSON and in the database.
@@ -67,6 +73,8 @@ impl EventKind {
             EventKind::NetworkDenied => "network-denied",
             EventKind::PortTaken => "port-taken",
             EventKind::Adopted => "adopted",
+            EventKind::Frozen => "frozen",
+            EventKind::Thawed => "thawed",
         }
     }
 }

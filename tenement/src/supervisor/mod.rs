@@ -5,6 +5,7 @@
 //! start of tenement) shares that loop and waits on the instance's status, so a thousand
 //! concurrent requests to a sleeping tenant cause exactly one spawn.
 
+mod activation;
 mod adopt;
 mod backends;
 pub mod cgroup;
@@ -12,6 +13,7 @@ mod env_file;
 mod environment;
 mod failure;
 mod fdpass;
+mod freeze;
 pub mod guard;
 mod guard_link;
 mod health;
@@ -24,8 +26,10 @@ mod listener;
 mod network;
 mod ports;
 mod prepare;
+mod pressure;
 mod privacy;
 mod reaper;
+mod reconcile;
 mod restart;
 mod runner;
 mod sampler;
@@ -45,7 +49,7 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 
 use crate::{
-    config::{Config, InstanceName},
+    config::{Config, InstanceName, LiveConfig},
     endpoint::Endpoint,
     logs::LogHub,
     monitor::{InstanceStats, Monitor},
@@ -65,6 +69,7 @@ pub use health::{
 };
 pub use idle::KernelTraffic;
 pub use instance::ActivityGuard;
+pub use reconcile::Reconciled;
 pub use sandbox::find_runsc;
 pub use state::{InstanceInfo, InstanceNetwork, InstanceState, StartError};
 
@@ -91,7 +96,8 @@ pub struct Supervisor {
 
 /// State shared by the supervisor handle, the run loops and the reaper.
 pub(crate) struct Shared {
-    config: Arc<Config>,
+    /// Replaced by a reload; read a snapshot with `config()`.
+    config: LiveConfig,
     store: Store,
     logs: LogHub,
     monitor: Arc<Mutex<Monitor>>,
@@ -99,6 +105,8 @@ pub(crate) struct Shared {
     /// The guard that keeps the instances for the next tenement (with cgroups only).
     guard: Option<GuardLink>,
     ports: PortAllocator,
+    /// Held sockets of `socket_activation` services (in tenement's `HeldFds` registry).
+    activation: activation::Activation,
     spawner: Spawner,
     instances: Mutex<BTreeMap<InstanceName, Arc<Instance>>>,
     changes: watch::Sender<u64>,
@@ -149,6 +157,19 @@ impl Supervisor {
         logs: LogHub,
         monitor: Arc<Mutex<Monitor>>,
     ) -> Result<Supervisor> {
+        let held = Arc::new(crate::held::HeldFds::new());
+        Supervisor::start_with(config, store, logs, monitor, held).await
+    }
+
+    /// `start`, keeping the held sockets of `socket_activation` instances in `held` (the
+    /// daemon's registry, which may hold sockets handed over by a previous tenement).
+    pub async fn start_with(
+        config: Arc<Config>,
+        store: Store,
+        logs: LogHub,
+        monitor: Arc<Mutex<Monitor>>,
+        held: Arc<crate::held::HeldFds>,
+    ) -> Result<Supervisor> {
         let settings = &config.settings;
         let root = identity::running_as_root();
         let cgroups = match cgroup_tree(&config) {
@@ -181,6 +202,9 @@ impl Supervisor {
                     .collect::<Vec<_>>()
                     .join(" and ")
             );
+        }
+        if cgroups.is_none() && config.service.values().any(|s| s.freeze_after > 0) {
+            tracing::warn!("freeze_after is ignored: freezing an instance needs its cgroup");
         }
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating {}", settings.data_dir.display()))?;
@@ -260,6 +284,7 @@ impl Supervisor {
         }
         let shared = Arc::new(Shared {
             ports: PortAllocator::new(settings.port_range),
+            activation: activation::Activation::new(held),
             spawner,
             cgroups,
             guard,
@@ -267,7 +292,7 @@ impl Supervisor {
             changes: watch::channel(0).0,
             activity_source: RwLock::new(None),
             shutting_down: false.into(),
-            config: config.clone(),
+            config: LiveConfig::new(config.clone()),
             store,
             logs,
             monitor,
@@ -314,6 +339,12 @@ impl Supervisor {
                 wanted.push(record.name);
             }
         }
+        // A socket-activated instance's port is held from the start, asleep or not.
+        for instance in shared.snapshot() {
+            if instance.service().socket_activation {
+                activation::hold(&shared, &instance)?;
+            }
+        }
         let supervisor = Supervisor { shared };
         for (name, adoption) in adoptions {
             if !config.service.contains_key(&name.service) {
@@ -338,6 +369,11 @@ impl Supervisor {
     /// stopped and sleeping ones included, in name order.
     pub fn instances(&self) -> Vec<InstanceInfo> {
         self.shared.snapshot().iter().map(|i| i.info()).collect()
+    }
+
+    /// The configuration the daemon runs with; shared with the API, replaced by a reload.
+    pub fn live_config(&self) -> LiveConfig {
+        self.shared.config.clone()
     }
 
     pub fn info(&self, name: &InstanceName) -> Option<InstanceInfo> {
@@ -373,6 +409,11 @@ impl Supervisor {
     /// or one an operator stopped.
     pub async fn ensure_running(&self, name: &InstanceName) -> Result<Endpoint, StartError> {
         let instance = self.shared.known_service(name)?;
+        if self.shared.thaw(&instance, freeze::Thaw::Request) {
+            if let Some(endpoint) = instance.status.borrow().endpoint.clone() {
+                return Ok(endpoint);
+            }
+        }
         {
             let status = instance.status.borrow();
             if status.state.serves() {
@@ -412,13 +453,18 @@ impl Supervisor {
             },
         }
         let failures_before = instance.status.borrow().start_failures;
+        let thaw = match by {
+            Waker::Operator => freeze::Thaw::Operator,
+            Waker::Request => freeze::Thaw::Request,
+        };
+        self.shared.thaw(instance, thaw);
         self.shared.start_run(instance).await;
         if by == Waker::Request && instance.status.borrow().held {
             // An operator's stop came in between: it wins.
             self.shared.stop_run(instance, StopKind::Stop).await;
             return Err(held);
         }
-        let startup = Duration::from_secs(instance.service.startup_timeout);
+        let startup = Duration::from_secs(instance.service().startup_timeout);
         let mut status = instance.status.subscribe();
         let waited = tokio::time::timeout(
             startup + START_WAIT_SLACK,
@@ -502,6 +548,7 @@ impl Supervisor {
         self.shared.store.forget(name)?;
         self.shared.logs.forget(name)?;
         self.shared.lock_instances().remove(name);
+        self.shared.activation.release(name);
         self.shared.bump();
         Ok(())
     }
@@ -513,7 +560,7 @@ impl Supervisor {
     /// Sets several routing weights at once (all or none).
     pub fn set_weights(&self, weights: &[(InstanceName, u8)]) -> Result<()> {
         for (name, _) in weights {
-            if !self.shared.config.service.contains_key(&name.service) {
+            if !self.shared.config().service.contains_key(&name.service) {
                 anyhow::bail!("{name}: no service {:?} in the configuration", name.service);
             }
         }
@@ -528,7 +575,7 @@ impl Supervisor {
 
     /// Marks one open connection or request to `name` until the guard is dropped.
     pub fn activity(&self, name: &InstanceName) -> ActivityGuard {
-        ActivityGuard::new(self.shared.get(name))
+        ActivityGuard::new(&self.shared, self.shared.get(name))
     }
 
     /// Lets the idle reaper also count the kernel's view of each instance's traffic.
@@ -571,7 +618,7 @@ impl Supervisor {
         for stop in stops {
             let _ = stop.await;
         }
-        storage::unmount_all(&self.shared.config.settings.data_dir);
+        storage::unmount_all(&self.shared.config().settings.data_dir);
         if let Some(tree) = &self.shared.cgroups {
             if let Err(err) = tree.remove() {
                 tracing::error!("removing tenement's cgroups: {err:#}");
@@ -601,6 +648,11 @@ fn failed(instance: &Instance, status: &Status) -> StartError {
 }
 
 impl Shared {
+    /// The configuration as of now (a reload replaces it).
+    fn config(&self) -> Arc<Config> {
+        self.config.get()
+    }
+
     fn lock_instances(&self) -> MutexGuard<'_, BTreeMap<InstanceName, Arc<Instance>>> {
         self.instances.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -623,7 +675,7 @@ impl Shared {
 
     /// The instance `name`, created on first use when its service is configured.
     fn known_service(&self, name: &InstanceName) -> Result<Arc<Instance>, StartError> {
-        if !self.config.service.contains_key(&name.service) {
+        if !self.config().service.contains_key(&name.service) {
             return Err(StartError::UnknownService(name.service.clone()));
         }
         self.entry(name)
@@ -631,7 +683,8 @@ impl Shared {
     }
 
     fn entry(&self, name: &InstanceName) -> Result<Arc<Instance>> {
-        let service = self.config.service.get(&name.service).with_context(|| {
+        let config = self.config();
+        let service = config.service.get(&name.service).with_context(|| {
             format!("{name}: no service {:?} in the configuration", name.service)
         })?;
         let created = {

@@ -78,19 +78,6 @@ impl PortAllocator {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A lease on `port`, which an adopted instance listens on already (so it is not
-    /// checked free). `None` when a lease holds it.
-    pub fn claim(&self, port: u16) -> Option<PortLease> {
-        let mut state = self.lock();
-        if !state.leased.insert(port) {
-            return None;
-        }
-        Some(PortLease {
-            port,
-            allocator: self.clone(),
-        })
-    }
-
     /// A port of the range that no lease holds and nothing on the host listens on.
     pub fn lease(&self) -> Result<PortLease> {
         let mut state = self.lock();
@@ -118,6 +105,20 @@ impl PortAllocator {
             leased: state.leased.len(),
         }
         .into())
+    }
+
+    /// A lease of exactly `port` (a held socket handed over by the previous tenement, or an
+    /// adopted instance, is already bound to it, so it is not checked free); `None` if it is
+    /// leased already.
+    pub fn claim(&self, port: u16) -> Option<PortLease> {
+        let mut state = self.lock();
+        if !state.leased.insert(port) {
+            return None;
+        }
+        Some(PortLease {
+            port,
+            allocator: self.clone(),
+        })
     }
 }
 

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{instance::StopKind, prepare, storage, Shared};
+use super::{instance::StopKind, prepare, pressure, state::InstanceState, storage, Shared};
 use crate::store::EventKind;
 
 const IDLE_CHECK: Duration = Duration::from_secs(1);
@@ -19,6 +19,15 @@ pub async fn run(shared: Weak<Shared>) {
     let mut ticks = tokio::time::interval(IDLE_CHECK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_quota_check: Option<Instant> = None;
+    let subtree = match shared.upgrade() {
+        Some(shared) => shared
+            .cgroups
+            .as_ref()
+            .and_then(|tree| tree.unified_dir().map(Path::to_path_buf)),
+        None => return,
+    };
+    // A memory-pressure stop in progress: the next waits for it.
+    let mut relieving: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         ticks.tick().await;
         let Some(shared) = shared.upgrade() else {
@@ -27,7 +36,15 @@ pub async fn run(shared: Weak<Shared>) {
         if shared.is_shutting_down() {
             return;
         }
+        // Pressure first: the instance it stops is `stopping` at once, so the idle stop
+        // below does not pick it too.
+        if relieving.as_ref().is_none_or(|stop| stop.is_finished()) {
+            // Built each tick: a reload may have changed the thresholds.
+            let gauge = pressure::Gauge::new(&shared.config().settings, subtree.clone());
+            relieving = shared.relieve_pressure(&gauge).or(relieving);
+        }
         put_idle_to_sleep(&shared);
+        shared.freeze_idle();
         if last_quota_check.is_none_or(|at| at.elapsed() >= QUOTA_CHECK) {
             last_quota_check = Some(Instant::now());
             tokio::spawn(measure_storage(shared.clone()));
@@ -38,8 +55,9 @@ pub async fn run(shared: Weak<Shared>) {
 /// Puts to sleep every instance idle for its `idle_timeout` (what idle means: `idle.rs`).
 fn put_idle_to_sleep(shared: &Arc<Shared>) {
     for instance in shared.snapshot() {
-        let timeout = instance.service.idle_timeout;
-        if timeout == 0 || !instance.state().serves() {
+        let timeout = instance.service().idle_timeout;
+        let state = instance.state();
+        if timeout == 0 || !(state.serves() || state == InstanceState::Frozen) {
             continue;
         }
         let kernel = shared.kernel_traffic(&instance);
@@ -62,7 +80,7 @@ fn put_idle_to_sleep(shared: &Arc<Shared>) {
 
 async fn measure_storage(shared: Arc<Shared>) {
     for instance in shared.snapshot() {
-        let dir = prepare::data_dir(&shared.config.settings.data_dir, &instance.name);
+        let dir = prepare::data_dir(&shared.config().settings.data_dir, &instance.name);
         // A quota file system reports its usage at once; a plain directory is walked.
         let measured = tokio::task::spawn_blocking(move || {
             storage::used_bytes(&dir).or_else(|| disk_usage(&dir))
@@ -74,7 +92,7 @@ async fn measure_storage(shared: Arc<Shared>) {
         instance
             .disk_used
             .store(bytes, std::sync::atomic::Ordering::Relaxed);
-        let Some(quota_mb) = instance.service.storage_quota_mb else {
+        let Some(quota_mb) = instance.service().storage_quota_mb else {
             continue;
         };
         let over = bytes > quota_mb * 1024 * 1024;

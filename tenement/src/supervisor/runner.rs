@@ -84,7 +84,7 @@ pub async fn run(
     adoption: Option<Adoption>,
 ) {
     let mut adoption = adoption;
-    let mut tracker = RestartTracker::new(&shared.config.settings);
+    let mut tracker = RestartTracker::new(&shared.config().settings);
     let mut takeovers = 0u32;
     let name = &instance.name;
     loop {
@@ -162,7 +162,7 @@ pub async fn run(
             AttemptEnd::NeverReady { reason } => {
                 let what = format!(
                     "not ready within startup_timeout ({}s): {reason}{}",
-                    instance.service.startup_timeout,
+                    instance.service().startup_timeout,
                     output()
                 );
                 shared.record(&instance, EventKind::Crashed, &what);
@@ -171,7 +171,12 @@ pub async fn run(
             }
         };
 
-        let decision = tracker.decide(instance.service.restart, ending, ready_for, Instant::now());
+        let decision = tracker.decide(
+            instance.service().restart,
+            ending,
+            ready_for,
+            Instant::now(),
+        );
         if !follow(
             &shared,
             &instance,
@@ -202,7 +207,7 @@ fn exit_ending(
     let how = spawner::describe_exit(status);
     let success = status.is_some_and(|s| s.success());
     let what = if oom_killed {
-        let limit = instance.service.memory_limit_mb.unwrap_or_default();
+        let limit = instance.service().memory_limit_mb.unwrap_or_default();
         let what = format!("killed by the kernel's OOM killer ({how}, memory_limit_mb = {limit})");
         shared.record(instance, EventKind::OomKilled, &what);
         what
@@ -359,36 +364,38 @@ fn port_taken(
 /// The state after a requested stop; the event and the data directory's fate.
 fn finish(shared: &Shared, instance: &Instance, kind: StopKind) {
     let state = match kind {
-        StopKind::Sleep => InstanceState::Sleeping,
+        StopKind::Sleep | StopKind::Pressure => InstanceState::Sleeping,
         StopKind::Stop | StopKind::Shutdown | StopKind::Restart => InstanceState::Stopped,
     };
     // An operator's stop is recorded by `Supervisor::stop`, which holds it.
+    // A memory-pressure stop is recorded by `pressure.rs`, which knows the reading.
     match kind {
-        StopKind::Stop | StopKind::Restart => {}
+        StopKind::Stop | StopKind::Restart | StopKind::Pressure => {}
         StopKind::Shutdown => shared.record(instance, EventKind::Stopped, "tenement shut down"),
         StopKind::Sleep => shared.record(
             instance,
             EventKind::IdleStopped,
             &format!(
                 "no traffic for idle_timeout ({}s)",
-                instance.service.idle_timeout
+                instance.service().idle_timeout
             ),
         ),
     }
-    let data_root = &shared.config.settings.data_dir;
-    if kind != StopKind::Restart && instance.service.storage_quota_mb.is_some() {
+    let config = shared.config();
+    let data_root = &config.settings.data_dir;
+    if kind != StopKind::Restart && instance.service().storage_quota_mb.is_some() {
         // The quota image is mounted from a start to the next stop (`storage.rs`).
         let dir = prepare::data_dir(data_root, &instance.name);
         if let Err(err) = storage::unmount(&dir) {
             tracing::warn!("{}: {err:#}", instance.name);
         }
-        if !instance.service.storage_persist {
+        if !instance.service().storage_persist {
             if let Err(err) = storage::remove_image(data_root, &instance.name) {
                 tracing::warn!("{}: removing its storage image: {err:#}", instance.name);
             }
         }
     }
-    if !instance.service.storage_persist && kind != StopKind::Restart {
+    if !instance.service().storage_persist && kind != StopKind::Restart {
         let dir = prepare::data_dir(data_root, &instance.name);
         if let Err(err) = std::fs::remove_dir_all(&dir) {
             if err.kind() != std::io::ErrorKind::NotFound {
@@ -436,7 +443,15 @@ async fn attempt(
     }
     let name = &instance.name;
     let began = Instant::now();
-    let prepared = match prepare::prepare(shared, name, &instance.service) {
+    if instance.service().socket_activation {
+        if let Err(err) = super::activation::hold(shared, instance) {
+            if err.downcast_ref::<NoFreePort>().is_some() {
+                return AttemptEnd::NoPort(format!("{err:#}"));
+            }
+            return AttemptEnd::CannotStart(format!("{err:#}"));
+        }
+    }
+    let prepared = match prepare::prepare(shared, name, &instance.service()) {
         Ok(prepared) => prepared,
         Err(err) if err.downcast_ref::<NoFreePort>().is_some() => {
             return AttemptEnd::NoPort(format!("{err:#}"))
@@ -517,7 +532,7 @@ async fn attempt(
             "pid {pid}, {}, uid {}, isolation {}",
             listens_on(&endpoint),
             run_as.uid,
-            format!("{:?}", instance.service.isolation).to_lowercase()
+            format!("{:?}", instance.service().isolation).to_lowercase()
         ),
     );
 
@@ -535,6 +550,8 @@ async fn attempt(
     )
     .await;
 
+    // A frozen process gets its SIGTERM only once thawed; nothing freezes it from here on.
+    shared.release_freezer(instance);
     // Teardown, whatever happened. A stop gets the grace period; after a crash the orphans
     // of a dead app are killed at once.
     let graceful = matches!(end, AttemptEnd::Stopped(_));
@@ -598,8 +615,8 @@ async fn adopted(
         .collect();
     let cgroup_id = cgroup.id();
     let network = confine(shared, instance, cgroup_id, endpoint.port().unwrap_or(0));
-    let sandbox_state = (instance.service.isolation == Isolation::Sandbox)
-        .then(|| super::sandbox::state_dir(&shared.config.settings.data_dir, &name.slug()));
+    let sandbox_state = (instance.service().isolation == Isolation::Sandbox)
+        .then(|| super::sandbox::state_dir(&shared.config().settings.data_dir, &name.slug()));
     let network = match network {
         Ok(network) => network,
         Err(reason) => {
@@ -745,6 +762,7 @@ fn mark_started(
     }
     let cgroup_id = cgroup.and_then(InstanceCgroup::id);
     let started_at = SystemTime::UNIX_EPOCH + Duration::from_millis(record.started_ms);
+    instance.lock_activity().freezer = cgroup.and_then(InstanceCgroup::freezer);
     shared.update(instance, |s| {
         s.state = InstanceState::Starting;
         s.pid = Some(record.pid);
@@ -772,7 +790,7 @@ async fn tear_down(
     graceful: bool,
 ) -> bool {
     let name = &instance.name;
-    let grace = Duration::from_secs(instance.service.stop_timeout);
+    let grace = Duration::from_secs(instance.service().stop_timeout);
     terminate(child, cgroup, graceful.then_some(grace)).await;
     let mut oom_killed = false;
     if let Some(cgroup) = cgroup {
@@ -814,7 +832,7 @@ fn confine(
     port: u16,
 ) -> Result<InstanceNetwork, String> {
     let name = &instance.name;
-    let policy = network::policy(&instance.service, port);
+    let policy = network::policy(&instance.service(), port);
     let Some(id) = cgroup_id else {
         return Ok(InstanceNetwork {
             enforced: false,
@@ -860,7 +878,7 @@ async fn supervise(
     begun: Begun,
 ) -> AttemptEnd {
     let Begun { at: began, serving } = begun;
-    let service = &instance.service;
+    let service = &instance.service();
     let startup = Duration::from_secs(service.startup_timeout);
     let ready = if serving {
         Ok(Ok(()))
@@ -869,7 +887,13 @@ async fn supervise(
             ready = timeout(startup, wait_ready(instance, endpoint, cgroup)) => ready,
             status = child.wait() => {
                 // An app that died because its port was taken (EADDRINUSE) gets another port.
-                if let Some(taken) = endpoint.port().and_then(|port| taken(port, cgroup)) {
+                // (A held port is tenement's own: nobody else can take it.)
+                let held = service.socket_activation;
+                if let Some(taken) = endpoint
+                    .port()
+                    .filter(|_| !held)
+                    .and_then(|port| taken(port, cgroup))
+                {
                     return taken;
                 }
                 return exited(status, None);
@@ -907,7 +931,7 @@ async fn supervise(
         &format!("ready after {took}ms on {on}"),
     );
 
-    let interval = Duration::from_secs(shared.config.settings.health_check_interval.max(1));
+    let interval = Duration::from_secs(shared.config().settings.health_check_interval.max(1));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     // A slow check delays the next one instead of causing a burst.
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -929,7 +953,11 @@ async fn supervise(
             }
         }
         let check = health::check(endpoint, service.health.as_deref(), interval);
-        match shared.probe(instance, check).await {
+        let Some(checked) = shared.probe(instance, check).await else {
+            // Frozen: not checked, neither failed nor woken.
+            continue;
+        };
+        match checked {
             Ok(()) if failures > 0 => {
                 failures = 0;
                 shared.logs.system(&instance.name, "healthy again");
@@ -988,6 +1016,11 @@ async fn wait_ready(
     endpoint: &Endpoint,
     cgroup: Option<&InstanceCgroup>,
 ) -> Result<(), AttemptEnd> {
+    // A held socket listens already: connections wait in its accept queue until the app
+    // accepts them, so requests are forwarded at once, without waiting for readiness.
+    if instance.service().socket_activation {
+        return Ok(());
+    }
     loop {
         health::wait_listening(endpoint, &instance.listening).await;
         // A unix socket in its own 0700 directory cannot be taken; without a cgroup there
@@ -1002,7 +1035,7 @@ async fn wait_ready(
             Listening::Nobody => tokio::time::sleep(Duration::from_millis(15)).await,
         }
     }
-    if let Some(path) = instance.service.health.as_deref() {
+    if let Some(path) = instance.service().health.as_deref() {
         while health::check(endpoint, Some(path), Duration::from_secs(2))
             .await
             .is_err()

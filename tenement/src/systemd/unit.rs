@@ -27,6 +27,9 @@ Wants=network-online.target
 Type=notify
 NotifyAccess=main
 ExecStart={binary} serve --config {config}
+# `systemctl reload tenement`: applies the changed file without restarting unchanged
+# tenants, and fails (changing nothing) when the file has an error.
+ExecReload={binary} reload --config {config}
 Restart=on-failure
 RestartSec=2s
 # Signals go to tenement alone: on stop, SIGTERM makes it stop every instance within its
@@ -64,7 +67,8 @@ WantedBy=multi-user.target
 pub fn default_config(data_dir: &Path) -> String {
     format!(
         r#"# tenement configuration; every key is described in docs/configuration.md.
-# After a change: `tenement config check`, then `systemctl restart tenement`.
+# After a change: `tenement config check`, then `systemctl reload tenement` (applies
+# the changes without restarting unchanged instances; see docs/production.md).
 
 [settings]
 data_dir = "{data_dir}"
@@ -111,6 +115,7 @@ mod tests {
             Path::new("/etc/t.toml"),
         );
         assert!(unit.contains("ExecStart=/usr/local/bin/tenement serve --config /etc/t.toml\n"));
+        assert!(unit.contains("ExecReload=/usr/local/bin/tenement reload --config /etc/t.toml\n"));
         assert!(unit.contains("Delegate=yes\n"));
         // A crash or restart of tenement must not take its tenants with it.
         assert!(unit.contains("KillMode=process\n"));

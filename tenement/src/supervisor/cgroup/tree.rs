@@ -2,7 +2,10 @@
 //! inside the cgroup tenement runs in, holding one group per instance. Two tenements with
 //! different data directories never touch each other's groups.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
@@ -10,6 +13,7 @@ use sha2::{Digest, Sha256};
 use super::{
     files::{self, Version},
     instance::{Group, InstanceCgroup, Limits},
+    layout::V1_FREEZER,
     CgroupLayout, ControllerHome, LayoutKind, CONTROLLERS,
 };
 
@@ -66,6 +70,21 @@ impl CgroupTree {
                 }),
             }
         }
+        // Freezing: the v2 group's own `cgroup.freeze` where there is a v2 hierarchy, else
+        // the v1 freezer controller's hierarchy.
+        if layout.unified.is_none() {
+            if let Some(hierarchy) = layout.v1.get(V1_FREEZER) {
+                let dir = hierarchy.own_dir().join(&name);
+                match roots.iter_mut().find(|root| root.dir == dir) {
+                    Some(root) => root.controllers.push(V1_FREEZER.to_string()),
+                    None => roots.push(Group {
+                        dir,
+                        version: Version::V1,
+                        controllers: vec![V1_FREEZER.to_string()],
+                    }),
+                }
+            }
+        }
         CgroupTree {
             roots,
             kind: layout.kind(),
@@ -115,6 +134,24 @@ impl CgroupTree {
             })
             .collect();
         InstanceCgroup::create(groups, limits)
+    }
+
+    /// Rewrites the limits of the existing groups of instance `slug` (a reload changed its
+    /// service's limits). Returns the directories written; none when it has no group now.
+    pub fn update_limits(&self, slug: &str, limits: &Limits) -> Result<Vec<PathBuf>> {
+        let mut written = Vec::new();
+        for root in &self.roots {
+            let group = Group {
+                dir: root.dir.join(slug),
+                version: root.version,
+                controllers: root.controllers.clone(),
+            };
+            if group.dir.is_dir() {
+                super::instance::rewrite_limits(&group, limits)?;
+                written.push(group.dir);
+            }
+        }
+        Ok(written)
     }
 
     /// The groups of an earlier run (tenement crashed, was killed, or is being upgraded),
@@ -259,6 +296,39 @@ cgroup /sys/fs/cgroup/pids cgroup rw,pids 0 0
             Some(Path::new(&format!("/sys/fs/cgroup/unified/{name}")))
         );
         assert!(tree.missing_controllers().is_empty());
+    }
+
+    #[test]
+    fn freezer_is_v2_where_there_is_v2_else_the_v1_controller() {
+        let membership = "3:freezer:/\n4:memory:/\n0::/\n";
+        let hybrid = CgroupLayout::from_proc(
+            "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n\
+             cgroup /sys/fs/cgroup/freezer cgroup rw,freezer 0 0\n\
+             cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n",
+            membership,
+            |_| Some(String::new()),
+        );
+        let tree = CgroupTree::plan(&hybrid, Path::new("/nonexistent/data"));
+        assert!(tree
+            .dirs()
+            .all(|dir| !dir.starts_with("/sys/fs/cgroup/freezer")));
+        let legacy = CgroupLayout::from_proc(
+            "cgroup /sys/fs/cgroup/freezer cgroup rw,freezer 0 0\n\
+             cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n",
+            membership,
+            |_| None,
+        );
+        let tree = CgroupTree::plan(&legacy, Path::new("/nonexistent/data"));
+        let name = subtree_name(Path::new("/nonexistent/data"));
+        let dirs: Vec<PathBuf> = tree.dirs().map(Path::to_path_buf).collect();
+        assert_eq!(
+            dirs,
+            vec![
+                PathBuf::from(format!("/sys/fs/cgroup/memory/{name}")),
+                PathBuf::from(format!("/sys/fs/cgroup/freezer/{name}")),
+            ]
+        );
+        assert_eq!(tree.roots[1].controllers, ["freezer"]);
     }
 
     #[test]
