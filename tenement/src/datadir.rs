@@ -34,6 +34,11 @@ pub fn tls_dir(data_dir: &Path) -> PathBuf {
     own_dir(data_dir).join("tls")
 }
 
+/// Where each guard listens for the next tenement: `{data_dir}/.tenement/adopt/`.
+pub fn adopt_dir(data_dir: &Path) -> PathBuf {
+    own_dir(data_dir).join("adopt")
+}
+
 /// What [`prepare`] did with a directory of the old layout.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Migration {

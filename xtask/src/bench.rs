@@ -25,6 +25,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         Some("wake") => crate::bench_wake::run(&args[1..]),
         Some("ebpf") => crate::bench_ebpf::run(&args[1..]),
         Some("dashboard") => crate::bench_dashboard::run(&args[1..]),
+        Some("adopt") => crate::bench_adopt::run(&args[1..]),
         Some(other) => bail!("unknown benchmark {other:?}; {AVAILABLE}"),
         None => {
             print!("{AVAILABLE}");
@@ -40,6 +41,7 @@ benchmarks (run as root; results go to docs/benchmarks.md unless noted):
   wake   cold wake of the notes app through tenement vs the app's own start-up
   ebpf   proxy throughput to an instance with the eBPF programs attached vs detached
   dashboard  server time of the web dashboard's overview with 1000 instances (100 running)
+  adopt  start-to-serving with N = 10, 100 instances: adopted after kill -9 vs cold start
 ";
 
 const USAGE: &str =

@@ -2,6 +2,7 @@
 #![warn(clippy::unwrap_used)]
 
 mod bench;
+mod bench_adopt;
 mod bench_dashboard;
 mod bench_ebpf;
 mod bench_spawn;
