@@ -46,6 +46,8 @@ pub struct Settings {
     /// Remount the cgroup v2 hierarchy with `favordynmods` so that moving a starting
     /// process into its cgroups does not wait for an RCU grace period (root only).
     pub cgroup_favordynmods: bool,
+    /// A JSON line per proxied request in `{data_dir}/.tenement/access.log`.
+    pub access_log: bool,
     pub tls: Tls,
 }
 
@@ -65,6 +67,7 @@ impl Default for Settings {
             uid_range: [61000, 64999],
             sandbox_platform: "ptrace".to_string(),
             cgroup_favordynmods: true,
+            access_log: true,
             tls: Tls::default(),
         }
     }

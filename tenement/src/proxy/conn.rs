@@ -111,7 +111,12 @@ impl ConnService {
         &self,
         request: Request<Incoming>,
     ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
-        let exchange = Exchange::begin(&request, Some(InFlight::new(&self.tracker)));
+        let access_log = self.context.shared.options.access_log.as_ref();
+        let exchange = Exchange::begin(
+            &request,
+            Some(InFlight::new(&self.tracker)),
+            access_log.map(|log| (log, &self.context.peer_ip)),
+        );
         // Plain connections only: over TLS there is nothing left to redirect or validate.
         let pre_router = (!self.context.https)
             .then_some(self.context.shared.options.pre_router.as_ref())

@@ -83,6 +83,8 @@ pub(crate) async fn forward(
         .await;
     }
     let limit = entry.request_timeout;
+    // Read the clock for the access log's `upstream_ms` only when there is a log.
+    let upstream_started = exchange.times_upstream().then(std::time::Instant::now);
     let sent = match in_time(
         limit,
         upstream::send(&entry.pool, endpoint, request, &forwarded),
@@ -101,6 +103,9 @@ pub(crate) async fn forward(
         }
         sent => sent,
     };
+    if let (Some(started), Some(Ok(_))) = (upstream_started, &sent) {
+        exchange.set_upstream_time(started.elapsed());
+    }
     match sent {
         Some(Ok(response)) => relay(response, exchange),
         Some(Err((error, _))) => answer(bad_gateway(&entry, &error, format), exchange),

@@ -17,10 +17,11 @@
 //!   `upstream` + `http1` + `pool` (HTTP/1.1 to the instance, from the request's own task,
 //!   over kept-alive connections), `body` (the streamed response body);
 //! - answers and bookkeeping: `reply` (errors the proxy writes itself), `exchange`
-//!   (per-request accounting and the access log), `metrics` (request counters for
-//!   `/metrics`);
+//!   (per-request accounting), `access_log` (the line per request, buffered per thread),
+//!   `metrics` (request counters for `/metrics`);
 //! - `backend`: the seam to the supervisor.
 
+mod access_log;
 mod backend;
 mod body;
 mod conn;
@@ -53,11 +54,11 @@ use tokio::{
     net::TcpListener,
 };
 
+pub use access_log::AccessLog;
 pub use backend::{
     ActivityGuard, BackendInstance, BackendState, Backends, Endpoint, ProxiedActivity, WakeError,
 };
 pub use body::ProxyBody;
-pub use exchange::ACCESS_LOG;
 pub use metrics::RequestMetrics;
 
 use crate::config::Config;
@@ -84,6 +85,8 @@ pub struct Options {
     /// worker processes do); 0 means one per CPU.
     pub workers: usize,
     pub pre_router: Option<PreRouter>,
+    /// Where a line per request goes (`settings.access_log`); `None` logs nothing.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 impl Default for Options {
@@ -95,6 +98,7 @@ impl Default for Options {
             shutdown_grace: Duration::from_secs(10),
             workers: 0,
             pre_router: None,
+            access_log: None,
         }
     }
 }
@@ -186,6 +190,9 @@ impl Proxy {
     pub async fn shutdown(&self) {
         self.shared.begin_shutdown();
         self.shared.drain(self.shared.options.shutdown_grace).await;
+        if let Some(log) = &self.shared.options.access_log {
+            log.flush();
+        }
     }
 }
 
