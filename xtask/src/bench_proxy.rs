@@ -28,7 +28,8 @@ use crate::{
     util::{self, output, step},
 };
 
-const USAGE: &str = "usage: cargo xtask bench proxy [--seconds N] [--rounds N]";
+const USAGE: &str =
+    "usage: cargo xtask bench proxy [--seconds N] [--rounds N] [--compare TENEMENT_BINARY]";
 
 /// The four scenarios of issue 15.
 const SCENARIOS: [Scenario; 4] = [
@@ -60,19 +61,28 @@ enum Target {
     Nginx,
     Haproxy,
     NginxLogged,
+    /// `--compare`: another tenement binary (an earlier build), set up the same way.
+    Compared,
 }
 
-const TARGETS: [Target; 4] = [
+const TARGETS: [Target; 5] = [
     Target::Tenement,
     Target::Nginx,
     Target::Haproxy,
     Target::NginxLogged,
+    Target::Compared,
 ];
 
 impl Target {
     fn index(self) -> usize {
         TARGETS.iter().position(|t| *t == self).unwrap_or(0)
     }
+}
+
+struct Settings {
+    seconds: u64,
+    rounds: usize,
+    compare: Option<PathBuf>,
 }
 
 /// One wrk run and the CPU the proxy's processes spent during it.
@@ -83,7 +93,11 @@ struct Measured {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
-    let (seconds, rounds) = parse(args)?;
+    let Settings {
+        seconds,
+        rounds,
+        compare,
+    } = parse(args)?;
     if !util::is_root() {
         bail!("bench proxy needs root (tenement serve with its kernel counters)");
     }
@@ -94,8 +108,23 @@ pub fn run(args: &[String]) -> Result<()> {
     let site = write_site(&scratch.path)?;
 
     step("starting tenement serve with the origin (nginx) as its instance bench:one");
-    let daemon = start_tenement(&tenement, &scratch.path, &site)?;
+    let daemon = start_tenement(&tenement, &scratch.path.join("tenement"), &site)?;
     let origin = origin_port(&daemon)?;
+    let compared = match &compare {
+        Some(binary) => {
+            step(&format!("starting {} the same way", binary.display()));
+            Some(start_tenement(
+                binary,
+                &scratch.path.join("compared"),
+                &site,
+            )?)
+        }
+        None => None,
+    };
+    let targets: Vec<Target> = TARGETS
+        .into_iter()
+        .filter(|t| *t != Target::Compared || compared.is_some())
+        .collect();
     let mut processes = Processes::default();
     step(&format!(
         "starting nginx and HAProxy in front of the same origin (127.0.0.1:{origin}), \
@@ -131,8 +160,11 @@ pub fn run(args: &[String]) -> Result<()> {
         wait_listening(port)?;
     }
     let daemon_pid = daemon.pid();
+    let compared_pid = compared.as_ref().map_or(0, Daemon::pid);
+    let compared_port = compared.as_ref().map_or(0, |d| d.proxy_port);
     let port_of = |target: Target| match target {
         Target::Tenement => daemon.proxy_port,
+        Target::Compared => compared_port,
         Target::Nginx => nginx_port,
         Target::Haproxy => haproxy_port,
         Target::NginxLogged => logged_port,
@@ -142,6 +174,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let pids_of = |target: Target| -> Vec<u32> {
         match target {
             Target::Tenement => vec![daemon_pid],
+            Target::Compared => vec![compared_pid],
             Target::Nginx => with_children(nginx),
             Target::NginxLogged => with_children(logged),
             Target::Haproxy => with_children(haproxy),
@@ -149,24 +182,24 @@ pub fn run(args: &[String]) -> Result<()> {
     };
 
     step("warming up");
-    for target in TARGETS {
+    for &target in &targets {
         for scenario in SCENARIOS {
             bench::wrk(port_of(target), scenario, 1)?;
         }
     }
-    let total = rounds * SCENARIOS.len() * TARGETS.len();
+    let total = rounds * SCENARIOS.len() * targets.len();
     step(&format!(
         "{total} runs of {seconds} s ({rounds} rounds x {} scenarios x {} proxies), interleaved",
         SCENARIOS.len(),
-        TARGETS.len()
+        targets.len()
     ));
     // runs[scenario][target]
     let mut runs = vec![vec![Vec::new(); TARGETS.len()]; SCENARIOS.len()];
     let mut done = 0;
     for round in 0..rounds {
         for (s, scenario) in SCENARIOS.iter().enumerate() {
-            for k in 0..TARGETS.len() {
-                let target = TARGETS[(k + round + s) % TARGETS.len()];
+            for k in 0..targets.len() {
+                let target = targets[(k + round + s) % targets.len()];
                 let pids = pids_of(target);
                 let before = cpu_ticks(&pids)?;
                 let run = bench::wrk(port_of(target), *scenario, seconds)?;
@@ -187,30 +220,86 @@ pub fn run(args: &[String]) -> Result<()> {
         std::fs::read_to_string(scratch.path.join("tenement/data/.tenement/access.log"))
             .map(|text| text.lines().count())
             .unwrap_or(0);
-    let report = report(&runs, seconds, rounds, workers, access_lines)?;
-    println!("\n{report}");
     drop(processes);
+    drop(compared);
     drop(daemon);
+    let mut report = report(&runs, seconds, rounds, workers, access_lines)?;
+    if let Some(binary) = &compare {
+        // A comparison between builds is printed, not written into the docs' section.
+        println!("\n{report}");
+        println!("{}", comparison(&runs, binary)?);
+        return Ok(());
+    }
+    report.truncate(report.trim_end().len());
+    report.push('\n');
+    println!("\n{report}");
     bench_support::write_section("proxy", "Proxy", &report)
 }
 
-fn parse(args: &[String]) -> Result<(u64, usize)> {
-    let (mut seconds, mut rounds) = (5u64, 3usize);
+fn parse(args: &[String]) -> Result<Settings> {
+    let mut settings = Settings {
+        seconds: 5,
+        rounds: 3,
+        compare: None,
+    };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         let value = args
             .next()
             .with_context(|| format!("{arg} needs a value; {USAGE}"))?;
         match arg.as_str() {
-            "--seconds" => seconds = value.parse().context("--seconds")?,
-            "--rounds" => rounds = value.parse().context("--rounds")?,
+            "--seconds" => settings.seconds = value.parse().context("--seconds")?,
+            "--rounds" => settings.rounds = value.parse().context("--rounds")?,
+            "--compare" => {
+                let binary = PathBuf::from(value);
+                if !binary.is_file() {
+                    bail!("--compare {}: no such file", binary.display());
+                }
+                settings.compare = Some(binary);
+            }
             other => bail!("unknown option {other:?}; {USAGE}"),
         }
     }
-    if seconds == 0 || rounds == 0 {
+    if settings.seconds == 0 || settings.rounds == 0 {
         bail!("--rounds and --seconds must be at least 1");
     }
-    Ok((seconds, rounds))
+    Ok(settings)
+}
+
+/// This build against `--compare`'s, paired per round: what a change saved.
+fn comparison(runs: &[Vec<Vec<Measured>>], binary: &Path) -> Result<String> {
+    let mut text = String::new();
+    writeln!(
+        text,
+        "This build against {} (both `tenement serve`, same config, same round):\n",
+        binary.display()
+    )?;
+    writeln!(
+        text,
+        "| scenario | CPU µs/req this / compared | CPU ratio (paired) | req/s this / compared | req/s ratio (paired) |"
+    )?;
+    writeln!(text, "|---|---:|---:|---:|---:|")?;
+    for (scenario, runs) in SCENARIOS.iter().zip(runs) {
+        let ours = &runs[Target::Tenement.index()];
+        let theirs = &runs[Target::Compared.index()];
+        let med = |runs: &[Measured], f: fn(&Measured) -> f64| median(runs.iter().map(f));
+        let cpu = |m: &Measured| m.cpu_us_per_request;
+        let rps = |m: &Measured| m.run.requests_per_second;
+        let paired =
+            |f: fn(&Measured) -> f64| median(ours.iter().zip(theirs).map(|(a, b)| f(a) / f(b)));
+        writeln!(
+            text,
+            "| {} | {:.1} / {:.1} | {:.2} | {:.0} / {:.0} | {:.2} |",
+            scenario.label(),
+            med(ours, cpu),
+            med(theirs, cpu),
+            paired(cpu),
+            med(ours, rps),
+            med(theirs, rps),
+            paired(rps),
+        )?;
+    }
+    Ok(text)
 }
 
 /// The origin's files: `index.html` (12 bytes, `/`) and `large` (64 KiB, `/large`), and a
@@ -253,8 +342,7 @@ http {
 
 /// `tenement serve` as shipped: a config file with nothing but where to listen and keep
 /// data, and the one service; the origin nginx is started by tenement on `$PORT`.
-fn start_tenement(tenement: &Path, scratch: &Path, site: &Path) -> Result<Daemon> {
-    let dir = scratch.join("tenement");
+fn start_tenement(tenement: &Path, dir: &Path, site: &Path) -> Result<Daemon> {
     let proxy_port = free_port()?;
     let low = free_port()?.clamp(20000, 60000);
     let s = site.display();
@@ -264,9 +352,9 @@ fn start_tenement(tenement: &Path, scratch: &Path, site: &Path) -> Result<Daemon
          {s}/origin.conf.in > {s}/run/origin-$PORT.conf && exec /usr/sbin/nginx -e stderr \
          -c {s}/run/origin-$PORT.conf'\"\n\
          isolation = \"process\"\n\n[instances]\nbench = [\"one\"]\n",
-        bench_support::settings(&dir, proxy_port, [low, low + 49]),
+        bench_support::settings(dir, proxy_port, [low, low + 49]),
     );
-    let daemon = Daemon::start_as_shipped(tenement, "tenement serve", &dir, proxy_port, &config)?;
+    let daemon = Daemon::start_as_shipped(tenement, "tenement serve", dir, proxy_port, &config)?;
     daemon.wait_state("bench:one", "running", Duration::from_secs(60))?;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", proxy_port))?;
     let status = bench_support::http_get(&mut stream, "one.bench.localhost", "/")?;
