@@ -462,7 +462,7 @@ fn start_haproxy(
     let config = format!(
         "global
     nbthread {workers}
-    maxconn 20000
+    maxconn 4096
 defaults
     mode http
     timeout connect 5s
