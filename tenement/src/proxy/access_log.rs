@@ -55,7 +55,7 @@ pub struct AccessLog {
     /// in one process).
     id: usize,
     sink: Mutex<Sink>,
-    buffers: Mutex<Vec<Arc<Mutex<Vec<u8>>>>>,
+    buffers: Mutex<Vec<Buffer>>,
 }
 
 /// The file, its size, and how to rotate it.
@@ -69,9 +69,12 @@ struct Sink {
 
 static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
 
+/// One thread's lines not yet written.
+type Buffer = Arc<Mutex<Vec<u8>>>;
+
 thread_local! {
     /// This thread's buffer for each access log it has written to.
-    static BUFFERS: RefCell<Vec<(usize, Arc<Mutex<Vec<u8>>>)>> = const { RefCell::new(Vec::new()) };
+    static BUFFERS: RefCell<Vec<(usize, Buffer)>> = const { RefCell::new(Vec::new()) };
     /// The wall clock at one monotonic instant, and the formatted second last used.
     static CLOCK: RefCell<Clock> = RefCell::new(Clock::new());
 }
@@ -139,7 +142,7 @@ impl AccessLog {
             .retain(|buffer| Arc::strong_count(buffer) > 1 || !buffer_is_empty(buffer));
     }
 
-    fn thread_buffer(&self) -> Arc<Mutex<Vec<u8>>> {
+    fn thread_buffer(&self) -> Buffer {
         BUFFERS.with(|buffers| {
             let mut buffers = buffers.borrow_mut();
             if let Some((_, buffer)) = buffers.iter().find(|(id, _)| *id == self.id) {

@@ -12,11 +12,7 @@ use std::{
 
 use http::{HeaderValue, Method, Request, Uri, Version};
 
-use super::{
-    access_log::{AccessLog, Record},
-    backend::ActivityGuard,
-    table::Entry,
-};
+use super::{access_log::Record, backend::ActivityGuard, conn::ConnContext, table::Entry};
 
 /// Requests seen and in flight on one client connection, for its idle timeout.
 #[derive(Default)]
@@ -67,8 +63,9 @@ pub(crate) struct Exchange {
 }
 
 struct Logged {
-    log: Arc<AccessLog>,
-    client: HeaderValue,
+    /// The connection's context (its log and client address): a per-connection `Arc`, so
+    /// holding it touches no reference count shared with other cores.
+    conn: Arc<ConnContext>,
     method: Method,
     uri: Uri,
     version: Version,
@@ -77,18 +74,17 @@ struct Logged {
 }
 
 impl Exchange {
-    /// `access_log`: where the line goes when the request is over (`None`: not logged);
-    /// `client`: the client's address as text.
+    /// `logged_on`: the connection, when its proxy keeps an access log (`None`: the
+    /// request is not logged).
     pub(crate) fn begin<B>(
         request: &Request<B>,
         in_flight: Option<InFlight>,
-        access_log: Option<(&Arc<AccessLog>, &HeaderValue)>,
+        logged_on: Option<&Arc<ConnContext>>,
     ) -> Exchange {
-        let logged = access_log.map(|(log, client)| {
+        let logged = logged_on.map(|conn| {
             let headers = request.headers();
             Box::new(Logged {
-                log: log.clone(),
-                client: client.clone(),
+                conn: conn.clone(),
                 method: request.method().clone(),
                 uri: request.uri().clone(),
                 version: request.version(),
@@ -149,15 +145,18 @@ impl Drop for Exchange {
             instance.requests.finished(self.status, elapsed);
         }
         let Some(logged) = &self.logged else { return };
+        let Some(log) = logged.conn.access_log() else {
+            return;
+        };
         let host = match logged.uri.host() {
             Some(host) => host.as_bytes(),
             None => logged.host.as_ref().map_or(&b"-"[..], |h| h.as_bytes()),
         };
-        logged.log.record(&Record {
+        log.record(&Record {
             started: self.start,
             duration: elapsed,
             upstream: self.upstream,
-            client: logged.client.as_bytes(),
+            client: logged.conn.peer_ip().as_bytes(),
             host,
             method: logged.method.as_str(),
             path: logged.uri.path_and_query().map_or("/", |p| p.as_str()),
