@@ -151,3 +151,46 @@ fn access_log_false_writes_nothing() {
         "request paths in the daemon log:\n{log}"
     );
 }
+
+/// A symlink planted where the access log goes is refused, not followed: the daemon does
+/// not start, and says which file it could not open.
+#[test]
+fn a_symlinked_access_log_is_refused() {
+    let scratch = Scratch::new("access-log-symlink");
+    let data = scratch.join("data");
+    let own = data.join(".tenement");
+    std::fs::create_dir_all(&own).unwrap();
+    let target = scratch.join("elsewhere");
+    std::os::unix::fs::symlink(&target, own.join("access.log")).unwrap();
+    let config = scratch.write(
+        "tenement.toml",
+        &format!(
+            "[settings]\ndata_dir = {data:?}\nlisten = \"127.0.0.1:{port}\"\n\
+             api = \"127.0.0.1:{api}\"\n",
+            data = data.display().to_string(),
+            port = tenement_tests::free_port(),
+            api = tenement_tests::free_port(),
+        ),
+    );
+    let mut child = tenement_tests::daemon::serve_command(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            tenement_tests::terminate_or_kill(&mut child, PATIENCE);
+            panic!("tenement serve kept running with a symlinked access log");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("opening the access log") && stderr.contains("access.log"),
+        "{stderr}"
+    );
+    assert!(!target.exists(), "the symlink was followed");
+}
