@@ -567,7 +567,8 @@ fn report(
         bench_support::machine(),
         version("nginx -v 2>&1"),
         version("haproxy -v 2>&1"),
-        version("wrk -v 2>&1"),
+        // wrk -v exits with a failure status after printing its version.
+        version("wrk -v 2>&1; true"),
     )?;
     writeln!(
         text,
