@@ -10,6 +10,7 @@ pub mod config;
 pub mod dashboard;
 pub mod datadir;
 pub mod endpoint;
+pub mod held;
 pub mod logs;
 pub mod monitor;
 pub mod proxy;

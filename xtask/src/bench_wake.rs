@@ -22,10 +22,11 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     bench_support::{self, free_port, median, percentile, Daemon, Scratch},
+    bench_thaw,
     util::{self, step},
 };
 
-const USAGE: &str = "usage: cargo xtask bench wake [--runs N]";
+const USAGE: &str = "usage: cargo xtask bench wake [--thaw-only] [--runs N]";
 /// How often the hand-started app's port is tried: fine enough to resolve well under the
 /// 5 ms target, coarse enough to leave the app a core.
 const DIRECT_POLL: Duration = Duration::from_micros(200);
@@ -83,12 +84,16 @@ struct Samples {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
-    let runs = parse(args)?;
+    let thaw_only = args.first().is_some_and(|a| a == "--thaw-only");
+    let runs = parse(&args[usize::from(thaw_only)..])?;
     if !util::is_root() {
         bail!("bench wake needs root (cgroups, eBPF, namespaces, tenant uids)");
     }
     let tenement = util::build_release_binary()?;
     let scratch = Scratch::new("wake")?;
+    if thaw_only {
+        return bench_thaw::run_only(&tenement, &scratch.path, runs);
+    }
     let app = scratch.path.join("app.py");
     std::fs::copy(util::workspace_root().join("examples/notes/app.py"), &app)?;
     util::run(Command::new("chmod").arg("644").arg(&app))?;
@@ -139,9 +144,12 @@ pub fn run(args: &[String]) -> Result<()> {
         eprint!("\r    {}/{runs}", round + 1);
     }
     eprintln!();
+    drop(daemons);
     let report = report(&samples, runs)?;
     println!("\n{report}");
-    bench_support::write_section("wake", "Cold wake", &report)
+    bench_support::write_section("wake", "Cold wake", &report)?;
+    // The frozen rows: their own daemon, their own section.
+    bench_thaw::run_only(&tenement, &scratch.path, runs)
 }
 
 fn parse(args: &[String]) -> Result<usize> {

@@ -7,6 +7,7 @@ mod bench_ebpf;
 mod bench_proxy;
 mod bench_spawn;
 mod bench_support;
+mod bench_thaw;
 mod bench_wake;
 mod setup;
 mod util;

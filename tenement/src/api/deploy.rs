@@ -187,7 +187,10 @@ pub async fn route(
     let to_info = supervisor.info(&to).ok_or_else(|| unknown(&to))?;
     if !matches!(
         to_info.state,
-        InstanceState::Running | InstanceState::Degraded | InstanceState::Sleeping
+        InstanceState::Running
+            | InstanceState::Degraded
+            | InstanceState::Sleeping
+            | InstanceState::Frozen
     ) {
         return Err(ApiError::conflict(format!(
             "{to} is {}: only a running instance can take traffic (see `tenement logs {to}`)",

@@ -19,11 +19,12 @@ use super::{
 };
 use crate::{config::InstanceName, supervisor::InstanceState};
 
-const STATES: [InstanceState; 8] = [
+const STATES: [InstanceState; 9] = [
     InstanceState::Stopped,
     InstanceState::Sleeping,
     InstanceState::Starting,
     InstanceState::Running,
+    InstanceState::Frozen,
     InstanceState::Degraded,
     InstanceState::Unhealthy,
     InstanceState::Failed,

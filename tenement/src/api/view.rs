@@ -24,6 +24,7 @@ pub fn is_live(state: InstanceState) -> bool {
         state,
         InstanceState::Starting
             | InstanceState::Running
+            | InstanceState::Frozen
             | InstanceState::Degraded
             | InstanceState::Unhealthy
     )

@@ -46,6 +46,11 @@ pub struct Settings {
     /// Remount the cgroup v2 hierarchy with `favordynmods` so that moving a starting
     /// process into its cgroups does not wait for an RCU grace period (root only).
     pub cgroup_favordynmods: bool,
+    /// Memory pressure (see `supervisor/pressure.rs`): PSI `some avg10` (percent) above
+    /// which frozen instances are stopped, least recently used first; 0 = not looked at.
+    pub memory_pressure_psi: f64,
+    /// MemAvailable (MiB) under which frozen instances are stopped; 0 = not looked at.
+    pub memory_pressure_available_mb: u64,
     /// A JSON line per proxied request in `{data_dir}/.tenement/access.log`.
     pub access_log: bool,
     pub tls: Tls,
@@ -67,6 +72,8 @@ impl Default for Settings {
             uid_range: [61000, 64999],
             sandbox_platform: "ptrace".to_string(),
             cgroup_favordynmods: true,
+            memory_pressure_psi: 20.0,
+            memory_pressure_available_mb: 0,
             access_log: true,
             tls: Tls::default(),
         }
@@ -252,8 +259,12 @@ pub struct Service {
     /// Health check path, e.g. `/health`: must answer 2xx.
     pub health: Option<String>,
     pub isolation: Isolation,
-    /// Seconds without traffic before the instance is stopped; 0 = never.
+    /// Seconds without traffic before the instance is stopped; 0 = never. Counted from the
+    /// last activity, frozen or not.
     pub idle_timeout: u64,
+    /// Seconds without traffic before the instance's cgroup is frozen (kept in memory,
+    /// thawed by the next request); 0 = never.
+    pub freeze_after: u64,
     /// Seconds to become ready (listening, healthy) before the start counts as failed.
     pub startup_timeout: u64,
     /// Seconds between SIGTERM and SIGKILL.
@@ -296,6 +307,7 @@ impl Default for Service {
             health: None,
             isolation: Isolation::Process,
             idle_timeout: 0,
+            freeze_after: 0,
             startup_timeout: 10,
             stop_timeout: 10,
             request_timeout: 60,

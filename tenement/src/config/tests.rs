@@ -205,3 +205,27 @@ fn unix_listening_refuses_sandbox_and_port_placeholders() {
         "{found:#?}"
     );
 }
+
+#[test]
+fn freeze_after_must_come_before_idle_timeout() {
+    let found = errors(
+        "[service.api]\ncommand = \"app\"\nidle_timeout = 60\nfreeze_after = 60\n\
+         [settings]\nmemory_pressure_psi = 150\n",
+    );
+    assert_eq!(
+        found,
+        [
+            "t.toml:4:1: `freeze_after` in [service.api]: 60s must be below idle_timeout (60s): \
+             an instance is frozen first, then stopped",
+            "t.toml:6:1: `memory_pressure_psi` in [settings]: must be a percentage, 0-100 \
+             (0 = not looked at), got 150",
+        ]
+    );
+    // Either alone, or freezing without stopping, is fine.
+    for text in [
+        "[service.api]\ncommand = \"app\"\nidle_timeout = 60\nfreeze_after = 5\n",
+        "[service.api]\ncommand = \"app\"\nfreeze_after = 5\n",
+    ] {
+        Config::parse(text, "t.toml").expect("valid");
+    }
+}

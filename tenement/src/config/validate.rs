@@ -126,6 +126,13 @@ fn settings(check: &mut Checker, settings: &Settings) {
             check.key(&at(key), "must be at least 1 second");
         }
     }
+    let psi = settings.memory_pressure_psi;
+    if !(0.0..=100.0).contains(&psi) {
+        check.key(
+            &at("memory_pressure_psi"),
+            format!("must be a percentage, 0-100 (0 = not looked at), got {psi}"),
+        );
+    }
     if settings.backoff_base_ms == 0 {
         check.key(&at("backoff_base_ms"), "must be at least 1 millisecond");
     } else if settings.backoff_base_ms > settings.backoff_max_ms {
@@ -443,6 +450,19 @@ fn service(check: &mut Checker, name: &str, service: &Service) {
         } else if let Err(err) = template::check(value) {
             check.key(&path, err);
         }
+    }
+    if service.freeze_after > 0
+        && service.idle_timeout > 0
+        && service.freeze_after >= service.idle_timeout
+    {
+        check.key(
+            &at("freeze_after"),
+            format!(
+                "{}s must be below idle_timeout ({}s): an instance is frozen first, then \
+                 stopped",
+                service.freeze_after, service.idle_timeout
+            ),
+        );
     }
     if service.listen == Listen::Unix && service.isolation == Isolation::Sandbox {
         check.key(

@@ -21,6 +21,7 @@ pub trait Backends: Send + Sync + 'static {
         name: &InstanceName,
     ) -> BoxFuture<'static, Result<Endpoint, WakeError>>;
     /// Marks proxied activity: the guard counts an open connection/request until dropped.
+    /// Called before the proxy connects to the instance: a frozen instance is thawed here.
     fn activity(&self, name: &InstanceName) -> ActivityGuard;
 }
 
@@ -47,6 +48,9 @@ pub enum BackendState {
     Failed,
     Degraded,
     Unhealthy,
+    /// Idle and frozen in place: counting the request (`Backends::activity`) thaws it, so
+    /// the proxy forwards to its endpoint at once, like to a running one.
+    Frozen,
 }
 
 impl BackendState {
@@ -59,6 +63,7 @@ impl BackendState {
             BackendState::Failed => "failed",
             BackendState::Degraded => "degraded",
             BackendState::Unhealthy => "unhealthy",
+            BackendState::Frozen => "frozen",
         }
     }
 
@@ -66,7 +71,10 @@ impl BackendState {
     pub fn is_serving(self) -> bool {
         matches!(
             self,
-            BackendState::Running | BackendState::Degraded | BackendState::Unhealthy
+            BackendState::Running
+                | BackendState::Degraded
+                | BackendState::Unhealthy
+                | BackendState::Frozen
         )
     }
 }

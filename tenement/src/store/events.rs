@@ -27,10 +27,14 @@ pub enum EventKind {
     NetworkDenied,
     /// Something else listened on the instance's port: the start moved to another port.
     PortTaken,
+    /// Idle for `freeze_after`: its cgroup was frozen.
+    Frozen,
+    /// A frozen instance was thawed (by a request, an operator's start, or to be stopped).
+    Thawed,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::Spawned,
         EventKind::Ready,
         EventKind::Degraded,
@@ -44,6 +48,8 @@ impl EventKind {
         EventKind::QuotaExceeded,
         EventKind::NetworkDenied,
         EventKind::PortTaken,
+        EventKind::Frozen,
+        EventKind::Thawed,
     ];
 
     /// The kebab-case name, as in JSON and in the database.
@@ -62,6 +68,8 @@ impl EventKind {
             EventKind::QuotaExceeded => "quota-exceeded",
             EventKind::NetworkDenied => "network-denied",
             EventKind::PortTaken => "port-taken",
+            EventKind::Frozen => "frozen",
+            EventKind::Thawed => "thawed",
         }
     }
 }

@@ -16,7 +16,11 @@ impl Backends for Supervisor {
             .into_iter()
             .map(|info| BackendInstance {
                 state: backend_state(info.state),
-                endpoint: info.state.serves().then_some(info.endpoint).flatten(),
+                // A frozen instance is thawed by the request's activity guard, which the
+                // proxy takes before it connects: its endpoint is good to use.
+                endpoint: (info.state.serves() || info.state == InstanceState::Frozen)
+                    .then_some(info.endpoint)
+                    .flatten(),
                 weight: info.weight,
                 name: info.name,
             })
@@ -71,6 +75,7 @@ fn backend_state(state: InstanceState) -> BackendState {
         InstanceState::Sleeping | InstanceState::Stopping => BackendState::Sleeping,
         InstanceState::Starting => BackendState::Starting,
         InstanceState::Running => BackendState::Running,
+        InstanceState::Frozen => BackendState::Frozen,
         InstanceState::Degraded => BackendState::Degraded,
         InstanceState::Unhealthy => BackendState::Unhealthy,
         InstanceState::Failed => BackendState::Failed,

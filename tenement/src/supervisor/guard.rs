@@ -69,6 +69,9 @@ fn empty(group: &Path) {
         if pids.is_empty() {
             return;
         }
+        // A frozen instance: the v2 freezer lets SIGKILL through, the v1 freezer does not
+        // (and SIGTERM-free kills are all the guard sends, so thawing first costs nothing).
+        crate::supervisor::cgroup::thaw_any(group);
         if std::fs::write(group.join("cgroup.kill"), "1").is_err() {
             for pid in pids {
                 // SAFETY: kill has no memory-safety preconditions.

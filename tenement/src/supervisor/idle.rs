@@ -22,7 +22,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{instance::Instance, Shared};
+use super::{cgroup::Freezer, instance::Instance, state::InstanceState, Shared};
 
 /// A probe's closing packets (the instance closing its side, the last ACKs) may come a
 /// little after the probe returned.
@@ -47,6 +47,15 @@ pub struct Activity {
     probe: Option<ProbeSpan>,
     /// The kernel's last packet of the instance that was not a probe's.
     tenant_packet: Option<Instant>,
+    /// What freezes the current process's cgroup; `None` while no process runs (or
+    /// without cgroups). Kept here, under the same lock as `open`, so that a freeze and a
+    /// request arriving can never miss each other (see `freeze.rs`).
+    pub freezer: Option<Freezer>,
+    /// Set while the instance is frozen: the state it had before.
+    pub frozen: Option<InstanceState>,
+    /// The latest thaw: packets right after it (a timer that fired while frozen) are the
+    /// thaw's, not the tenant's activity.
+    thawed: Option<Instant>,
 }
 
 struct ProbeSpan {
@@ -69,6 +78,9 @@ impl Activity {
             last: Instant::now(),
             probe: None,
             tenant_packet: None,
+            freezer: None,
+            frozen: None,
+            thawed: None,
         }
     }
 
@@ -105,6 +117,11 @@ impl Activity {
         });
     }
 
+    /// The instance was thawed now.
+    pub fn thawed(&mut self) {
+        self.thawed = Some(Instant::now());
+    }
+
     pub fn probe_ended(&mut self) {
         if let Some(probe) = &mut self.probe {
             probe.ended = Some(Instant::now());
@@ -115,7 +132,10 @@ impl Activity {
     /// before.
     fn tenant_packet(&mut self, last_packet: Option<Instant>) -> Option<Instant> {
         if let Some(at) = last_packet {
-            if !self.probe.as_ref().is_some_and(|probe| probe.covers(at)) {
+            let thaws = self
+                .thawed
+                .is_some_and(|thawed| at >= thawed && at <= thawed + PROBE_TAIL);
+            if !thaws && !self.probe.as_ref().is_some_and(|probe| probe.covers(at)) {
                 self.tenant_packet = Some(self.tenant_packet.map_or(at, |seen| seen.max(at)));
             }
         }
@@ -141,12 +161,13 @@ impl Shared {
     }
 
     /// Runs one of tenement's own health probes of `instance`, marked so that its packets
-    /// do not count as the tenant's activity.
+    /// do not count as the tenant's activity. `None`, without probing, while the instance
+    /// is frozen: a frozen process cannot answer, and a probe must not thaw it.
     pub(super) async fn probe<T>(
         &self,
         instance: &Instance,
         probe: impl std::future::Future<Output = T>,
-    ) -> T {
+    ) -> Option<T> {
         /// Ends the span however the probe ends, cancelled included: a span left open
         /// would keep the instance awake for good.
         struct Span<'a>(&'a Instance);
@@ -156,9 +177,16 @@ impl Shared {
             }
         }
         let kernel = self.kernel_traffic(instance);
-        instance.lock_activity().probe_began(kernel);
+        {
+            // Checked and marked under one lock: the freezer does not freeze mid-probe.
+            let mut activity = instance.lock_activity();
+            if activity.frozen.is_some() {
+                return None;
+            }
+            activity.probe_began(kernel);
+        }
         let _span = Span(instance);
-        probe.await
+        Some(probe.await)
     }
 }
 
@@ -224,5 +252,16 @@ mod tests {
         // Traffic after the probe is the tenant's again.
         let after = tail + PROBE_TAIL;
         assert_eq!(activity.idle_since(seen(after)), Some(after));
+    }
+
+    #[test]
+    fn packets_right_after_a_thaw_are_not_the_tenants() {
+        let mut activity = Activity::new();
+        let ready = activity.last;
+        activity.thawed();
+        let thawed = activity.thawed.unwrap();
+        assert_eq!(activity.idle_since(seen(thawed)), Some(ready));
+        let later = thawed + PROBE_TAIL * 2;
+        assert_eq!(activity.idle_since(seen(later)), Some(later));
     }
 }

@@ -12,8 +12,10 @@ use std::{
 use tokio::sync::{watch, Notify};
 
 use super::{
+    freeze::Thaw,
     idle::Activity,
     state::{InstanceInfo, InstanceState},
+    Shared,
 };
 use crate::{
     config::{InstanceName, Service},
@@ -31,6 +33,9 @@ pub enum StopKind {
     Shutdown,
     /// `restart`: stopped for a moment, started again by the caller.
     Restart,
+    /// Frozen and stopped to give memory back under memory pressure (`pressure.rs`):
+    /// sleeping until the next request, like `Sleep`. The reason is the event's detail.
+    Pressure,
 }
 
 #[derive(Clone, Debug)]
@@ -203,11 +208,14 @@ pub struct ActivityGuard {
 }
 
 impl ActivityGuard {
-    pub(super) fn new(instance: Option<Arc<Instance>>) -> ActivityGuard {
+    /// Counts the request, and thaws the instance if it is frozen: the proxy creates the
+    /// guard before it connects, so a request never meets a frozen process (`freeze.rs`).
+    pub(super) fn new(shared: &Arc<Shared>, instance: Option<Arc<Instance>>) -> ActivityGuard {
         if let Some(instance) = &instance {
             let mut activity = instance.lock_activity();
             activity.open += 1;
             activity.last = Instant::now();
+            shared.thaw_locked(instance, &mut activity, Thaw::Request);
         }
         ActivityGuard {
             instance,

@@ -10,6 +10,7 @@ pub mod cgroup;
 mod env_file;
 mod environment;
 mod failure;
+mod freeze;
 pub mod guard;
 mod health;
 mod identity;
@@ -21,6 +22,7 @@ mod listener;
 mod network;
 mod ports;
 mod prepare;
+mod pressure;
 mod privacy;
 mod reaper;
 mod restart;
@@ -181,6 +183,9 @@ impl Supervisor {
                     .join(" and ")
             );
         }
+        if cgroups.is_none() && config.service.values().any(|s| s.freeze_after > 0) {
+            tracing::warn!("freeze_after is ignored: freezing an instance needs its cgroup");
+        }
         std::fs::create_dir_all(&settings.data_dir)
             .with_context(|| format!("creating {}", settings.data_dir.display()))?;
         if root {
@@ -319,6 +324,11 @@ impl Supervisor {
     /// or one an operator stopped.
     pub async fn ensure_running(&self, name: &InstanceName) -> Result<Endpoint, StartError> {
         let instance = self.shared.known_service(name)?;
+        if self.shared.thaw(&instance, freeze::Thaw::Request) {
+            if let Some(endpoint) = instance.status.borrow().endpoint.clone() {
+                return Ok(endpoint);
+            }
+        }
         {
             let status = instance.status.borrow();
             if status.state.serves() {
@@ -358,6 +368,11 @@ impl Supervisor {
             },
         }
         let failures_before = instance.status.borrow().start_failures;
+        let thaw = match by {
+            Waker::Operator => freeze::Thaw::Operator,
+            Waker::Request => freeze::Thaw::Request,
+        };
+        self.shared.thaw(instance, thaw);
         self.shared.start_run(instance).await;
         if by == Waker::Request && instance.status.borrow().held {
             // An operator's stop came in between: it wins.
@@ -474,7 +489,7 @@ impl Supervisor {
 
     /// Marks one open connection or request to `name` until the guard is dropped.
     pub fn activity(&self, name: &InstanceName) -> ActivityGuard {
-        ActivityGuard::new(self.shared.get(name))
+        ActivityGuard::new(&self.shared, self.shared.get(name))
     }
 
     /// Lets the idle reaper also count the kernel's view of each instance's traffic.

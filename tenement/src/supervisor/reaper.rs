@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{instance::StopKind, prepare, storage, Shared};
+use super::{instance::StopKind, prepare, pressure, state::InstanceState, storage, Shared};
 use crate::store::EventKind;
 
 const IDLE_CHECK: Duration = Duration::from_secs(1);
@@ -19,6 +19,18 @@ pub async fn run(shared: Weak<Shared>) {
     let mut ticks = tokio::time::interval(IDLE_CHECK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_quota_check: Option<Instant> = None;
+    let gauge = match shared.upgrade() {
+        Some(shared) => pressure::Gauge::new(
+            &shared.config.settings,
+            shared
+                .cgroups
+                .as_ref()
+                .and_then(|tree| tree.unified_dir().map(Path::to_path_buf)),
+        ),
+        None => return,
+    };
+    // A memory-pressure stop in progress: the next waits for it.
+    let mut relieving: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         ticks.tick().await;
         let Some(shared) = shared.upgrade() else {
@@ -27,7 +39,13 @@ pub async fn run(shared: Weak<Shared>) {
         if shared.is_shutting_down() {
             return;
         }
+        // Pressure first: the instance it stops is `stopping` at once, so the idle stop
+        // below does not pick it too.
+        if relieving.as_ref().is_none_or(|stop| stop.is_finished()) {
+            relieving = shared.relieve_pressure(&gauge).or(relieving);
+        }
         put_idle_to_sleep(&shared);
+        shared.freeze_idle();
         if last_quota_check.is_none_or(|at| at.elapsed() >= QUOTA_CHECK) {
             last_quota_check = Some(Instant::now());
             tokio::spawn(measure_storage(shared.clone()));
@@ -39,7 +57,8 @@ pub async fn run(shared: Weak<Shared>) {
 fn put_idle_to_sleep(shared: &Arc<Shared>) {
     for instance in shared.snapshot() {
         let timeout = instance.service.idle_timeout;
-        if timeout == 0 || !instance.state().serves() {
+        let state = instance.state();
+        if timeout == 0 || !(state.serves() || state == InstanceState::Frozen) {
             continue;
         }
         let kernel = shared.kernel_traffic(&instance);

@@ -343,12 +343,13 @@ fn port_taken(
 /// The state after a requested stop; the event and the data directory's fate.
 fn finish(shared: &Shared, instance: &Instance, kind: StopKind) {
     let state = match kind {
-        StopKind::Sleep => InstanceState::Sleeping,
+        StopKind::Sleep | StopKind::Pressure => InstanceState::Sleeping,
         StopKind::Stop | StopKind::Shutdown | StopKind::Restart => InstanceState::Stopped,
     };
     // An operator's stop is recorded by `Supervisor::stop`, which holds it.
+    // A memory-pressure stop is recorded by `pressure.rs`, which knows the reading.
     match kind {
-        StopKind::Stop | StopKind::Restart => {}
+        StopKind::Stop | StopKind::Restart | StopKind::Pressure => {}
         StopKind::Shutdown => shared.record(instance, EventKind::Stopped, "tenement shut down"),
         StopKind::Sleep => shared.record(
             instance,
@@ -495,6 +496,8 @@ async fn attempt(
     )
     .await;
 
+    // A frozen process gets its SIGTERM only once thawed; nothing freezes it from here on.
+    shared.release_freezer(instance);
     // Teardown, whatever happened. A stop gets the grace period; after a crash the orphans
     // of a dead app are killed at once.
     let graceful = matches!(end, AttemptEnd::Stopped(_));
@@ -571,6 +574,7 @@ fn mark_started(
     uid: u32,
 ) {
     let cgroup_id = cgroup.and_then(InstanceCgroup::id);
+    instance.lock_activity().freezer = cgroup.and_then(InstanceCgroup::freezer);
     shared.update(instance, |s| {
         s.state = InstanceState::Starting;
         s.pid = Some(pid);
@@ -744,7 +748,11 @@ async fn supervise(
             }
         }
         let check = health::check(endpoint, service.health.as_deref(), interval);
-        match shared.probe(instance, check).await {
+        let Some(checked) = shared.probe(instance, check).await else {
+            // Frozen: not checked, neither failed nor woken.
+            continue;
+        };
+        match checked {
             Ok(()) if failures > 0 => {
                 failures = 0;
                 shared.logs.system(&instance.name, "healthy again");

@@ -22,6 +22,9 @@ pub enum InstanceState {
     /// Started (or waiting for its next restart) and not ready yet.
     Starting,
     Running,
+    /// Idle for `freeze_after`: its processes are frozen in their cgroup (memory kept, no
+    /// CPU time); the next request thaws it and is served at once.
+    Frozen,
     /// Running, but the last one or two health checks failed.
     Degraded,
     /// Three health checks failed in a row; it is being restarted.
@@ -39,6 +42,7 @@ impl InstanceState {
             InstanceState::Sleeping => "sleeping",
             InstanceState::Starting => "starting",
             InstanceState::Running => "running",
+            InstanceState::Frozen => "frozen",
             InstanceState::Degraded => "degraded",
             InstanceState::Unhealthy => "unhealthy",
             InstanceState::Failed => "failed",

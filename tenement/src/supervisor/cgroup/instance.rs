@@ -10,7 +10,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use super::files::{self, Version};
+use super::{
+    files::{self, Version},
+    freezer::{self, Freezer},
+    layout::V1_FREEZER,
+};
 
 /// Resource limits of one instance, as configured for its service.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -111,6 +115,22 @@ impl InstanceCgroup {
             .collect()
     }
 
+    /// What freezes the instance: the v2 group's `cgroup.freeze`, else the v1 freezer
+    /// controller's group; `None` when neither exists.
+    pub fn freezer(&self) -> Option<Freezer> {
+        let v2 = self
+            .groups
+            .iter()
+            .filter(|g| g.version == Version::V2)
+            .find_map(|g| Freezer::v2(&g.dir));
+        v2.or_else(|| {
+            self.groups
+                .iter()
+                .filter(|g| g.version == Version::V1 && g.has(V1_FREEZER))
+                .find_map(|g| Freezer::v1(&g.dir))
+        })
+    }
+
     /// Every process in any of the groups.
     pub fn pids(&self) -> Vec<i32> {
         let mut all: Vec<i32> = self
@@ -130,6 +150,10 @@ impl InstanceCgroup {
     /// SIGKILL to every process inside, those that left the process group or session too.
     pub fn kill_all(&self) {
         for group in &self.groups {
+            if group.version == Version::V1 && group.has(V1_FREEZER) {
+                // A process frozen by the v1 freezer ignores SIGKILL until thawed.
+                freezer::thaw_any(&group.dir);
+            }
             let kill = group.dir.join("cgroup.kill");
             if group.version == Version::V2 && kill.exists() && files::write(&kill, "1").is_ok() {
                 continue;

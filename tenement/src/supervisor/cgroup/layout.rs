@@ -11,6 +11,10 @@ use std::{
 /// The controllers tenement sets limits with.
 pub const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 
+/// The cgroup v1 controller that freezes instances on hosts without cgroup v2 (where v2 is
+/// mounted, its built-in `cgroup.freeze` does it).
+pub const V1_FREEZER: &str = "freezer";
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CgroupLayout {
     /// The cgroup v2 hierarchy, if mounted: where eBPF programs attach.
@@ -121,7 +125,8 @@ impl CgroupLayout {
                 }
                 "cgroup" => {
                     for option in options.split(',') {
-                        if CONTROLLERS.contains(&option) && !layout.v1.contains_key(option) {
+                        let wanted = CONTROLLERS.contains(&option) || option == V1_FREEZER;
+                        if wanted && !layout.v1.contains_key(option) {
                             layout.v1.insert(
                                 option.to_string(),
                                 Hierarchy {

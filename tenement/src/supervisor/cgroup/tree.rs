@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use super::{
     files::{self, Version},
     instance::{Group, InstanceCgroup, Limits},
+    layout::V1_FREEZER,
     CgroupLayout, ControllerHome, LayoutKind, CONTROLLERS,
 };
 
@@ -64,6 +65,21 @@ impl CgroupTree {
                     version: Version::V1,
                     controllers: vec![controller.to_string()],
                 }),
+            }
+        }
+        // Freezing: the v2 group's own `cgroup.freeze` where there is a v2 hierarchy, else
+        // the v1 freezer controller's hierarchy.
+        if layout.unified.is_none() {
+            if let Some(hierarchy) = layout.v1.get(V1_FREEZER) {
+                let dir = hierarchy.own_dir().join(&name);
+                match roots.iter_mut().find(|root| root.dir == dir) {
+                    Some(root) => root.controllers.push(V1_FREEZER.to_string()),
+                    None => roots.push(Group {
+                        dir,
+                        version: Version::V1,
+                        controllers: vec![V1_FREEZER.to_string()],
+                    }),
+                }
             }
         }
         CgroupTree {
@@ -246,6 +262,39 @@ cgroup /sys/fs/cgroup/pids cgroup rw,pids 0 0
             Some(Path::new(&format!("/sys/fs/cgroup/unified/{name}")))
         );
         assert!(tree.missing_controllers().is_empty());
+    }
+
+    #[test]
+    fn freezer_is_v2_where_there_is_v2_else_the_v1_controller() {
+        let membership = "3:freezer:/\n4:memory:/\n0::/\n";
+        let hybrid = CgroupLayout::from_proc(
+            "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n\
+             cgroup /sys/fs/cgroup/freezer cgroup rw,freezer 0 0\n\
+             cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n",
+            membership,
+            |_| Some(String::new()),
+        );
+        let tree = CgroupTree::plan(&hybrid, Path::new("/nonexistent/data"));
+        assert!(tree
+            .dirs()
+            .all(|dir| !dir.starts_with("/sys/fs/cgroup/freezer")));
+        let legacy = CgroupLayout::from_proc(
+            "cgroup /sys/fs/cgroup/freezer cgroup rw,freezer 0 0\n\
+             cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n",
+            membership,
+            |_| None,
+        );
+        let tree = CgroupTree::plan(&legacy, Path::new("/nonexistent/data"));
+        let name = subtree_name(Path::new("/nonexistent/data"));
+        let dirs: Vec<PathBuf> = tree.dirs().map(Path::to_path_buf).collect();
+        assert_eq!(
+            dirs,
+            vec![
+                PathBuf::from(format!("/sys/fs/cgroup/memory/{name}")),
+                PathBuf::from(format!("/sys/fs/cgroup/freezer/{name}")),
+            ]
+        );
+        assert_eq!(tree.roots[1].controllers, ["freezer"]);
     }
 
     #[test]
