@@ -98,6 +98,37 @@ impl HeldFds {
         self.map().is_empty()
     }
 
+    /// A duplicate of the listening socket held as `name`; else of one passed by systemd
+    /// under another name (its `FileDescriptorName=` cannot hold our `:`) that is bound to
+    /// `address`, which is held as `name` from now on. `None`: nothing holds it, bind it.
+    pub fn listener(
+        &self,
+        name: &str,
+        address: std::net::SocketAddr,
+    ) -> Result<Option<OwnedFd>, HeldError> {
+        if let Some(fd) = self.get(name)? {
+            return Ok(Some(fd));
+        }
+        let mut map = self.map();
+        let found = map.iter().find_map(|(held_name, fd)| {
+            let ours = held_name.starts_with("listen:") || held_name.starts_with("instance:");
+            let bound = socket2::SockRef::from(fd)
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket());
+            (!ours && bound == Some(address)).then(|| held_name.clone())
+        });
+        let Some(old_name) = found else {
+            return Ok(None);
+        };
+        let Some(fd) = map.remove(&old_name) else {
+            return Ok(None);
+        };
+        let copy = fd.try_clone()?;
+        map.insert(name.to_string(), fd);
+        Ok(Some(copy))
+    }
+
     /// Duplicates of every held descriptor with its name, in name order.
     pub fn snapshot(&self) -> Result<Vec<(String, OwnedFd)>, HeldError> {
         let map = self.map();

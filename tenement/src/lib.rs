@@ -14,6 +14,7 @@ pub mod held;
 pub mod logs;
 pub mod monitor;
 pub mod proxy;
+pub mod reload;
 pub mod store;
 pub mod supervisor;
 pub mod systemd;

@@ -340,16 +340,21 @@ fn syntax_errors_point_where_the_parser_stopped() {
 fn the_full_example_and_the_bundled_one_pass() {
     assert_eq!(check("full.toml"), (true, Vec::new()));
     assert_eq!(check("minimal.toml"), (true, Vec::new()));
-    let example = workspace_root().join("examples/notes/tenement.toml");
-    let out = tenement(
-        &fixtures(),
-        &["config", "check", "--config", example.to_str().unwrap()],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for example in [
+        "examples/notes/tenement.toml",
+        "examples/held-node/tenement.toml",
+    ] {
+        let example = workspace_root().join(example);
+        let out = tenement(
+            &fixtures(),
+            &["config", "check", "--config", example.to_str().unwrap()],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]

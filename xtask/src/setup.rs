@@ -20,6 +20,8 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "tmux",
     "python3",
+    // The socket-activated example app (examples/held-node).
+    "nodejs",
     "openssl",
     "curl",
     "systemd",

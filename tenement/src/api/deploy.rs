@@ -70,7 +70,7 @@ pub async fn deploy(
         Err(_) => {
             let info = supervisor.info(&name);
             let state = info.as_ref().map_or("unknown", |info| info.state.as_str());
-            let check = match &context.api.config.service[service].health {
+            let check = match &context.api.config.get().service[service].health {
                 Some(path) => format!("its health check GET {path} did not pass"),
                 None => "it did not listen on its port".to_string(),
             };

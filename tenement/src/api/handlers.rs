@@ -47,16 +47,11 @@ pub fn body_instance(text: &str) -> ApiResult<InstanceName> {
 
 /// The service must be in the configuration.
 pub fn known_service(context: &Context, service: &str) -> ApiResult<()> {
-    if context.api.config.service.contains_key(service) {
+    let config = context.api.config.get();
+    if config.service.contains_key(service) {
         return Ok(());
     }
-    let known: Vec<&str> = context
-        .api
-        .config
-        .service
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let known: Vec<&str> = config.service.keys().map(String::as_str).collect();
     Err(ApiError::not_found(format!(
         "no service {service:?} in the configuration; {}",
         if known.is_empty() {

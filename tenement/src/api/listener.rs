@@ -9,6 +9,8 @@ use std::{
     sync::Arc,
 };
 
+use std::os::fd::OwnedFd;
+
 use anyhow::{bail, Context, Result};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -30,10 +32,22 @@ pub enum Listener {
 }
 
 impl Listener {
-    pub async fn bind(address: &ApiAddress) -> Result<Listener> {
+    pub async fn bind(address: &ApiAddress, held: &crate::held::HeldFds) -> Result<Listener> {
         match address {
             ApiAddress::Unix(path) => bind_unix(path).await,
             ApiAddress::Tcp(host_port) => {
+                // Handed over by the tenement this one replaces (or by systemd): keep it.
+                let name = crate::held::listener_name("api", host_port);
+                let resolved = host_port.parse::<std::net::SocketAddr>().ok();
+                let inherited = match resolved {
+                    Some(addr) => held.listener(&name, addr)?,
+                    None => held.get(&name)?,
+                };
+                if let Some(fd) = inherited {
+                    let listener = std::net::TcpListener::from(fd);
+                    listener.set_nonblocking(true)?;
+                    return Ok(Listener::Tcp(TcpListener::from_std(listener)?));
+                }
                 let listener = TcpListener::bind(host_port.as_str())
                     .await
                     .with_context(|| {
@@ -42,6 +56,8 @@ impl Listener {
                          another process using it?"
                         )
                     })?;
+                let copy = socket2::SockRef::from(&listener).try_clone()?;
+                held.insert(&name, OwnedFd::from(copy))?;
                 Ok(Listener::Tcp(listener))
             }
         }

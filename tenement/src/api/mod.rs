@@ -20,6 +20,7 @@ pub mod metrics;
 mod metrics_kernel;
 mod metrics_proxy;
 pub mod query;
+mod reload;
 pub(crate) mod routes;
 mod stats;
 pub mod types;
@@ -38,17 +39,22 @@ pub use certificates::{expiry_reasons, EXPIRY_WARNING};
 pub use metrics::{Exposition, Kind, Metrics};
 
 use crate::{
-    config::Config, logs::LogHub, monitor::Monitor, store::Store, supervisor::Supervisor,
+    config::LiveConfig, logs::LogHub, monitor::Monitor, store::Store, supervisor::Supervisor,
     tls::TlsManager,
 };
 
 /// What the API serves from: the daemon's parts, shared with the rest of `serve`.
 pub struct Api {
-    pub config: Arc<Config>,
+    /// The daemon's configuration, replaced by a reload.
+    pub config: LiveConfig,
     pub supervisor: Supervisor,
     pub store: Store,
     pub logs: LogHub,
     pub monitor: Arc<Mutex<Monitor>>,
+    /// `POST /v1/reload`; `None` where nothing can be reloaded (no file behind the config).
+    pub reloader: Option<Arc<crate::reload::Reloader>>,
+    /// `POST /v1/upgrade` goes to `serve` through it; `None` where nothing can upgrade.
+    pub upgrade: Option<tokio::sync::mpsc::Sender<types::UpgradeAsk>>,
 }
 
 /// Everything a request handler reads.
@@ -97,11 +103,16 @@ pub struct ApiListeners {
 
 impl ApiListeners {
     /// Binds the management listeners (see [`ApiAddress::listeners`]).
-    pub async fn bind(settings: &crate::config::Settings) -> Result<ApiListeners> {
+    /// Listeners held in `held` (handed over by the tenement this one replaces, or passed by
+    /// systemd) are taken from there; the others are bound and held there.
+    pub async fn bind(
+        settings: &crate::config::Settings,
+        held: &crate::held::HeldFds,
+    ) -> Result<ApiListeners> {
         let addresses = ApiAddress::listeners(settings).map_err(|err| anyhow::anyhow!(err))?;
         let mut listeners = Vec::new();
         for address in &addresses {
-            listeners.push(listener::Listener::bind(address).await?);
+            listeners.push(listener::Listener::bind(address, held).await?);
         }
         Ok(ApiListeners {
             addresses,

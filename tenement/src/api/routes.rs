@@ -14,7 +14,7 @@ use super::{
     error::{ApiError, ApiResult},
     handlers, logs,
     query::{decode, Query},
-    stats, Context,
+    reload, stats, Context,
 };
 
 pub async fn handle(
@@ -80,7 +80,9 @@ fn audited(method: &Method, segments: &[&str]) -> Option<(&'static str, String)>
         ["v1", "instances", name, "weight"] => ("weight", name.to_string()),
         ["v1", "services", service, "deploy"] => ("deploy", service.to_string()),
         ["v1", "services", service, "route"] => ("route", service.to_string()),
+        ["v1", "reload"] => ("reload", String::new()),
         ["v1", "tokens"] => ("token-gen", String::new()),
+        ["v1", "upgrade"] => ("upgrade", String::new()),
         ["v1", "dashboard", "links"] => ("dashboard-link", String::new()),
         ["v1", "tokens", id] => ("token-revoke", id.to_string()),
         _ => return None,
@@ -109,10 +111,20 @@ async fn dispatch(
             query.allow(&[])?;
             stats::metrics(context, caller)
         }
+        ["v1", "reload"] => {
+            is("POST")?;
+            query.allow(&[])?;
+            reload::reload(context, caller).await
+        }
         ["v1", "status"] => {
             is("GET")?;
             query.allow(&[])?;
             stats::status(context, caller)
+        }
+        ["v1", "upgrade"] => {
+            is("POST")?;
+            query.allow(&[])?;
+            upgrade(context, caller, request.into_body()).await
         }
         ["v1", "stats"] => {
             is("GET")?;
@@ -254,4 +266,30 @@ fn unknown_path(segments: &[&str]) -> ApiError {
         "no endpoint /{}; docs/api.md lists every endpoint",
         segments.join("/")
     ))
+}
+
+/// `POST /v1/upgrade`: hands the daemon's sockets to a new binary (see `cli/upgrade.rs`).
+/// Answers once the new one has taken them, or with the reason it was rolled back.
+async fn upgrade(
+    context: &Arc<Context>,
+    caller: &Caller,
+    body: Incoming,
+) -> ApiResult<Response<Body>> {
+    caller.require_admin("upgrade")?;
+    let request: super::types::UpgradeRequest =
+        body::read_json(body, r#"{"binary": "/usr/local/bin/tenement"}"#).await?;
+    let Some(asks) = &context.api.upgrade else {
+        return Err(ApiError::unavailable("this daemon cannot upgrade itself"));
+    };
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    asks.send((request.binary.map(std::path::PathBuf::from), answer))
+        .await
+        .map_err(|_| ApiError::unavailable("tenement is shutting down"))?;
+    match answered.await {
+        Ok(Ok(done)) => Ok(body::json(StatusCode::OK, &done)),
+        Ok(Err(reason)) => Err(ApiError::internal(format!(
+            "upgrade failed, still serving: {reason}"
+        ))),
+        Err(_) => Err(ApiError::unavailable("tenement is shutting down")),
+    }
 }

@@ -49,15 +49,23 @@ pub fn status(context: &Context, caller: &Caller) -> ApiResult<Response<Body>> {
         )
     };
     let status = StatusView {
+        binary: super::types::BinaryView::current(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
         started_at_ms: view::unix_ms(context.started_at),
         uptime_secs: context.started.elapsed().as_secs(),
         api: context.addresses.iter().map(ToString::to_string).collect(),
-        data_dir: context.api.config.settings.data_dir.display().to_string(),
+        data_dir: context
+            .api
+            .config
+            .get()
+            .settings
+            .data_dir
+            .display()
+            .to_string(),
         kernel_counters,
         network_isolation: Some(network_isolation),
-        services: context.api.config.service.keys().cloned().collect(),
+        services: context.api.config.get().service.keys().cloned().collect(),
         instances,
         certificates: context
             .tls

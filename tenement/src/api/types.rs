@@ -117,6 +117,62 @@ pub struct StatusView {
     /// TLS certificates and names waiting for one (empty with TLS off).
     #[serde(default)]
     pub certificates: Vec<crate::tls::CertificateInfo>,
+    /// The binary this daemon runs: after `tenement upgrade` (or SIGUSR2), the new one's.
+    #[serde(default)]
+    pub binary: Option<BinaryView>,
+}
+
+/// `POST /v1/upgrade`: the binary to run; default the path the daemon was started from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
+}
+
+/// `POST /v1/upgrade`: the new daemon took over the held sockets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeResponse {
+    pub old_pid: u32,
+    pub new_pid: u32,
+    pub binary: String,
+    /// How many held sockets it took over.
+    pub sockets: usize,
+}
+
+/// How the API asks `serve` for an upgrade: the binary (or `None`), and where the answer
+/// (or the reason of the rollback) goes.
+pub type UpgradeAsk = (
+    Option<std::path::PathBuf>,
+    tokio::sync::oneshot::Sender<Result<UpgradeResponse, String>>,
+);
+
+/// Which file a daemon runs (the running file itself, even if replaced on disk since).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BinaryView {
+    pub path: String,
+    pub size: u64,
+    /// Modification time of the file, ms since the epoch.
+    pub modified_ms: u64,
+}
+
+impl BinaryView {
+    /// The running binary, read through `/proc/self/exe`.
+    pub fn current() -> Option<BinaryView> {
+        let link = std::fs::read_link("/proc/self/exe").ok()?;
+        let meta = std::fs::metadata("/proc/self/exe").ok()?;
+        let modified_ms = meta
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_millis() as u64;
+        Some(BinaryView {
+            path: link.display().to_string(),
+            size: meta.len(),
+            modified_ms,
+        })
+    }
 }
 
 /// `POST /v1/instances`
@@ -153,6 +209,14 @@ pub struct DeployRequest {
 pub struct DeployResponse {
     pub instance: InstanceView,
     pub weights: Vec<WeightView>,
+}
+
+/// `POST /v1/reload`: what the reload changed, one sentence each, and what failed while
+/// applying it (the new configuration is in force either way).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReloadResponse {
+    pub changes: Vec<String>,
+    pub failures: Vec<String>,
 }
 
 /// `POST /v1/services/{service}/route`: swaps the weights of two instances in one step.

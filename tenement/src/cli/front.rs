@@ -7,10 +7,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
+use socket2::SockRef;
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     config::Config,
+    held::{self, HeldFds},
     proxy::{self, AccessLog, Options, PreRouter, Proxy, Scheme},
     supervisor::Supervisor,
     tls::{http01_token, TlsManager},
@@ -32,21 +34,50 @@ pub struct Listeners {
 
 impl Listeners {
     /// Binds every listener, failing with the address that could not be bound.
-    pub async fn bind(config: &Config) -> Result<Listeners> {
+    /// Listeners held in `held` (handed over by the tenement this one replaces, or passed by
+    /// systemd) are taken from there; the others are bound and held there.
+    pub async fn bind(config: &Config, held: &HeldFds) -> Result<Listeners> {
         let settings = &config.settings;
-        let plain = proxy::bind(&settings.listen)?;
+        let mut plain = Vec::new();
+        for address in &settings.listen {
+            let name = held::listener_name("proxy", &address.to_string());
+            let listener = match held.listener(&name, *address)? {
+                Some(fd) => from_held(fd)?,
+                None => {
+                    let bound = proxy::bind(std::slice::from_ref(address))?
+                        .pop()
+                        .context("binding the proxy listener")?;
+                    held.insert(&name, SockRef::from(&bound).try_clone()?.into())?;
+                    bound
+                }
+            };
+            plain.push(listener);
+        }
         let mut tls = Vec::new();
         if settings.tls.enabled {
             for address in &settings.tls.listen {
-                tls.push(
-                    TcpListener::bind(address)
-                        .await
-                        .with_context(|| format!("binding the TLS listener {address}"))?,
-                );
+                let name = held::listener_name("https", &address.to_string());
+                let listener = match held.listener(&name, *address)? {
+                    Some(fd) => from_held(fd)?,
+                    None => {
+                        let bound = TcpListener::bind(address)
+                            .await
+                            .with_context(|| format!("binding the TLS listener {address}"))?;
+                        held.insert(&name, SockRef::from(&bound).try_clone()?.into())?;
+                        bound
+                    }
+                };
+                tls.push(listener);
             }
         }
         Ok(Listeners { plain, tls })
     }
+}
+
+fn from_held(fd: std::os::fd::OwnedFd) -> Result<TcpListener> {
+    let listener = std::net::TcpListener::from(fd);
+    listener.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(listener)?)
 }
 
 impl FrontDoor {

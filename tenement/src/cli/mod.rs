@@ -8,6 +8,7 @@ mod remote;
 mod serve;
 mod table;
 mod top;
+pub mod upgrade;
 
 use std::{path::PathBuf, process::ExitCode};
 

@@ -15,8 +15,10 @@ use crate::{
     api::{
         query::encode,
         types::{
-            DeployRequest, DeployResponse, InstanceView, RouteRequest, RouteResponse, SpawnRequest,
-            StatusView, TokenCreated, TokenRequest, TokenView, WeightRequest,
+            DeployRequest, DeployResponse, InstanceView, ReloadResponse, RouteRequest,
+            RouteResponse, SpawnRequest, StatusView, TokenCreated, TokenRequest, TokenView,
+            UpgradeRequest, UpgradeResponse,
+            WeightRequest,
         },
     },
     config::InstanceName,
@@ -83,6 +85,10 @@ pub enum RemoteCommand {
         #[arg(long, default_value_t = 60)]
         timeout: i64,
     },
+    /// Read the daemon's configuration file again and apply what changed: new services and
+    /// instances start, removed ones stop, changed ones are replaced one at a time,
+    /// unchanged ones are not touched; a file with an error changes nothing
+    Reload,
     /// Swap the weights of two instances of a service in one step
     Route {
         service: String,
@@ -109,6 +115,14 @@ pub enum RemoteCommand {
     TokenRevoke { id: i64 },
     /// Show the daemon: version, uptime, kernel features, instances
     Status,
+    /// Hand the daemon's listening sockets to a new binary (the file at the path it was
+    /// started from, or --binary); the old one finishes its requests and exits. Rolled back
+    /// if the new one does not take over
+    Upgrade {
+        /// The new binary; default: the path the daemon was started from
+        #[arg(long)]
+        binary: Option<String>,
+    },
 }
 
 /// What `tenement logs` shows.
@@ -205,6 +219,24 @@ async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<
             )
             .await
         }
+        RemoteCommand::Reload => {
+            let reloaded: ReloadResponse =
+                client.call(Method::POST, "/v1/reload", None::<&()>).await?;
+            print(json, &reloaded, || reload_lines(&reloaded))?;
+            if reloaded.failures.is_empty() {
+                Ok(())
+            } else {
+                Err(anyhow!(
+                    "the new configuration is in force, but {} change{} failed (see above)",
+                    reloaded.failures.len(),
+                    if reloaded.failures.len() == 1 {
+                        ""
+                    } else {
+                        "s"
+                    }
+                ))
+            }
+        }
         RemoteCommand::Route { service, from, to } => {
             let path = format!("/v1/services/{}/route", encode(&service));
             let routed: RouteResponse = client
@@ -228,6 +260,21 @@ async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<
         RemoteCommand::Status => {
             let status: StatusView = client.get("/v1/status").await?;
             print(json, &status, || status_text(&status))
+        }
+        RemoteCommand::Upgrade { binary } => {
+            let done: UpgradeResponse = client
+                .call(
+                    Method::POST,
+                    "/v1/upgrade",
+                    Some(&UpgradeRequest { binary }),
+                )
+                .await?;
+            print(json, &done, || {
+                format!(
+                    "upgraded: pid {} handed {} sockets to pid {} ({})",
+                    done.old_pid, done.sockets, done.new_pid, done.binary
+                )
+            })
         }
     }
 }
@@ -424,6 +471,22 @@ fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) ->
     Ok(())
 }
 
+/// One line per change, then one per failure; "no changes" for an identical file.
+fn reload_lines(reloaded: &ReloadResponse) -> String {
+    if reloaded.changes.is_empty() && reloaded.failures.is_empty() {
+        return "reloaded: no changes".to_string();
+    }
+    let mut lines = vec!["reloaded:".to_string()];
+    lines.extend(reloaded.changes.iter().map(|change| format!("  {change}")));
+    lines.extend(
+        reloaded
+            .failures
+            .iter()
+            .map(|failure| format!("  FAILED: {failure}")),
+    );
+    lines.join("\n")
+}
+
 fn instance_arg(text: &str) -> Result<String> {
     Ok(InstanceName::parse(text)
         .map_err(|err| anyhow!(err))?
@@ -566,6 +629,15 @@ fn status_text(status: &StatusView) -> String {
             status.services.join(", ")
         },
     );
+    if let Some(binary) = &status.binary {
+        let modified = httpdate::fmt_http_date(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(binary.modified_ms),
+        );
+        text.push_str(&format!(
+            "\nbinary:          {} ({} bytes, modified {modified})",
+            binary.path, binary.size
+        ));
+    }
     for (index, info) in status.certificates.iter().enumerate() {
         let label = if index == 0 { "certificates:" } else { "" };
         text.push_str(&format!("\n{label:<17}{}", certificate_line(info)));

@@ -1,9 +1,10 @@
 //! `tenement serve`: the daemon. Loads the configuration, opens the store and the logs,
 //! attaches the kernel monitor to tenement's cgroup subtree, starts the supervisor, and on
 //! SIGTERM or SIGINT stops every instance cleanly (they start again with the next `serve`).
+//! SIGUSR2 hands the daemon's sockets over to a new binary (see `upgrade.rs`).
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::ExitCode,
     sync::{Arc, Mutex},
 };
@@ -14,13 +15,16 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::{
     daemon_log::{self, LogFormat},
     front::{FrontDoor, Listeners},
+    upgrade,
 };
 use crate::{
     api::{Api, ApiListeners, ApiServer},
     config::{self, Config},
     datadir,
+    held::HeldFds,
     logs::LogHub,
     monitor::Monitor,
+    reload::{self, Overrides, Reloader},
     store::{DataDirLock, Store},
     supervisor::{self, KernelTraffic, Supervisor},
     systemd,
@@ -48,26 +52,60 @@ pub struct ServeOptions {
 pub fn serve(explicit: Option<&Path>, options: &ServeOptions) -> Result<ExitCode> {
     daemon_log::init(options.log_format);
     let path = config::locate(explicit)?;
-    let mut config = Config::load(&path)?;
-    if let Some(warning) = config::readable_secrets(&path, &config) {
-        tracing::warn!("{warning}");
-    }
-    if options.tls {
-        config.settings.tls.enabled = true;
-    }
-    if let Some(email) = &options.email {
-        config.settings.tls.acme_email = Some(email.clone());
-    }
+    let overrides = Overrides {
+        tls: options.tls,
+        email: options.email.clone(),
+    };
+    let config = reload::load(&path, &overrides)?;
+    // The binary as started: an upgrade runs the file now at this path (replaced or not).
+    let exe = std::env::current_exe()
+        .map(|path| strip_deleted(&path))
+        .context("finding tenement's own binary")?;
+    // Before any thread exists: the sockets of the tenement this one replaces, or of
+    // systemd's socket activation.
+    let held = match upgrade::Incoming::from_env() {
+        Some(incoming) => {
+            let held = HeldFds::new();
+            let count = incoming.take(&held)?;
+            tracing::info!(
+                "upgrade: took over {count} held sockets; waiting for the previous tenement                  to finish its requests and exit"
+            );
+            incoming.wait_old_gone();
+            held
+        }
+        None => HeldFds::inherit()?,
+    };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(run(Arc::new(config), options.no_kernel_counters))?;
+    runtime.block_on(run(
+        Arc::new(config),
+        (path, overrides),
+        options.no_kernel_counters,
+        Arc::new(held),
+        exe,
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
+/// `/usr/bin/tenement (deleted)`, as the kernel names a replaced binary: its path.
+fn strip_deleted(path: &Path) -> PathBuf {
+    let text = path.to_string_lossy();
+    match text.strip_suffix(" (deleted)") {
+        Some(original) => PathBuf::from(original),
+        None => path.to_path_buf(),
+    }
+}
+
+async fn run(
+    config: Arc<Config>,
+    (path, overrides): (PathBuf, Overrides),
+    no_kernel_counters: bool,
+    held: Arc<HeldFds>,
+    exe: PathBuf,
+) -> Result<()> {
     let settings = &config.settings;
     // Before anything else in the data directory: a second daemon on it must leave the
     // first one's store, sockets and tenants alone.
-    let _lock = DataDirLock::acquire(&settings.data_dir)?;
+    let lock = DataDirLock::acquire(&settings.data_dir)?;
     for step in datadir::prepare(&settings.data_dir, |name| config.service.contains_key(name))? {
         match step {
             datadir::Migration::Moved { from, to } => {
@@ -81,8 +119,8 @@ async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
             }
         }
     }
-    let listeners = Listeners::bind(&config).await?;
-    let api_listeners = ApiListeners::bind(settings).await?;
+    let listeners = Listeners::bind(&config, &held).await?;
+    let api_listeners = ApiListeners::bind(settings, &held).await?;
     let store = Store::open(&settings.data_dir)?;
     let logs = LogHub::new(datadir::logs_dir(&settings.data_dir))?;
     let monitor = if no_kernel_counters {
@@ -98,23 +136,37 @@ async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
     }
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    // Without a handler, SIGHUP would end the daemon (and so every tenant): it reloads.
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut upgrade_signal = signal(SignalKind::user_defined2())?;
+    let (upgrade_asks, mut upgrade_requests) = tokio::sync::mpsc::channel(4);
     let monitor = Arc::new(Mutex::new(monitor));
-    let supervisor =
-        Supervisor::start(config.clone(), store.clone(), logs.clone(), monitor.clone()).await?;
+    let supervisor = Supervisor::start_with(
+        config.clone(),
+        store.clone(),
+        logs.clone(),
+        monitor.clone(),
+        held.clone(),
+    )
+    .await?;
     watch_kernel(&supervisor, &monitor);
+    let reloader = Arc::new(Reloader::new(path, overrides, supervisor.clone()));
     let api = ApiServer::start(
         Api {
-            config: config.clone(),
+            config: supervisor.live_config(),
             supervisor: supervisor.clone(),
             store,
             logs,
             monitor,
+            reloader: Some(reloader.clone()),
+            upgrade: Some(upgrade_asks),
         },
         api_listeners,
     )
     .await?;
     let front = FrontDoor::start(config.clone(), supervisor.clone(), listeners).await?;
     api.attach_proxy(front.proxy.request_metrics());
+    reloader.attach_proxy(front.proxy.clone());
     if let Some(manager) = &front.tls {
         api.attach_tls(manager.clone());
     }
@@ -133,16 +185,86 @@ async fn run(config: Arc<Config>, no_kernel_counters: bool) -> Result<()> {
     if let Err(err) = systemd::notify::ready("serving") {
         tracing::warn!("{err:#}");
     }
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM: stopping every instance"),
-        _ = interrupt.recv() => tracing::info!("SIGINT: stopping every instance"),
+    let handover = loop {
+        tokio::select! {
+            _ = terminate.recv() => {
+                tracing::info!("SIGTERM: stopping every instance");
+                break None;
+            }
+            _ = interrupt.recv() => {
+                tracing::info!("SIGINT: stopping every instance");
+                break None;
+            }
+            _ = upgrade_signal.recv() => {
+                tracing::info!("SIGUSR2: upgrading to {}", exe.display());
+                if let Ok(handover) = upgrade(&exe, &held).await {
+                    break Some(handover);
+                }
+            }
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading {}", reloader.path().display());
+                let _ = systemd::notify::reloading();
+                // The outcome is logged by the reload itself.
+                let _ = reloader.reload().await;
+                let _ = systemd::notify::ready("serving");
+            }
+            Some((binary, answer)) = upgrade_requests.recv() => {
+                let binary = binary.unwrap_or_else(|| exe.clone());
+                tracing::info!("upgrade requested through the API: upgrading to {}", binary.display());
+                match upgrade(&binary, &held).await {
+                    Ok(handover) => {
+                        let _ = answer.send(Ok(crate::api::types::UpgradeResponse {
+                            old_pid: std::process::id(),
+                            new_pid: handover.pid,
+                            binary: handover.binary.display().to_string(),
+                            sockets: handover.count,
+                        }));
+                        break Some(handover);
+                    }
+                    Err(reason) => {
+                        let _ = answer.send(Err(reason));
+                    }
+                }
+            }
+        }
+    };
+    match &handover {
+        Some(handover) => {
+            tracing::info!(
+                "upgrade: pid {} ({}) took over {} sockets; finishing in-flight requests",
+                handover.pid,
+                handover.binary.display(),
+                handover.count
+            );
+            upgrade::migrate_queued_connections();
+            // systemd follows the new process as the service's main one.
+            let _ = systemd::notify::notify(&format!("MAINPID={}", handover.pid));
+        }
+        None => {
+            let _ = systemd::notify::stopping();
+        }
     }
-    let _ = systemd::notify::stopping();
     front.shutdown().await;
     api.shutdown().await;
     supervisor.shutdown().await;
+    // The new tenement takes the data directory once this one let go of it, then serves.
+    drop(lock);
+    drop(handover);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Hands over to `binary`; on failure this tenement goes on serving and says why.
+async fn upgrade(binary: &Path, held: &Arc<HeldFds>) -> Result<upgrade::Handover, String> {
+    let (binary, held) = (binary.to_path_buf(), held.clone());
+    let outcome = tokio::task::spawn_blocking(move || upgrade::hand_over(&binary, &held))
+        .await
+        .map_err(|err| err.to_string())
+        .and_then(|result| result.map_err(|err| err.to_string()));
+    if let Err(reason) = &outcome {
+        tracing::error!("upgrade failed, still serving: {reason}");
+    }
+    outcome
 }
 
 /// The kernel monitor on tenement's cgroup subtree; without one, a monitor that says why

@@ -7,6 +7,7 @@
 
 mod egress;
 mod errors;
+mod live;
 mod model;
 mod names;
 mod schema;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 pub use errors::{ConfigError, ConfigErrors};
+pub use live::LiveConfig;
 pub use model::*;
 pub use names::{check_hostname, check_label, InstanceName};
 pub use secrets::readable_secrets;

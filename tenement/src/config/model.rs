@@ -296,6 +296,10 @@ pub struct Service {
     /// How the instance is reached: a port of 127.0.0.1 (`PORT`), or a unix socket in its
     /// own data directory (`SOCKET_PATH`).
     pub listen: Listen,
+    /// tenement listens on the instance's port itself, keeps the socket while the instance
+    /// sleeps, and passes it to the app the systemd way (fd 3, `LISTEN_FDS`, `LISTEN_PID`,
+    /// `LISTEN_FDNAMES`): no connection is refused during a wake.
+    pub socket_activation: bool,
 }
 
 impl Default for Service {
@@ -323,6 +327,7 @@ impl Default for Service {
             egress: EgressConfig::Any,
             env_file: None,
             listen: Listen::Port,
+            socket_activation: false,
         }
     }
 }

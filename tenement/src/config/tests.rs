@@ -229,3 +229,26 @@ fn freeze_after_must_come_before_idle_timeout() {
         Config::parse(text, "t.toml").expect("valid");
     }
 }
+
+#[test]
+fn socket_activation_refuses_sandbox_and_unix_listening() {
+    let found = errors(
+        "[service.api]\ncommand = \"app\"\nisolation = \"sandbox\"\nsocket_activation = true\n",
+    );
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with(
+            "t.toml:4:1: `socket_activation` in [service.api]: cannot be combined with \
+             isolation = \"sandbox\""
+        ),
+        "{}",
+        found[0]
+    );
+    let found =
+        errors("[service.api]\ncommand = \"app\"\nlisten = \"unix\"\nsocket_activation = true\n");
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(found[0].contains("needs listen = \"port\""), "{}", found[0]);
+    let fine =
+        "[service.api]\ncommand = \"app\"\nisolation = \"namespace\"\nsocket_activation = true\n";
+    assert!(Config::parse(fine, "t.toml").is_ok());
+}

@@ -472,6 +472,20 @@ fn service(check: &mut Checker, name: &str, service: &Service) {
              or listen = \"port\"",
         );
     }
+    if service.socket_activation && service.isolation == Isolation::Sandbox {
+        check.key(
+            &at("socket_activation"),
+            "cannot be combined with isolation = \"sandbox\": gVisor's netstack does not take \
+             a listening socket from the host; use isolation = \"namespace\" or \"process\"",
+        );
+    }
+    if service.socket_activation && service.listen == Listen::Unix {
+        check.key(
+            &at("socket_activation"),
+            "needs listen = \"port\": tenement holds the instance's port (a unix socket in the \
+             data directory cannot be refused while the instance sleeps anyway)",
+        );
+    }
     if service
         .env_file
         .as_ref()

@@ -145,7 +145,7 @@ impl Selection {
 /// Every instance `caller` may read, as rows.
 pub fn all(context: &Context, caller: &Caller) -> Vec<Row> {
     let supervisor = &context.api.supervisor;
-    let config = &context.api.config;
+    let config = context.api.config.get();
     let now = SystemTime::now();
     context.dashboard.history.with_tracks(|tracks| {
         supervisor
@@ -165,7 +165,8 @@ pub fn all(context: &Context, caller: &Caller) -> Vec<Row> {
 pub fn one(context: &Context, info: &crate::supervisor::InstanceInfo) -> Row {
     let view = view::instance(info, context.api.supervisor.stats(&info.name));
     let track = context.dashboard.history.track(&info.name);
-    let service = context.api.config.service.get(&info.name.service);
+    let config = context.api.config.get();
+    let service = config.service.get(&info.name.service);
     row(view, track.as_ref(), service, SystemTime::now())
 }
 

@@ -47,7 +47,7 @@ impl Shared {
     /// Freezes every instance idle for its `freeze_after` (what idle means: `idle.rs`).
     pub(super) fn freeze_idle(self: &Arc<Self>) {
         for instance in self.snapshot() {
-            let after = instance.service.freeze_after;
+            let after = instance.service().freeze_after;
             if after == 0 || !instance.state().serves() {
                 continue;
             }

@@ -148,7 +148,7 @@ impl Shared {
     pub(super) fn kernel_traffic(&self, instance: &Instance) -> Option<KernelTraffic> {
         // The kernel programs count IP packets: traffic on a unix socket is invisible to
         // them, so for such an instance the proxy's view decides (an open tunnel included).
-        if instance.service.listen == crate::config::Listen::Unix {
+        if instance.service().listen == crate::config::Listen::Unix {
             return None;
         }
         let cgroup_id = instance.status.borrow().cgroup_id?;

@@ -198,6 +198,12 @@ fn exec_app(spec: &InitSpec, argv: &[String]) -> ! {
             spec.uid
         ));
     }
+    if std::env::var_os("LISTEN_FDS").is_some() {
+        // Socket activation: the held socket is fd 3, and LISTEN_PID names the app itself
+        // (its pid in the namespace), known only now.
+        // SAFETY: the init is single-threaded; nothing reads the environment concurrently.
+        unsafe { std::env::set_var("LISTEN_PID", std::process::id().to_string()) };
+    }
     let args: Vec<CString> = match argv.iter().map(|a| CString::new(a.as_str())).collect() {
         Ok(args) => args,
         Err(_) => fail("an argument contains a NUL byte"),

@@ -88,7 +88,9 @@ impl RunHandle {
 
 pub struct Instance {
     pub name: InstanceName,
-    pub service: Service,
+    /// Its service's definition: replaced by a reload (see `reconcile.rs`); a process runs
+    /// with the definition it was started with.
+    service: std::sync::RwLock<Arc<Service>>,
     pub status: watch::Sender<Status>,
     pub run: Mutex<Option<RunHandle>>,
     pub activity: Mutex<Activity>,
@@ -104,6 +106,20 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// The service definition the next start uses.
+    pub fn service(&self) -> Arc<Service> {
+        self.service
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the definition (a reload): the running process keeps the old one until the
+    /// next start.
+    pub fn set_service(&self, service: Service) {
+        *self.service.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(service);
+    }
+
     /// A known instance without a process: `stopped` when an operator's stop holds it,
     /// else `sleeping` (the next request starts it).
     pub fn new(name: InstanceName, service: Service, weight: u8, held: bool) -> Instance {
@@ -131,7 +147,7 @@ impl Instance {
         };
         Instance {
             name,
-            service,
+            service: std::sync::RwLock::new(Arc::new(service)),
             status: watch::channel(status).0,
             run: Mutex::new(None),
             activity: Mutex::new(Activity::new()),
@@ -165,7 +181,7 @@ impl Instance {
             network: s.network.clone(),
             disk_used_bytes: Some(self.disk_used.load(Ordering::Relaxed))
                 .filter(|&bytes| bytes != u64::MAX),
-            storage_quota_mb: self.service.storage_quota_mb,
+            storage_quota_mb: self.service().storage_quota_mb,
         }
     }
 

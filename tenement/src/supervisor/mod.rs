@@ -5,6 +5,7 @@
 //! start of tenement) shares that loop and waits on the instance's status, so a thousand
 //! concurrent requests to a sleeping tenant cause exactly one spawn.
 
+mod activation;
 mod backends;
 pub mod cgroup;
 mod env_file;
@@ -25,6 +26,7 @@ mod prepare;
 mod pressure;
 mod privacy;
 mod reaper;
+mod reconcile;
 mod restart;
 mod runner;
 mod sampler;
@@ -44,7 +46,7 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 
 use crate::{
-    config::{Config, InstanceName},
+    config::{Config, InstanceName, LiveConfig},
     endpoint::Endpoint,
     logs::LogHub,
     monitor::{InstanceStats, Monitor},
@@ -62,6 +64,7 @@ pub use health::{
 };
 pub use idle::KernelTraffic;
 pub use instance::ActivityGuard;
+pub use reconcile::Reconciled;
 pub use sandbox::find_runsc;
 pub use state::{InstanceInfo, InstanceNetwork, InstanceState, StartError};
 
@@ -88,12 +91,15 @@ pub struct Supervisor {
 
 /// State shared by the supervisor handle, the run loops and the reaper.
 pub(crate) struct Shared {
-    config: Arc<Config>,
+    /// Replaced by a reload; read a snapshot with `config()`.
+    config: LiveConfig,
     store: Store,
     logs: LogHub,
     monitor: Arc<Mutex<Monitor>>,
     cgroups: Option<CgroupTree>,
     ports: PortAllocator,
+    /// Held sockets of `socket_activation` services (in tenement's `HeldFds` registry).
+    activation: activation::Activation,
     spawner: Spawner,
     instances: Mutex<BTreeMap<InstanceName, Arc<Instance>>>,
     changes: watch::Sender<u64>,
@@ -142,6 +148,19 @@ impl Supervisor {
         store: Store,
         logs: LogHub,
         monitor: Arc<Mutex<Monitor>>,
+    ) -> Result<Supervisor> {
+        let held = Arc::new(crate::held::HeldFds::new());
+        Supervisor::start_with(config, store, logs, monitor, held).await
+    }
+
+    /// `start`, keeping the held sockets of `socket_activation` instances in `held` (the
+    /// daemon's registry, which may hold sockets handed over by a previous tenement).
+    pub async fn start_with(
+        config: Arc<Config>,
+        store: Store,
+        logs: LogHub,
+        monitor: Arc<Mutex<Monitor>>,
+        held: Arc<crate::held::HeldFds>,
     ) -> Result<Supervisor> {
         let settings = &config.settings;
         let root = identity::running_as_root();
@@ -222,13 +241,14 @@ impl Supervisor {
         }
         let shared = Arc::new(Shared {
             ports: PortAllocator::new(settings.port_range),
+            activation: activation::Activation::new(held),
             spawner,
             cgroups,
             instances: Mutex::new(BTreeMap::new()),
             changes: watch::channel(0).0,
             activity_source: RwLock::new(None),
             shutting_down: false.into(),
-            config: config.clone(),
+            config: LiveConfig::new(config.clone()),
             store,
             logs,
             monitor,
@@ -275,6 +295,12 @@ impl Supervisor {
                 wanted.push(record.name);
             }
         }
+        // A socket-activated instance's port is held from the start, asleep or not.
+        for instance in shared.snapshot() {
+            if instance.service().socket_activation {
+                activation::hold(&shared, &instance)?;
+            }
+        }
         let supervisor = Supervisor { shared };
         for name in &wanted {
             let instance = supervisor.shared.entry(name)?;
@@ -289,6 +315,11 @@ impl Supervisor {
     /// stopped and sleeping ones included, in name order.
     pub fn instances(&self) -> Vec<InstanceInfo> {
         self.shared.snapshot().iter().map(|i| i.info()).collect()
+    }
+
+    /// The configuration the daemon runs with; shared with the API, replaced by a reload.
+    pub fn live_config(&self) -> LiveConfig {
+        self.shared.config.clone()
     }
 
     pub fn info(&self, name: &InstanceName) -> Option<InstanceInfo> {
@@ -379,7 +410,7 @@ impl Supervisor {
             self.shared.stop_run(instance, StopKind::Stop).await;
             return Err(held);
         }
-        let startup = Duration::from_secs(instance.service.startup_timeout);
+        let startup = Duration::from_secs(instance.service().startup_timeout);
         let mut status = instance.status.subscribe();
         let waited = tokio::time::timeout(
             startup + START_WAIT_SLACK,
@@ -463,6 +494,7 @@ impl Supervisor {
         self.shared.store.forget(name)?;
         self.shared.logs.forget(name)?;
         self.shared.lock_instances().remove(name);
+        self.shared.activation.release(name);
         self.shared.bump();
         Ok(())
     }
@@ -474,7 +506,7 @@ impl Supervisor {
     /// Sets several routing weights at once (all or none).
     pub fn set_weights(&self, weights: &[(InstanceName, u8)]) -> Result<()> {
         for (name, _) in weights {
-            if !self.shared.config.service.contains_key(&name.service) {
+            if !self.shared.config().service.contains_key(&name.service) {
                 anyhow::bail!("{name}: no service {:?} in the configuration", name.service);
             }
         }
@@ -532,7 +564,7 @@ impl Supervisor {
         for stop in stops {
             let _ = stop.await;
         }
-        storage::unmount_all(&self.shared.config.settings.data_dir);
+        storage::unmount_all(&self.shared.config().settings.data_dir);
         if let Some(tree) = &self.shared.cgroups {
             if let Err(err) = tree.remove() {
                 tracing::error!("removing tenement's cgroups: {err:#}");
@@ -595,6 +627,11 @@ fn failed(instance: &Instance, status: &Status) -> StartError {
 }
 
 impl Shared {
+    /// The configuration as of now (a reload replaces it).
+    fn config(&self) -> Arc<Config> {
+        self.config.get()
+    }
+
     fn lock_instances(&self) -> MutexGuard<'_, BTreeMap<InstanceName, Arc<Instance>>> {
         self.instances.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -617,7 +654,7 @@ impl Shared {
 
     /// The instance `name`, created on first use when its service is configured.
     fn known_service(&self, name: &InstanceName) -> Result<Arc<Instance>, StartError> {
-        if !self.config.service.contains_key(&name.service) {
+        if !self.config().service.contains_key(&name.service) {
             return Err(StartError::UnknownService(name.service.clone()));
         }
         self.entry(name)
@@ -625,7 +662,8 @@ impl Shared {
     }
 
     fn entry(&self, name: &InstanceName) -> Result<Arc<Instance>> {
-        let service = self.config.service.get(&name.service).with_context(|| {
+        let config = self.config();
+        let service = config.service.get(&name.service).with_context(|| {
             format!("{name}: no service {:?} in the configuration", name.service)
         })?;
         let created = {

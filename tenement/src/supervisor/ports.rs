@@ -106,6 +106,19 @@ impl PortAllocator {
         }
         .into())
     }
+
+    /// A lease of exactly `port` (a held socket handed over by the previous tenement is
+    /// already bound to it, so it is not checked free); `None` if it is leased already.
+    pub fn claim(&self, port: u16) -> Option<PortLease> {
+        let mut state = self.lock();
+        if !state.leased.insert(port) {
+            return None;
+        }
+        Some(PortLease {
+            port,
+            allocator: self.clone(),
+        })
+    }
 }
 
 /// Nothing listens on 127.0.0.1:port nor on the wildcard address.

@@ -14,7 +14,7 @@ use super::{
     environment::{self, DEFAULT_PATH},
     identity::{self, RunAs},
     init::InitSpec,
-    launch::{Launch, Wrapper},
+    launch::{self, Launch, Wrapper},
     ports::PortLease,
     privacy, sandbox, storage, Shared,
 };
@@ -41,7 +41,8 @@ pub fn data_dir(data_root: &Path, name: &InstanceName) -> PathBuf {
 }
 
 pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Result<Prepared> {
-    let settings = &shared.config.settings;
+    let config = shared.config();
+    let settings = &config.settings;
     let root = identity::running_as_root();
     if service.isolation == Isolation::Namespace && !root {
         bail!(
@@ -74,7 +75,14 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
         // The mounted file system's root becomes the data directory: the tenant's, 0700.
         create_data_dir(&settings.data_dir, &data_dir, &run_as, root)?;
     }
+    let mut activation = None;
     let (endpoint, port) = match service.listen {
+        Listen::Port if service.socket_activation => {
+            // The port (and its lease) belongs to the held socket, not to this attempt.
+            let (port, socket, _) = shared.activation.ensure(&shared.ports, name)?;
+            activation = Some(socket);
+            (Endpoint::Port(port), None)
+        }
         Listen::Port => {
             let port = shared
                 .ports
@@ -150,6 +158,10 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
             workdir,
             run_as: root.then(|| run_as.clone()),
             wrapper,
+            activation: activation.map(|socket| launch::Activation {
+                socket,
+                name: name.service.clone(),
+            }),
         },
         endpoint,
         port,
@@ -200,7 +212,7 @@ fn needed_paths(data_dir: &Path, workdir: &Path, argv: &[String]) -> Vec<PathBuf
     needed
 }
 
-pub fn limits(service: &Service) -> Limits {
+pub(super) fn limits(service: &Service) -> Limits {
     Limits {
         memory_bytes: service.memory_limit_mb.map(|mb| mb * 1024 * 1024),
         cpu_weight: service.cpu_weight,

@@ -19,14 +19,11 @@ pub async fn run(shared: Weak<Shared>) {
     let mut ticks = tokio::time::interval(IDLE_CHECK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_quota_check: Option<Instant> = None;
-    let gauge = match shared.upgrade() {
-        Some(shared) => pressure::Gauge::new(
-            &shared.config.settings,
-            shared
-                .cgroups
-                .as_ref()
-                .and_then(|tree| tree.unified_dir().map(Path::to_path_buf)),
-        ),
+    let subtree = match shared.upgrade() {
+        Some(shared) => shared
+            .cgroups
+            .as_ref()
+            .and_then(|tree| tree.unified_dir().map(Path::to_path_buf)),
         None => return,
     };
     // A memory-pressure stop in progress: the next waits for it.
@@ -42,6 +39,8 @@ pub async fn run(shared: Weak<Shared>) {
         // Pressure first: the instance it stops is `stopping` at once, so the idle stop
         // below does not pick it too.
         if relieving.as_ref().is_none_or(|stop| stop.is_finished()) {
+            // Built each tick: a reload may have changed the thresholds.
+            let gauge = pressure::Gauge::new(&shared.config().settings, subtree.clone());
             relieving = shared.relieve_pressure(&gauge).or(relieving);
         }
         put_idle_to_sleep(&shared);
@@ -56,7 +55,7 @@ pub async fn run(shared: Weak<Shared>) {
 /// Puts to sleep every instance idle for its `idle_timeout` (what idle means: `idle.rs`).
 fn put_idle_to_sleep(shared: &Arc<Shared>) {
     for instance in shared.snapshot() {
-        let timeout = instance.service.idle_timeout;
+        let timeout = instance.service().idle_timeout;
         let state = instance.state();
         if timeout == 0 || !(state.serves() || state == InstanceState::Frozen) {
             continue;
@@ -81,7 +80,7 @@ fn put_idle_to_sleep(shared: &Arc<Shared>) {
 
 async fn measure_storage(shared: Arc<Shared>) {
     for instance in shared.snapshot() {
-        let dir = prepare::data_dir(&shared.config.settings.data_dir, &instance.name);
+        let dir = prepare::data_dir(&shared.config().settings.data_dir, &instance.name);
         // A quota file system reports its usage at once; a plain directory is walked.
         let measured = tokio::task::spawn_blocking(move || {
             storage::used_bytes(&dir).or_else(|| disk_usage(&dir))
@@ -93,7 +92,7 @@ async fn measure_storage(shared: Arc<Shared>) {
         instance
             .disk_used
             .store(bytes, std::sync::atomic::Ordering::Relaxed);
-        let Some(quota_mb) = instance.service.storage_quota_mb else {
+        let Some(quota_mb) = instance.service().storage_quota_mb else {
             continue;
         };
         let over = bytes > quota_mb * 1024 * 1024;

@@ -72,7 +72,7 @@ pub async fn run(
     mut stop: watch::Receiver<Option<StopKind>>,
     done: watch::Sender<bool>,
 ) {
-    let mut tracker = RestartTracker::new(&shared.config.settings);
+    let mut tracker = RestartTracker::new(&shared.config().settings);
     let mut takeovers = 0u32;
     let name = &instance.name;
     loop {
@@ -147,7 +147,7 @@ pub async fn run(
             AttemptEnd::NeverReady { reason } => {
                 let what = format!(
                     "not ready within startup_timeout ({}s): {reason}{}",
-                    instance.service.startup_timeout,
+                    instance.service().startup_timeout,
                     output()
                 );
                 shared.record(&instance, EventKind::Crashed, &what);
@@ -156,7 +156,12 @@ pub async fn run(
             }
         };
 
-        let decision = tracker.decide(instance.service.restart, ending, ready_for, Instant::now());
+        let decision = tracker.decide(
+            instance.service().restart,
+            ending,
+            ready_for,
+            Instant::now(),
+        );
         if !follow(
             &shared,
             &instance,
@@ -186,7 +191,7 @@ fn exit_ending(
 ) -> (Ending, Option<Duration>, String) {
     let how = spawner::describe(status);
     let what = if oom_killed {
-        let limit = instance.service.memory_limit_mb.unwrap_or_default();
+        let limit = instance.service().memory_limit_mb.unwrap_or_default();
         let what = format!("killed by the kernel's OOM killer ({how}, memory_limit_mb = {limit})");
         shared.record(instance, EventKind::OomKilled, &what);
         what
@@ -356,24 +361,25 @@ fn finish(shared: &Shared, instance: &Instance, kind: StopKind) {
             EventKind::IdleStopped,
             &format!(
                 "no traffic for idle_timeout ({}s)",
-                instance.service.idle_timeout
+                instance.service().idle_timeout
             ),
         ),
     }
-    let data_root = &shared.config.settings.data_dir;
-    if kind != StopKind::Restart && instance.service.storage_quota_mb.is_some() {
+    let config = shared.config();
+    let data_root = &config.settings.data_dir;
+    if kind != StopKind::Restart && instance.service().storage_quota_mb.is_some() {
         // The quota image is mounted from a start to the next stop (`storage.rs`).
         let dir = prepare::data_dir(data_root, &instance.name);
         if let Err(err) = storage::unmount(&dir) {
             tracing::warn!("{}: {err:#}", instance.name);
         }
-        if !instance.service.storage_persist {
+        if !instance.service().storage_persist {
             if let Err(err) = storage::remove_image(data_root, &instance.name) {
                 tracing::warn!("{}: removing its storage image: {err:#}", instance.name);
             }
         }
     }
-    if !instance.service.storage_persist && kind != StopKind::Restart {
+    if !instance.service().storage_persist && kind != StopKind::Restart {
         let dir = prepare::data_dir(data_root, &instance.name);
         if let Err(err) = std::fs::remove_dir_all(&dir) {
             if err.kind() != std::io::ErrorKind::NotFound {
@@ -421,7 +427,15 @@ async fn attempt(
     }
     let name = &instance.name;
     let began = Instant::now();
-    let prepared = match prepare::prepare(shared, name, &instance.service) {
+    if instance.service().socket_activation {
+        if let Err(err) = super::activation::hold(shared, instance) {
+            if err.downcast_ref::<NoFreePort>().is_some() {
+                return AttemptEnd::NoPort(format!("{err:#}"));
+            }
+            return AttemptEnd::CannotStart(format!("{err:#}"));
+        }
+    }
+    let prepared = match prepare::prepare(shared, name, &instance.service()) {
         Ok(prepared) => prepared,
         Err(err) if err.downcast_ref::<NoFreePort>().is_some() => {
             return AttemptEnd::NoPort(format!("{err:#}"))
@@ -594,7 +608,7 @@ fn mark_started(
             "pid {pid}, {}, uid {}, isolation {}",
             listens_on(endpoint),
             uid,
-            format!("{:?}", instance.service.isolation).to_lowercase()
+            format!("{:?}", instance.service().isolation).to_lowercase()
         ),
     );
 }
@@ -612,7 +626,7 @@ async fn tear_down(
     graceful: bool,
 ) -> bool {
     let name = &instance.name;
-    let grace = Duration::from_secs(instance.service.stop_timeout);
+    let grace = Duration::from_secs(instance.service().stop_timeout);
     terminate(child, cgroup, graceful.then_some(grace)).await;
     let mut oom_killed = false;
     if let Some(cgroup) = cgroup {
@@ -647,7 +661,7 @@ fn confine(
     port: u16,
 ) -> Result<InstanceNetwork, String> {
     let name = &instance.name;
-    let policy = network::policy(&instance.service, port);
+    let policy = network::policy(&instance.service(), port);
     let Some(id) = cgroup_id else {
         return Ok(InstanceNetwork {
             enforced: false,
@@ -683,13 +697,15 @@ async fn supervise(
     stop: &mut watch::Receiver<Option<StopKind>>,
     began: Instant,
 ) -> AttemptEnd {
-    let service = &instance.service;
+    let service = &instance.service();
     let startup = Duration::from_secs(service.startup_timeout);
     let ready = tokio::select! {
         ready = timeout(startup, wait_ready(instance, endpoint, cgroup)) => ready,
         status = child.wait() => {
             // An app that died because its port was taken (EADDRINUSE) gets another port.
-            if let Some(taken) = endpoint.port().and_then(|port| taken(port, cgroup)) {
+            // (A held port is tenement's own: nobody else can take it.)
+            let held = service.socket_activation;
+            if let Some(taken) = endpoint.port().filter(|_| !held).and_then(|port| taken(port, cgroup)) {
                 return taken;
             }
             return exited(status, None);
@@ -726,7 +742,7 @@ async fn supervise(
         &format!("ready after {took}ms on {on}"),
     );
 
-    let interval = Duration::from_secs(shared.config.settings.health_check_interval.max(1));
+    let interval = Duration::from_secs(shared.config().settings.health_check_interval.max(1));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     // A slow check delays the next one instead of causing a burst.
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -811,6 +827,11 @@ async fn wait_ready(
     endpoint: &Endpoint,
     cgroup: Option<&InstanceCgroup>,
 ) -> Result<(), AttemptEnd> {
+    // A held socket listens already: connections wait in its accept queue until the app
+    // accepts them, so requests are forwarded at once, without waiting for readiness.
+    if instance.service().socket_activation {
+        return Ok(());
+    }
     loop {
         health::wait_listening(endpoint, &instance.listening).await;
         // A unix socket in its own 0700 directory cannot be taken; without a cgroup there
@@ -825,7 +846,7 @@ async fn wait_ready(
             Listening::Nobody => tokio::time::sleep(Duration::from_millis(15)).await,
         }
     }
-    if let Some(path) = instance.service.health.as_deref() {
+    if let Some(path) = instance.service().health.as_deref() {
         while health::check(endpoint, Some(path), Duration::from_secs(2))
             .await
             .is_err()

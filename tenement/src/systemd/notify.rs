@@ -13,6 +13,18 @@ pub fn ready(status: &str) -> Result<()> {
     ))
 }
 
+/// Tells systemd that the daemon reloads its configuration (on SIGHUP); `ready` ends it.
+pub fn reloading() -> Result<()> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let usec = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000;
+    notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"))
+}
+
 /// Tells systemd that the daemon is shutting down.
 pub fn stopping() -> Result<()> {
     notify("STOPPING=1")
@@ -45,7 +57,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sends_ready_to_the_notify_socket() {
+    fn sends_ready_and_reloading_to_the_notify_socket() {
         let dir = std::env::temp_dir().join(format!("tenement-notify-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("notify.sock");
@@ -54,6 +66,7 @@ mod tests {
         // SAFETY: no other thread of this test binary reads or writes the environment.
         unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
         ready("serving").unwrap();
+        reloading().unwrap();
         // SAFETY: as above.
         unsafe { std::env::remove_var("NOTIFY_SOCKET") };
         let mut buffer = [0u8; 256];
@@ -63,6 +76,13 @@ mod tests {
             message.starts_with("READY=1\nSTATUS=serving\nMAINPID="),
             "{message}"
         );
+        // SIGHUP's reload: systemd wants the monotonic time with it.
+        let length = receiver.recv(&mut buffer).unwrap();
+        let message = std::str::from_utf8(&buffer[..length]).unwrap();
+        let usec = message
+            .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
+            .unwrap_or_else(|| panic!("{message}"));
+        assert!(usec.parse::<u64>().unwrap() > 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

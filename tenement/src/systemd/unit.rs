@@ -27,6 +27,9 @@ Wants=network-online.target
 Type=notify
 NotifyAccess=main
 ExecStart={binary} serve --config {config}
+# `systemctl reload tenement`: applies the changed file without restarting unchanged
+# tenants, and fails (changing nothing) when the file has an error.
+ExecReload={binary} reload --config {config}
 Restart=on-failure
 RestartSec=2s
 # SIGTERM goes to tenement alone, which stops every instance within its stop_timeout;
@@ -62,7 +65,8 @@ WantedBy=multi-user.target
 pub fn default_config(data_dir: &Path) -> String {
     format!(
         r#"# tenement configuration; every key is described in docs/configuration.md.
-# After a change: `tenement config check`, then `systemctl restart tenement`.
+# After a change: `tenement config check`, then `systemctl reload tenement` (applies
+# the changes without restarting unchanged instances; see docs/production.md).
 
 [settings]
 data_dir = "{data_dir}"
@@ -109,6 +113,7 @@ mod tests {
             Path::new("/etc/t.toml"),
         );
         assert!(unit.contains("ExecStart=/usr/local/bin/tenement serve --config /etc/t.toml\n"));
+        assert!(unit.contains("ExecReload=/usr/local/bin/tenement reload --config /etc/t.toml\n"));
         assert!(unit.contains("Delegate=yes\n"));
         assert!(unit.contains("Type=notify\n"));
     }

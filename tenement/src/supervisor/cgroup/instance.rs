@@ -251,6 +251,46 @@ fn set_limits(group: &Group, limits: &Limits) -> Result<()> {
     Ok(())
 }
 
+/// Rewrites the limits of a group that exists (a reload changed them): a limit no longer
+/// configured goes back to the kernel's default, so the group ends up as a new start would
+/// make it. Lowering `memory.max` below the usage makes the kernel reclaim (or OOM-kill).
+pub(super) fn rewrite_limits(group: &Group, limits: &Limits) -> Result<()> {
+    let defaults = |version: Version| match version {
+        Version::V2 => ("max", "100"),
+        Version::V1 => ("-1", "1024"),
+    };
+    let (unlimited, default_share) = defaults(group.version);
+    let dir = &group.dir;
+    if group.has("memory") {
+        match group.version {
+            Version::V2 if limits.memory_bytes.is_none() => {
+                files::write(&dir.join("memory.max"), unlimited)?;
+            }
+            Version::V2 => {}
+            Version::V1 => {
+                // memsw must stay >= the memory limit: lift it first, `set_limits` lowers
+                // it again to the new limit.
+                let swap = dir.join("memory.memsw.limit_in_bytes");
+                if swap.exists() {
+                    files::write(&swap, unlimited)?;
+                }
+                files::write(&dir.join("memory.limit_in_bytes"), unlimited)?;
+            }
+        }
+    }
+    if group.has("cpu") && limits.cpu_weight.is_none() {
+        let file = match group.version {
+            Version::V2 => "cpu.weight",
+            Version::V1 => "cpu.shares",
+        };
+        files::write(&dir.join(file), default_share)?;
+    }
+    if group.has("pids") && limits.pids_max.is_none() {
+        files::write(&dir.join("pids.max"), "max")?;
+    }
+    set_limits(group, limits)
+}
+
 /// cgroup v1 `cpu.shares` for a v2 weight: 100 (the v2 default) is 1024 (the v1 default).
 fn v1_shares(weight: u64) -> u64 {
     (weight.clamp(1, 10_000) * 1024 / 100).clamp(2, 262_144)
@@ -267,5 +307,49 @@ mod tests {
         assert_eq!(v1_shares(1), 10);
         assert_eq!(v1_shares(10_000), 102_400);
         assert_eq!(v1_shares(0), 10);
+    }
+
+    /// A group directory of plain files: what `rewrite_limits` writes, without a kernel.
+    fn fake_group(dir: &Path, version: Version) -> Group {
+        std::fs::create_dir_all(dir).unwrap();
+        if version == Version::V1 {
+            std::fs::write(dir.join("memory.memsw.limit_in_bytes"), "67108864").unwrap();
+        }
+        Group {
+            dir: dir.to_path_buf(),
+            version,
+            controllers: vec!["memory".into(), "cpu".into(), "pids".into()],
+        }
+    }
+
+    fn read(dir: &Path, file: &str) -> String {
+        std::fs::read_to_string(dir.join(file)).unwrap()
+    }
+
+    #[test]
+    fn rewritten_limits_set_new_values_and_reset_removed_ones() {
+        let temp = crate::test_support::TempDir::new("limits");
+        let v2 = fake_group(&temp.0.join("v2"), Version::V2);
+        let limits = Limits {
+            memory_bytes: Some(128 << 20),
+            cpu_weight: None,
+            pids_max: Some(64),
+        };
+        rewrite_limits(&v2, &limits).unwrap();
+        assert_eq!(read(&v2.dir, "memory.max"), "134217728");
+        assert_eq!(read(&v2.dir, "cpu.weight"), "100");
+        assert_eq!(read(&v2.dir, "pids.max"), "64");
+        rewrite_limits(&v2, &Limits::default()).unwrap();
+        assert_eq!(read(&v2.dir, "memory.max"), "max");
+        assert_eq!(read(&v2.dir, "pids.max"), "max");
+
+        let v1 = fake_group(&temp.0.join("v1"), Version::V1);
+        rewrite_limits(&v1, &limits).unwrap();
+        assert_eq!(read(&v1.dir, "memory.limit_in_bytes"), "134217728");
+        assert_eq!(read(&v1.dir, "memory.memsw.limit_in_bytes"), "134217728");
+        assert_eq!(read(&v1.dir, "cpu.shares"), "1024");
+        rewrite_limits(&v1, &Limits::default()).unwrap();
+        assert_eq!(read(&v1.dir, "memory.limit_in_bytes"), "-1");
+        assert_eq!(read(&v1.dir, "memory.memsw.limit_in_bytes"), "-1");
     }
 }

@@ -2,7 +2,10 @@
 //! inside the cgroup tenement runs in, holding one group per instance. Two tenements with
 //! different data directories never touch each other's groups.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
@@ -131,6 +134,24 @@ impl CgroupTree {
             })
             .collect();
         InstanceCgroup::create(groups, limits)
+    }
+
+    /// Rewrites the limits of the existing groups of instance `slug` (a reload changed its
+    /// service's limits). Returns the directories written; none when it has no group now.
+    pub fn update_limits(&self, slug: &str, limits: &Limits) -> Result<Vec<PathBuf>> {
+        let mut written = Vec::new();
+        for root in &self.roots {
+            let group = Group {
+                dir: root.dir.join(slug),
+                version: root.version,
+                controllers: root.controllers.clone(),
+            };
+            if group.dir.is_dir() {
+                super::instance::rewrite_limits(&group, limits)?;
+                written.push(group.dir);
+            }
+        }
+        Ok(written)
     }
 
     /// Kills whatever is left in groups of an earlier run (tenement crashed or was killed)
