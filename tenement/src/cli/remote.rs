@@ -17,8 +17,7 @@ use crate::{
         types::{
             DeployRequest, DeployResponse, InstanceView, ReloadResponse, RouteRequest,
             RouteResponse, SpawnRequest, StatusView, TokenCreated, TokenRequest, TokenView,
-            UpgradeRequest, UpgradeResponse,
-            WeightRequest,
+            UpgradeRequest, UpgradeResponse, WeightRequest,
         },
     },
     config::InstanceName,

@@ -214,6 +214,7 @@ fn settings_needing_restart(old: &Settings, new: &Settings) -> Vec<String> {
         uid_range,
         sandbox_platform,
         cgroup_favordynmods,
+        access_log,
         tls,
     } = new;
     let mut keys = Vec::new();
@@ -235,6 +236,8 @@ fn settings_needing_restart(old: &Settings, new: &Settings) -> Vec<String> {
         "cgroup_favordynmods",
         *cgroup_favordynmods != old.cgroup_favordynmods,
     );
+    // The access log is opened with the proxy, at start.
+    compare("access_log", *access_log != old.access_log);
     // With TLS on, the domains are names certificates were ordered for at start.
     compare(
         "domain",
