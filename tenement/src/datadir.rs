@@ -29,6 +29,11 @@ pub fn logs_dir(data_dir: &Path) -> PathBuf {
     own_dir(data_dir).join("logs")
 }
 
+/// The proxy's access log (`settings.access_log`): `{data_dir}/.tenement/access.log`.
+pub fn access_log(data_dir: &Path) -> PathBuf {
+    own_dir(data_dir).join("access.log")
+}
+
 /// The ACME accounts and certificates: `{data_dir}/.tenement/tls/`.
 pub fn tls_dir(data_dir: &Path) -> PathBuf {
     own_dir(data_dir).join("tls")

@@ -83,6 +83,8 @@ pub struct Settings {
     pub memory_pressure_psi: f64,
     /// MemAvailable (MiB) under which frozen instances are stopped; 0 = not looked at.
     pub memory_pressure_available_mb: u64,
+    /// A JSON line per proxied request in `{data_dir}/.tenement/access.log`.
+    pub access_log: bool,
     pub tls: Tls,
 }
 
@@ -105,6 +107,7 @@ impl Default for Settings {
             adopt_timeout: 60,
             memory_pressure_psi: 20.0,
             memory_pressure_available_mb: 0,
+            access_log: true,
             tls: Tls::default(),
         }
     }

@@ -215,6 +215,7 @@ fn settings_needing_restart(old: &Settings, new: &Settings) -> Vec<String> {
         sandbox_platform,
         cgroup_favordynmods,
         adopt_timeout,
+        access_log,
         tls,
     } = new;
     let mut keys = Vec::new();
@@ -238,6 +239,8 @@ fn settings_needing_restart(old: &Settings, new: &Settings) -> Vec<String> {
     );
     // The guard was started with it.
     compare("adopt_timeout", *adopt_timeout != old.adopt_timeout);
+    // The access log is opened with the proxy, at start.
+    compare("access_log", *access_log != old.access_log);
     // With TLS on, the domains are names certificates were ordered for at start.
     compare(
         "domain",
