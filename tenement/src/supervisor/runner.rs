@@ -548,8 +548,10 @@ async fn attempt(
         &endpoint,
         cgroup.as_ref(),
         stop,
-        &steps,
-        false,
+        Begun {
+            steps: &steps,
+            serving: false,
+        },
     )
     .await;
 
@@ -677,8 +679,10 @@ async fn adopted(
         &endpoint,
         Some(&cgroup),
         stop,
-        &steps,
-        serving,
+        Begun {
+            steps: &steps,
+            serving,
+        },
     )
     .await;
     let graceful = matches!(end, AttemptEnd::Stopped(_));
@@ -870,6 +874,13 @@ fn confine(
     }
 }
 
+/// How an attempt began: where its milliseconds went, and whether its process serves
+/// already (an adopted process found listening on its own port).
+struct Begun<'a> {
+    steps: &'a WakeSteps,
+    serving: bool,
+}
+
 /// Waits for readiness (unless `serving`: an adopted process found listening on its own
 /// port is ready as it was), then health-checks until the process ends, turns unhealthy,
 /// or a stop is requested.
@@ -880,9 +891,9 @@ async fn supervise(
     endpoint: &Endpoint,
     cgroup: Option<&InstanceCgroup>,
     stop: &mut watch::Receiver<Option<StopKind>>,
-    steps: &WakeSteps,
-    serving: bool,
+    begun: Begun<'_>,
 ) -> AttemptEnd {
+    let Begun { steps, serving } = begun;
     let service = &instance.service();
     let startup = Duration::from_secs(service.startup_timeout);
     let ready = if serving {
