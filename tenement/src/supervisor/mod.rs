@@ -659,6 +659,16 @@ impl Supervisor {
 
     /// Stops every instance (their desired state stays "running" for the next start) and
     /// removes every cgroup, the subtree included.
+    /// Lets go of every instance without stopping it, for an upgrade: no `bye` to the guard,
+    /// which keeps their output pipes and counters until the new tenement adopts them, as
+    /// after a crash (`adopt.rs`). Their processes, cgroups and store records stay as they are.
+    pub fn detach(&self) {
+        self.shared
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.logs.flush();
+    }
+
     pub async fn shutdown(&self) {
         self.shared
             .shutting_down
