@@ -653,6 +653,13 @@ async fn adopted(
             tracing::warn!("{name}: its kernel counters start from zero: {err:#}");
         }
     }
+    // Frozen when the previous tenement ended: this one starts with it thawed, as it
+    // counts an adopted instance as running.
+    if let Some(freezer) = cgroup.freezer() {
+        if let Err(err) = freezer.thaw() {
+            tracing::warn!("{name}: thawing the adopted instance: {err}");
+        }
+    }
     mark_started(shared, instance, &record, &endpoint, Some(&cgroup), network);
     let pid = record.pid;
     shared.record(
