@@ -2,8 +2,10 @@
 #![warn(clippy::unwrap_used)]
 
 mod bench;
+mod bench_adopt;
 mod bench_dashboard;
 mod bench_ebpf;
+mod bench_proxy;
 mod bench_spawn;
 mod bench_support;
 mod bench_thaw;
