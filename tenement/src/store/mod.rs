@@ -8,7 +8,7 @@ mod audit;
 mod events;
 mod lock;
 mod migrations;
-mod tokens;
+pub mod tokens;
 
 use std::{
     os::unix::fs::PermissionsExt,
