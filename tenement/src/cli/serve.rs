@@ -165,7 +165,9 @@ async fn run(
     )
     .await?;
     let fleet = match &config.fleet {
-        Some(fleet) => Some(crate::fleet::Fleet::start(fleet, supervisor.clone(), store.clone()).await?),
+        Some(fleet) => {
+            Some(crate::fleet::Fleet::start(fleet, supervisor.clone(), store.clone()).await?)
+        }
         None => None,
     };
     let front = FrontDoor::start(

@@ -118,7 +118,11 @@ pub(super) fn weight_sink(inner: Weak<Inner>) -> WeightSink {
 impl Fleet {
     /// Issues a token for the whole fleet: created in etcd first (under an id no node
     /// used), then in this node's store. Returns its record and its secret.
-    pub async fn issue_token(&self, scope: &str, description: &str) -> Result<(TokenRecord, String)> {
+    pub async fn issue_token(
+        &self,
+        scope: &str,
+        description: &str,
+    ) -> Result<(TokenRecord, String)> {
         let inner = &self.inner;
         let _one = inner.tokens.lock().await;
         for _ in 0..5 {

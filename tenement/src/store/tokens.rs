@@ -148,9 +148,7 @@ impl Store {
     /// Every token with the hash of its secret, for the fleet to share.
     pub fn shared_tokens(&self) -> Result<Vec<SharedToken>> {
         let db = self.lock();
-        let mut query = db.prepare(&format!(
-            "SELECT {COLUMNS}, sha256 FROM tokens ORDER BY id"
-        ))?;
+        let mut query = db.prepare(&format!("SELECT {COLUMNS}, sha256 FROM tokens ORDER BY id"))?;
         let rows = query
             .query_map([], |row| {
                 Ok(SharedToken {
