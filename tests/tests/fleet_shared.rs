@@ -80,7 +80,7 @@ fn a_weight_set_on_one_node_applies_on_the_others() {
     if !privileged("a_weight_set_on_one_node_applies_on_the_others") {
         return;
     }
-    let fleet = Fleet::start(2);
+    let mut fleet = Fleet::start(2);
     let (ok, out, err) = cli(&fleet, 1, None, &["weight", "app:bob", "30"]);
     assert!(ok, "{out}{err}");
     for i in [0, 2] {
@@ -112,4 +112,25 @@ fn a_weight_set_on_one_node_applies_on_the_others() {
                 .then_some(())
         },
     );
+
+    // etcd gone: a token can be neither issued nor revoked (on one node only would split
+    // the fleet); a weight still applies on the node where it is set.
+    let (ok, _, before) = cli(&fleet, 0, None, &["token-gen"]);
+    assert!(ok, "{before}");
+    let id = before.split_whitespace().nth(1).unwrap().to_string();
+    for i in 0..3 {
+        fleet.etcd.kill(i);
+    }
+    let (ok, out, err) = cli(&fleet, 0, None, &["token-gen"]);
+    assert!(!ok && out.is_empty(), "{out}{err}");
+    assert!(err.contains("etcd"), "{err}");
+    let (ok, _, err) = cli(&fleet, 0, None, &["token-revoke", &id]);
+    assert!(!ok && err.contains("etcd"), "{err}");
+    let (_, list, _) = cli(&fleet, 0, None, &["token-list"]);
+    assert!(
+        list.lines().any(|line| line.starts_with(&format!("{id} "))),
+        "{list}"
+    );
+    let (ok, out, err) = cli(&fleet, 0, None, &["weight", "app:bob", "40"]);
+    assert!(ok, "{out}{err}");
 }
