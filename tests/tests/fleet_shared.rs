@@ -6,7 +6,7 @@ mod fleet_support;
 
 use std::{process::Command, time::Duration};
 
-use fleet_support::{until, Fleet};
+use fleet_support::{get, until, Fleet};
 use tenement_tests::{privileged, tenement_bin};
 
 /// `tenement --config <node i> [--token T] ARGS`: (success, stdout, stderr).
@@ -65,6 +65,59 @@ fn a_token_issued_on_one_node_works_on_another_and_a_revoke_on_that_one_ends_it_
     );
     let (ok, _, err) = cli(&fleet, 0, Some(&secret), &["ps"]);
     assert!(!ok && err.contains("invalid token"), "{err}");
+
+    // `ps --fleet` from any node's configuration: each instance with its node.
+    let reply = get(fleet.nodes[0].port, "alice.app.example.com", "/", "").unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let owner = reply.header("tenement-node").unwrap();
+    let (ok, table, err) = cli(&fleet, 1, None, &["ps", "--fleet"]);
+    assert!(ok, "{err}");
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|line| line.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} in\n{table}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let owner_port = fleet.nodes.iter().find(|n| n.name == owner).unwrap().port;
+    assert_eq!(
+        row("app:alice"),
+        [
+            "app:alice".to_string(),
+            owner.clone(),
+            format!("127.0.0.1:{owner_port}"),
+            "yes".into()
+        ],
+        "{table}"
+    );
+    assert_eq!(row("app:carol"), ["app:carol", "-", "-", "-"], "{table}");
+    assert!(table.starts_with("INSTANCE"), "{table}");
+    let (ok, json, err) = cli(&fleet, 2, None, &["--json", "ps", "--fleet", "app"]);
+    assert!(ok, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let alice = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "app:alice")
+        .unwrap();
+    assert_eq!(alice["node"], owner.as_str(), "{json}");
+    assert_eq!(alice["node_live"], true, "{json}");
+    let (ok, json, _) = cli(&fleet, 2, None, &["--json", "ps", "--fleet", "other"]);
+    assert!(ok && json.trim() == "[]", "{json}");
+    let single = fleet
+        .scratch
+        .write("single.toml", "[service.app]\ncommand = \"/bin/true\"\n");
+    let output = Command::new(tenement_bin())
+        .arg("--config")
+        .arg(&single)
+        .args(["ps", "--fleet"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && err.contains("[fleet]"), "{err}");
 
     // Tokens issued on two nodes get different ids.
     let (ok, _, first) = cli(&fleet, 0, None, &["token-gen"]);
@@ -133,4 +186,6 @@ fn a_weight_set_on_one_node_applies_on_the_others() {
     );
     let (ok, out, err) = cli(&fleet, 0, None, &["weight", "app:bob", "40"]);
     assert!(ok, "{out}{err}");
+    let (ok, out, err) = cli(&fleet, 0, None, &["ps", "--fleet"]);
+    assert!(!ok && err.contains("etcd"), "{out}{err}");
 }
