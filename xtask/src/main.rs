@@ -4,6 +4,7 @@
 mod bench;
 mod bench_dashboard;
 mod bench_ebpf;
+mod bench_fleet;
 mod bench_spawn;
 mod bench_support;
 mod bench_thaw;
