@@ -29,9 +29,19 @@ pub fn logs_dir(data_dir: &Path) -> PathBuf {
     own_dir(data_dir).join("logs")
 }
 
+/// The proxy's access log (`settings.access_log`): `{data_dir}/.tenement/access.log`.
+pub fn access_log(data_dir: &Path) -> PathBuf {
+    own_dir(data_dir).join("access.log")
+}
+
 /// The ACME accounts and certificates: `{data_dir}/.tenement/tls/`.
 pub fn tls_dir(data_dir: &Path) -> PathBuf {
     own_dir(data_dir).join("tls")
+}
+
+/// Where each guard listens for the next tenement: `{data_dir}/.tenement/adopt/`.
+pub fn adopt_dir(data_dir: &Path) -> PathBuf {
+    own_dir(data_dir).join("adopt")
 }
 
 /// What [`prepare`] did with a directory of the old layout.

@@ -71,6 +71,24 @@ fn status(socket: &Path) -> Option<(u32, String)> {
     Some((pid, binary))
 }
 
+/// The pid of instance `api:alice` as `tenement ps --json` on `socket` shows it.
+fn tenant_pid(socket: &Path) -> Option<u64> {
+    let output = Command::new(tenement_bin())
+        .arg("--server")
+        .arg(format!("unix:{}", socket.display()))
+        .args(["ps", "--json"])
+        .env_remove("TENEMENT_TOKEN")
+        .env_remove("TENEMENT_SERVER")
+        .env_remove("TENEMENT_CONFIG")
+        .output()
+        .ok()?;
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    rows.as_array()?
+        .iter()
+        .find(|row| row["name"] == "api:alice")?["pid"]
+        .as_u64()
+}
+
 /// Replaces the file at `path` by a fresh copy of `from` (a new file, as a package
 /// upgrade would leave it).
 fn replace(path: &Path, from: &Path) {
@@ -146,6 +164,7 @@ fn an_upgrade_under_load_loses_no_request_and_runs_the_new_binary() {
     let socket = daemon.data_dir.join("tenement.sock");
     let (old_pid, old_binary) = status(&socket).expect("status of the old daemon");
     assert_eq!(old_pid, child.id());
+    let tenant = tenant_pid(&socket).expect("the tenant's pid");
 
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicUsize::new(0));
@@ -197,6 +216,12 @@ fn an_upgrade_under_load_loses_no_request_and_runs_the_new_binary() {
         "{new_binary}"
     );
     assert_ne!(new_binary, old_binary, "status shows the new file");
+    assert_eq!(
+        tenant_pid(&socket),
+        Some(tenant),
+        "the tenant kept its process across the upgrade\n{}",
+        log_tail(&log)
+    );
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("SIGUSR2: upgrading to"), "{text}");
     assert!(text.contains("upgrade: took over"), "{text}");

@@ -1,31 +1,22 @@
-//! `cargo xtask bench`: measured side by side against a named reference, as ratios.
-//!
-//! `bench proxy`: wrk against one fast backend, directly, through tenement's proxy and
-//! through nginx set up as the equivalent reverse proxy. Runs are interleaved (every round
-//! visits every scenario and every target, in rotating order) so that a busy moment on the
-//! machine does not land on one contender; each figure is the median over the rounds.
+//! `cargo xtask bench`: measured side by side against a named reference, as ratios. The
+//! benchmarks live beside this file (`bench_proxy.rs`, ...); here are what they share:
+//! wrk runs and their reading.
 
-use std::{
-    fmt::Write as _,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-};
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{
-    bench_support::{free_port, median, wait_listening, write_section, Processes, Scratch},
-    util::{self, output, step},
-};
+use crate::util::{self, output, step};
 
 pub fn bench(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
-        Some("proxy") => proxy(&args[1..]),
+        Some("proxy") => crate::bench_proxy::run(&args[1..]),
         Some("spawn") => crate::bench_spawn::run(),
         Some("wake") => crate::bench_wake::run(&args[1..]),
         Some("ebpf") => crate::bench_ebpf::run(&args[1..]),
         Some("dashboard") => crate::bench_dashboard::run(&args[1..]),
         Some("fleet") => crate::bench_fleet::run(&args[1..]),
+        Some("adopt") => crate::bench_adopt::run(&args[1..]),
         Some(other) => bail!("unknown benchmark {other:?}; {AVAILABLE}"),
         None => {
             print!("{AVAILABLE}");
@@ -36,53 +27,14 @@ pub fn bench(args: &[String]) -> Result<()> {
 
 const AVAILABLE: &str = "\
 benchmarks (run as root; results go to docs/benchmarks.md unless noted):
-  proxy  wrk through tenement's proxy vs nginx vs the backend directly
+  proxy  wrk through `tenement serve` vs nginx vs HAProxy, in front of the same origin
   spawn  spawn-to-ready per isolation level (printed; see docs/isolation.md)
   wake   cold wake of the notes app through tenement vs the app's own start-up
   ebpf   proxy throughput to an instance with the eBPF programs attached vs detached
   dashboard  server time of the web dashboard's overview with 1000 instances (100 running)
   fleet  latency and CPU per request forwarded to another node vs served locally (2 nodes, etcd)
+  adopt  start-to-serving with N = 10, 100 instances: adopted after kill -9 vs cold start
 ";
-
-const USAGE: &str =
-    "usage: cargo xtask bench proxy [--seconds N] [--rounds N] [--only KEEPALIVE|CLOSE]";
-
-struct Settings {
-    seconds: u64,
-    rounds: usize,
-    only: Option<Mode>,
-}
-
-fn parse(args: &[String]) -> Result<Settings> {
-    let mut settings = Settings {
-        seconds: 5,
-        rounds: 3,
-        only: None,
-    };
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let mut value = || {
-            args.next()
-                .with_context(|| format!("{arg} needs a value; {USAGE}"))
-        };
-        match arg.as_str() {
-            "--seconds" => settings.seconds = value()?.parse().context("--seconds")?,
-            "--rounds" => settings.rounds = value()?.parse().context("--rounds")?,
-            "--only" => {
-                settings.only = Some(match value()?.as_str() {
-                    "keepalive" | "keep-alive" => Mode::KeepAlive,
-                    "close" => Mode::Close,
-                    other => bail!("--only {other:?}: expected keepalive or close"),
-                });
-            }
-            other => bail!("unknown option {other:?}; {USAGE}"),
-        }
-    }
-    if settings.rounds == 0 || settings.seconds == 0 {
-        bail!("--rounds and --seconds must be at least 1");
-    }
-    Ok(settings)
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -111,126 +63,14 @@ impl Scenario {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Target {
-    Direct,
-    Tenement,
-    Nginx,
-}
-
-const TARGETS: [Target; 3] = [Target::Direct, Target::Tenement, Target::Nginx];
-
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Run {
     pub requests_per_second: f64,
+    /// Requests completed during the run.
+    pub requests: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub errors: u64,
-}
-
-fn proxy(args: &[String]) -> Result<()> {
-    let settings = parse(args)?;
-    tools(&["wrk", "nginx"])?;
-    step("building the benchmark backend and tenement's proxy (release)");
-    util::cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "tenement-tests",
-        "--bin",
-        "bench-backend",
-        "--bin",
-        "bench-proxy",
-    ])?;
-    let release = util::workspace_root().join("target/release");
-    let scratch = Scratch::new("proxy")?;
-
-    let backend_port = free_port()?;
-    let tenement_port = free_port()?;
-    let nginx_port = free_port()?;
-    let mut processes = Processes::default();
-    step("starting the backend, tenement and nginx");
-    processes.start(
-        "backend",
-        Command::new(release.join("bench-backend")).arg(backend_port.to_string()),
-    )?;
-    processes.start(
-        "tenement",
-        Command::new(release.join("bench-proxy"))
-            .arg(tenement_port.to_string())
-            .arg(backend_port.to_string())
-            // The access log is off for both proxies: this measures forwarding.
-            .env("RUST_LOG", "warn"),
-    )?;
-    let nginx_config = write_nginx_config(&scratch.path, nginx_port, backend_port)?;
-    processes.start(
-        "nginx",
-        Command::new("nginx")
-            .arg("-p")
-            .arg(&scratch.path)
-            .arg("-c")
-            .arg(&nginx_config)
-            .arg("-e")
-            .arg(scratch.path.join("error.log")),
-    )?;
-    for port in [backend_port, tenement_port, nginx_port] {
-        wait_listening(port)?;
-    }
-    let port_of = |target: Target| match target {
-        Target::Direct => backend_port,
-        Target::Tenement => tenement_port,
-        Target::Nginx => nginx_port,
-    };
-
-    let mut scenarios = Vec::new();
-    for mode in [Mode::KeepAlive, Mode::Close] {
-        for connections in [32, 256] {
-            for large in [false, true] {
-                if settings.only.is_none_or(|only| only == mode) {
-                    scenarios.push(Scenario {
-                        mode,
-                        connections,
-                        large,
-                    });
-                }
-            }
-        }
-    }
-    step("warming up");
-    for target in TARGETS {
-        let warm = Scenario {
-            mode: Mode::KeepAlive,
-            connections: 32,
-            large: false,
-        };
-        wrk(port_of(target), warm, 2)?;
-    }
-    let total = settings.rounds * scenarios.len() * TARGETS.len();
-    step(&format!(
-        "{total} runs of {} s ({} rounds x {} scenarios x 3 targets), interleaved",
-        settings.seconds,
-        settings.rounds,
-        scenarios.len()
-    ));
-    let mut runs = vec![vec![Vec::new(); TARGETS.len()]; scenarios.len()];
-    let mut done = 0;
-    for round in 0..settings.rounds {
-        for (s, scenario) in scenarios.iter().enumerate() {
-            for k in 0..TARGETS.len() {
-                let t = (k + round + s) % TARGETS.len();
-                let run = wrk(port_of(TARGETS[t]), *scenario, settings.seconds)?;
-                processes.check()?;
-                runs[s][t].push(run);
-                done += 1;
-                eprint!("\r    {done}/{total}");
-            }
-        }
-    }
-    eprintln!();
-
-    let report = report(&scenarios, &runs, &settings)?;
-    println!("\n{report}");
-    write_section("proxy", "Proxy", &report)
 }
 
 /// Tools from Debian (wrk, nginx), installed when missing (as root).
@@ -260,53 +100,6 @@ pub(crate) fn tools(needed: &[&'static str]) -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
-}
-
-/// nginx as the same reverse proxy tenement is: two workers (one per core here), upstream
-/// keep-alive, the same forwarded headers, no access log.
-fn write_nginx_config(dir: &Path, port: u16, backend: u16) -> Result<PathBuf> {
-    let d = dir.display();
-    let config = format!(
-        "daemon off;
-master_process on;
-worker_processes 2;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    keepalive_requests 1000000;
-    upstream backend {{
-        server 127.0.0.1:{backend};
-        keepalive 1024;
-        keepalive_requests 1000000;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $host;
-            # Hold a whole 64 KiB answer in memory, never in a temporary file.
-            proxy_buffers 16 8k;
-            proxy_busy_buffers_size 16k;
-        }}
-    }}
-}}
-"
-    );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, config)?;
-    Ok(path)
 }
 
 /// wrk against 127.0.0.1:port with `Host: one.bench.localhost` (instance `bench:one`).
@@ -343,6 +136,7 @@ fn parse_wrk(text: &str) -> Result<Run> {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["Requests/sec:", value] => run.requests_per_second = value.parse()?,
+            [count, "requests", "in", ..] => run.requests = count.parse()?,
             ["50%", value] => run.p50_ms = milliseconds(value)?,
             ["99%", value] => run.p99_ms = milliseconds(value)?,
             ["Non-2xx", "or", "3xx", "responses:", count] => run.errors += count.parse::<u64>()?,
@@ -376,88 +170,6 @@ fn milliseconds(value: &str) -> Result<f64> {
     Ok(number.parse::<f64>()? * scale)
 }
 
-fn report(scenarios: &[Scenario], runs: &[Vec<Vec<Run>>], settings: &Settings) -> Result<String> {
-    let mut text = String::new();
-    let machine = format!(
-        "{} CPU(s), Linux {}, {}, {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        output(Command::new("uname").arg("-r"))
-            .unwrap_or_default()
-            .trim(),
-        output(Command::new("sh").args(["-c", "nginx -v 2>&1"]))
-            .unwrap_or_default()
-            .trim(),
-        output(Command::new("sh").args(["-c", "wrk -v 2>&1 | head -1"]))
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(2)
-            .collect::<Vec<_>>()
-            .join(" "),
-    );
-    writeln!(
-        text,
-        "Measured with `cargo xtask bench proxy` on {machine}: {} rounds of {} s per run, \
-         wrk with 2 threads, median of the rounds. All on 127.0.0.1, sharing the CPUs with \
-         wrk and the backend.\n",
-        settings.rounds, settings.seconds
-    )?;
-    writeln!(
-        text,
-        "| scenario | direct req/s | tenement req/s | nginx req/s | tenement / nginx (paired) | \
-         p50 tenement / nginx (ms) | p99 tenement / nginx (ms) | errors |"
-    )?;
-    writeln!(text, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
-    let mut verdicts = Vec::new();
-    for (scenario, runs) in scenarios.iter().zip(runs) {
-        let rps = |t: usize| median(runs[t].iter().map(|r| r.requests_per_second));
-        let p50 = |t: usize| median(runs[t].iter().map(|r| r.p50_ms));
-        let p99 = |t: usize| median(runs[t].iter().map(|r| r.p99_ms));
-        let errors: u64 = runs.iter().flatten().map(|r| r.errors).sum();
-        // Each round's tenement and nginx runs are neighbours in time: the median of their
-        // ratios is steadier than the ratio of medians when the machine's load drifts.
-        let ratio = median(
-            runs[1]
-                .iter()
-                .zip(&runs[2])
-                .map(|(tenement, nginx)| tenement.requests_per_second / nginx.requests_per_second),
-        );
-        writeln!(
-            text,
-            "| {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {} |",
-            scenario.label(),
-            rps(0),
-            rps(1),
-            rps(2),
-            ratio,
-            p50(1),
-            p50(2),
-            p99(1),
-            p99(2),
-            errors
-        )?;
-        // The targets of the proxy issue.
-        let target = match (scenario.mode, scenario.connections, scenario.large) {
-            (Mode::KeepAlive, 32, false) => Some((
-                "keep-alive, 12 B, 32 conns: req/s >= nginx and p99 <= nginx",
-                ratio >= 1.0 && p99(1) <= p99(2),
-            )),
-            (Mode::Close, _, _) => Some(("Connection: close: req/s >= 90% of nginx", ratio >= 0.9)),
-            (_, _, true) => Some(("64 KiB: req/s >= nginx", ratio >= 1.0)),
-            _ => None,
-        };
-        if let Some((goal, met)) = target {
-            verdicts.push(format!(
-                "- {}: {} ({})",
-                scenario.label(),
-                if met { "met" } else { "MISSED" },
-                goal
-            ));
-        }
-    }
-    writeln!(text, "\nTargets:\n{}", verdicts.join("\n"))?;
-    Ok(text)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,6 +193,6 @@ Requests/sec:  30400.12
         assert!((run.p50_ms - 0.512).abs() < 1e-9);
         assert_eq!(run.p99_ms, 3.5);
         assert_eq!(run.errors, 7);
-        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
+        assert_eq!(run.requests, 152000);
     }
 }

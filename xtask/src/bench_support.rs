@@ -96,14 +96,16 @@ pub fn write_section(name: &str, heading: &str, report: &str) -> Result<()> {
 pub struct Processes(Vec<(&'static str, Child)>);
 
 impl Processes {
-    pub fn start(&mut self, name: &'static str, command: &mut Command) -> Result<()> {
+    /// Starts `command`; returns its PID.
+    pub fn start(&mut self, name: &'static str, command: &mut Command) -> Result<u32> {
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {name}: {command:?}"))?;
+        let pid = child.id();
         self.0.push((name, child));
-        Ok(())
+        Ok(pid)
     }
 
     /// Fails if one of them died.
@@ -195,19 +197,45 @@ impl Daemon {
         config: &str,
         kernel_counters: bool,
     ) -> Result<Daemon> {
+        let mut command = Command::new(tenement);
+        // One debug line per start: where its milliseconds went (`bench wake` reads it).
+        command
+            .env("RUST_LOG", "info,tenement::supervisor::wake_steps=debug")
+            .env("NO_COLOR", "1");
+        Daemon::start_with(command, label, dir, proxy_port, config, kernel_counters)
+    }
+
+    /// `tenement serve` as a user runs it: no `RUST_LOG` (the default, `info`), kernel
+    /// counters on, its log on stderr into a file.
+    pub fn start_as_shipped(
+        tenement: &Path,
+        label: &str,
+        dir: &Path,
+        proxy_port: u16,
+        config: &str,
+    ) -> Result<Daemon> {
+        let mut command = Command::new(tenement);
+        command.env_remove("RUST_LOG");
+        Daemon::start_with(command, label, dir, proxy_port, config, true)
+    }
+
+    fn start_with(
+        mut command: Command,
+        label: &str,
+        dir: &Path,
+        proxy_port: u16,
+        config: &str,
+        kernel_counters: bool,
+    ) -> Result<Daemon> {
         std::fs::create_dir_all(dir)?;
         let config_path = dir.join("tenement.toml");
         std::fs::write(&config_path, config)?;
         let log = std::fs::File::create(dir.join("serve.log"))?;
-        let mut command = Command::new(tenement);
         command.arg("serve").arg("--config").arg(&config_path);
         if !kernel_counters {
             command.arg("--no-kernel-counters");
         }
         let child = command
-            // One debug line per start: where its milliseconds went (`bench wake` reads it).
-            .env("RUST_LOG", "info,tenement::supervisor::wake_steps=debug")
-            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -13,6 +13,10 @@ const APT_PACKAGES: &[&str] = &[
     "runsc",
     "wrk",
     "nginx",
+    // `cargo xtask bench proxy` compares tenement's proxy with HAProxy's.
+    "haproxy",
+    // perf(1), to profile the daemon under load (docs/benchmarks.md).
+    "linux-perf",
     "bpftool",
     "tmux",
     "python3",

@@ -13,7 +13,7 @@ use tokio::{net::TcpListener, sync::watch};
 use crate::{
     config::Config,
     held::{self, HeldFds},
-    proxy::{self, Options, PreRouter, Proxy, Scheme},
+    proxy::{self, AccessLog, Options, PreRouter, Proxy, Scheme},
     supervisor::Supervisor,
     tls::{http01_token, TlsManager},
 };
@@ -102,6 +102,12 @@ impl FrontDoor {
             placement,
             ..Options::default()
         };
+        if settings.access_log {
+            let path = crate::datadir::access_log(&settings.data_dir);
+            let log = AccessLog::open(&path)
+                .with_context(|| format!("opening the access log {}", path.display()))?;
+            options.access_log = Some(log);
+        }
         if settings.tls.enabled {
             // Redirects go to the first TLS listener's port (as bound, so `:0` works too).
             let https_port = tls_listeners

@@ -76,9 +76,17 @@ pub enum Command {
         #[arg(last = true, required = true)]
         argv: Vec<String>,
     },
-    /// Internal: kills what is left in the instance cgroups when `serve` dies
+    /// Internal: keeps the instances of a dead `serve` for the next one, stops them after
+    /// `adopt_timeout` (its stdin is the control socket)
     #[command(name = "__guard", hide = true)]
-    Guard { parent: i32, subtrees: Vec<PathBuf> },
+    Guard {
+        parent: i32,
+        #[arg(long)]
+        adopt_timeout: u64,
+        #[arg(long)]
+        socket: PathBuf,
+        subtrees: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -173,7 +181,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Serve(options) => serve::serve(cli.config.as_deref(), &options),
         Command::Init { spec, argv } => crate::supervisor::init::main(&spec, &argv),
-        Command::Guard { parent, subtrees } => crate::supervisor::guard::main(parent, &subtrees),
+        Command::Guard {
+            parent,
+            adopt_timeout,
+            socket,
+            subtrees,
+        } => crate::supervisor::guard::main(parent, adopt_timeout, &socket, &subtrees),
     }
 }
 

@@ -264,7 +264,12 @@ async fn run(
         fleet.leave().await;
     }
     api.shutdown().await;
-    supervisor.shutdown().await;
+    if handover.is_some() {
+        // The tenants stay: the new tenement adopts them once this one has exited.
+        supervisor.detach();
+    } else {
+        supervisor.shutdown().await;
+    }
     // The new tenement takes the data directory once this one let go of it, then serves.
     drop(lock);
     drop(handover);

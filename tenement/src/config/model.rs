@@ -74,11 +74,17 @@ pub struct Settings {
     /// Remount the cgroup v2 hierarchy with `favordynmods` so that moving a starting
     /// process into its cgroups does not wait for an RCU grace period (root only).
     pub cgroup_favordynmods: bool,
+    /// Seconds the instances of a tenement that died without stopping them (a crash, a
+    /// `kill -9`, an upgrade in progress) wait for a new tenement to adopt them before its
+    /// guard stops them.
+    pub adopt_timeout: u64,
     /// Memory pressure (see `supervisor/pressure.rs`): PSI `some avg10` (percent) above
     /// which frozen instances are stopped, least recently used first; 0 = not looked at.
     pub memory_pressure_psi: f64,
     /// MemAvailable (MiB) under which frozen instances are stopped; 0 = not looked at.
     pub memory_pressure_available_mb: u64,
+    /// A JSON line per proxied request in `{data_dir}/.tenement/access.log`.
+    pub access_log: bool,
     pub tls: Tls,
 }
 
@@ -98,8 +104,10 @@ impl Default for Settings {
             uid_range: [61000, 64999],
             sandbox_platform: "ptrace".to_string(),
             cgroup_favordynmods: true,
+            adopt_timeout: 60,
             memory_pressure_psi: 20.0,
             memory_pressure_available_mb: 0,
+            access_log: true,
             tls: Tls::default(),
         }
     }

@@ -149,6 +149,7 @@ fn settings(check: &mut Checker, settings: &Settings) {
     for (key, seconds) in [
         ("health_check_interval", settings.health_check_interval),
         ("restart_window", settings.restart_window),
+        ("adopt_timeout", settings.adopt_timeout),
     ] {
         if seconds == 0 {
             check.key(&at(key), "must be at least 1 second");

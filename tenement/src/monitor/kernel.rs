@@ -3,9 +3,16 @@
 //!
 //! Every program is attached through a bpf link owned by this process, so the kernel detaches
 //! it when tenement exits for any reason, a crash included: nothing is pinned, nothing can be
-//! left behind, and the next start simply loads afresh.
+//! left behind, and the next start simply loads afresh. The per-instance counter maps are
+//! also held by tenement's guard (see `supervisor/guard.rs`, by fd, not pinned): a tenement
+//! that adopts instances after a crash reads their totals from them and counts on from there.
 
-use std::{fs::File, path::Path, sync::Mutex};
+use std::{
+    fs::File,
+    os::fd::{AsFd, OwnedFd},
+    path::Path,
+    sync::Mutex,
+};
 
 use anyhow::{Context, Result};
 use aya::{
@@ -39,6 +46,10 @@ pub struct KernelPrograms {
     network: Mutex<NetworkMaps>,
     network_status: NetworkIsolation,
     cpus: usize,
+    /// Copies of the counter maps' fds, by name (`map:traffic`, ...), for the guard.
+    map_fds: Vec<(&'static str, OwnedFd)>,
+    /// The counter maps of an earlier tenement, to carry adopted instances' totals over.
+    previous: Mutex<Option<InstanceMaps>>,
 }
 
 /// What `attach` hands to the reader thread: listen events and the kernel's log lines.
@@ -80,10 +91,22 @@ impl KernelPrograms {
         attach_cpu_time(&mut ebpf)?;
         attach_tcp_health(&mut ebpf)?;
 
+        let taken = [maps::TRAFFIC, maps::CPU, maps::TCP]
+            .into_iter()
+            .map(|name| take_map(&mut ebpf, name))
+            .collect::<Result<Vec<_>>>()?;
+        let map_fds = super::HELD_MAPS
+            .into_iter()
+            .zip(&taken)
+            .map(|(name, map)| Ok((name, map_data(map)?.fd().as_fd().try_clone_to_owned()?)))
+            .collect::<Result<Vec<_>>>()?;
+        let [traffic, cpu, tcp]: [aya::maps::Map; 3] = taken
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("three counter maps"))?;
         let maps = InstanceMaps {
-            traffic: PerCpuHashMap::try_from(take_map(&mut ebpf, maps::TRAFFIC)?)?,
-            cpu: PerCpuHashMap::try_from(take_map(&mut ebpf, maps::CPU)?)?,
-            tcp: HashMap::try_from(take_map(&mut ebpf, maps::TCP)?)?,
+            traffic: PerCpuHashMap::try_from(traffic)?,
+            cpu: PerCpuHashMap::try_from(cpu)?,
+            tcp: HashMap::try_from(tcp)?,
         };
         let listen_events = RingBuf::try_from(take_map(&mut ebpf, maps::LISTEN_EVENTS)?)?;
         let cpus = nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
@@ -94,6 +117,8 @@ impl KernelPrograms {
                 network: Mutex::new(network),
                 network_status,
                 cpus,
+                map_fds,
+                previous: Mutex::new(None),
             },
             KernelOutput {
                 listen_events,
@@ -138,6 +163,49 @@ impl KernelPrograms {
         maps.tcp
             .insert(cgroup_id, TcpCounters::default(), 0)
             .with_context(context)
+    }
+
+    /// The counter maps' fds, by name, for tenement's guard to hold.
+    pub fn map_fds(&self) -> impl Iterator<Item = (&'static str, std::os::fd::BorrowedFd<'_>)> {
+        self.map_fds.iter().map(|(name, fd)| (*name, fd.as_fd()))
+    }
+
+    /// Keeps an earlier tenement's counter maps (`traffic`, `cpu`, `tcp`, as held by its
+    /// guard), for [`KernelPrograms::carry_over`].
+    pub fn set_previous(&self, traffic: OwnedFd, cpu: OwnedFd, tcp: OwnedFd) -> Result<()> {
+        let open = |fd| MapData::from_fd(fd).context("an earlier tenement's counter map");
+        let previous = InstanceMaps {
+            traffic: PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(open(traffic)?))?,
+            cpu: PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(open(cpu)?))?,
+            tcp: HashMap::try_from(aya::maps::Map::HashMap(open(tcp)?))?,
+        };
+        *self.previous.lock().unwrap_or_else(|p| p.into_inner()) = Some(previous);
+        Ok(())
+    }
+
+    /// A registered cgroup continues from the totals the earlier tenement's maps hold for
+    /// it (nothing happens when they hold none). Traffic while no tenement ran is not
+    /// counted: the programs were detached meanwhile.
+    pub fn carry_over(&self, cgroup_id: u64) -> Result<bool> {
+        let previous = self.previous.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(previous) = previous.as_ref() else {
+            return Ok(false);
+        };
+        let (Ok(traffic), Ok(cpu), Ok(tcp)) = (
+            previous.traffic.get(&cgroup_id, 0),
+            previous.cpu.get(&cgroup_id, 0),
+            previous.tcp.get(&cgroup_id, 0),
+        ) else {
+            return Ok(false);
+        };
+        let mut maps = self.maps();
+        let context = || format!("carrying the counters of cgroup {cgroup_id} over");
+        maps.traffic
+            .insert(cgroup_id, traffic, 0)
+            .with_context(context)?;
+        maps.cpu.insert(cgroup_id, cpu, 0).with_context(context)?;
+        maps.tcp.insert(cgroup_id, tcp, 0).with_context(context)?;
+        Ok(true)
     }
 
     /// Stops counting for a cgroup, and lifts its network policy; its counters are gone.
@@ -306,6 +374,13 @@ fn load_btf_tracepoint(ebpf: &mut Ebpf, name: &str, tracepoint: &str, btf: &Btf)
     program
         .load(tracepoint, btf)
         .with_context(|| format!("loading {name} for tracepoint {tracepoint}"))
+}
+
+fn map_data(map: &aya::maps::Map) -> Result<&MapData> {
+    match map {
+        aya::maps::Map::PerCpuHashMap(data) | aya::maps::Map::HashMap(data) => Ok(data),
+        other => anyhow::bail!("unexpected counter map type {other:?}"),
+    }
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {

@@ -30,6 +30,10 @@ pub use policy::{
 pub use stats::{monotonic_now_ns, InstanceStats, KernelStats, Rates, Sample, StatsTracker};
 pub use tenement_common::TrafficCounters;
 
+/// The names under which tenement's guard holds the kernel counter maps (traffic, cpu,
+/// tcp), see [`Monitor::held_maps`].
+pub const HELD_MAPS: [&str; 3] = ["map:traffic", "map:cpu", "map:tcp"];
+
 /// Whether kernel counters are running, and if not, the reason a person can act on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", content = "reason", rename_all = "lowercase")]
@@ -192,6 +196,47 @@ impl Monitor {
         }
         let _ = cgroup_id;
         Ok(())
+    }
+
+    /// The kernel counter maps' fds, by name (`map:traffic`, `map:cpu`, `map:tcp`), for
+    /// tenement's guard to hold while no tenement runs. Empty without kernel counters.
+    pub fn held_maps(&self) -> Vec<(&'static str, std::os::fd::BorrowedFd<'_>)> {
+        #[cfg(feature = "ebpf")]
+        if let Some(kernel) = &self.kernel {
+            return kernel.programs.map_fds().collect();
+        }
+        Vec::new()
+    }
+
+    /// An earlier tenement's counter maps, taken from `held` (as its guard handed them
+    /// over), so that adopted instances keep their totals (see [`Monitor::carry_over`]).
+    pub fn take_previous(&self, held: &crate::held::HeldFds) -> anyhow::Result<()> {
+        let mut fds = HELD_MAPS.into_iter().map(|name| held.take(name));
+        let (traffic, cpu, tcp) = (
+            fds.next().flatten(),
+            fds.next().flatten(),
+            fds.next().flatten(),
+        );
+        #[cfg(feature = "ebpf")]
+        if let (Some(kernel), Some(traffic), Some(cpu), Some(tcp)) =
+            (&self.kernel, traffic, cpu, tcp)
+        {
+            return kernel.programs.set_previous(traffic, cpu, tcp);
+        }
+        #[cfg(not(feature = "ebpf"))]
+        let _ = (traffic, cpu, tcp);
+        Ok(())
+    }
+
+    /// A registered cgroup of an adopted instance continues from the totals the earlier
+    /// tenement counted (see [`Monitor::take_previous`]); returns whether there were any.
+    pub fn carry_over(&self, cgroup_id: u64) -> anyhow::Result<bool> {
+        #[cfg(feature = "ebpf")]
+        if let Some(kernel) = &self.kernel {
+            return kernel.programs.carry_over(cgroup_id);
+        }
+        let _ = cgroup_id;
+        Ok(false)
     }
 
     /// Stops counting for a cgroup, lifts its network policy and forgets its counters.

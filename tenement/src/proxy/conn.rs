@@ -81,6 +81,10 @@ impl ConnContext {
         &self.peer_ip
     }
 
+    pub(crate) fn access_log(&self) -> Option<&super::AccessLog> {
+        self.shared.options.access_log.as_deref()
+    }
+
     pub(crate) fn is_https(&self) -> bool {
         self.https
     }
@@ -140,7 +144,8 @@ impl ConnService {
         &self,
         request: Request<Incoming>,
     ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
-        let exchange = Exchange::begin(&request, Some(InFlight::new(&self.tracker)));
+        let logged = self.context.access_log().is_some().then_some(&self.context);
+        let exchange = Exchange::begin(&request, Some(InFlight::new(&self.tracker)), logged);
         // Plain connections only: over TLS there is nothing left to redirect or validate.
         let pre_router = (!self.context.https)
             .then_some(self.context.shared.options.pre_router.as_ref())

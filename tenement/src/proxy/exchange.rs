@@ -10,12 +10,9 @@ use std::{
     time::Instant,
 };
 
-use http::{HeaderValue, Method, Request, Uri};
+use http::{HeaderValue, Method, Request, Uri, Version};
 
-use super::{backend::ActivityGuard, table::Entry};
-
-/// The tracing target of the per-request access log (`RUST_LOG=tenement::access=off` silences it).
-pub const ACCESS_LOG: &str = "tenement::access";
+use super::{access_log::Record, backend::ActivityGuard, conn::ConnContext, table::Entry};
 
 /// Requests seen and in flight on one client connection, for its idle timeout.
 #[derive(Default)]
@@ -55,6 +52,8 @@ pub(crate) struct Exchange {
     start: Instant,
     /// What the access log line names; not collected when that log is off.
     logged: Option<Box<Logged>>,
+    /// From sending the request to the instance until its response head arrived.
+    upstream: Option<std::time::Duration>,
     instance: Option<Arc<Entry>>,
     activity: ActivityGuard,
     _in_flight: Option<InFlight>,
@@ -64,23 +63,39 @@ pub(crate) struct Exchange {
 }
 
 struct Logged {
+    /// The connection's context (its log and client address): a per-connection `Arc`, so
+    /// holding it touches no reference count shared with other cores.
+    conn: Arc<ConnContext>,
     method: Method,
     uri: Uri,
+    version: Version,
     host: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
 }
 
 impl Exchange {
-    pub(crate) fn begin<B>(request: &Request<B>, in_flight: Option<InFlight>) -> Exchange {
-        let logged = tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO).then(|| {
+    /// `logged_on`: the connection, when its proxy keeps an access log (`None`: the
+    /// request is not logged).
+    pub(crate) fn begin<B>(
+        request: &Request<B>,
+        in_flight: Option<InFlight>,
+        logged_on: Option<&Arc<ConnContext>>,
+    ) -> Exchange {
+        let logged = logged_on.map(|conn| {
+            let headers = request.headers();
             Box::new(Logged {
+                conn: conn.clone(),
                 method: request.method().clone(),
                 uri: request.uri().clone(),
-                host: request.headers().get(http::header::HOST).cloned(),
+                version: request.version(),
+                host: headers.get(http::header::HOST).cloned(),
+                user_agent: headers.get(http::header::USER_AGENT).cloned(),
             })
         });
         Exchange {
             start: Instant::now(),
             logged,
+            upstream: None,
             instance: None,
             activity: ActivityGuard::none(),
             _in_flight: in_flight,
@@ -98,6 +113,15 @@ impl Exchange {
     /// Hands the activity guard to whoever keeps the instance busy longer (an upgraded tunnel).
     pub(crate) fn take_activity(&mut self) -> ActivityGuard {
         std::mem::replace(&mut self.activity, ActivityGuard::none())
+    }
+
+    /// Whether the access log wants the upstream time (else nobody reads the clock for it).
+    pub(crate) fn times_upstream(&self) -> bool {
+        self.logged.is_some()
+    }
+
+    pub(crate) fn set_upstream_time(&mut self, upstream: std::time::Duration) {
+        self.upstream = Some(upstream);
     }
 
     pub(crate) fn set_status(&mut self, status: u16) {
@@ -121,23 +145,33 @@ impl Drop for Exchange {
             instance.requests.finished(self.status, elapsed);
         }
         let Some(logged) = &self.logged else { return };
-        let host = logged
-            .uri
-            .host()
-            .or_else(|| logged.host.as_ref().and_then(|h| h.to_str().ok()))
-            .unwrap_or("-");
-        let instance = self.instance.as_ref().map_or("-", |i| &i.label);
-        let path = logged.uri.path_and_query().map_or("/", |p| p.as_str());
-        tracing::info!(
-            target: ACCESS_LOG,
+        let Some(log) = logged.conn.access_log() else {
+            return;
+        };
+        let host = match logged.uri.host() {
+            Some(host) => host.as_bytes(),
+            None => logged.host.as_ref().map_or(&b"-"[..], |h| h.as_bytes()),
+        };
+        log.record(&Record {
+            started: self.start,
+            duration: elapsed,
+            upstream: self.upstream,
+            client: logged.conn.peer_ip().as_bytes(),
             host,
-            instance,
-            method = logged.method.as_str(),
-            path,
-            status = self.status,
-            bytes = self.bytes,
-            ms = format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
-            complete = self.complete,
-        );
+            method: logged.method.as_str(),
+            path: logged.uri.path_and_query().map_or("/", |p| p.as_str()),
+            protocol: match logged.version {
+                Version::HTTP_09 => "HTTP/0.9",
+                Version::HTTP_10 => "HTTP/1.0",
+                Version::HTTP_2 => "HTTP/2.0",
+                Version::HTTP_3 => "HTTP/3.0",
+                _ => "HTTP/1.1",
+            },
+            status: self.status,
+            bytes: self.bytes,
+            instance: self.instance.as_ref().map(|i| &*i.label),
+            complete: self.complete,
+            user_agent: logged.user_agent.as_ref().map(HeaderValue::as_bytes),
+        });
     }
 }

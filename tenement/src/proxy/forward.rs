@@ -150,6 +150,8 @@ async fn forward_here(
         .await;
     }
     let limit = entry.request_timeout;
+    // Read the clock for the access log's `upstream_ms` only when there is a log.
+    let upstream_started = exchange.times_upstream().then(std::time::Instant::now);
     let sent = match in_time(
         limit,
         upstream::send(&entry.pool, endpoint, request, &forwarded),
@@ -175,6 +177,9 @@ async fn forward_here(
         }
         sent => sent,
     };
+    if let (Some(started), Some(Ok(_))) = (upstream_started, &sent) {
+        exchange.set_upstream_time(started.elapsed());
+    }
     match sent {
         Some(Ok(response)) => relay(response, exchange),
         Some(Err((error, _))) => answer(bad_gateway(&entry, &error, format), exchange),

@@ -1,8 +1,10 @@
 //! What the proxy counts for `/metrics`: requests per instance by status class, wakes, and
 //! latency histograms per service. The request path only does relaxed atomic increments on
 //! slots it already holds (each routing-table entry carries its instance's slot): no lock,
-//! no allocation, no formatting per request. The `/metrics` collector reads the slots when
-//! it is scraped (`api/metrics_proxy.rs`).
+//! no allocation, no formatting per request. The per-request counters are split per proxy
+//! worker, each on cache lines of its own, so that workers on different cores never write
+//! the same line; a scrape sums them. The `/metrics` collector reads the slots when it is
+//! scraped (`api/metrics_proxy.rs`).
 
 use std::{
     collections::BTreeMap,
@@ -55,9 +57,30 @@ const WAKE_BOUNDS_NS: &[u64] = &[
 /// a response (the client left first) or with a status outside 100-599.
 pub const CODE_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// One worker's share of a counter set, alone on its cache lines.
+#[repr(align(128))]
+struct Shard<T>(T);
+
+/// A shard per proxy worker (see `pool::shelf_count`).
+fn shards<T>(make: impl Fn() -> T) -> Box<[Shard<T>]> {
+    (0..super::pool::shelf_count())
+        .map(|_| Shard(make()))
+        .collect()
+}
+
+/// The current worker's shard.
+fn mine<T>(shards: &[Shard<T>]) -> &T {
+    &shards[super::pool::worker() % shards.len()].0
+}
+
 /// Requests by status class.
-#[derive(Default)]
-pub struct Outcomes([AtomicU64; 6]);
+pub struct Outcomes(Box<[Shard<[AtomicU64; 6]>]>);
+
+impl Default for Outcomes {
+    fn default() -> Outcomes {
+        Outcomes(shards(Default::default))
+    }
+}
 
 impl Outcomes {
     fn count(&self, status: u16) {
@@ -65,18 +88,29 @@ impl Outcomes {
             class @ 1..=5 => usize::from(class),
             _ => 0,
         };
-        self.0[class].fetch_add(1, Relaxed);
+        mine(&self.0)[class].fetch_add(1, Relaxed);
     }
 
     /// `(code_class, requests)` for every class, in [`CODE_CLASSES`] order.
     pub fn read(&self) -> [(&'static str, u64); 6] {
-        std::array::from_fn(|class| (CODE_CLASSES[class], self.0[class].load(Relaxed)))
+        std::array::from_fn(|class| {
+            let total = self
+                .0
+                .iter()
+                .map(|shard| shard.0[class].load(Relaxed))
+                .sum();
+            (CODE_CLASSES[class], total)
+        })
     }
 }
 
 /// A latency histogram with fixed buckets.
 pub struct Histogram {
     bounds_ns: &'static [u64],
+    shards: Box<[Shard<Buckets>]>,
+}
+
+struct Buckets {
     /// One count per bound (observations above the previous bound, up to this one), then
     /// the observations above every bound. Not cumulative: one increment per observation.
     counts: Box<[AtomicU64]>,
@@ -96,8 +130,10 @@ impl Histogram {
     fn new(bounds_ns: &'static [u64]) -> Histogram {
         Histogram {
             bounds_ns,
-            counts: (0..=bounds_ns.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_ns: AtomicU64::new(0),
+            shards: shards(|| Buckets {
+                counts: (0..=bounds_ns.len()).map(|_| AtomicU64::new(0)).collect(),
+                sum_ns: AtomicU64::new(0),
+            }),
         }
     }
 
@@ -105,8 +141,9 @@ impl Histogram {
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         // The first bucket whose bound is at least `ns` (Prometheus buckets are `le`).
         let bucket = self.bounds_ns.partition_point(|&bound| bound < ns);
-        self.counts[bucket].fetch_add(1, Relaxed);
-        self.sum_ns.fetch_add(ns, Relaxed);
+        let mine = mine(&self.shards);
+        mine.counts[bucket].fetch_add(1, Relaxed);
+        mine.sum_ns.fetch_add(ns, Relaxed);
     }
 
     /// The count is the sum of the buckets read, so a scrape during traffic still shows a
@@ -114,15 +151,26 @@ impl Histogram {
     pub fn read(&self) -> HistogramReading {
         let mut cumulative = 0;
         let mut buckets = Vec::with_capacity(self.bounds_ns.len());
-        for (bound, count) in self.bounds_ns.iter().zip(self.counts.iter()) {
-            cumulative += count.load(Relaxed);
+        let count = |bucket: usize| -> u64 {
+            self.shards
+                .iter()
+                .map(|shard| shard.0.counts[bucket].load(Relaxed))
+                .sum()
+        };
+        for (bucket, bound) in self.bounds_ns.iter().enumerate() {
+            cumulative += count(bucket);
             buckets.push((*bound as f64 / 1e9, cumulative));
         }
-        let above = self.counts[self.bounds_ns.len()].load(Relaxed);
+        let above = count(self.bounds_ns.len());
+        let sum_ns: u64 = self
+            .shards
+            .iter()
+            .map(|shard| shard.0.sum_ns.load(Relaxed))
+            .sum();
         HistogramReading {
             buckets,
             count: cumulative + above,
-            sum_secs: self.sum_ns.load(Relaxed) as f64 / 1e9,
+            sum_secs: sum_ns as f64 / 1e9,
         }
     }
 }

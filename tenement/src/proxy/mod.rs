@@ -17,10 +17,11 @@
 //!   `upstream` + `http1` + `pool` (HTTP/1.1 to the instance, from the request's own task,
 //!   over kept-alive connections), `body` (the streamed response body);
 //! - answers and bookkeeping: `reply` (errors the proxy writes itself), `exchange`
-//!   (per-request accounting and the access log), `metrics` (request counters for
-//!   `/metrics`);
+//!   (per-request accounting), `access_log` (the line per request, buffered per thread),
+//!   `metrics` (request counters for `/metrics`);
 //! - `backend`: the seam to the supervisor.
 
+mod access_log;
 mod backend;
 mod body;
 mod conn;
@@ -55,11 +56,11 @@ use tokio::{
     net::TcpListener,
 };
 
+pub use access_log::AccessLog;
 pub use backend::{
     ActivityGuard, BackendInstance, BackendState, Backends, Endpoint, ProxiedActivity, WakeError,
 };
 pub use body::ProxyBody;
-pub use exchange::ACCESS_LOG;
 pub use metrics::RequestMetrics;
 
 use crate::config::Config;
@@ -88,6 +89,8 @@ pub struct Options {
     pub pre_router: Option<PreRouter>,
     /// With `[fleet]`: asked where each request's instance is served before waking it here.
     pub placement: Option<Arc<dyn placement::Placement>>,
+    /// Where a line per request goes (`settings.access_log`); `None` logs nothing.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 impl Default for Options {
@@ -100,6 +103,7 @@ impl Default for Options {
             workers: 0,
             pre_router: None,
             placement: None,
+            access_log: None,
         }
     }
 }
@@ -191,6 +195,9 @@ impl Proxy {
     pub async fn shutdown(&self) {
         self.shared.begin_shutdown();
         self.shared.drain(self.shared.options.shutdown_grace).await;
+        if let Some(log) = &self.shared.options.access_log {
+            log.flush();
+        }
     }
 }
 

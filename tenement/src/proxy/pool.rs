@@ -22,8 +22,14 @@ const IDLE_LIFETIME: Duration = Duration::from_secs(60);
 
 type Shelf = Mutex<VecDeque<(Upstream, Instant)>>;
 
+/// A shelf on cache lines of its own: every request locks its worker's shelf twice (take,
+/// put), and shelves packed side by side would make the workers' cores trade the line.
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded(Shelf);
+
 pub(crate) struct Pool {
-    shelves: Box<[Shelf]>,
+    shelves: Box<[Padded]>,
 }
 
 thread_local! {
@@ -35,7 +41,13 @@ pub(crate) fn set_worker(index: usize) {
     WORKER.set(index);
 }
 
-fn shelf_count() -> usize {
+/// The proxy worker the current thread is (0 for threads that are not one).
+pub(crate) fn worker() -> usize {
+    WORKER.get()
+}
+
+/// One slot per CPU: what per-worker state (shelves, counters) is split into.
+pub(crate) fn shelf_count() -> usize {
     static COUNT: OnceLock<usize> = OnceLock::new();
     *COUNT.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
@@ -43,14 +55,14 @@ fn shelf_count() -> usize {
 impl Default for Pool {
     fn default() -> Pool {
         Pool {
-            shelves: (0..shelf_count()).map(|_| Shelf::default()).collect(),
+            shelves: (0..shelf_count()).map(|_| Padded::default()).collect(),
         }
     }
 }
 
 impl Pool {
     fn shelf(&self) -> &Shelf {
-        &self.shelves[WORKER.get() % self.shelves.len()]
+        &self.shelves[WORKER.get() % self.shelves.len()].0
     }
 
     /// An idle connection to `endpoint` that the instance has not closed meanwhile.

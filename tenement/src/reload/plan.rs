@@ -214,6 +214,8 @@ fn settings_needing_restart(old: &Settings, new: &Settings) -> Vec<String> {
         uid_range,
         sandbox_platform,
         cgroup_favordynmods,
+        adopt_timeout,
+        access_log,
         tls,
     } = new;
     let mut keys = Vec::new();
@@ -235,6 +237,10 @@ fn settings_needing_restart(old: &Settings, new: &Settings) -> Vec<String> {
         "cgroup_favordynmods",
         *cgroup_favordynmods != old.cgroup_favordynmods,
     );
+    // The guard was started with it.
+    compare("adopt_timeout", *adopt_timeout != old.adopt_timeout);
+    // The access log is opened with the proxy, at start.
+    compare("access_log", *access_log != old.access_log);
     // With TLS on, the domains are names certificates were ordered for at start.
     compare(
         "domain",

@@ -27,6 +27,9 @@ pub enum EventKind {
     NetworkDenied,
     /// Something else listened on the instance's port: the start moved to another port.
     PortTaken,
+    /// A new tenement took over the instance's running process (after a crash, a restart
+    /// or an upgrade of tenement).
+    Adopted,
     /// Idle for `freeze_after`: its cgroup was frozen.
     Frozen,
     /// A frozen instance was thawed (by a request, an operator's start, or to be stopped).
@@ -34,7 +37,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::Spawned,
         EventKind::Ready,
         EventKind::Degraded,
@@ -48,6 +51,7 @@ impl EventKind {
         EventKind::QuotaExceeded,
         EventKind::NetworkDenied,
         EventKind::PortTaken,
+        EventKind::Adopted,
         EventKind::Frozen,
         EventKind::Thawed,
     ];
@@ -68,6 +72,7 @@ impl EventKind {
             EventKind::QuotaExceeded => "quota-exceeded",
             EventKind::NetworkDenied => "network-denied",
             EventKind::PortTaken => "port-taken",
+            EventKind::Adopted => "adopted",
             EventKind::Frozen => "frozen",
             EventKind::Thawed => "thawed",
         }

@@ -47,6 +47,12 @@ const MIGRATIONS: &[&str] = &[
          status      INTEGER NOT NULL,
          detail      TEXT NOT NULL
      );",
+    // 4: the process of each running instance, for a later tenement to adopt (see
+    // store/running.rs); a row lives from the spawn to the end of the teardown.
+    "CREATE TABLE running (
+         name   TEXT PRIMARY KEY,
+         record TEXT NOT NULL
+     );",
 ];
 
 /// Brings the schema of `db` up to date.

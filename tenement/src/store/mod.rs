@@ -8,6 +8,7 @@ mod audit;
 mod events;
 mod lock;
 mod migrations;
+mod running;
 pub mod tokens;
 
 use std::{
@@ -24,6 +25,7 @@ use crate::config::InstanceName;
 pub use audit::{AuditEntry, NewAuditEntry};
 pub use events::{Event, EventKind};
 pub use lock::{DataDirLock, LOCK_FILE};
+pub use running::RunRecord;
 pub use tokens::TokenRecord;
 
 /// Weight of an instance nobody routed explicitly: it takes its full share.

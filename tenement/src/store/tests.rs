@@ -398,3 +398,50 @@ fn shared_tokens_copy_exactly_and_their_secrets_verify() {
     };
     assert!(store.insert_shared_token(&bad).is_err());
 }
+
+#[test]
+fn running_records_survive_a_reopen_until_cleared() {
+    let dir = TempDir::new("running");
+    let (web, ns) = (name("web:a"), name("ns:c"));
+    let record = RunRecord {
+        pid: 4242,
+        start_ticks: 123_456,
+        port: Some(31000),
+        socket: None,
+        uid: 61000,
+        started_ms: 1_714_564_800_000,
+    };
+    {
+        let store = Store::open(&dir.0).unwrap();
+        store.set_running(&web, &record).unwrap();
+        store
+            .set_running(
+                &ns,
+                &RunRecord {
+                    port: None,
+                    socket: Some("/data/ns/c/app.sock".into()),
+                    ..record.clone()
+                },
+            )
+            .unwrap();
+        // A later spawn replaces the record.
+        store
+            .set_running(
+                &web,
+                &RunRecord {
+                    pid: 4343,
+                    ..record.clone()
+                },
+            )
+            .unwrap();
+    }
+    let store = Store::open(&dir.0).unwrap();
+    let running = store.running().unwrap();
+    assert_eq!(running.len(), 2);
+    assert_eq!(running[1].0, web);
+    assert_eq!(running[1].1.pid, 4343);
+    assert_eq!(running[0].1.socket.as_deref(), Some("/data/ns/c/app.sock"));
+    store.clear_running(&web).unwrap();
+    store.clear_running(&web).unwrap();
+    assert_eq!(store.running().unwrap().len(), 1);
+}

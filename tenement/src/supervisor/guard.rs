@@ -1,58 +1,174 @@
-//! `tenement __guard PARENT DIR...`: makes sure no tenant outlives tenement.
+//! `tenement __guard PARENT --adopt-timeout S --socket PATH SUBTREE...`: keeps the tenants of
+//! a tenement that died for the next one, and stops them if none comes.
 //!
-//! Each instance's first process dies with tenement (parent-death signal), and a namespaced
-//! instance's whole PID namespace with it; but a `process` instance's own children (a
-//! `sleep 1000 &` in its shell command) would not. The guard is a small process started at
-//! boot, outside the instance cgroups and in its own session: when tenement ends for any
-//! reason (`kill -9` included), the kernel signals the guard, which kills everything left in
-//! tenement's instance cgroups, removes those cgroups (and the subtree) and exits. On a clean shutdown it
-//! finds nothing to do.
+//! Tenants outlive tenement: a crash, a `kill -9` or an upgrade leaves them running in their
+//! cgroups. The guard is a small process started by tenement, in its own session and outside
+//! the instance cgroups. Its stdin is a seqpacket socket to tenement, over which tenement
+//! hands it a copy of the read end of every instance's stdout and stderr pipe (`hold NAME`
+//! with the fd, `release NAME`). While tenement is away the guard holds those ends open,
+//! without reading: a tenant never gets SIGPIPE, and what it writes waits in the pipe (once
+//! the pipe buffer is full, its writes block) until the next tenement reads it.
+//!
+//! When tenement ends (its end of the socket closes):
+//! - after `bye` (a clean shutdown, which stopped every instance itself): the guard exits;
+//! - otherwise, while instance cgroups still hold processes, it waits up to `adopt_timeout`
+//!   seconds for a new tenement to connect to `--socket`, hands it every held fd with its
+//!   name (`HeldFds::send`), and exits once the new tenement answers `ok`;
+//! - if none comes in time, it stops the orphans (SIGTERM, up to `STOP_GRACE`, then
+//!   SIGKILL), removes their cgroups and the subtrees, and exits: nothing runs unsupervised
+//!   for longer than `adopt_timeout`.
 //!
 //! Terminal and service-manager signals (SIGINT, SIGTERM, SIGHUP) are ignored: a graceful
 //! shutdown of tenement must not be cut short by the guard.
 
 use std::{
+    os::fd::{AsFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     process::exit,
     time::{Duration, Instant},
 };
 
-use nix::sys::{
-    prctl,
-    signal::{signal, SigHandler, SigSet, Signal},
-};
+use nix::sys::signal::{signal, SigHandler, Signal};
 
-/// The parent-death signal the guard waits for.
-pub const WAKE: Signal = Signal::SIGUSR1;
+use super::fdpass;
+use crate::held::HeldFds;
 
-pub fn main(parent: i32, subtrees: &[PathBuf]) -> ! {
-    for ignored in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+/// How long the orphans get between SIGTERM and SIGKILL when no tenement came back.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a connected tenement may take to confirm a handover.
+const HANDOVER_WAIT: Duration = Duration::from_secs(10);
+
+pub fn main(parent: i32, adopt_timeout: u64, socket: &Path, subtrees: &[PathBuf]) -> ! {
+    for ignored in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGPIPE,
+    ] {
         // SAFETY: SIG_IGN installs no handler code.
         let _ = unsafe { signal(ignored, SigHandler::SigIgn) };
     }
-    let mut wake = SigSet::empty();
-    wake.add(WAKE);
-    let _ = wake.thread_block();
-    let _ = prctl::set_pdeathsig(WAKE);
-    // tenement may have died before the parent-death signal was armed.
-    if nix::unistd::getppid().as_raw() == parent {
-        let _ = wake.wait();
+    // SAFETY: tenement starts the guard with the control socket as its stdin, which nothing
+    // else in this process owns.
+    let control = unsafe { OwnedFd::from_raw_fd(0) };
+    // Bound now, while tenement lives: a new tenement that connects early waits in the
+    // backlog instead of finding no socket.
+    let listener = match fdpass::listen(socket) {
+        Ok(listener) => Some(listener),
+        Err(err) => {
+            say(&format!(
+                "cannot listen on {}: {err}; no later tenement can adopt the instances of \
+                 tenement {parent}",
+                socket.display()
+            ));
+            None
+        }
+    };
+    let held = HeldFds::new();
+    let mut clean = false;
+    while let Ok(Some((text, fd))) = fdpass::recv(control.as_fd()) {
+        match (text.split_once(' '), fd) {
+            (Some(("hold", name)), Some(fd)) => {
+                let _ = held.insert(name, fd);
+            }
+            (Some(("release", name)), _) => {
+                held.remove(name);
+            }
+            _ if text == "bye" => clean = true,
+            _ => {}
+        }
     }
-    sweep(subtrees);
-    exit(0)
+    drop(control);
+    if clean || !occupied(subtrees) {
+        finish(socket, 0);
+    }
+    if let Some(listener) = &listener {
+        say(&format!(
+            "tenement {parent} ended without stopping its instances: waiting up to \
+             adopt_timeout ({adopt_timeout}s) for a new tenement to adopt them"
+        ));
+        let deadline = Instant::now() + Duration::from_secs(adopt_timeout);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if !fdpass::readable(listener.as_fd(), left) {
+                break;
+            }
+            let Ok(connection) = fdpass::accept(listener.as_fd()) else {
+                continue;
+            };
+            if hand_over(&connection, &held) {
+                finish(socket, 0);
+            }
+        }
+    }
+    say(&format!(
+        "no tenement adopted the instances of tenement {parent} within adopt_timeout \
+         ({adopt_timeout}s): stopping them"
+    ));
+    drop(held);
+    stop_all(subtrees);
+    finish(socket, 0)
 }
 
-/// Kills every process in the instance groups below `subtrees` and removes the groups and
-/// the subtrees.
-fn sweep(subtrees: &[PathBuf]) {
-    for subtree in subtrees {
-        let Ok(entries) = std::fs::read_dir(subtree) else {
-            continue;
-        };
-        for group in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
-            empty(&group);
-            let _ = std::fs::remove_dir(&group);
+fn say(text: &str) {
+    eprintln!("tenement-guard: {text}");
+}
+
+fn finish(socket: &Path, code: i32) -> ! {
+    let _ = std::fs::remove_file(socket);
+    exit(code)
+}
+
+/// Sends every held fd to a new tenement; true once it confirmed (it holds them, and has
+/// handed them to its own guard).
+fn hand_over(connection: &OwnedFd, held: &HeldFds) -> bool {
+    if held.send(connection.as_fd()).is_err() {
+        return false;
+    }
+    fdpass::readable(connection.as_fd(), HANDOVER_WAIT)
+        && matches!(fdpass::recv(connection.as_fd()), Ok(Some((text, _))) if text == "ok")
+}
+
+/// Instance groups under `subtrees`.
+fn groups(subtrees: &[PathBuf]) -> Vec<PathBuf> {
+    subtrees
+        .iter()
+        .filter_map(|subtree| std::fs::read_dir(subtree).ok())
+        .flat_map(|entries| entries.flatten().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+fn pids(group: &Path) -> Vec<i32> {
+    std::fs::read_to_string(group.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn occupied(subtrees: &[PathBuf]) -> bool {
+    groups(subtrees).iter().any(|g| !pids(g).is_empty())
+}
+
+/// SIGTERM to every process of every instance group, up to `STOP_GRACE` for them to exit,
+/// then SIGKILL to what is left; removes the groups and the subtrees.
+fn stop_all(subtrees: &[PathBuf]) {
+    let groups = groups(subtrees);
+    for group in &groups {
+        for pid in pids(group) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
         }
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline && groups.iter().any(|g| !pids(g).is_empty()) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for group in &groups {
+        empty(group);
+        let _ = std::fs::remove_dir(group);
+    }
+    for subtree in subtrees {
         // The next start creates it again; until then nothing stays behind.
         let _ = std::fs::remove_dir(subtree);
     }
@@ -61,11 +177,7 @@ fn sweep(subtrees: &[PathBuf]) {
 fn empty(group: &Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        let procs = std::fs::read_to_string(group.join("cgroup.procs")).unwrap_or_default();
-        let pids: Vec<i32> = procs
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect();
+        let pids = pids(group);
         if pids.is_empty() {
             return;
         }

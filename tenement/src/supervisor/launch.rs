@@ -1,6 +1,8 @@
 //! The command that starts an instance, for each isolation level, and what the forked child
-//! does before `exec`: join the instance's cgroups, lead its own session, die with tenement,
-//! and drop to the tenant's credentials. Isolation is in place before the first instruction
+//! does before `exec`: join the instance's cgroups, lead its own session, and drop to the
+//! tenant's credentials. Tenants outlive tenement (a later tenement adopts them, see
+//! `guard.rs`), except without cgroups: then nothing could find or stop them later, so they
+//! die with tenement. Isolation is in place before the first instruction
 //! of the tenant's program runs; nothing is moved afterwards.
 //!
 //! - `process`: the program itself, as the tenant.
@@ -38,6 +40,9 @@ pub struct Launch {
     /// `None`: keep tenement's own credentials (tenement is not root).
     pub run_as: Option<RunAs>,
     pub wrapper: Wrapper,
+    /// Without cgroups, nothing could find the instance again after tenement ends: it gets
+    /// the parent-death signal instead of outliving tenement.
+    pub die_with_tenement: bool,
     /// `socket_activation`: the held socket, passed as fd 3.
     pub activation: Option<Activation>,
 }
@@ -62,7 +67,12 @@ pub fn command(launch: &Launch, join: Vec<OwnedFd>) -> Result<(Command, String)>
                 .args(&launch.argv[1..])
                 .env_clear()
                 .envs(launch.env.iter().map(|(k, v)| (k, v)));
-            let mut setup = ChildSetup::new(join, launch.run_as.as_ref(), Some(&launch.workdir))?;
+            let mut setup = ChildSetup::new(
+                join,
+                launch.run_as.as_ref(),
+                Some(&launch.workdir),
+                launch.die_with_tenement,
+            )?;
             if let Some(activation) = &launch.activation {
                 let mut env = launch.env.clone();
                 env.extend(listen_env(&activation.name));
@@ -88,7 +98,8 @@ pub fn command(launch: &Launch, join: Vec<OwnedFd>) -> Result<(Command, String)>
                 .args(&launch.argv)
                 .env_clear()
                 .envs(launch.env.iter().map(|(k, v)| (k, v)));
-            let mut setup = ChildSetup::new(join, None, Some(Path::new("/")))?;
+            let mut setup =
+                ChildSetup::new(join, None, Some(Path::new("/")), launch.die_with_tenement)?;
             if let Some(activation) = &launch.activation {
                 // The init sets LISTEN_PID for the app it forks (see `init.rs`).
                 command.envs(listen_env(&activation.name));
@@ -106,7 +117,12 @@ pub fn command(launch: &Launch, join: Vec<OwnedFd>) -> Result<(Command, String)>
                 .args(&sandbox.args)
                 .env_clear()
                 .env("PATH", DEFAULT_PATH);
-            let setup = ChildSetup::new(join, launch.run_as.as_ref(), Some(&sandbox.state_dir))?;
+            let setup = ChildSetup::new(
+                join,
+                launch.run_as.as_ref(),
+                Some(&sandbox.state_dir),
+                launch.die_with_tenement,
+            )?;
             let what = format!(
                 "{} as {uid} in {}",
                 sandbox.runsc.display(),
@@ -145,7 +161,8 @@ const LISTEN_FD: libc::c_int = 3;
 /// Everything the child does between fork and exec, prepared beforehand.
 struct ChildSetup {
     join: Vec<OwnedFd>,
-    parent: libc::pid_t,
+    /// tenement's pid when the child dies with it.
+    parent: Option<libc::pid_t>,
     credentials: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
     workdir: Option<CString>,
     /// The held socket, made fd 3 last thing before exec.
@@ -249,10 +266,15 @@ impl Exec {
 }
 
 impl ChildSetup {
-    fn new(join: Vec<OwnedFd>, run_as: Option<&RunAs>, workdir: Option<&Path>) -> Result<Self> {
+    fn new(
+        join: Vec<OwnedFd>,
+        run_as: Option<&RunAs>,
+        workdir: Option<&Path>,
+        die_with_tenement: bool,
+    ) -> Result<Self> {
         Ok(ChildSetup {
             join,
-            parent: std::process::id() as libc::pid_t,
+            parent: die_with_tenement.then(|| std::process::id() as libc::pid_t),
             credentials: run_as.map(|r| (r.uid, r.gid, r.groups.clone())),
             workdir: workdir
                 .map(|dir| CString::new(dir.as_os_str().as_bytes()))
@@ -275,12 +297,14 @@ impl ChildSetup {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // tenement died between fork and prctl: the signal will never come.
-            if libc::getppid() != self.parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            if let Some(parent) = self.parent {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // tenement died between fork and prctl: the signal will never come.
+                if libc::getppid() != parent {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
             }
             if let Some((uid, gid, groups)) = &self.credentials {
                 if libc::setgroups(groups.len(), groups.as_ptr()) < 0

@@ -6,13 +6,16 @@
 //! concurrent requests to a sleeping tenant cause exactly one spawn.
 
 mod activation;
+mod adopt;
 mod backends;
 pub mod cgroup;
 mod env_file;
 mod environment;
 mod failure;
+mod fdpass;
 mod freeze;
 pub mod guard;
+mod guard_link;
 mod health;
 mod identity;
 mod idle;
@@ -54,7 +57,9 @@ use crate::{
     store::{EventKind, Store, DEFAULT_WEIGHT},
 };
 
+use adopt::Adoption;
 use cgroup::{CgroupLayout, CgroupTree};
+use guard_link::GuardLink;
 use instance::{Instance, RunHandle, Status, StopKind};
 use ports::PortAllocator;
 use spawner::Spawner;
@@ -101,6 +106,8 @@ pub(crate) struct Shared {
     logs: LogHub,
     monitor: Arc<Mutex<Monitor>>,
     cgroups: Option<CgroupTree>,
+    /// The guard that keeps the instances for the next tenement (with cgroups only).
+    guard: Option<GuardLink>,
     ports: PortAllocator,
     /// Held sockets of `socket_activation` services (in tenement's `HeldFds` registry).
     activation: activation::Activation,
@@ -144,10 +151,11 @@ fn favor_dynamic_moves() {
 }
 
 impl Supervisor {
-    /// Creates the cgroup subtree, cleans what a crashed earlier run left (kills its
-    /// processes by cgroup, removes the groups), then starts `[instances]` and every
-    /// instance that was running when tenement last stopped. Returns without waiting for
-    /// them to be ready.
+    /// Creates the cgroup subtree and starts the guard; adopts the instances an earlier
+    /// tenement left running (a crash, `kill -9`, an upgrade: see `adopt.rs`) and cleans
+    /// what cannot be adopted (kills its processes by cgroup, removes the groups); then
+    /// starts `[instances]` and every instance that was running when tenement last
+    /// stopped. Returns without waiting for them to be ready.
     pub async fn start(
         config: Arc<Config>,
         store: Store,
@@ -184,13 +192,6 @@ impl Supervisor {
             favor_dynamic_moves();
         }
         if let Some(tree) = &cgroups {
-            let leftovers = tree.clean_leftovers().await?;
-            if !leftovers.is_empty() {
-                tracing::warn!(
-                    "killed processes left by an earlier run of tenement in cgroups {}",
-                    leftovers.join(", ")
-                );
-            }
             let missing = tree.missing_controllers();
             if !missing.is_empty() {
                 tracing::warn!(
@@ -217,8 +218,54 @@ impl Supervisor {
             std::fs::set_permissions(&settings.data_dir, std::fs::Permissions::from_mode(0o711))
                 .with_context(|| format!("setting the mode of {}", settings.data_dir.display()))?;
         }
-        // Sandbox state of the earlier run: its processes are gone with their cgroups.
-        let _ = std::fs::remove_dir_all(settings.data_dir.join(".sandbox"));
+        let spawner = Spawner::start()?;
+        let guard = match &cgroups {
+            Some(tree) => Some(
+                GuardLink::start(&spawner, tree, &settings.data_dir, settings.adopt_timeout)
+                    .await?,
+            ),
+            None => None,
+        };
+        // Instances an earlier tenement left running are adopted; what cannot be is killed.
+        let mut adoptions = BTreeMap::new();
+        if let (Some(tree), Some(guard)) = (&cgroups, &guard) {
+            let held = crate::held::HeldFds::new();
+            guard.take_over(&settings.data_dir, &held);
+            {
+                // Adopted instances keep their kernel counters; this tenement's maps are
+                // held from now on (replacing the earlier ones in the guard).
+                let monitor = monitor.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(err) = monitor.take_previous(&held) {
+                    tracing::warn!("kernel counters of adopted instances start from zero: {err:#}");
+                }
+                for (name, fd) in monitor.held_maps() {
+                    guard.hold(name, fd);
+                }
+            }
+            let sorted = adopt::sort(tree, &store, &config, &held).await?;
+            if !sorted.killed.is_empty() {
+                tracing::warn!(
+                    "killed processes left by an earlier run of tenement in cgroups {}",
+                    sorted.killed.join("; ")
+                );
+            }
+            adoptions = sorted.adopted;
+        } else {
+            // Without cgroups instances died with the earlier tenement: nothing to adopt.
+            for (name, _) in store.running()? {
+                store.clear_running(&name)?;
+            }
+        }
+        // Sandbox state of the earlier run: its processes are gone with their cgroups,
+        // except those of adopted instances.
+        if let Ok(entries) = std::fs::read_dir(settings.data_dir.join(".sandbox")) {
+            for entry in entries.flatten() {
+                let slug = entry.file_name().to_string_lossy().into_owned();
+                if !adoptions.keys().any(|name| name.slug() == slug) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
 
         {
             let monitor = monitor.lock().unwrap_or_else(|p| p.into_inner());
@@ -240,15 +287,12 @@ impl Supervisor {
                 );
             }
         }
-        let spawner = Spawner::start()?;
-        if let Some(tree) = &cgroups {
-            start_guard(&spawner, tree).await?;
-        }
         let shared = Arc::new(Shared {
             ports: PortAllocator::new(settings.port_range),
             activation: activation::Activation::new(held),
             spawner,
             cgroups,
+            guard,
             instances: Mutex::new(BTreeMap::new()),
             changes: watch::channel(0).0,
             activity_source: RwLock::new(None),
@@ -314,6 +358,16 @@ impl Supervisor {
             }
         }
         let supervisor = Supervisor { shared };
+        for (name, adoption) in adoptions {
+            if !config.service.contains_key(&name.service) {
+                continue;
+            }
+            let instance = supervisor.shared.entry(&name)?;
+            supervisor
+                .shared
+                .start_run_with(&instance, Some(adoption))
+                .await;
+        }
         for name in &wanted {
             let instance = supervisor.shared.entry(name)?;
             supervisor.shared.start_run(&instance).await;
@@ -634,6 +688,16 @@ impl Supervisor {
 
     /// Stops every instance (their desired state stays "running" for the next start) and
     /// removes every cgroup, the subtree included.
+    /// Lets go of every instance without stopping it, for an upgrade: no `bye` to the guard,
+    /// which keeps their output pipes and counters until the new tenement adopts them, as
+    /// after a crash (`adopt.rs`). Their processes, cgroups and store records stay as they are.
+    pub fn detach(&self) {
+        self.shared
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.logs.flush();
+    }
+
     pub async fn shutdown(&self) {
         self.shared
             .shutting_down
@@ -657,44 +721,11 @@ impl Supervisor {
             }
         }
         self.shared.logs.flush();
-    }
-}
-
-/// Starts `tenement __guard` (see `guard.rs`), in its own session so that a terminal's
-/// Ctrl-C reaches tenement's graceful shutdown first.
-async fn start_guard(spawner: &Spawner, tree: &CgroupTree) -> Result<()> {
-    use std::os::unix::process::CommandExt;
-    let mut command = std::process::Command::new(launch::helper_binary());
-    command
-        .arg0("tenement-guard")
-        .arg("__guard")
-        .arg(std::process::id().to_string())
-        .args(tree.dirs())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = spawner
-        .spawn(command)
-        .await
-        .context("starting tenement's guard process")?;
-    let mut child = spawner::Child::watch(child)?;
-    tokio::spawn(async move {
-        if let Ok(status) = child.wait().await {
-            tracing::warn!(
-                "tenement's guard process ended ({}): tenants' background processes may outlive                  a crash of tenement until its next start",
-                spawner::describe(status)
-            );
+        // Everything is stopped: the guard has nothing to keep for a next tenement.
+        if let Some(guard) = &self.shared.guard {
+            guard.bye();
         }
-    });
-    Ok(())
+    }
 }
 
 fn failed(instance: &Instance, status: &Status) -> StartError {
@@ -786,6 +817,16 @@ impl Shared {
     /// Starts the run loop of `instance` unless one is running; waits for one that is
     /// being stopped to finish first.
     async fn start_run(self: &Arc<Self>, instance: &Arc<Instance>) {
+        self.start_run_with(instance, None).await;
+    }
+
+    /// [`Shared::start_run`], whose first attempt adopts a running process if given.
+    async fn start_run_with(
+        self: &Arc<Self>,
+        instance: &Arc<Instance>,
+        adoption: Option<Adoption>,
+    ) {
+        let mut adoption = adoption;
         loop {
             let stopping = {
                 let mut run = instance.lock_run();
@@ -806,6 +847,7 @@ impl Shared {
                             instance.clone(),
                             stop_rx,
                             done_tx,
+                            adoption.take(),
                         ));
                         return;
                     }

@@ -107,8 +107,9 @@ impl PortAllocator {
         .into())
     }
 
-    /// A lease of exactly `port` (a held socket handed over by the previous tenement is
-    /// already bound to it, so it is not checked free); `None` if it is leased already.
+    /// A lease of exactly `port` (a held socket handed over by the previous tenement, or an
+    /// adopted instance, is already bound to it, so it is not checked free); `None` if it is
+    /// leased already.
     pub fn claim(&self, port: u16) -> Option<PortLease> {
         let mut state = self.lock();
         if !state.leased.insert(port) {

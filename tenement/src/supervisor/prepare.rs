@@ -158,6 +158,7 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
             workdir,
             run_as: root.then(|| run_as.clone()),
             wrapper,
+            die_with_tenement: shared.cgroups.is_none(),
             activation: activation.map(|socket| launch::Activation {
                 socket,
                 name: name.service.clone(),

@@ -4,6 +4,7 @@
 //! Between attempts the restart policy and the backoff decide.
 
 use std::{
+    os::fd::{AsFd, OwnedFd},
     process::ExitStatus,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -12,8 +13,11 @@ use std::{
 use tokio::{sync::watch, task::JoinHandle, time::timeout};
 
 use super::{
+    adopt::Adoption,
     cgroup::InstanceCgroup,
-    failure, health,
+    failure,
+    guard_link::log_name,
+    health,
     instance::{Instance, StopKind},
     launch::{self, Launch},
     listener::{self, Listening},
@@ -28,7 +32,12 @@ use super::{
     wake_steps::WakeSteps,
     Shared,
 };
-use crate::{config::InstanceName, endpoint::Endpoint, logs::Stream, store::EventKind};
+use crate::{
+    config::{InstanceName, Isolation},
+    endpoint::Endpoint,
+    logs::Stream,
+    store::{EventKind, RunRecord},
+};
 
 /// Health checks failing in a row before the instance counts as unhealthy.
 const UNHEALTHY_AFTER: u32 = 3;
@@ -40,7 +49,8 @@ const LOG_DRAIN: Duration = Duration::from_secs(2);
 enum AttemptEnd {
     Stopped(StopKind),
     Exited {
-        status: ExitStatus,
+        /// `None`: an adopted process, whose exit status only its parent could read.
+        status: Option<ExitStatus>,
         ready_for: Option<Duration>,
         oom_killed: bool,
     },
@@ -73,13 +83,18 @@ pub async fn run(
     instance: Arc<Instance>,
     mut stop: watch::Receiver<Option<StopKind>>,
     done: watch::Sender<bool>,
+    adoption: Option<Adoption>,
 ) {
+    let mut adoption = adoption;
     let mut tracker = RestartTracker::new(&shared.config().settings);
     let mut takeovers = 0u32;
     let name = &instance.name;
     loop {
         let began_ms = failure::unix_ms(SystemTime::now());
-        let end = attempt(&shared, &instance, &mut stop).await;
+        let end = match adoption.take() {
+            Some(adoption) => adopted(&shared, &instance, &mut stop, adoption).await,
+            None => attempt(&shared, &instance, &mut stop).await,
+        };
         if !matches!(end, AttemptEnd::PortTaken { .. }) {
             takeovers = 0;
         }
@@ -186,18 +201,19 @@ pub async fn run(
 fn exit_ending(
     shared: &Shared,
     instance: &Instance,
-    status: ExitStatus,
+    status: Option<ExitStatus>,
     ready_for: Option<Duration>,
     oom_killed: bool,
     output: impl Fn() -> String,
 ) -> (Ending, Option<Duration>, String) {
-    let how = spawner::describe(status);
+    let how = spawner::describe_exit(status);
+    let success = status.is_some_and(|s| s.success());
     let what = if oom_killed {
         let limit = instance.service().memory_limit_mb.unwrap_or_default();
         let what = format!("killed by the kernel's OOM killer ({how}, memory_limit_mb = {limit})");
         shared.record(instance, EventKind::OomKilled, &what);
         what
-    } else if status.success() {
+    } else if success {
         let what = format!("the program exited ({how})");
         shared.record(instance, EventKind::Stopped, &what);
         what
@@ -211,7 +227,7 @@ fn exit_ending(
         what
     };
     shared.logs.system(&instance.name, &what);
-    let ending = if status.success() {
+    let ending = if success {
         Ending::CleanExit
     } else {
         Ending::Failure
@@ -485,6 +501,7 @@ async fn attempt(
     steps.spawned();
     let captures = capture_output(shared, name, &mut child);
     let pid = child.id();
+    let start_ticks = spawner::start_ticks(pid).unwrap_or(0);
     let mut child = match Child::watch(child) {
         Ok(child) => child,
         Err(err) => {
@@ -494,14 +511,34 @@ async fn attempt(
             return AttemptEnd::CannotStart(format!("{name}: watching pid {pid}: {err}"));
         }
     };
+    let record = RunRecord {
+        pid,
+        start_ticks,
+        port: endpoint.port(),
+        socket: match &endpoint {
+            Endpoint::Unix { path, .. } => Some(path.display().to_string()),
+            Endpoint::Port(_) | Endpoint::Peer(_) => None,
+        },
+        uid: run_as.uid,
+        started_ms: failure::unix_ms(SystemTime::now()),
+    };
     mark_started(
         shared,
         instance,
-        pid,
+        &record,
         &endpoint,
         cgroup.as_ref(),
         network,
-        run_as.uid,
+    );
+    shared.record(
+        instance,
+        EventKind::Spawned,
+        &format!(
+            "pid {pid}, {}, uid {}, isolation {}",
+            listens_on(&endpoint),
+            run_as.uid,
+            format!("{:?}", instance.service().isolation).to_lowercase()
+        ),
     );
 
     let end = supervise(
@@ -511,7 +548,10 @@ async fn attempt(
         &endpoint,
         cgroup.as_ref(),
         stop,
-        &steps,
+        Begun {
+            steps: &steps,
+            serving: false,
+        },
     )
     .await;
 
@@ -534,6 +574,123 @@ async fn attempt(
         instance,
         &mut child,
         cgroup.as_ref(),
+        sandbox_state,
+        captures,
+        graceful,
+    )
+    .await;
+    drop(port);
+    match end {
+        AttemptEnd::Exited {
+            status, ready_for, ..
+        } => AttemptEnd::Exited {
+            status,
+            ready_for,
+            oom_killed,
+        },
+        other => other,
+    }
+}
+
+/// The first attempt of an instance an earlier tenement started: nothing is forked. Its
+/// process (by pidfd), cgroup, port, kernel counters, network boundary and output pipes are
+/// taken over, then it is supervised (readiness, health, exit) like one this tenement
+/// started.
+async fn adopted(
+    shared: &Arc<Shared>,
+    instance: &Arc<Instance>,
+    stop: &mut watch::Receiver<Option<StopKind>>,
+    adoption: Adoption,
+) -> AttemptEnd {
+    let name = &instance.name;
+    let steps = WakeSteps::begin();
+    let Adoption {
+        record,
+        cgroup,
+        mut child,
+        stdout,
+        stderr,
+    } = adoption;
+    let endpoint = match (&record.socket, record.port) {
+        (Some(path), _) => Endpoint::Unix {
+            path: std::path::Path::new(path).into(),
+            owner: record.uid,
+        },
+        (None, Some(port)) => Endpoint::Port(port),
+        (None, None) => Endpoint::Port(0),
+    };
+    let port = match endpoint.port() {
+        Some(port) => shared.ports.claim(port),
+        None => None,
+    };
+    let captures: Vec<JoinHandle<()>> = [(Stream::Stdout, stdout), (Stream::Stderr, stderr)]
+        .into_iter()
+        .filter_map(|(stream, pipe)| capture(shared, name, stream, pipe))
+        .collect();
+    let cgroup_id = cgroup.id();
+    let network = confine(shared, instance, cgroup_id, endpoint.port().unwrap_or(0));
+    let sandbox_state = (instance.service().isolation == Isolation::Sandbox)
+        .then(|| super::sandbox::state_dir(&shared.config().settings.data_dir, &name.slug()));
+    let network = match network {
+        Ok(network) => network,
+        Err(reason) => {
+            // Never left running outside its boundary: stopped, and started afresh.
+            tear_down(
+                shared,
+                instance,
+                &mut child,
+                Some(&cgroup),
+                sandbox_state,
+                captures,
+                true,
+            )
+            .await;
+            return AttemptEnd::CannotStart(reason);
+        }
+    };
+    if let Some(id) = cgroup_id {
+        if let Err(err) = shared.monitor_lock().carry_over(id) {
+            tracing::warn!("{name}: its kernel counters start from zero: {err:#}");
+        }
+    }
+    mark_started(shared, instance, &record, &endpoint, Some(&cgroup), network);
+    let pid = record.pid;
+    shared.record(
+        instance,
+        EventKind::Adopted,
+        &format!(
+            "pid {pid}, {}, uid {}: still running after tenement restarted",
+            listens_on(&endpoint),
+            record.uid
+        ),
+    );
+    shared
+        .logs
+        .system(name, &format!("adopted pid {pid} after tenement restarted"));
+    // Listening on its own port: it serves at once, as it did before; otherwise (a unix
+    // socket, or caught mid-start) it goes through the readiness checks.
+    let serving = endpoint
+        .port()
+        .is_some_and(|port| matches!(listener::check(port, &cgroup.pids()), Listening::Owned));
+    let end = supervise(
+        shared,
+        instance,
+        &mut child,
+        &endpoint,
+        Some(&cgroup),
+        stop,
+        Begun {
+            steps: &steps,
+            serving,
+        },
+    )
+    .await;
+    let graceful = matches!(end, AttemptEnd::Stopped(_));
+    let oom_killed = tear_down(
+        shared,
+        instance,
+        &mut child,
+        Some(&cgroup),
         sandbox_state,
         captures,
         graceful,
@@ -577,54 +734,64 @@ fn capture_output(
     name: &InstanceName,
     child: &mut std::process::Child,
 ) -> Vec<JoinHandle<()>> {
-    let mut captures = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        if let Ok(out) = tokio::process::ChildStdout::from_std(out) {
-            captures.push(shared.logs.capture(name, Stream::Stdout, out));
+    let pipes = [
+        (Stream::Stdout, child.stdout.take().map(OwnedFd::from)),
+        (Stream::Stderr, child.stderr.take().map(OwnedFd::from)),
+    ];
+    pipes
+        .into_iter()
+        .filter_map(|(stream, pipe)| capture(shared, name, stream, pipe?))
+        .collect()
+}
+
+/// Reads one output pipe of the instance into its logs; the guard keeps a copy of the read
+/// end, so that the instance's writes neither fail nor get lost while no tenement reads.
+fn capture(
+    shared: &Shared,
+    name: &InstanceName,
+    stream: Stream,
+    pipe: OwnedFd,
+) -> Option<JoinHandle<()>> {
+    if let Some(guard) = &shared.guard {
+        guard.hold(&log_name(name, stream), pipe.as_fd());
+    }
+    match tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) {
+        Ok(reader) => Some(shared.logs.capture(name, stream, reader)),
+        Err(err) => {
+            tracing::warn!("{name}: reading its {stream}: {err}");
+            None
         }
     }
-    if let Some(err) = child.stderr.take() {
-        if let Ok(err) = tokio::process::ChildStderr::from_std(err) {
-            captures.push(shared.logs.capture(name, Stream::Stderr, err));
-        }
-    }
-    captures
 }
 
 /// The instance is `starting`: its process, endpoint, cgroup and network policy are known.
+/// Its process is recorded in the store, for a later tenement to adopt.
 fn mark_started(
     shared: &Shared,
     instance: &Instance,
-    pid: u32,
+    record: &RunRecord,
     endpoint: &Endpoint,
     cgroup: Option<&InstanceCgroup>,
     network: InstanceNetwork,
-    uid: u32,
 ) {
+    if let Err(err) = shared.store.set_running(&instance.name, record) {
+        tracing::warn!("{err:#}");
+    }
     let cgroup_id = cgroup.and_then(InstanceCgroup::id);
+    let started_at = SystemTime::UNIX_EPOCH + Duration::from_millis(record.started_ms);
     instance.lock_activity().freezer = cgroup.and_then(InstanceCgroup::freezer);
     shared.update(instance, |s| {
         s.state = InstanceState::Starting;
-        s.pid = Some(pid);
+        s.pid = Some(record.pid);
         s.port = endpoint.port();
         s.endpoint = Some(endpoint.clone());
-        s.started_at = Some(SystemTime::now());
+        s.started_at = Some(started_at);
         s.cannot_start = false;
         s.cgroup_id = cgroup_id;
         s.cgroup_path = cgroup.and_then(|c| c.path()).map(|p| p.to_path_buf());
         s.memory_cgroup = cgroup.and_then(|c| c.memory_dir()).map(|p| p.to_path_buf());
         s.network = Some(network);
     });
-    shared.record(
-        instance,
-        EventKind::Spawned,
-        &format!(
-            "pid {pid}, {}, uid {}, isolation {}",
-            listens_on(endpoint),
-            uid,
-            format!("{:?}", instance.service().isolation).to_lowercase()
-        ),
-    );
 }
 
 /// Ends every process of the attempt (gracefully for a stop), removes its cgroup, kernel
@@ -658,8 +825,15 @@ async fn tear_down(
     if let Some(state) = sandbox_state {
         let _ = std::fs::remove_dir_all(state);
     }
+    if let Err(err) = shared.store.clear_running(name) {
+        tracing::warn!("{err:#}");
+    }
     for capture in captures {
         let _ = timeout(LOG_DRAIN, capture).await;
+    }
+    if let Some(guard) = &shared.guard {
+        guard.release(&log_name(name, Stream::Stdout));
+        guard.release(&log_name(name, Stream::Stderr));
     }
     oom_killed
 }
@@ -700,8 +874,16 @@ fn confine(
     }
 }
 
-/// Waits for readiness, then health-checks until the process ends, turns unhealthy, or a
-/// stop is requested.
+/// How an attempt began: where its milliseconds went, and whether its process serves
+/// already (an adopted process found listening on its own port).
+struct Begun<'a> {
+    steps: &'a WakeSteps,
+    serving: bool,
+}
+
+/// Waits for readiness (unless `serving`: an adopted process found listening on its own
+/// port is ready as it was), then health-checks until the process ends, turns unhealthy,
+/// or a stop is requested.
 async fn supervise(
     shared: &Shared,
     instance: &Instance,
@@ -709,22 +891,31 @@ async fn supervise(
     endpoint: &Endpoint,
     cgroup: Option<&InstanceCgroup>,
     stop: &mut watch::Receiver<Option<StopKind>>,
-    steps: &WakeSteps,
+    begun: Begun<'_>,
 ) -> AttemptEnd {
+    let Begun { steps, serving } = begun;
     let service = &instance.service();
     let startup = Duration::from_secs(service.startup_timeout);
-    let ready = tokio::select! {
-        ready = timeout(startup, wait_ready(instance, endpoint, cgroup)) => ready,
-        status = child.wait() => {
-            // An app that died because its port was taken (EADDRINUSE) gets another port.
-            // (A held port is tenement's own: nobody else can take it.)
-            let held = service.socket_activation;
-            if let Some(taken) = endpoint.port().filter(|_| !held).and_then(|port| taken(port, cgroup)) {
-                return taken;
+    let ready = if serving {
+        Ok(Ok(()))
+    } else {
+        tokio::select! {
+            ready = timeout(startup, wait_ready(instance, endpoint, cgroup)) => ready,
+            status = child.wait() => {
+                // An app that died because its port was taken (EADDRINUSE) gets another port.
+                // (A held port is tenement's own: nobody else can take it.)
+                let held = service.socket_activation;
+                if let Some(taken) = endpoint
+                    .port()
+                    .filter(|_| !held)
+                    .and_then(|port| taken(port, cgroup))
+                {
+                    return taken;
+                }
+                return exited(status, None);
             }
-            return exited(status, None);
+            kind = stopped(stop) => return AttemptEnd::Stopped(kind),
         }
-        kind = stopped(stop) => return AttemptEnd::Stopped(kind),
     };
     if let Ok(Err(taken)) = ready {
         return taken;
@@ -823,7 +1014,7 @@ async fn supervise(
     }
 }
 
-fn exited(status: std::io::Result<ExitStatus>, ready_for: Option<Duration>) -> AttemptEnd {
+fn exited(status: std::io::Result<Option<ExitStatus>>, ready_for: Option<Duration>) -> AttemptEnd {
     match status {
         Ok(status) => AttemptEnd::Exited {
             status,

@@ -32,9 +32,11 @@ ExecStart={binary} serve --config {config}
 ExecReload={binary} reload --config {config}
 Restart=on-failure
 RestartSec=2s
-# SIGTERM goes to tenement alone, which stops every instance within its stop_timeout;
-# whatever is left after TimeoutStopSec is killed.
-KillMode=mixed
+# Signals go to tenement alone: on stop, SIGTERM makes it stop every instance within its
+# stop_timeout. When tenement crashes or is killed, systemd leaves the instances running
+# (Restart= brings tenement back, and it adopts them); if no tenement comes back within
+# adopt_timeout, tenement's guard stops them.
+KillMode=process
 TimeoutStopSec=120s
 # tenement owns the cgroup subtree below its own and creates one cgroup per instance there.
 Delegate=yes
@@ -115,6 +117,8 @@ mod tests {
         assert!(unit.contains("ExecStart=/usr/local/bin/tenement serve --config /etc/t.toml\n"));
         assert!(unit.contains("ExecReload=/usr/local/bin/tenement reload --config /etc/t.toml\n"));
         assert!(unit.contains("Delegate=yes\n"));
+        // A crash or restart of tenement must not take its tenants with it.
+        assert!(unit.contains("KillMode=process\n"));
         assert!(unit.contains("Type=notify\n"));
     }
 }

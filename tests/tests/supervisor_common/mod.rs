@@ -236,13 +236,18 @@ impl Daemon {
         groups
     }
 
-    /// Processes other than the daemon whose command line mentions this test's scratch
-    /// directory.
+    /// Processes other than the daemon and its guards whose command line mentions this
+    /// test's scratch directory.
     pub fn tenant_processes(&self) -> Vec<u32> {
         let daemon = self.child.as_ref().map(Child::id);
         processes_mentioning(&self.scratch.path.display().to_string())
             .into_iter()
             .filter(|pid| Some(*pid) != daemon)
+            .filter(|pid| {
+                !std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                    .unwrap_or_default()
+                    .contains("\0__guard\0")
+            })
             .collect()
     }
 }

@@ -154,9 +154,10 @@ impl CgroupTree {
         Ok(written)
     }
 
-    /// Kills whatever is left in groups of an earlier run (tenement crashed or was killed)
-    /// and removes them. Returns the names of the groups that held processes.
-    pub async fn clean_leftovers(&self) -> Result<Vec<String>> {
+    /// The groups of an earlier run (tenement crashed, was killed, or is being upgraded),
+    /// by name (`service-id`), in name order: candidates for adoption, or leftovers for
+    /// [`CgroupTree::discard`].
+    pub fn leftovers(&self) -> Result<Vec<(String, InstanceCgroup)>> {
         let mut names: Vec<String> = Vec::new();
         for root in &self.roots {
             for entry in std::fs::read_dir(&root.dir)
@@ -171,26 +172,38 @@ impl CgroupTree {
                 }
             }
         }
-        let mut occupied = Vec::new();
-        for name in names {
-            let leftover = InstanceCgroup::existing(
-                self.roots
-                    .iter()
-                    .map(|root| Group {
-                        dir: root.dir.join(&name),
-                        version: root.version,
-                        controllers: root.controllers.clone(),
-                    })
-                    .filter(|group| group.dir.is_dir())
-                    .collect(),
-            );
-            if !leftover.is_empty() {
-                occupied.push(name);
-            }
-            leftover.kill_all();
-            leftover.wait_empty(Duration::from_secs(10)).await?;
-            leftover.remove()?;
-        }
+        names.sort();
+        Ok(names
+            .into_iter()
+            .map(|name| {
+                let group = self.existing(&name);
+                (name, group)
+            })
+            .collect())
+    }
+
+    /// The groups named `slug` found on disk.
+    pub fn existing(&self, slug: &str) -> InstanceCgroup {
+        InstanceCgroup::existing(
+            self.roots
+                .iter()
+                .map(|root| Group {
+                    dir: root.dir.join(slug),
+                    version: root.version,
+                    controllers: root.controllers.clone(),
+                })
+                .filter(|group| group.dir.is_dir())
+                .collect(),
+        )
+    }
+
+    /// Kills whatever is left in a group of an earlier run and removes it. Returns whether
+    /// it held processes.
+    pub async fn discard(leftover: &InstanceCgroup) -> Result<bool> {
+        let occupied = !leftover.is_empty();
+        leftover.kill_all();
+        leftover.wait_empty(Duration::from_secs(10)).await?;
+        leftover.remove()?;
         Ok(occupied)
     }
 
