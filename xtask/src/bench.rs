@@ -15,6 +15,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         Some("wake") => crate::bench_wake::run(&args[1..]),
         Some("ebpf") => crate::bench_ebpf::run(&args[1..]),
         Some("dashboard") => crate::bench_dashboard::run(&args[1..]),
+        Some("fleet") => crate::bench_fleet::run(&args[1..]),
         Some("adopt") => crate::bench_adopt::run(&args[1..]),
         Some(other) => bail!("unknown benchmark {other:?}; {AVAILABLE}"),
         None => {
@@ -31,6 +32,7 @@ benchmarks (run as root; results go to docs/benchmarks.md unless noted):
   wake   cold wake of the notes app through tenement vs the app's own start-up
   ebpf   proxy throughput to an instance with the eBPF programs attached vs detached
   dashboard  server time of the web dashboard's overview with 1000 instances (100 running)
+  fleet  latency and CPU per request forwarded to another node vs served locally (2 nodes, etcd)
   adopt  start-to-serving with N = 10, 100 instances: adopted after kill -9 vs cold start
 ";
 
@@ -102,12 +104,17 @@ pub(crate) fn tools(needed: &[&'static str]) -> Result<()> {
 
 /// wrk against 127.0.0.1:port with `Host: one.bench.localhost` (instance `bench:one`).
 pub(crate) fn wrk(port: u16, scenario: Scenario, seconds: u64) -> Result<Run> {
+    wrk_host(port, "one.bench.localhost", scenario, seconds)
+}
+
+/// wrk against 127.0.0.1:port with `Host: host`.
+pub(crate) fn wrk_host(port: u16, host: &str, scenario: Scenario, seconds: u64) -> Result<Run> {
     let mut command = Command::new("wrk");
     command
         .args(["-t2", "--latency"])
         .arg(format!("-c{}", scenario.connections))
         .arg(format!("-d{seconds}s"))
-        .args(["-H", "Host: one.bench.localhost"]);
+        .args(["-H", &format!("Host: {host}")]);
     if scenario.mode == Mode::Close {
         command.args(["-H", "Connection: close"]);
     }

@@ -5,6 +5,7 @@ mod bench;
 mod bench_adopt;
 mod bench_dashboard;
 mod bench_ebpf;
+mod bench_fleet;
 mod bench_proxy;
 mod bench_spawn;
 mod bench_support;

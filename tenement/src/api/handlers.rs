@@ -294,10 +294,17 @@ pub async fn token_create(
             "description must be at most 200 bytes of text without control characters",
         ));
     }
-    let (record, secret) = context
-        .api
-        .store
-        .issue_token(&scope.to_string(), &description)?;
+    let (record, secret) = match context.fleet.get() {
+        // In a fleet the token is the fleet's: issued through etcd, valid on every node.
+        Some(fleet) => fleet
+            .issue_token(&scope.to_string(), &description)
+            .await
+            .map_err(|err| ApiError::unavailable(format!("{err:#}")))?,
+        None => context
+            .api
+            .store
+            .issue_token(&scope.to_string(), &description)?,
+    };
     tracing::info!("issued token {} ({})", record.id, record.scope);
     Ok(body::json(
         StatusCode::CREATED,
@@ -310,14 +317,26 @@ pub async fn token_create(
     ))
 }
 
-pub fn token_revoke(context: &Context, caller: &Caller, id: &str) -> ApiResult<Response<Body>> {
+pub async fn token_revoke(
+    context: &Context,
+    caller: &Caller,
+    id: &str,
+) -> ApiResult<Response<Body>> {
     caller.require_admin("revoking tokens")?;
     let id: i64 = id.parse().map_err(|_| {
         ApiError::bad_request(format!(
             "token id {id:?} is not a number; `tenement token-list` shows the ids"
         ))
     })?;
-    if !context.api.store.revoke_token(id)? {
+    let revoked = match context.fleet.get() {
+        // Revoked on every node: deleted from etcd first.
+        Some(fleet) => fleet
+            .revoke_token(id)
+            .await
+            .map_err(|err| ApiError::unavailable(format!("{err:#}")))?,
+        None => context.api.store.revoke_token(id)?,
+    };
+    if !revoked {
         return Err(ApiError::not_found(format!(
             "no token {id}; `tenement token-list` shows the live ones"
         )));

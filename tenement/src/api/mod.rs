@@ -73,6 +73,8 @@ pub(crate) struct Context {
     pub auth_failures: auth_limit::AuthFailures,
     /// The web dashboard's sessions and history (`/dashboard`).
     pub dashboard: crate::dashboard::Dashboard,
+    /// The fleet, with `[fleet]`: tokens are issued and revoked through it.
+    pub fleet: OnceLock<crate::fleet::Fleet>,
 }
 
 impl Context {
@@ -143,6 +145,7 @@ impl ApiServer {
             shutdown: shutdown.clone(),
             auth_failures: auth_limit::AuthFailures::default(),
             dashboard: crate::dashboard::Dashboard::default(),
+            fleet: OnceLock::new(),
         });
         stats::register_metrics(&context);
         auth_limit::register_metrics(&context);
@@ -190,6 +193,7 @@ impl ApiServer {
     /// Shows the proxy's request counters on `/metrics`. The front door starts after the API.
     /// Adds the fleet's node and placements to `/metrics`.
     pub fn attach_fleet(&self, fleet: crate::fleet::Fleet) {
+        let _ = self.context.fleet.set(fleet.clone());
         metrics_fleet::register(&self.metrics, fleet);
     }
 

@@ -220,7 +220,7 @@ async fn dispatch(
         ["v1", "tokens", id] => {
             is("DELETE")?;
             query.allow(&[])?;
-            handlers::token_revoke(context, caller, id)
+            handlers::token_revoke(context, caller, id).await
         }
         _ => Err(unknown_path(segments)),
     }

@@ -59,6 +59,10 @@ pub enum RemoteCommand {
     Ps {
         /// Only this service's instances
         service: Option<String>,
+        /// Every instance of the fleet with the node it is placed on, read from etcd (no
+        /// daemon needed; needs `[fleet]` in the configuration)
+        #[arg(long)]
+        fleet: bool,
     },
     /// Show the output of an instance (SERVICE:ID), or of every instance of a service
     /// (SERVICE) interleaved by time
@@ -150,6 +154,15 @@ pub struct LogsArgs {
 }
 
 pub fn run(command: RemoteCommand, options: &ServerOptions, config: Option<&Path>) -> Result<()> {
+    if let RemoteCommand::Ps {
+        service,
+        fleet: true,
+    } = &command
+    {
+        let path = crate::config::locate(config)?;
+        let config = crate::config::Config::load(&path)?;
+        return super::fleet::ps(&config, service.as_deref(), options.json);
+    }
     let address =
         Client::resolve_address(options.server.as_deref(), config, options.token.is_some())?;
     let client = Client::new(address, options.token.clone());
@@ -180,7 +193,7 @@ async fn execute(command: RemoteCommand, client: &Client, json: bool) -> Result<
             let view: InstanceView = client.call(Method::POST, &path, None::<&()>).await?;
             print(json, &view, || running_line(&view))
         }
-        RemoteCommand::Ps { service } => {
+        RemoteCommand::Ps { service, .. } => {
             let path = match &service {
                 Some(service) => format!("/v1/instances?service={}", encode(service)),
                 None => "/v1/instances".to_string(),

@@ -155,7 +155,7 @@ async fn run(
         Api {
             config: supervisor.live_config(),
             supervisor: supervisor.clone(),
-            store,
+            store: store.clone(),
             logs,
             monitor,
             reloader: Some(reloader.clone()),
@@ -165,7 +165,9 @@ async fn run(
     )
     .await?;
     let fleet = match &config.fleet {
-        Some(fleet) => Some(crate::fleet::Fleet::start(fleet, supervisor.clone()).await?),
+        Some(fleet) => {
+            Some(crate::fleet::Fleet::start(fleet, supervisor.clone(), store.clone()).await?)
+        }
         None => None,
     };
     let front = FrontDoor::start(

@@ -239,6 +239,17 @@ impl Etcd {
         Ok(held.map_or(Created::Vanished, Created::Taken))
     }
 
+    /// Deletes `key` (whatever it holds; nothing when it is absent).
+    pub async fn delete(&self, key: &str) -> Result<(), EtcdError> {
+        self.call(
+            "a delete",
+            "/v3/kv/deleterange",
+            json!({ "key": B64.encode(key) }),
+        )
+        .await
+        .map(drop)
+    }
+
     /// Deletes `key` if it still holds `value` (releasing only what is ours).
     pub async fn delete_if(&self, key: &str, value: &[u8]) -> Result<bool, EtcdError> {
         let encoded = B64.encode(key);

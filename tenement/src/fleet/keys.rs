@@ -40,3 +40,18 @@ impl NodeRecord {
 
 /// A placement's value: the owner node's name. Its lease is the owner's.
 pub type Owner = String;
+
+/// API tokens, one key per token id: a [`crate::store::tokens::SharedToken`] (JSON).
+pub const TOKENS: &str = "/tenement/v1/tokens/";
+/// Created by the first node that joins: that node's existing tokens become the fleet's.
+pub const TOKENS_SEEDED: &str = "/tenement/v1/tokens-seeded";
+/// Routing weights set at run time, one key per instance: the weight as decimal text.
+pub const WEIGHTS: &str = "/tenement/v1/weights/";
+
+pub fn token(id: i64) -> String {
+    format!("{TOKENS}{id}")
+}
+
+pub fn weight(instance: &str) -> String {
+    format!("{WEIGHTS}{instance}")
+}

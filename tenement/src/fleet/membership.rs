@@ -53,10 +53,12 @@ pub(super) async fn relist(inner: &Inner) -> Result<(), EtcdError> {
         .map(|record| (record.name.clone(), record))
         .collect();
     let placements = placements.iter().filter_map(placement).collect();
-    let mut view = inner.view_mut();
-    view.nodes = nodes;
-    view.placements = placements;
-    Ok(())
+    {
+        let mut view = inner.view_mut();
+        view.nodes = nodes;
+        view.placements = placements;
+    }
+    super::shared::relist(inner).await
 }
 
 fn placement(kv: &KeyValue) -> Option<(InstanceName, String)> {

@@ -13,6 +13,7 @@ pub mod etcd;
 pub mod keys;
 mod membership;
 mod rule;
+mod shared;
 pub mod status;
 
 use std::{
@@ -32,6 +33,7 @@ use http::HeaderValue;
 use crate::{
     config::{self, InstanceName},
     proxy::placement::{Place, Placed, Placement, Refusal},
+    store::Store,
     supervisor::Supervisor,
 };
 use etcd::{Created, Etcd};
@@ -76,6 +78,11 @@ struct Inner {
     max_instances: u32,
     etcd: Etcd,
     supervisor: Supervisor,
+    /// This node's store: its copy of the fleet's tokens and weights.
+    store: Store,
+    /// One token change at a time on this node (issue, revoke, copy from etcd).
+    tokens: tokio::sync::Mutex<()>,
+    weights_seen: shared::WeightsSeen,
     /// `fresh_until` counts milliseconds from here (a monotonic clock: it runs on while the
     /// process is stopped, which is the point).
     epoch: Instant,
@@ -102,7 +109,11 @@ struct View {
 impl Fleet {
     /// Joins the fleet of `[fleet]`: takes a lease, registers, and keeps both alive in the
     /// background. Fails when no etcd endpoint answers (a node does not start blind).
-    pub async fn start(config: &config::Fleet, supervisor: Supervisor) -> Result<Fleet> {
+    pub async fn start(
+        config: &config::Fleet,
+        supervisor: Supervisor,
+        store: Store,
+    ) -> Result<Fleet> {
         let node = config.node.clone().unwrap_or_else(default_node_name);
         let etcd = Etcd::new(&config.etcd);
         let hop = hop_secret(&etcd)
@@ -117,6 +128,9 @@ impl Fleet {
             max_instances: config.max_instances,
             etcd,
             supervisor,
+            store,
+            tokens: tokio::sync::Mutex::new(()),
+            weights_seen: Default::default(),
             epoch: Instant::now(),
             fresh_until: AtomicU64::new(0),
             lease: AtomicI64::new(0),
@@ -124,7 +138,13 @@ impl Fleet {
             view: RwLock::default(),
             claiming: tokio::sync::Mutex::new(()),
         });
+        shared::seed_tokens(&inner)
+            .await
+            .context("sharing this node's API tokens with the fleet")?;
         membership::join(&inner).await?;
+        inner
+            .supervisor
+            .set_weight_sink(shared::weight_sink(Arc::downgrade(&inner)));
         tokio::spawn(membership::run(Arc::downgrade(&inner)));
         tracing::info!(
             "fleet: node {} joined (advertised at {}, lease {}s)",

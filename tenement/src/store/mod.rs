@@ -9,7 +9,7 @@ mod events;
 mod lock;
 mod migrations;
 mod running;
-mod tokens;
+pub mod tokens;
 
 use std::{
     os::unix::fs::PermissionsExt,

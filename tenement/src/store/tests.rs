@@ -376,6 +376,30 @@ fn an_operator_stop_holds_across_reopen_until_wanted_running() {
 }
 
 #[test]
+fn shared_tokens_copy_exactly_and_their_secrets_verify() {
+    use super::tokens::new_shared_token;
+    let dir = TempDir::new("shared-tokens");
+    let store = Store::open(&dir.0).unwrap();
+    let (local, _) = store.issue_token("admin", "here").unwrap();
+    assert_eq!(store.next_token_id().unwrap(), local.id + 1);
+    let (remote, secret) = new_shared_token(7, "tenant:api:alice", "there");
+    // The fleet's set replaces this store's: the local-only token goes.
+    store.sync_tokens(std::slice::from_ref(&remote)).unwrap();
+    assert_eq!(store.shared_tokens().unwrap(), vec![remote.clone()]);
+    assert_eq!(store.verify_token(&secret).unwrap(), Some(remote.record));
+    assert_eq!(store.token(local.id).unwrap(), None);
+    // Ids never go back, even below a revoked one.
+    assert!(store.revoke_token(7).unwrap());
+    assert_eq!(store.next_token_id().unwrap(), 8);
+    let (bad, _) = new_shared_token(9, "admin", "");
+    let bad = tokens::SharedToken {
+        sha256: "not hex".into(),
+        ..bad
+    };
+    assert!(store.insert_shared_token(&bad).is_err());
+}
+
+#[test]
 fn running_records_survive_a_reopen_until_cleared() {
     let dir = TempDir::new("running");
     let (web, ns) = (name("web:a"), name("ns:c"));

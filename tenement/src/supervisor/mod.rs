@@ -91,6 +91,9 @@ const START_WAIT_SLACK: Duration = Duration::from_secs(5);
 /// traffic rather than open connections (see `idle.rs`).
 pub type ActivitySource = Arc<dyn Fn(u64) -> Option<KernelTraffic> + Send + Sync>;
 
+/// Told every routing weight an operator sets (the fleet shares them through etcd).
+pub type WeightSink = Arc<dyn Fn(&[(InstanceName, u8)]) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Supervisor {
     shared: Arc<Shared>,
@@ -113,6 +116,7 @@ pub(crate) struct Shared {
     instances: Mutex<BTreeMap<InstanceName, Arc<Instance>>>,
     changes: watch::Sender<u64>,
     activity_source: RwLock<Option<ActivitySource>>,
+    weight_sink: RwLock<Option<WeightSink>>,
     shutting_down: std::sync::atomic::AtomicBool,
 }
 
@@ -293,6 +297,7 @@ impl Supervisor {
             instances: Mutex::new(BTreeMap::new()),
             changes: watch::channel(0).0,
             activity_source: RwLock::new(None),
+            weight_sink: RwLock::new(None),
             shutting_down: false.into(),
             config: LiveConfig::new(config.clone()),
             store,
@@ -617,6 +622,30 @@ impl Supervisor {
 
     /// Sets several routing weights at once (all or none).
     pub fn set_weights(&self, weights: &[(InstanceName, u8)]) -> Result<()> {
+        self.apply_weights(weights)?;
+        let sink = self
+            .shared
+            .weight_sink
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(sink) = sink {
+            sink(weights);
+        }
+        Ok(())
+    }
+
+    /// Where set weights are also told (once, by the fleet).
+    pub fn set_weight_sink(&self, sink: WeightSink) {
+        *self
+            .shared
+            .weight_sink
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    }
+
+    /// Sets weights without telling the sink: weights that came from the fleet.
+    pub fn apply_weights(&self, weights: &[(InstanceName, u8)]) -> Result<()> {
         for (name, _) in weights {
             if !self.shared.config().service.contains_key(&name.service) {
                 anyhow::bail!("{name}: no service {:?} in the configuration", name.service);
