@@ -29,13 +29,15 @@ pub struct Ahead {
 
 /// Whether the next start of `service` can be prepared while it sleeps. Not with a quota
 /// image (mounted from a start to the next stop), a sandbox (runsc's bundle is per start),
-/// a held socket (its own life), or a data directory removed at every stop.
+/// a held socket (its own life), a data directory removed at every stop, or an `env_file`
+/// (read at each start, as documented: a secret changed on disk applies at the next wake).
 fn preparable(shared: &Shared, service: &Service) -> bool {
     shared.cgroups.is_some()
         && matches!(service.isolation, Isolation::Process | Isolation::Namespace)
         && service.storage_quota_mb.is_none()
         && service.storage_persist
         && !service.socket_activation
+        && service.env_file.is_none()
 }
 
 /// Prepares the next start of `instance`, which just went to sleep. A failure is only
