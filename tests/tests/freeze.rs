@@ -277,20 +277,38 @@ fn memory_pressure_stops_frozen_instances_least_recently_used_first() {
 }
 
 #[test]
-fn a_frozen_instance_does_not_outlive_a_killed_daemon() {
-    if !privileged("a_frozen_instance_does_not_outlive_a_killed_daemon") {
+fn a_frozen_instance_is_adopted_thawed_by_the_next_tenement() {
+    if !privileged("a_frozen_instance_is_adopted_thawed_by_the_next_tenement") {
         return;
     }
-    let mut daemon = daemon("freeze-guard", &["alice"], "freeze_after = 1");
+    let mut daemon = daemon("freeze-adopt", &["alice"], "freeze_after = 1");
     wait_state(&daemon, "api:alice", "frozen", WITHIN);
     let group = cgroup(&daemon, "api:alice");
     eventually("the kernel to report the group frozen", || {
         kernel_says_frozen(&group).then_some(())
     });
     let tenant = pid(&daemon, "api:alice").expect("a frozen instance keeps its process");
-    // No graceful shutdown: the guard's sweep must kill a frozen group and remove it.
+    // A crash while it is frozen: the process stays (tenants outlive tenement), frozen.
     daemon.kill9();
-    eventually("the frozen tenant to be gone", || {
+    assert!(supervisor_common::alive(tenant), "the frozen tenant died");
+    daemon.start();
+    // The next tenement adopts it thawed: the same process answers through the proxy.
+    let (status, body) = http(
+        proxy_port(&daemon),
+        "alice.api.localhost",
+        "GET",
+        "/pid",
+        "",
+    );
+    assert_eq!(status, 200, "{body}\n{}", daemon.log());
+    assert_eq!(
+        body.trim(),
+        tenant.to_string(),
+        "answered by the adopted process"
+    );
+    // A clean stop ends it, frozen again or not, and leaves no cgroup.
+    daemon.stop();
+    eventually("the tenant to be gone", || {
         (!supervisor_common::alive(tenant)).then_some(())
     });
     eventually("no instance cgroup left", || {

@@ -557,8 +557,32 @@ async fn attempt(
 
     // A frozen process gets its SIGTERM only once thawed; nothing freezes it from here on.
     shared.release_freezer(instance);
-    // Teardown, whatever happened. A stop gets the grace period; after a crash the orphans
-    // of a dead app are killed at once.
+    let end = end_attempt(
+        shared,
+        instance,
+        end,
+        &mut child,
+        cgroup.as_ref(),
+        sandbox_state,
+        captures,
+    )
+    .await;
+    drop(port);
+    end
+}
+
+/// Teardown, whatever ended the attempt. A stop gets the grace period; after a crash the
+/// orphans of a dead app are killed at once. An exit's end learns whether the OOM killer
+/// was involved.
+async fn end_attempt(
+    shared: &Shared,
+    instance: &Instance,
+    end: AttemptEnd,
+    child: &mut Child,
+    cgroup: Option<&InstanceCgroup>,
+    sandbox_state: Option<std::path::PathBuf>,
+    captures: Vec<JoinHandle<()>>,
+) -> AttemptEnd {
     let graceful = matches!(end, AttemptEnd::Stopped(_));
     if !graceful {
         // Out of the proxy's rotation before the teardown (which may take a while): a
@@ -572,14 +596,13 @@ async fn attempt(
     let oom_killed = tear_down(
         shared,
         instance,
-        &mut child,
-        cgroup.as_ref(),
+        child,
+        cgroup,
         sandbox_state,
         captures,
         graceful,
     )
     .await;
-    drop(port);
     match end {
         AttemptEnd::Exited {
             status, ready_for, ..
@@ -653,6 +676,13 @@ async fn adopted(
             tracing::warn!("{name}: its kernel counters start from zero: {err:#}");
         }
     }
+    // Frozen when the previous tenement ended: this one starts with it thawed, as it
+    // counts an adopted instance as running.
+    if let Some(freezer) = cgroup.freezer() {
+        if let Err(err) = freezer.thaw() {
+            tracing::warn!("{name}: thawing the adopted instance: {err}");
+        }
+    }
     mark_started(shared, instance, &record, &endpoint, Some(&cgroup), network);
     let pid = record.pid;
     shared.record(
@@ -685,28 +715,18 @@ async fn adopted(
         },
     )
     .await;
-    let graceful = matches!(end, AttemptEnd::Stopped(_));
-    let oom_killed = tear_down(
+    let end = end_attempt(
         shared,
         instance,
+        end,
         &mut child,
         Some(&cgroup),
         sandbox_state,
         captures,
-        graceful,
     )
     .await;
     drop(port);
-    match end {
-        AttemptEnd::Exited {
-            status, ready_for, ..
-        } => AttemptEnd::Exited {
-            status,
-            ready_for,
-            oom_killed,
-        },
-        other => other,
-    }
+    end
 }
 
 /// Forks the instance's process, in its cgroup before it execs.
