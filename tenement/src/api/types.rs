@@ -154,6 +154,9 @@ pub struct BinaryView {
     pub size: u64,
     /// Modification time of the file, ms since the epoch.
     pub modified_ms: u64,
+    /// The file's inode: a file replaced on disk (a new file renamed over the old path, as
+    /// packages do) has another one, even with the same size and time.
+    pub inode: u64,
 }
 
 impl BinaryView {
@@ -171,6 +174,7 @@ impl BinaryView {
             path: link.display().to_string(),
             size: meta.len(),
             modified_ms,
+            inode: std::os::unix::fs::MetadataExt::ino(&meta),
         })
     }
 }

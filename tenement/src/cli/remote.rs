@@ -646,8 +646,8 @@ fn status_text(status: &StatusView) -> String {
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(binary.modified_ms),
         );
         text.push_str(&format!(
-            "\nbinary:          {} ({} bytes, modified {modified})",
-            binary.path, binary.size
+            "\nbinary:          {} ({} bytes, modified {modified}, inode {})",
+            binary.path, binary.size, binary.inode
         ));
     }
     for (index, info) in status.certificates.iter().enumerate() {
