@@ -43,7 +43,7 @@ const SCENARIOS: [Scenario; 3] = [
 ];
 
 pub fn run(args: &[String]) -> Result<()> {
-    let (seconds, rounds) = parse(args)?;
+    let (seconds, rounds) = bench_support::seconds_and_rounds(args, (5, 5), USAGE)?;
     if !util::is_root() {
         bail!("bench ebpf needs root (eBPF programs, cgroups)");
     }
@@ -95,25 +95,6 @@ pub fn run(args: &[String]) -> Result<()> {
     let report = report(&runs, seconds, rounds, counted_bytes)?;
     println!("\n{report}");
     bench_support::write_section("ebpf", "Cost of the eBPF programs", &report)
-}
-
-fn parse(args: &[String]) -> Result<(u64, usize)> {
-    let (mut seconds, mut rounds) = (5u64, 5usize);
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let value = args
-            .next()
-            .with_context(|| format!("{arg} needs a value; {USAGE}"))?;
-        match arg.as_str() {
-            "--seconds" => seconds = value.parse().context("--seconds")?,
-            "--rounds" => rounds = value.parse().context("--rounds")?,
-            other => bail!("unknown option {other:?}; {USAGE}"),
-        }
-    }
-    if seconds == 0 || rounds == 0 {
-        bail!("--rounds and --seconds must be at least 1");
-    }
-    Ok((seconds, rounds))
 }
 
 /// A fresh daemon serving `bench:one` (the backend, process isolation), woken and warmed.

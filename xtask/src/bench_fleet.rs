@@ -29,7 +29,7 @@ const SCENARIO: Scenario = Scenario {
 };
 
 pub fn run(args: &[String]) -> Result<()> {
-    let (seconds, rounds) = parse(args)?;
+    let (seconds, rounds) = bench_support::seconds_and_rounds(args, (5, 3), USAGE)?;
     if !util::is_root() {
         bail!("bench fleet needs root (tenement serve with cgroups)");
     }
@@ -103,25 +103,6 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("\n{report}");
     drop((a, b));
     bench_support::write_section("fleet", "Fleet: forwarding to another node", &report)
-}
-
-fn parse(args: &[String]) -> Result<(u64, usize)> {
-    let (mut seconds, mut rounds) = (5u64, 3usize);
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let value = args
-            .next()
-            .with_context(|| format!("{arg} needs a value; {USAGE}"))?;
-        match arg.as_str() {
-            "--seconds" => seconds = value.parse().context("--seconds")?,
-            "--rounds" => rounds = value.parse().context("--rounds")?,
-            other => bail!("unknown option {other:?}; {USAGE}"),
-        }
-    }
-    if seconds == 0 || rounds == 0 {
-        bail!("--rounds and --seconds must be at least 1");
-    }
-    Ok((seconds, rounds))
 }
 
 /// A node of the fleet serving `bench:one` and `bench:two` (the backend).

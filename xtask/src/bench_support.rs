@@ -390,6 +390,30 @@ pub fn http_get(stream: &mut TcpStream, host: &str, path: &str) -> Result<u16> {
     }
 }
 
+/// `--seconds N --rounds N` of a bench, each at least 1; `defaults` when not given.
+pub fn seconds_and_rounds(
+    args: &[String],
+    defaults: (u64, usize),
+    usage: &str,
+) -> Result<(u64, usize)> {
+    let (mut seconds, mut rounds) = defaults;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{arg} needs a value; {usage}"))?;
+        match arg.as_str() {
+            "--seconds" => seconds = value.parse().context("--seconds")?,
+            "--rounds" => rounds = value.parse().context("--rounds")?,
+            other => bail!("unknown option {other:?}; {usage}"),
+        }
+    }
+    if seconds == 0 || rounds == 0 {
+        bail!("--rounds and --seconds must be at least 1");
+    }
+    Ok((seconds, rounds))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
