@@ -33,11 +33,20 @@ pub fn serve_command_of(bin: &Path, config: &Path) -> Command {
 /// Starts `command` with stdout and stderr both appended to `log`, the daemon's whole output.
 pub fn spawn_logging(command: &mut Command, log: &Path) -> Child {
     let file = File::create(log).unwrap();
-    command
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .expect("starting tenement serve")
+    command.stdout(file.try_clone().unwrap()).stderr(file);
+    // A binary a test has just copied may still be open for writing in a child another test
+    // thread forked meanwhile (until that child's exec closes it): the kernel then refuses
+    // to run it (ETXTBSY) for a moment.
+    let mut attempts = 0;
+    loop {
+        match command.spawn() {
+            Err(error) if error.raw_os_error() == Some(libc::ETXTBSY) && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            spawned => return spawned.expect("starting tenement serve"),
+        }
+    }
 }
 
 /// Waits until `condition` holds; panics with the daemon's last log lines if the daemon exits

@@ -1,7 +1,7 @@
 //! The seam between the proxy and whoever runs the instances (the supervisor). The proxy
 //! only routes and forwards; starting, readiness and idle accounting belong to the other side.
 
-use std::{fmt, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
@@ -33,9 +33,10 @@ pub trait Backends: Send + Sync + 'static {
         let _ = (stale, within);
         self.ensure_running(name)
     }
-    /// Marks proxied activity: the guard counts an open connection/request until dropped.
-    /// Called before the proxy connects to the instance: a frozen instance is thawed here.
-    fn activity(&self, name: &InstanceName) -> ActivityGuard;
+    /// Where proxied activity on `name` is counted. Asked once per routing-table build, so
+    /// that a request counts itself without looking the instance up; `None` when the backend
+    /// keeps no count.
+    fn activity_meter(&self, name: &InstanceName) -> Option<Arc<dyn ActivityMeter>>;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,39 +137,60 @@ impl fmt::Display for WakeError {
 
 impl std::error::Error for WakeError {}
 
-/// What a backend keeps inside an [`ActivityGuard`]: it counts one proxied request until
-/// dropped.
-pub trait ProxiedActivity: Send + Sync {
-    /// The request switched protocols (WebSocket and others) and is now a tunnel: its
+/// A backend's count of open requests and tunnels to one instance, the idle reaper's input.
+pub trait ActivityMeter: Send + Sync {
+    /// A request opens. Called before the proxy connects: a frozen instance is thawed here.
+    fn open(&self);
+    /// An open request switched protocols (WebSocket and others) and is now a tunnel: its
     /// traffic, not its being open, says whether it is active.
-    fn upgraded(&mut self);
+    fn upgraded(&self);
+    /// A request (`tunnel`: one that was `upgraded`) ended.
+    fn close(&self, tunnel: bool);
 }
 
-/// Proof of proxied activity for the idle reaper: whatever the backend puts inside counts
-/// one open request or tunnel until this guard is dropped.
-pub struct ActivityGuard(Option<Box<dyn ProxiedActivity>>);
+/// One open request or tunnel, counted by its instance's meter until dropped.
+pub struct ActivityGuard {
+    meter: Option<Arc<dyn ActivityMeter>>,
+    tunnel: bool,
+}
 
 impl ActivityGuard {
-    pub fn new(inner: impl ProxiedActivity + 'static) -> ActivityGuard {
-        ActivityGuard(Some(Box::new(inner)))
-    }
-
-    /// See [`ProxiedActivity::upgraded`].
-    pub fn upgraded(&mut self) {
-        if let Some(inner) = &mut self.0 {
-            inner.upgraded();
+    /// Counts a request on `meter` (nothing without one).
+    pub fn open(meter: Option<&Arc<dyn ActivityMeter>>) -> ActivityGuard {
+        if let Some(meter) = meter {
+            meter.open();
+        }
+        ActivityGuard {
+            meter: meter.cloned(),
+            tunnel: false,
         }
     }
 
-    /// A guard that counts nothing (for backends without idle accounting, and tests).
+    /// A guard that counts nothing.
     pub fn none() -> ActivityGuard {
-        ActivityGuard(None)
+        ActivityGuard::open(None)
+    }
+
+    /// See [`ActivityMeter::upgraded`].
+    pub fn upgraded(&mut self) {
+        if let (Some(meter), false) = (&self.meter, self.tunnel) {
+            self.tunnel = true;
+            meter.upgraded();
+        }
+    }
+}
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        if let Some(meter) = &self.meter {
+            meter.close(self.tunnel);
+        }
     }
 }
 
 impl fmt::Debug for ActivityGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() {
+        f.write_str(if self.meter.is_some() {
             "ActivityGuard(active)"
         } else {
             "ActivityGuard(none)"

@@ -122,8 +122,7 @@ async fn forward_here(
             exchange,
         );
     }
-    let backends = conn.backends();
-    exchange.set_instance(entry.clone(), backends.activity(&entry.name));
+    exchange.set_instance(entry.clone(), ActivityGuard::open(entry.activity.as_ref()));
     let upgrade = asked.upgrade;
 
     let known = entry.endpoint.as_ref().filter(|_| entry.state.is_serving());

@@ -39,6 +39,7 @@ mod reply;
 mod router;
 mod server;
 mod sniff;
+mod steer;
 mod table;
 mod upstream;
 mod watch;
@@ -58,7 +59,7 @@ use tokio::{
 
 pub use access_log::AccessLog;
 pub use backend::{
-    ActivityGuard, BackendInstance, BackendState, Backends, Endpoint, ProxiedActivity, WakeError,
+    ActivityGuard, ActivityMeter, BackendInstance, BackendState, Backends, Endpoint, WakeError,
 };
 pub use body::ProxyBody;
 pub use metrics::RequestMetrics;

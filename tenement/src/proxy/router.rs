@@ -70,6 +70,7 @@ impl Router {
             self.backends.instances(),
             &self.pools,
             &self.requests,
+            |name| self.backends.activity_meter(name),
         );
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
         self.generation.fetch_add(1, Ordering::Release);

@@ -16,7 +16,7 @@ use std::{
 };
 
 use super::{
-    backend::{BackendInstance, BackendState},
+    backend::{ActivityMeter, BackendInstance, BackendState},
     metrics::{InstanceRequests, RequestMetrics},
     pool::Pool,
     weights::Rotation,
@@ -38,6 +38,8 @@ pub(crate) struct Entry {
     pub requests: Arc<InstanceRequests>,
     /// Its service's `request_timeout`; `None` for no limit.
     pub request_timeout: Option<Duration>,
+    /// Where its requests count as activity (see `Backends::activity_meter`).
+    pub activity: Option<Arc<dyn ActivityMeter>>,
 }
 
 /// Why a host and path lead nowhere.
@@ -106,6 +108,7 @@ impl Table {
         instances: Vec<BackendInstance>,
         pools: &Pools,
         requests: &RequestMetrics,
+        meter: impl Fn(&InstanceName) -> Option<Arc<dyn ActivityMeter>>,
     ) -> Table {
         let mut pools = pools.0.lock().unwrap_or_else(|poison| poison.into_inner());
         pools.retain(|name, _| instances.iter().any(|i| &i.name == name));
@@ -125,6 +128,7 @@ impl Table {
                 .get(&instance.name.service)
                 .map_or(0, |service| service.request_timeout);
             let entry = Arc::new(Entry {
+                activity: meter(&instance.name),
                 request_timeout: (request_timeout > 0)
                     .then(|| Duration::from_secs(request_timeout)),
                 label: instance.name.to_string().into_boxed_str(),
@@ -334,6 +338,7 @@ mod tests {
             instances,
             &Pools::default(),
             &RequestMetrics::default(),
+            |_| None,
         )
     }
 
@@ -457,12 +462,14 @@ mod tests {
             vec![instance("api:a", 1, BackendState::Running)],
             &pools,
             &requests,
+            |_| None,
         );
         let second = Table::build(
             &config,
             vec![instance("api:a", 1, BackendState::Sleeping)],
             &pools,
             &requests,
+            |_| None,
         );
         let a1 = first.resolve("a.api.localhost", "/").unwrap();
         let a2 = second.resolve("a.api.localhost", "/").unwrap();

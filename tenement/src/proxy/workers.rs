@@ -2,10 +2,10 @@
 //! connection is accepted, served, and forwarded to its instance on one thread, so a
 //! request never changes threads and its upstream connection sits in that thread's pool.
 //!
-//! Every worker accepts on every listener (on a socket of its own, see `listen.rs`); the one
-//! that accepts keeps the connection unless another worker serves clearly fewer, which then
-//! gets it. Keep-alive clients thus end up spread evenly, however the kernel or the
-//! scheduler favoured one worker.
+//! Every worker accepts on every listener (on a socket of its own, see `listen.rs`), but the
+//! kernel hands new connections only to the workers the load needs (`steer.rs`). The one
+//! that accepts keeps the connection unless another active worker serves clearly fewer,
+//! which then gets it: keep-alive clients end up spread evenly over the active workers.
 
 use std::{
     net::SocketAddr,
@@ -24,6 +24,7 @@ use tokio::{
 
 use super::{
     server::{spawn_connection, Shared},
+    steer::Steering,
     watch::{watch_here, watch_worker},
 };
 
@@ -35,6 +36,7 @@ const HAND_OVER_MARGIN: usize = 4;
 /// Open connections per worker, and the way to hand a connection to each.
 pub(crate) struct Crew {
     loads: Box<[AtomicUsize]>,
+    steering: Arc<Steering>,
     inboxes: Box<[mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>]>,
 }
 
@@ -47,16 +49,25 @@ pub(crate) fn start(
 ) -> anyhow::Result<Vec<oneshot::Receiver<()>>> {
     let (inboxes, receivers): (Vec<_>, Vec<_>) =
         (0..count).map(|_| mpsc::unbounded_channel()).unzip();
+    // Each worker's sockets join their groups in worker order, which `steer.rs` relies on.
+    let mut own_listeners = Vec::with_capacity(count);
+    for index in 0..count {
+        own_listeners.push(
+            listeners
+                .iter()
+                .map(|listener| super::listen::for_worker(listener, index))
+                .collect::<std::io::Result<Vec<_>>>()?,
+        );
+    }
+    let steering = Steering::new(count, listeners)?;
+    tokio::spawn(Steering::balance(Arc::downgrade(&steering)));
     let crew = Arc::new(Crew {
         loads: (0..count).map(|_| AtomicUsize::new(0)).collect(),
+        steering,
         inboxes: inboxes.into(),
     });
     let mut finished = Vec::with_capacity(count);
-    for (index, inbox) in receivers.into_iter().enumerate() {
-        let listeners = listeners
-            .iter()
-            .map(|listener| super::listen::for_worker(listener, index))
-            .collect::<std::io::Result<Vec<_>>>()?;
+    for ((index, inbox), listeners) in receivers.into_iter().enumerate().zip(own_listeners) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -66,6 +77,7 @@ pub(crate) fn start(
             .name(format!("proxy-{index}"))
             .spawn(move || {
                 super::pool::set_worker(index);
+                crew.steering.register_worker(index);
                 runtime.block_on(work(shared, crew, index, listeners, inbox));
                 // Dropping the runtime ends whatever outlived the grace period.
                 drop(runtime);
@@ -188,17 +200,20 @@ impl Drop for Load {
 }
 
 impl Crew {
-    /// `me`, unless another worker has `HAND_OVER_MARGIN` fewer open connections.
+    /// `me`, unless another active worker has `HAND_OVER_MARGIN` fewer open connections
+    /// (or `me` is not active: a connection that reached it while the active set changed).
     fn least_loaded(&self, me: usize) -> usize {
-        let mine = self.loads[me].load(Ordering::Relaxed);
-        let (other, least) = self
-            .loads
+        let active = self.steering.active().min(self.loads.len());
+        let (other, least) = self.loads[..active]
             .iter()
             .map(|load| load.load(Ordering::Relaxed))
             .enumerate()
             .min_by_key(|&(_, load)| load)
-            .unwrap_or((me, mine));
-        if least + HAND_OVER_MARGIN <= mine {
+            .unwrap_or((0, 0));
+        if me >= active {
+            return other;
+        }
+        if least + HAND_OVER_MARGIN <= self.loads[me].load(Ordering::Relaxed) {
             other
         } else {
             me

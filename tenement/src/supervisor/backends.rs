@@ -1,13 +1,15 @@
 //! The supervisor as the proxy's backend: the proxy routes and forwards, the supervisor
 //! starts, wakes and counts activity.
 
+use std::sync::Arc;
+
 use futures_util::{future::BoxFuture, FutureExt};
 use tokio::sync::watch;
 
 use super::{InstanceState, StartError, Supervisor};
 use crate::{
     config::InstanceName,
-    proxy::{ActivityGuard, BackendInstance, BackendState, Backends, Endpoint, WakeError},
+    proxy::{ActivityMeter, BackendInstance, BackendState, Backends, Endpoint, WakeError},
 };
 
 impl Backends for Supervisor {
@@ -58,8 +60,8 @@ impl Backends for Supervisor {
         .boxed()
     }
 
-    fn activity(&self, name: &InstanceName) -> ActivityGuard {
-        ActivityGuard::new(Supervisor::activity(self, name))
+    fn activity_meter(&self, name: &InstanceName) -> Option<Arc<dyn ActivityMeter>> {
+        Supervisor::activity_meter(self, name)
     }
 }
 

@@ -223,49 +223,36 @@ impl Instance {
     }
 }
 
-/// One open connection or request to an instance, from the proxy's point of view. Creating
-/// and dropping it count as activity; without kernel counters, the instance is never idle
-/// while any is alive (with them, only traffic counts: see `idle.rs`).
-pub struct ActivityGuard {
-    instance: Option<Arc<Instance>>,
-    tunnel: bool,
+/// An instance's activity as the proxy counts it: each open connection or request, from
+/// before the proxy connects until it ends. Opening and closing count as activity; without
+/// kernel counters, the instance is never idle while any is open (with them, only traffic
+/// counts: see `idle.rs`).
+pub(super) struct Meter {
+    pub(super) shared: Arc<Shared>,
+    pub(super) instance: Arc<Instance>,
 }
 
-impl ActivityGuard {
-    /// Counts the request, and thaws the instance if it is frozen: the proxy creates the
-    /// guard before it connects, so a request never meets a frozen process (`freeze.rs`).
-    pub(super) fn new(shared: &Arc<Shared>, instance: Option<Arc<Instance>>) -> ActivityGuard {
-        if let Some(instance) = &instance {
-            let mut activity = instance.lock_activity();
-            activity.open += 1;
-            activity.last = Instant::now();
-            shared.thaw_locked(instance, &mut activity, Thaw::Request);
-        }
-        ActivityGuard {
-            instance,
-            tunnel: false,
-        }
+impl crate::proxy::ActivityMeter for Meter {
+    /// Also thaws a frozen instance: the proxy opens before it connects, so a request never
+    /// meets a frozen process (`freeze.rs`).
+    fn open(&self) {
+        let mut activity = self.instance.lock_activity();
+        activity.open += 1;
+        activity.last = Instant::now();
+        self.shared
+            .thaw_locked(&self.instance, &mut activity, Thaw::Request);
     }
-}
 
-impl crate::proxy::ProxiedActivity for ActivityGuard {
-    fn upgraded(&mut self) {
-        if let (Some(instance), false) = (&self.instance, self.tunnel) {
-            self.tunnel = true;
-            instance.lock_activity().tunnels += 1;
-        }
+    fn upgraded(&self) {
+        self.instance.lock_activity().tunnels += 1;
     }
-}
 
-impl Drop for ActivityGuard {
-    fn drop(&mut self) {
-        if let Some(instance) = &self.instance {
-            let mut activity = instance.lock_activity();
-            activity.open = activity.open.saturating_sub(1);
-            if self.tunnel {
-                activity.tunnels = activity.tunnels.saturating_sub(1);
-            }
-            activity.last = Instant::now();
+    fn close(&self, tunnel: bool) {
+        let mut activity = self.instance.lock_activity();
+        activity.open = activity.open.saturating_sub(1);
+        if tunnel {
+            activity.tunnels = activity.tunnels.saturating_sub(1);
         }
+        activity.last = Instant::now();
     }
 }

@@ -55,6 +55,7 @@ use crate::{
     endpoint::Endpoint,
     logs::LogHub,
     monitor::{InstanceStats, Monitor},
+    proxy::{ActivityGuard, ActivityMeter},
     store::{EventKind, Store, DEFAULT_WEIGHT},
 };
 
@@ -70,7 +71,6 @@ pub use health::{
     CALM_SAMPLES, RESETS_PER_SEC_DEGRADED, RETRANSMITS_PER_SEC_DEGRADED, STORM_SAMPLES,
 };
 pub use idle::KernelTraffic;
-pub use instance::ActivityGuard;
 pub use reconcile::Reconciled;
 pub use sandbox::find_runsc;
 pub use state::{InstanceInfo, InstanceNetwork, InstanceState, StartError};
@@ -660,9 +660,18 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Where the proxy counts open connections and requests to `name`.
+    pub fn activity_meter(&self, name: &InstanceName) -> Option<Arc<dyn ActivityMeter>> {
+        let instance = self.shared.get(name)?;
+        Some(Arc::new(instance::Meter {
+            shared: self.shared.clone(),
+            instance,
+        }))
+    }
+
     /// Marks one open connection or request to `name` until the guard is dropped.
     pub fn activity(&self, name: &InstanceName) -> ActivityGuard {
-        ActivityGuard::new(&self.shared, self.shared.get(name))
+        ActivityGuard::open(self.activity_meter(name).as_ref())
     }
 
     /// Lets the idle reaper also count the kernel's view of each instance's traffic.

@@ -28,7 +28,7 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tenement::{
     config::{Config, InstanceName},
     proxy::{
-        ActivityGuard, BackendInstance, BackendState, Backends, Endpoint, Options, Proxy, WakeError,
+        ActivityMeter, BackendInstance, BackendState, Backends, Endpoint, Options, Proxy, WakeError,
     },
 };
 use tenement_tests::{free_port, workspace_root, Scratch};
@@ -307,8 +307,8 @@ impl Backends for TestBackends {
         start.boxed()
     }
 
-    fn activity(&self, _name: &InstanceName) -> ActivityGuard {
-        ActivityGuard::none()
+    fn activity_meter(&self, _name: &InstanceName) -> Option<Arc<dyn ActivityMeter>> {
+        None
     }
 }
 
