@@ -204,15 +204,17 @@ impl Etcd {
         Ok((kvs(&answer), int(&answer["header"]["revision"])))
     }
 
-    /// Writes `key`; with a lease (not 0) it vanishes with the lease.
-    pub async fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<(), EtcdError> {
-        self.call(
-            "a write",
-            "/v3/kv/put",
-            json!({ "key": B64.encode(key), "value": B64.encode(value), "lease": lease.to_string() }),
-        )
-        .await
-        .map(drop)
+    /// Writes `key`; with a lease (not 0) it vanishes with the lease. Returns the revision
+    /// of the write.
+    pub async fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<i64, EtcdError> {
+        let answer = self
+            .call(
+                "a write",
+                "/v3/kv/put",
+                json!({ "key": B64.encode(key), "value": B64.encode(value), "lease": lease.to_string() }),
+            )
+            .await?;
+        Ok(int(&answer["header"]["revision"]))
     }
 
     /// Creates `key` only if it does not exist, in one transaction: of concurrent callers

@@ -40,6 +40,7 @@ async fn register(inner: &Inner) -> Result<(), EtcdError> {
         .etcd
         .put(&keys::node(&inner.node), &value, record.lease)
         .await
+        .map(drop)
 }
 
 /// Reads every node and placement: the view becomes what etcd holds. A full listing, not

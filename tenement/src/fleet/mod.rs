@@ -7,8 +7,11 @@
 //! - `keys`: the key layout and records;
 //! - `rule`: which node takes a new instance;
 //! - `membership`: the lease, the node record, the periodic re-listing, fencing;
+//! - `shared`: API tokens and weights; `certs`: ACME certificates, their order locks and
+//!   HTTP-01 answers;
 //! - here: the `Placement` the proxy asks, and start-up.
 
+mod certs;
 pub mod etcd;
 pub mod keys;
 mod membership;
@@ -83,6 +86,10 @@ struct Inner {
     /// One token change at a time on this node (issue, revoke, copy from etcd).
     tokens: tokio::sync::Mutex<()>,
     weights_seen: shared::WeightsSeen,
+    /// HTTP-01 answers pending on any node (token -> key authorization), and the etcd
+    /// revision they were read at.
+    challenges: RwLock<HashMap<String, String>>,
+    challenges_seen: AtomicI64,
     /// `fresh_until` counts milliseconds from here (a monotonic clock: it runs on while the
     /// process is stopped, which is the point).
     epoch: Instant,
@@ -131,6 +138,8 @@ impl Fleet {
             store,
             tokens: tokio::sync::Mutex::new(()),
             weights_seen: Default::default(),
+            challenges: RwLock::default(),
+            challenges_seen: AtomicI64::new(0),
             epoch: Instant::now(),
             fresh_until: AtomicU64::new(0),
             lease: AtomicI64::new(0),
@@ -156,6 +165,11 @@ impl Fleet {
     }
 
     pub fn placement(&self) -> Arc<dyn Placement> {
+        Arc::new(self.clone())
+    }
+
+    /// The fleet's ACME certificates, for the TLS manager.
+    pub fn certificates(&self) -> Arc<dyn crate::tls::SharedCertificates> {
         Arc::new(self.clone())
     }
 
@@ -237,6 +251,7 @@ impl Inner {
             running,
             max_instances: self.max_instances,
             memory_available: membership::memory_available(),
+            challenges_seen: self.challenges_seen.load(Ordering::Acquire),
         }
     }
 
