@@ -129,6 +129,14 @@ impl EtcdCluster {
         }
     }
 
+    /// SIGSTOP to member `i`: its connections stay open and hang (until `kill`).
+    pub fn pause(&self, i: usize) {
+        if let Some(child) = &self.members[i].child {
+            // SAFETY: kill has no memory preconditions; the pid is this test's own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
+        }
+    }
+
     /// Starts member `i` again on its data directory.
     pub fn restart(&mut self, i: usize) {
         self.launch(i, "existing");

@@ -25,7 +25,8 @@ use crate::tls::{Holder, Lock, SharedCertificates};
 const SEEN_STEP: Duration = Duration::from_millis(200);
 
 /// Mirrors the pending HTTP-01 answers, and notes the revision read (published in this
-/// node's record: the publisher of an answer waits until every node has read it).
+/// node's record: the publisher of an answer waits until every node has read it). A
+/// listing older than what the watch applied already is dropped.
 pub(super) async fn relist_challenges(inner: &Inner) -> Result<(), EtcdError> {
     let (kvs, revision) = inner.etcd.list(keys::CHALLENGES).await?;
     let answers = kvs
@@ -35,9 +36,27 @@ pub(super) async fn relist_challenges(inner: &Inner) -> Result<(), EtcdError> {
             Some((token, String::from_utf8(kv.value).ok()?))
         })
         .collect();
-    *inner.challenges.write().unwrap_or_else(|p| p.into_inner()) = answers;
-    inner.challenges_seen.store(revision, Ordering::Release);
+    let mut mirror = inner.challenges.write().unwrap_or_else(|p| p.into_inner());
+    if revision >= inner.challenges_seen.load(Ordering::Acquire) {
+        *mirror = answers;
+        inner.challenges_seen.store(revision, Ordering::Release);
+    }
     Ok(())
+}
+
+/// A watched change of an HTTP-01 answer (`None`: withdrawn), at `revision`.
+pub(super) fn watched_challenge(inner: &Inner, token: &str, answer: Option<String>) {
+    let mut mirror = inner.challenges.write().unwrap_or_else(|p| p.into_inner());
+    match answer {
+        Some(answer) => mirror.insert(token.to_string(), answer),
+        None => mirror.remove(token),
+    };
+}
+
+/// Every watched change up to `revision` is applied: so are the answers.
+pub(super) fn watched_up_to(inner: &Inner, revision: i64) {
+    let _mirror = inner.challenges.write().unwrap_or_else(|p| p.into_inner());
+    inner.challenges_seen.fetch_max(revision, Ordering::AcqRel);
 }
 
 fn text(error: EtcdError) -> String {

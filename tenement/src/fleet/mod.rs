@@ -7,6 +7,7 @@
 //! - `keys`: the key layout and records;
 //! - `rule`: which node takes a new instance;
 //! - `membership`: the lease, the node record, the periodic re-listing, fencing;
+//! - `watch`: changes applied as they happen (the re-listing stays the fallback);
 //! - `shared`: API tokens and weights; `certs`: ACME certificates, their order locks and
 //!   HTTP-01 answers;
 //! - here: the `Placement` the proxy asks, and start-up.
@@ -18,6 +19,7 @@ mod membership;
 mod rule;
 mod shared;
 pub mod status;
+mod watch;
 
 use std::{
     collections::HashMap,
@@ -111,6 +113,8 @@ struct Inner {
 struct View {
     nodes: HashMap<String, NodeRecord>,
     placements: HashMap<InstanceName, String>,
+    /// The etcd revision of the last listing or watched change applied.
+    revision: i64,
 }
 
 impl Fleet {
@@ -155,6 +159,7 @@ impl Fleet {
             .supervisor
             .set_weight_sink(shared::weight_sink(Arc::downgrade(&inner)));
         tokio::spawn(membership::run(Arc::downgrade(&inner)));
+        tokio::spawn(watch::run(Arc::downgrade(&inner)));
         tracing::info!(
             "fleet: node {} joined (advertised at {}, lease {}s)",
             inner.node,

@@ -42,7 +42,7 @@ pub(super) async fn relist(inner: &Inner) -> Result<(), EtcdError> {
     super::certs::relist_challenges(inner).await
 }
 
-async fn relist_tokens(inner: &Inner) -> Result<(), EtcdError> {
+pub(super) async fn relist_tokens(inner: &Inner) -> Result<(), EtcdError> {
     // Held across the listing and the copy, so a token issued here meanwhile is not taken
     // for one revoked elsewhere.
     let _one = inner.tokens.lock().await;
@@ -63,7 +63,7 @@ async fn relist_tokens(inner: &Inner) -> Result<(), EtcdError> {
     Ok(())
 }
 
-async fn relist_weights(inner: &Inner) -> Result<(), EtcdError> {
+pub(super) async fn relist_weights(inner: &Inner) -> Result<(), EtcdError> {
     let (kvs, _) = inner.etcd.list(keys::WEIGHTS).await?;
     let mut seen = inner.weights_seen.lock().unwrap_or_else(|p| p.into_inner());
     for kv in kvs {
