@@ -68,7 +68,7 @@ fn concurrent_first_handshakes_on_every_node_order_one_certificate_that_all_serv
         reject_nonces: false,
         ..PebbleOptions::default()
     });
-    let (fleet, tls_ports) = fleet_with_tls(&pebble);
+    let (mut fleet, tls_ports) = fleet_with_tls(&pebble);
     let root = pebble.issuing_root();
     // The configured domain is certified at start, by one node for all three.
     until(
@@ -124,6 +124,32 @@ fn concurrent_first_handshakes_on_every_node_order_one_certificate_that_all_serv
         fleet.etcd.get(&format!("/tenement/v1/locks/cert/{host}")),
         None
     );
+
+    // etcd gone: the installed certificate keeps serving; a name without one cannot be
+    // ordered (nobody could take its lock), and the node says why.
+    for i in 0..3 {
+        fleet.etcd.kill(i);
+    }
+    let again = runtime
+        .block_on(https_get(tls_ports[1], host, &roots))
+        .expect("alice is still served over TLS");
+    assert_eq!(again.status, 200, "{}", again.body);
+    let carol = "carol.app.example.com";
+    let refused = runtime.block_on(https_get(tls_ports[1], carol, &roots));
+    assert!(refused.is_err(), "no certificate for carol without etcd");
+    let status = std::process::Command::new(tenement_tests::tenement_bin())
+        .arg("--config")
+        .arg(&fleet.nodes[1].config)
+        .arg("status")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    let line = text
+        .lines()
+        .find(|line| line.contains(carol))
+        .unwrap_or_else(|| panic!("no {carol} in `tenement status`:\n{text}"));
+    assert!(line.contains("no etcd endpoint answered"), "{text}");
+    assert_eq!(orders_fleetwide(&fleet, carol), 0);
 }
 
 #[test]
