@@ -2,7 +2,7 @@
 //! pebble. A certificate is ordered once fleet-wide (under a lock in etcd) and served by
 //! every node; the CA's HTTP-01 validation reaches one node (pebble validates on one port)
 //! whichever node ordered; a node killed mid-order leaves the order to another node once
-//! its lease has expired.
+//! its lease has expired, and a live holder whose order fails is reported, not repeated.
 
 mod fleet_support;
 
@@ -157,7 +157,7 @@ fn a_node_killed_while_ordering_leaves_the_order_to_another_after_its_lease() {
     if !privileged("a_node_killed_while_ordering_leaves_the_order_to_another") {
         return;
     }
-    let pebble = Pebble::start(PebbleOptions {
+    let mut pebble = Pebble::start(PebbleOptions {
         reject_nonces: false,
         ..PebbleOptions::default()
     });
@@ -233,4 +233,54 @@ fn a_node_killed_while_ordering_leaves_the_order_to_another_after_its_lease() {
         fleet.log(2)
     );
     assert_eq!(fleet.etcd.get(&lock), None);
+
+    // A holder that lives but gets no certificate (the ACME server dies under its order)
+    // releases the lock; the node waiting for it orders nothing and reports that node's
+    // failure.
+    let carol = "carol.app.example.com";
+    let carol_lock = format!("/tenement/v1/locks/cert/{carol}");
+    pebble.pause();
+    let port3 = tls_ports[2];
+    let root3 = root.clone();
+    let holder =
+        std::thread::spawn(move || self::runtime().block_on(https_get(port3, carol, &[&root3])));
+    until(
+        "node 3 to hold carol's lock",
+        Duration::from_secs(30),
+        || (fleet.etcd.get(&carol_lock).as_deref() == Some("n3")).then_some(()),
+    );
+    let port1 = tls_ports[0];
+    let root1 = root.clone();
+    let waiter =
+        std::thread::spawn(move || self::runtime().block_on(https_get(port1, carol, &[&root1])));
+    until("node 1 to wait for node 3", Duration::from_secs(30), || {
+        full_log(&fleet, 0)
+            .contains(&format!("node n3 is ordering the certificate for {carol}"))
+            .then_some(())
+    });
+    pebble.stop();
+    assert!(holder.join().unwrap().is_err());
+    assert!(waiter.join().unwrap().is_err());
+    let status = until(
+        "node 1 to report carol's failure",
+        Duration::from_secs(60),
+        || {
+            let output = std::process::Command::new(tenement_tests::tenement_bin())
+                .arg("--config")
+                .arg(&fleet.nodes[0].config)
+                .arg("status")
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&output.stdout).to_string();
+            text.lines()
+                .any(|line| {
+                    line.contains(carol)
+                        && line.contains("node n3 ordered it and got no certificate")
+                })
+                .then_some(text)
+        },
+    );
+    assert_eq!(orders_by(&fleet, 0, carol), 0, "{status}");
+    assert_eq!(orders_by(&fleet, 2, carol), 1, "{}", fleet.log(2));
+    assert_eq!(fleet.etcd.get(&carol_lock), None);
 }
