@@ -16,16 +16,20 @@ use tenement_tests::{
     tls::https_get,
 };
 
-/// A fleet whose node 1 sits on pebble's HTTP-01 port: every validation request, whichever
-/// node ordered, reaches node 1. Returns the fleet and each node's TLS port.
+/// A fleet whose node 1 sits on pebble's HTTP-01 and TLS-ALPN-01 ports: every validation,
+/// whichever node ordered, reaches node 1. Returns the fleet and each node's TLS port.
 fn fleet_with_tls(pebble: &Pebble) -> (Fleet, Vec<u16>) {
+    fleet_validated_by(pebble, "http-01")
+}
+
+fn fleet_validated_by(pebble: &Pebble, challenge: &str) -> (Fleet, Vec<u16>) {
     let tls_ports = vec![pebble.tls_port, free_port(), free_port()];
     let fleet = Fleet::start_with(2, |i| NodeSetup {
         port: (i == 0).then_some(pebble.http_port),
         settings: format!(
             "\n[settings.tls]\nenabled = true\nlisten = \"127.0.0.1:{tls}\"\n\
              acme_directory = {directory:?}\nacme_root = {root:?}\n\
-             challenges = [\"http-01\"]\n",
+             challenges = [{challenge:?}]\n",
             tls = tls_ports[i],
             directory = pebble.directory_url,
             root = pebble.acme_root.display().to_string(),
@@ -283,4 +287,37 @@ fn a_node_killed_while_ordering_leaves_the_order_to_another_after_its_lease() {
     assert_eq!(orders_by(&fleet, 0, carol), 0, "{status}");
     assert_eq!(orders_by(&fleet, 2, carol), 1, "{}", fleet.log(2));
     assert_eq!(fleet.etcd.get(&carol_lock), None);
+}
+
+#[test]
+fn tls_alpn01_answers_are_known_to_every_node() {
+    if !privileged("tls_alpn01_answers_are_known_to_every_node") {
+        return;
+    }
+    let pebble = Pebble::start(PebbleOptions {
+        reject_nonces: false,
+        ..PebbleOptions::default()
+    });
+    let (fleet, tls_ports) = fleet_validated_by(&pebble, "tls-alpn-01");
+    let root = pebble.issuing_root();
+    until(
+        "the domain's certificate in etcd",
+        Duration::from_secs(90),
+        || fleet.etcd.get("/tenement/v1/certs/example.com"),
+    );
+    // Node 3 orders alice's certificate; pebble validates on node 1's TLS listener, which
+    // answers with the validation certificate node 3 published.
+    let host = "alice.app.example.com";
+    let answer = runtime()
+        .block_on(https_get(tls_ports[2], host, &[&root]))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", fleet.log(2), pebble.log()));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(orders_by(&fleet, 2, host), 1, "{}", fleet.log(2));
+    assert_eq!(orders_fleetwide(&fleet, host), 1);
+    assert_eq!(pebble.orders_created(), 2, "{}", pebble.log());
+    // The answers are withdrawn once the order is over.
+    assert!(fleet
+        .etcd
+        .get(&format!("/tenement/v1/acme-challenges/tls-alpn-01:{host}"))
+        .is_none());
 }

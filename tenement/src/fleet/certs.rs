@@ -1,8 +1,8 @@
 //! ACME certificates shared through etcd (the TLS side is `tls::shared`): a certificate is
 //! one key holding its PEM bundle, an order is guarded by a create-if-absent lock bound to
 //! the ordering node's lease (a node that dies mid-order frees the lock with its lease),
-//! and HTTP-01 answers are keys every node mirrors at its re-listing, because the CA's
-//! validation request reaches whichever node DNS sends it to.
+//! and challenge answers (HTTP-01, TLS-ALPN-01) are keys every node mirrors (watch and
+//! re-listing), because the CA's validation reaches whichever node DNS sends it to.
 //!
 //! The private keys in etcd are not encrypted: the only secret all nodes share is itself in
 //! etcd. etcd must be protected (docs/fleet.md).
@@ -21,10 +21,10 @@ use super::{
 };
 use crate::tls::{Holder, Lock, SharedCertificates};
 
-/// How often the publisher of an HTTP-01 answer looks whether every node has read it.
+/// How often the publisher of a challenge answer looks whether every node has read it.
 const SEEN_STEP: Duration = Duration::from_millis(200);
 
-/// Mirrors the pending HTTP-01 answers, and notes the revision read (published in this
+/// Mirrors the pending challenge answers, and notes the revision read (published in this
 /// node's record: the publisher of an answer waits until every node has read it). A
 /// listing older than what the watch applied already is dropped.
 pub(super) async fn relist_challenges(inner: &Inner) -> Result<(), EtcdError> {
@@ -44,7 +44,7 @@ pub(super) async fn relist_challenges(inner: &Inner) -> Result<(), EtcdError> {
     Ok(())
 }
 
-/// A watched change of an HTTP-01 answer (`None`: withdrawn), at `revision`.
+/// A watched change of a challenge answer (`None`: withdrawn), at `revision`.
 pub(super) fn watched_challenge(inner: &Inner, token: &str, answer: Option<String>) {
     let mut mirror = inner.challenges.write().unwrap_or_else(|p| p.into_inner());
     match answer {
@@ -108,7 +108,7 @@ impl Inner {
             }
             if Instant::now() > deadline {
                 tracing::warn!(
-                    "tls: nodes {} have not read the HTTP-01 answer yet; validating anyway",
+                    "tls: nodes {} have not read the challenge answer yet; validating anyway",
                     behind.join(", ")
                 );
                 return;
@@ -167,15 +167,15 @@ impl SharedCertificates for Fleet {
 
     fn publish_challenge<'a>(
         &'a self,
-        token: &'a str,
-        key_authorization: &'a str,
+        key: &'a str,
+        answer: &'a str,
     ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let inner = &self.inner;
             let lease = inner.lease.load(Ordering::SeqCst);
             let revision = inner
                 .etcd
-                .put(&keys::challenge(token), key_authorization.as_bytes(), lease)
+                .put(&keys::challenge(key), answer.as_bytes(), lease)
                 .await
                 .map_err(text)?;
             inner.wait_until_seen(revision).await;
@@ -183,20 +183,20 @@ impl SharedCertificates for Fleet {
         })
     }
 
-    fn withdraw_challenge<'a>(&'a self, token: &'a str) -> BoxFuture<'a, ()> {
+    fn withdraw_challenge<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            if let Err(error) = self.inner.etcd.delete(&keys::challenge(token)).await {
-                tracing::debug!("fleet: withdrawing an HTTP-01 answer: {error}");
+            if let Err(error) = self.inner.etcd.delete(&keys::challenge(key)).await {
+                tracing::debug!("fleet: withdrawing a challenge answer: {error}");
             }
         })
     }
 
-    fn http01(&self, token: &str) -> Option<String> {
+    fn answer(&self, key: &str) -> Option<String> {
         self.inner
             .challenges
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(token)
+            .get(key)
             .cloned()
     }
 }

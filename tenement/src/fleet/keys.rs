@@ -29,7 +29,7 @@ pub struct NodeRecord {
     pub max_instances: u32,
     /// `MemAvailable` of the node, in bytes.
     pub memory_available: u64,
-    /// The etcd revision up to which this node has read the pending HTTP-01 answers
+    /// The etcd revision up to which this node has read the pending challenge answers
     /// ([`CHALLENGES`]): an answer published at or before it is answered by this node.
     #[serde(default)]
     pub challenges_seen: i64,
@@ -65,8 +65,9 @@ pub fn weight(instance: &str) -> String {
 pub const CERTS: &str = "/tenement/v1/certs/";
 /// Order locks, one key per certificate name: the holder's node name, bound to its lease.
 pub const CERT_LOCKS: &str = "/tenement/v1/locks/cert/";
-/// Pending HTTP-01 answers, one key per token: the key authorization, bound to the lease of
-/// the node whose order it is.
+/// Pending challenge answers, bound to the lease of the node whose order it is: per HTTP-01
+/// token (`TOKEN`: the key authorization) and per TLS-ALPN-01 name (`tls-alpn-01:NAME`: the
+/// key authorization's SHA-256 in hex).
 pub const CHALLENGES: &str = "/tenement/v1/acme-challenges/";
 
 pub fn cert(name: &str) -> String {
@@ -77,6 +78,6 @@ pub fn cert_lock(name: &str) -> String {
     format!("{CERT_LOCKS}{name}")
 }
 
-pub fn challenge(token: &str) -> String {
-    format!("{CHALLENGES}{token}")
+pub fn challenge(key: &str) -> String {
+    format!("{CHALLENGES}{key}")
 }

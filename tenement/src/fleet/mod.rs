@@ -9,7 +9,7 @@
 //! - `membership`: the lease, the node record, the periodic re-listing, fencing;
 //! - `watch`: changes applied as they happen (the re-listing stays the fallback);
 //! - `shared`: API tokens and weights; `certs`: ACME certificates, their order locks and
-//!   HTTP-01 answers;
+//!   challenge answers;
 //! - here: the `Placement` the proxy asks, and start-up.
 
 mod certs;
@@ -88,7 +88,7 @@ struct Inner {
     /// One token change at a time on this node (issue, revoke, copy from etcd).
     tokens: tokio::sync::Mutex<()>,
     weights_seen: shared::WeightsSeen,
-    /// HTTP-01 answers pending on any node (token -> key authorization), and the etcd
+    /// Challenge answers pending on any node (key -> answer, see `keys::CHALLENGES`), and the etcd
     /// revision they were read at.
     challenges: RwLock<HashMap<String, String>>,
     challenges_seen: AtomicI64,

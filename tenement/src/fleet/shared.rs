@@ -35,7 +35,7 @@ pub(super) async fn seed_tokens(inner: &Inner) -> Result<()> {
     Ok(())
 }
 
-/// Copies etcd's tokens, weights and pending HTTP-01 answers into this node.
+/// Copies etcd's tokens, weights and pending challenge answers into this node.
 pub(super) async fn relist(inner: &Inner) -> Result<(), EtcdError> {
     relist_tokens(inner).await?;
     relist_weights(inner).await?;

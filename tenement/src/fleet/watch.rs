@@ -1,5 +1,5 @@
 //! Changes to the fleet's keys applied as they happen: one etcd watch on everything under
-//! `/tenement/v1/` (nodes, placements, tokens, weights, HTTP-01 answers). The periodic
+//! `/tenement/v1/` (nodes, placements, tokens, weights, challenge answers). The periodic
 //! re-listing (`membership`) stays: it is the fallback that bounds how stale a view can be
 //! whatever happens to the watch.
 //!

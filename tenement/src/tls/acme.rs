@@ -17,7 +17,7 @@ use super::{
     dns01::{wait_until_visible, Published, TxtPublisher, TxtRecord},
     names::order_identifiers,
     retry_after::NotingClient,
-    shared::SharedCertificates,
+    shared::{http01_key, tls_alpn01_key, SharedCertificates},
 };
 use crate::config::Challenge;
 
@@ -28,7 +28,7 @@ pub(crate) struct Acme {
     challenges: Vec<Challenge>,
     dns: Option<DnsChallenge>,
     disk: Disk,
-    /// In a fleet: where HTTP-01 answers are published for the other servers, which the
+    /// In a fleet: where challenge answers are published for the other servers, which the
     /// CA's validation request may reach instead of this one.
     shared: Option<Arc<dyn SharedCertificates>>,
     /// Loaded (or created) at the first order, not at start: starting must never wait for
@@ -49,9 +49,9 @@ struct Answers {
     _in_memory: Vec<ChallengeGuard>,
     /// DNS-01 records: removed by `Answers::remove` (or in the background when dropped).
     published: Vec<Published>,
-    /// HTTP-01 tokens published for the fleet: withdrawn by `Answers::remove` (and in any
-    /// case gone with this server's lease).
-    shared_tokens: Vec<String>,
+    /// Answers published for the fleet: withdrawn by `Answers::remove` (and in any case
+    /// gone with this server's lease).
+    shared_keys: Vec<String>,
 }
 
 impl Answers {
@@ -60,8 +60,8 @@ impl Answers {
             record.remove().await;
         }
         if let Some(shared) = shared {
-            for token in &self.shared_tokens {
-                shared.withdraw_challenge(token).await;
+            for key in &self.shared_keys {
+                shared.withdraw_challenge(key).await;
             }
         }
     }
@@ -234,9 +234,18 @@ impl Acme {
                 .context("challenge vanished")?;
             let key_authorization = challenge.key_authorization();
             match kind {
-                ChallengeType::TlsAlpn01 => answers._in_memory.push(
-                    pending.add_tls_alpn01(&identifier, key_authorization.digest().as_ref())?,
-                ),
+                ChallengeType::TlsAlpn01 => {
+                    let digest = key_authorization.digest();
+                    answers
+                        ._in_memory
+                        .push(pending.add_tls_alpn01(&identifier, digest.as_ref())?);
+                    self.share_answer(
+                        answers,
+                        tls_alpn01_key(&identifier),
+                        &hex::encode(digest.as_ref()),
+                    )
+                    .await?;
+                }
                 ChallengeType::Dns01 => {
                     let dns = self
                         .dns
@@ -259,16 +268,12 @@ impl Acme {
                     answers
                         ._in_memory
                         .push(pending.add_http01(&challenge.token, key_authorization.as_str()));
-                    if let Some(shared) = &self.shared {
-                        // The CA may ask any server of the fleet for the answer.
-                        answers.shared_tokens.push(challenge.token.clone());
-                        shared
-                            .publish_challenge(&challenge.token, key_authorization.as_str())
-                            .await
-                            .map_err(|error| {
-                                anyhow::anyhow!("publishing the HTTP-01 answer: {error}")
-                            })?;
-                    }
+                    self.share_answer(
+                        answers,
+                        http01_key(&challenge.token),
+                        key_authorization.as_str(),
+                    )
+                    .await?;
                 }
             }
             tracing::debug!("tls: answering {kind:?} for {identifier}");
@@ -278,6 +283,19 @@ impl Acme {
                 .with_context(|| format!("starting the {kind:?} validation"))?;
         }
         Ok(())
+    }
+
+    /// In a fleet: publishes a challenge answer for every server, since the CA may ask any
+    /// of them. Withdrawn when the order ends (`Answers::remove`).
+    async fn share_answer(&self, answers: &mut Answers, key: String, answer: &str) -> Result<()> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        answers.shared_keys.push(key.clone());
+        shared
+            .publish_challenge(&key, answer)
+            .await
+            .map_err(|error| anyhow::anyhow!("publishing the challenge answer in etcd: {error}"))
     }
 
     async fn account(&self) -> Result<Account> {

@@ -150,7 +150,7 @@ struct Inner {
     /// cover waits for the wildcard's order instead of starting one of its own.
     wildcards: Vec<String>,
     own_error: Mutex<Option<String>>,
-    /// In a fleet: the fleet's certificates, order locks and HTTP-01 answers.
+    /// In a fleet: the fleet's certificates, order locks and challenge answers.
     shared: Option<Arc<dyn SharedCertificates>>,
     server_config: Arc<ServerConfig>,
     challenge_config: Arc<ServerConfig>,
@@ -240,7 +240,10 @@ impl TlsManager {
                 &[b"h2", b"http/1.1"],
             )?,
             challenge_config: server_config(
-                Arc::new(ChallengeResolver(challenges.clone())),
+                Arc::new(ChallengeResolver {
+                    challenges: challenges.clone(),
+                    shared: shared.clone(),
+                }),
                 &[ACME_TLS_ALPN],
             )?,
             store,
@@ -292,7 +295,7 @@ impl TlsManager {
             self.inner
                 .shared
                 .as_ref()
-                .and_then(|shared| shared.http01(token))
+                .and_then(|shared| shared.answer(&shared::http01_key(token)))
         })
     }
 

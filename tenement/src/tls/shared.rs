@@ -12,7 +12,7 @@ use futures_util::future::BoxFuture;
 
 use super::{certificate::Certificate, Inner};
 
-/// Where the fleet keeps certificates, their order locks and pending HTTP-01 answers.
+/// Where the fleet keeps certificates, their order locks and pending challenge answers.
 pub trait SharedCertificates: Send + Sync + 'static {
     /// The certificate stored for `name`: its key and chain, one PEM bundle.
     fn fetch<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<String>, String>>;
@@ -26,16 +26,29 @@ pub trait SharedCertificates: Send + Sync + 'static {
     /// Whether the holder of a lock seen earlier is still alive (a released lock and a
     /// lock that ended with its dead holder look the same otherwise).
     fn holder_alive<'a>(&'a self, holder: &'a Holder) -> BoxFuture<'a, bool>;
-    /// Makes the HTTP-01 answer for `token` known to every server; returns once each live
-    /// server can answer it (or after a bounded wait).
+    /// Makes a challenge answer known to every server; returns once each live server can
+    /// answer it (or after a bounded wait). `key`: see [`http01_key`] and
+    /// [`tls_alpn01_key`].
     fn publish_challenge<'a>(
         &'a self,
-        token: &'a str,
-        key_authorization: &'a str,
+        key: &'a str,
+        answer: &'a str,
     ) -> BoxFuture<'a, Result<(), String>>;
-    fn withdraw_challenge<'a>(&'a self, token: &'a str) -> BoxFuture<'a, ()>;
-    /// An HTTP-01 answer another server published (this server's view; no I/O).
-    fn http01(&self, token: &str) -> Option<String>;
+    fn withdraw_challenge<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()>;
+    /// A challenge answer another server published (this server's view; no I/O).
+    fn answer(&self, key: &str) -> Option<String>;
+}
+
+/// Where an HTTP-01 answer is published: the token itself (base64url, never a `:`); the
+/// answer is the key authorization.
+pub fn http01_key(token: &str) -> String {
+    token.to_string()
+}
+
+/// Where a TLS-ALPN-01 answer is published: `tls-alpn-01:NAME`; the answer is the SHA-256
+/// of the key authorization, in hex.
+pub fn tls_alpn01_key(name: &str) -> String {
+    format!("tls-alpn-01:{name}")
 }
 
 /// The answer of [`SharedCertificates::lock`].
