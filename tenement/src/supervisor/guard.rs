@@ -95,6 +95,7 @@ pub fn main(
     }
     if !occupied(subtrees) {
         // Nothing to keep for a next tenement: only empty cgroups are left.
+        wait_until_gone(parent);
         if let Some(_free) = lock.and_then(unlocked) {
             stop_all(subtrees);
         }
@@ -127,22 +128,49 @@ pub fn main(
     finish(socket, 0)
 }
 
+/// Waits (up to 10 s) until tenement `pid` has exited (gone, or a zombie: its files are
+/// closed, its lock released).
+fn wait_until_gone(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let (_, rest) = stat.rsplit_once(')')?;
+                rest.split_whitespace().next().map(str::to_string)
+            });
+        match state.as_deref() {
+            None | Some("Z") | Some("X") => return,
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
 /// The data directory's lock, taken when no tenement holds it (a missing file: none can);
-/// `None` when a tenement serves the directory already.
+/// `None` when a tenement serves the directory. The dying tenement closes its files one
+/// after another: the control socket may close (waking the guard) before the lock file
+/// does, so a held lock is tried again for a moment before it counts as a new tenement's.
 fn unlocked(path: &Path) -> Option<Option<nix::fcntl::Flock<std::fs::File>>> {
     use std::os::unix::fs::OpenOptionsExt;
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-    {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Some(None),
-        Err(_) => return None,
-    };
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .ok()
-        .map(Some)
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+        {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Some(None),
+            Err(_) => return None,
+        };
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Some(Some(lock)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(_) => return None,
+        }
+    }
 }
 
 fn say(text: &str) {
