@@ -129,9 +129,37 @@ impl EtcdCluster {
         }
     }
 
+    /// SIGSTOP to member `i`: its connections stay open and hang (until `kill`).
+    pub fn pause(&self, i: usize) {
+        if let Some(child) = &self.members[i].child {
+            // SAFETY: kill has no memory preconditions; the pid is this test's own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
+        }
+    }
+
     /// Starts member `i` again on its data directory.
     pub fn restart(&mut self, i: usize) {
         self.launch(i, "existing");
+    }
+
+    /// The value of `key` (read through the first member that answers), as text.
+    pub fn get(&self, key: &str) -> Option<String> {
+        use base64::{engine::general_purpose::STANDARD as B64, Engine};
+        for member in self.members.iter().filter(|m| m.child.is_some()) {
+            let output = Command::new("curl")
+                .args(["-s", "-f", "-X", "POST"])
+                .arg(format!("http://127.0.0.1:{}/v3/kv/range", member.client))
+                .args(["-d", &format!("{{\"key\":\"{}\"}}", B64.encode(key))])
+                .output()
+                .ok()?;
+            if !output.status.success() {
+                continue;
+            }
+            let answer: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+            let value = answer["kvs"][0]["value"].as_str()?;
+            return String::from_utf8(B64.decode(value).ok()?).ok();
+        }
+        None
     }
 
     /// Compacts the key history up to the current revision (through member `i`).

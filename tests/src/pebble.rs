@@ -181,6 +181,22 @@ impl Pebble {
         }
     }
 
+    /// SIGSTOP to pebble: requests to the ACME server hang until [`Pebble::resume`].
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Some(child) = &self.pebble {
+            // SAFETY: kill has no memory preconditions; the pid is this test's own child.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
     /// PEM of the root that issues this run's certificates. Pebble makes a new one at every
     /// start, so fetch it again after `run`.
     pub fn issuing_root(&self) -> String {
@@ -279,6 +295,8 @@ impl Pebble {
 
 impl Drop for Pebble {
     fn drop(&mut self) {
+        // A paused pebble dies of SIGKILL as well; resumed, it leaves no stopped zombie.
+        self.resume();
         for child in [self.pebble.take(), self.challtestsrv.take()]
             .into_iter()
             .flatten()

@@ -301,6 +301,42 @@ ns = ["c"]
 }
 
 #[test]
+fn a_kill_9_with_nothing_running_leaves_no_cgroup_behind() {
+    if !privileged("a_kill_9_with_nothing_running_leaves_no_cgroup_behind") {
+        return;
+    }
+    let mut daemon = Daemon::new("adopt-nothing", "");
+    let app = app(&daemon);
+    // A service without instances: nothing runs, but the subtree exists.
+    daemon.configure(&format!(
+        "[service.web]\ncommand = \"/usr/bin/python3 {app}\"\n"
+    ));
+    daemon.start();
+    assert!(
+        daemon.cgroup_dirs().iter().all(|dir| dir.exists()),
+        "{}",
+        daemon.log()
+    );
+    let first = daemon.pid();
+    daemon.kill9();
+    eventually("the guard to remove the empty subtree", || {
+        daemon
+            .cgroup_dirs()
+            .iter()
+            .all(|dir| !dir.exists())
+            .then_some(())
+    });
+    eventually("the guard to exit", || {
+        guards_of(first).is_empty().then_some(())
+    });
+    // The next tenement starts as usual.
+    daemon.start();
+    assert!(daemon.cgroup_dirs().iter().all(|dir| dir.exists()));
+    daemon.stop();
+    assert!(daemon.cgroup_dirs().iter().all(|dir| !dir.exists()));
+}
+
+#[test]
 fn a_clean_sigterm_still_stops_every_tenant() {
     if !privileged("a_clean_sigterm_still_stops_every_tenant") {
         return;

@@ -1,6 +1,7 @@
 //! What a fleet shares through etcd besides placements: API tokens (issued on one node,
 //! valid on every node; revoked on one, refused on every node) and routing weights set at
-//! run time (set on one node, applied on the others).
+//! run time (set on one node, applied on the others); changes made while etcd compacts the
+//! history a node's watch was to resume from still reach every node.
 
 mod fleet_support;
 
@@ -188,4 +189,94 @@ fn a_weight_set_on_one_node_applies_on_the_others() {
     assert!(ok, "{out}{err}");
     let (ok, out, err) = cli(&fleet, 0, None, &["ps", "--fleet"]);
     assert!(!ok && err.contains("etcd"), "{out}{err}");
+}
+
+/// The id `token-gen` printed (on stderr: `token ID ...`).
+fn token_id(stderr: &str) -> String {
+    stderr
+        .split_whitespace()
+        .nth(1)
+        .expect("token-gen names the token id")
+        .to_string()
+}
+
+fn knows_token(fleet: &Fleet, i: usize, id: &str) -> bool {
+    let (_, list, _) = cli(fleet, i, None, &["token-list"]);
+    list.lines().any(|line| line.starts_with(&format!("{id} ")))
+}
+
+fn weight_of(fleet: &Fleet, i: usize, instance: &str) -> Option<u64> {
+    let (_, json, _) = cli(fleet, i, None, &["ps", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&json).ok()?;
+    list.as_array()?
+        .iter()
+        .find(|info| info["name"] == instance)?["weight"]
+        .as_u64()
+}
+
+#[test]
+fn changes_made_while_etcd_compacts_past_a_watch_reach_every_node() {
+    if !privileged("changes_made_while_etcd_compacts_past_a_watch_reach_every_node") {
+        return;
+    }
+    let mut fleet = Fleet::start(10);
+    // Node 1 is stopped while etcd restarts: its watch connection is gone, but it cannot
+    // notice until it runs again.
+    fleet.signal(0, libc::SIGSTOP);
+    for i in 0..3 {
+        fleet.etcd.kill(i);
+    }
+    for i in 0..3 {
+        fleet.etcd.restart(i);
+    }
+    for i in 0..3 {
+        fleet.etcd.wait_healthy(i);
+    }
+    // Changes on the other nodes, then etcd forgets the history up to now: the revision
+    // node 1's watch would resume from is compacted.
+    let (ok, secret, err) = until("node 2 to issue a token", Duration::from_secs(30), || {
+        let answer = cli(&fleet, 1, None, &["token-gen", "--description", "early"]);
+        answer.0.then_some(answer)
+    });
+    assert!(ok, "{err}");
+    let early = token_id(&err);
+    let (ok, out, err) = cli(&fleet, 2, None, &["weight", "app:carol", "20"]);
+    assert!(ok, "{out}{err}");
+    fleet.etcd.compact(0);
+    fleet.signal(0, libc::SIGCONT);
+
+    let relisted = || {
+        std::fs::read_to_string(&fleet.nodes[0].log)
+            .unwrap_or_default()
+            .contains("etcd compacted the revisions this node's watch was to resume from")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !relisted() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(relisted(), "node 1 did not re-list:\n{}", fleet.log(0));
+    // Nothing was missed: the token works on node 1, the weight applies there.
+    until(
+        "node 1 to know the early token",
+        Duration::from_secs(30),
+        || knows_token(&fleet, 0, &early).then_some(()),
+    );
+    let (ok, ps, err) = cli(&fleet, 0, Some(secret.trim()), &["ps"]);
+    assert!(ok && ps.contains("app:carol"), "{ps}{err}");
+    until(
+        "node 1 to apply carol's weight",
+        Duration::from_secs(30),
+        || (weight_of(&fleet, 0, "app:carol") == Some(20)).then_some(()),
+    );
+    // And its watch carries on: a token issued on node 3 now reaches nodes 1 and 2.
+    let (ok, _, err) = cli(&fleet, 2, None, &["token-gen", "--description", "late"]);
+    assert!(ok, "{err}");
+    let late = token_id(&err);
+    for i in [0, 1] {
+        until(
+            &format!("node {} to know the late token", i + 1),
+            Duration::from_secs(30),
+            || knows_token(&fleet, i, &late).then_some(()),
+        );
+    }
 }

@@ -15,7 +15,7 @@ use crate::{
     held::{self, HeldFds},
     proxy::{self, AccessLog, Options, PreRouter, Proxy, Scheme},
     supervisor::Supervisor,
-    tls::{http01_token, TlsManager},
+    tls::{http01_token, SharedCertificates, TlsManager},
 };
 
 pub struct FrontDoor {
@@ -88,6 +88,7 @@ impl FrontDoor {
         supervisor: Supervisor,
         listeners: Listeners,
         placement: Option<Arc<dyn proxy::placement::Placement>>,
+        certificates: Option<Arc<dyn SharedCertificates>>,
     ) -> Result<FrontDoor> {
         let settings = &config.settings;
         let Listeners {
@@ -99,7 +100,7 @@ impl FrontDoor {
         // route: the manager is filled in once both exist.
         let tls_slot: Arc<std::sync::OnceLock<TlsManager>> = Arc::default();
         let mut options = Options {
-            placement,
+            placement: placement.clone(),
             ..Options::default()
         };
         if settings.access_log {
@@ -114,14 +115,18 @@ impl FrontDoor {
                 .first()
                 .and_then(|listener| listener.local_addr().ok())
                 .map_or(443, |address| address.port());
-            options.pre_router = Some(acme_and_redirect(tls_slot.clone(), https_port));
+            let hop = placement.as_ref().map(|placement| placement.hop().clone());
+            options.pre_router = Some(acme_and_redirect(tls_slot.clone(), https_port, hop));
         }
         let proxy = Proxy::new(config.clone(), Arc::new(supervisor), options);
         let tls = if settings.tls.enabled {
             let routes = proxy.clone();
-            let manager =
-                TlsManager::start_for(&config, Arc::new(move |host: &str| routes.routes(host)))
-                    .await?;
+            let manager = TlsManager::start_for(
+                &config,
+                Arc::new(move |host: &str| routes.routes(host)),
+                certificates,
+            )
+            .await?;
             let _ = tls_slot.set(manager.clone());
             Some(manager)
         } else {
@@ -206,8 +211,13 @@ async fn serve_tls(
 
 /// On the plain listener with TLS on: ACME HTTP-01 challenges are answered here, everything
 /// else is sent to HTTPS with a 308 (method and body kept), on `https_port` (left out of the
-/// URL when it is 443).
-fn acme_and_redirect(tls: Arc<std::sync::OnceLock<TlsManager>>, https_port: u16) -> PreRouter {
+/// URL when it is 443). In a fleet, a request carrying the fleet's hop secret (`hop`) was
+/// forwarded by another node, which terminated the client's TLS: it goes through.
+fn acme_and_redirect(
+    tls: Arc<std::sync::OnceLock<TlsManager>>,
+    https_port: u16,
+    hop: Option<http::HeaderValue>,
+) -> PreRouter {
     let port_suffix = if https_port == 443 {
         String::new()
     } else {
@@ -221,6 +231,11 @@ fn acme_and_redirect(tls: Arc<std::sync::OnceLock<TlsManager>>, https_port: u16)
                 Some(key_authorization) => response(StatusCode::OK, key_authorization, None),
                 None => response(StatusCode::NOT_FOUND, "no such challenge\n".into(), None),
             });
+        }
+        if let Some(hop) = &hop {
+            if request.headers().get(proxy::placement::HOP_HEADER) == Some(hop) {
+                return None;
+            }
         }
         let host = request
             .headers()

@@ -85,6 +85,9 @@ pub enum Command {
         adopt_timeout: u64,
         #[arg(long)]
         socket: PathBuf,
+        /// The data directory's lock file: held by whichever tenement serves it now.
+        #[arg(long)]
+        lock: Option<PathBuf>,
         subtrees: Vec<PathBuf>,
     },
 }
@@ -185,8 +188,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             parent,
             adopt_timeout,
             socket,
+            lock,
             subtrees,
-        } => crate::supervisor::guard::main(parent, adopt_timeout, &socket, &subtrees),
+        } => crate::supervisor::guard::main(
+            parent,
+            adopt_timeout,
+            &socket,
+            lock.as_deref(),
+            &subtrees,
+        ),
     }
 }
 

@@ -175,6 +175,7 @@ async fn run(
         supervisor.clone(),
         listeners,
         fleet.as_ref().map(|fleet| fleet.placement()),
+        fleet.as_ref().map(|fleet| fleet.certificates()),
     )
     .await?;
     api.attach_proxy(front.proxy.request_metrics());

@@ -204,15 +204,17 @@ impl Etcd {
         Ok((kvs(&answer), int(&answer["header"]["revision"])))
     }
 
-    /// Writes `key`; with a lease (not 0) it vanishes with the lease.
-    pub async fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<(), EtcdError> {
-        self.call(
-            "a write",
-            "/v3/kv/put",
-            json!({ "key": B64.encode(key), "value": B64.encode(value), "lease": lease.to_string() }),
-        )
-        .await
-        .map(drop)
+    /// Writes `key`; with a lease (not 0) it vanishes with the lease. Returns the revision
+    /// of the write.
+    pub async fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<i64, EtcdError> {
+        let answer = self
+            .call(
+                "a write",
+                "/v3/kv/put",
+                json!({ "key": B64.encode(key), "value": B64.encode(value), "lease": lease.to_string() }),
+            )
+            .await?;
+        Ok(int(&answer["header"]["revision"]))
     }
 
     /// Creates `key` only if it does not exist, in one transaction: of concurrent callers
@@ -250,6 +252,40 @@ impl Etcd {
         .map(drop)
     }
 
+    /// Watches every key under `prefix` from `revision` on (the first endpoint that answers,
+    /// each asked within [`ATTEMPT`]). The stream has no time limit.
+    pub async fn watch(&self, prefix: &str, revision: i64) -> Result<Watch, EtcdError> {
+        let body = Bytes::from(
+            json!({ "create_request": {
+                "key": B64.encode(prefix),
+                "range_end": B64.encode(prefix_end(prefix)),
+                "start_revision": revision.to_string(),
+            }})
+            .to_string(),
+        );
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for step in 0..self.endpoints.len() {
+            let endpoint = &self.endpoints[(first + step) % self.endpoints.len()];
+            let request = Request::post(format!("{endpoint}/v3/watch"))
+                .header("content-type", "application/json")
+                .body(Full::new(body.clone()))
+                .map_err(|e| EtcdError::Unreachable(e.to_string()))?;
+            match tokio::time::timeout(ATTEMPT, self.client.request(request)).await {
+                Ok(Ok(response)) if response.status().is_success() => {
+                    return Ok(Watch {
+                        body: response.into_body(),
+                        buffer: Vec::new(),
+                    })
+                }
+                Ok(Ok(response)) => failures.push(format!("{endpoint}: {}", response.status())),
+                Ok(Err(error)) => failures.push(format!("{endpoint}: {error}")),
+                Err(_) => failures.push(format!("{endpoint}: no answer within {ATTEMPT:?}")),
+            }
+        }
+        Err(EtcdError::Unreachable(failures.join("; ")))
+    }
+
     /// Deletes `key` if it still holds `value` (releasing only what is ours).
     pub async fn delete_if(&self, key: &str, value: &[u8]) -> Result<bool, EtcdError> {
         let encoded = B64.encode(key);
@@ -265,6 +301,97 @@ impl Etcd {
             .await?;
         Ok(answer["succeeded"].as_bool() == Some(true))
     }
+}
+
+/// One answer of a watch stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WatchAnswer {
+    /// The watch is set up.
+    Created,
+    /// Changes, in revision order.
+    Events(Vec<Event>),
+    /// etcd ended the watch; with the compaction revision when the watched revision had
+    /// been compacted already.
+    Canceled { compacted: Option<i64> },
+}
+
+/// A change of one key.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    Put(KeyValue),
+    /// The key and the revision of the deletion.
+    Delete {
+        key: String,
+        revision: i64,
+    },
+}
+
+/// A watch stream: JSON objects, one per line, each wrapping one answer in `result`.
+pub struct Watch {
+    body: hyper::body::Incoming,
+    buffer: Vec<u8>,
+}
+
+impl Watch {
+    /// The next answer; `Err` when the stream failed or ended.
+    pub async fn next(&mut self) -> Result<WatchAnswer, String> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let value: Value = serde_json::from_slice(&line)
+                    .map_err(|e| format!("a watch answer is not JSON ({e})"))?;
+                return parse_watch_answer(&value);
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(error)) => return Err(error.to_string()),
+                None => return Err("the watch stream ended".to_string()),
+            }
+        }
+    }
+}
+
+fn parse_watch_answer(value: &Value) -> Result<WatchAnswer, String> {
+    if let Some(error) = value.get("error") {
+        return Err(format!("the watch failed: {error}"));
+    }
+    let result = &value["result"];
+    if result["canceled"].as_bool() == Some(true) {
+        let compacted = int(&result["compact_revision"]);
+        return Ok(WatchAnswer::Canceled {
+            compacted: (compacted > 0).then_some(compacted),
+        });
+    }
+    if result["created"].as_bool() == Some(true) {
+        return Ok(WatchAnswer::Created);
+    }
+    let events = result["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter_map(|event| {
+                    let kv = kvs(&json!({ "kvs": [event["kv"].clone()] })).pop()?;
+                    Some(if event["type"].as_str() == Some("DELETE") {
+                        Event::Delete {
+                            key: kv.key,
+                            revision: kv.mod_revision,
+                        }
+                    } else {
+                        Event::Put(kv)
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(WatchAnswer::Events(events))
 }
 
 /// A member that is up but has no quorum answers with these; another member may do better.
@@ -331,6 +458,33 @@ mod tests {
         assert!(check_endpoint("https://etcd:2379").is_err());
         assert!(check_endpoint("127.0.0.1:2379").is_err());
         assert!(check_endpoint("http://etcd:2379/v3").is_err());
+    }
+
+    #[test]
+    fn watch_answers_are_read_as_etcd_writes_them() {
+        let created = json!({"result": {"header": {"revision": "1"}, "created": true}});
+        assert_eq!(parse_watch_answer(&created), Ok(WatchAnswer::Created));
+        let events = json!({"result": {"header": {"revision": "3"}, "events": [
+            {"kv": {"key": "L2E=", "mod_revision": "2", "value": "MQ=="}},
+            {"type": "DELETE", "kv": {"key": "L2E=", "mod_revision": "3"}},
+        ]}});
+        let Ok(WatchAnswer::Events(events)) = parse_watch_answer(&events) else {
+            panic!("events expected");
+        };
+        assert!(matches!(&events[0], Event::Put(kv) if kv.key == "/a" && kv.value == b"1"));
+        assert_eq!(
+            events[1],
+            Event::Delete {
+                key: "/a".into(),
+                revision: 3
+            }
+        );
+        let compacted =
+            json!({"result": {"header": {}, "canceled": true, "compact_revision": "3"}});
+        assert_eq!(
+            parse_watch_answer(&compacted),
+            Ok(WatchAnswer::Canceled { compacted: Some(3) })
+        );
     }
 
     #[test]

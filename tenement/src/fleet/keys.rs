@@ -29,6 +29,10 @@ pub struct NodeRecord {
     pub max_instances: u32,
     /// `MemAvailable` of the node, in bytes.
     pub memory_available: u64,
+    /// The etcd revision up to which this node has read the pending challenge answers
+    /// ([`CHALLENGES`]): an answer published at or before it is answered by this node.
+    #[serde(default)]
+    pub challenges_seen: i64,
 }
 
 impl NodeRecord {
@@ -54,4 +58,26 @@ pub fn token(id: i64) -> String {
 
 pub fn weight(instance: &str) -> String {
     format!("{WEIGHTS}{instance}")
+}
+
+/// ACME certificates, one key per certificate name: its private key and chain (one PEM
+/// bundle). Written by the node that ordered it; never bound to a lease.
+pub const CERTS: &str = "/tenement/v1/certs/";
+/// Order locks, one key per certificate name: the holder's node name, bound to its lease.
+pub const CERT_LOCKS: &str = "/tenement/v1/locks/cert/";
+/// Pending challenge answers, bound to the lease of the node whose order it is: per HTTP-01
+/// token (`TOKEN`: the key authorization) and per TLS-ALPN-01 name (`tls-alpn-01:NAME`: the
+/// key authorization's SHA-256 in hex).
+pub const CHALLENGES: &str = "/tenement/v1/acme-challenges/";
+
+pub fn cert(name: &str) -> String {
+    format!("{CERTS}{name}")
+}
+
+pub fn cert_lock(name: &str) -> String {
+    format!("{CERT_LOCKS}{name}")
+}
+
+pub fn challenge(key: &str) -> String {
+    format!("{CHALLENGES}{key}")
 }

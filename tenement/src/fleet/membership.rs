@@ -33,19 +33,21 @@ pub(super) async fn join(inner: &Inner) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn register(inner: &Inner) -> Result<(), EtcdError> {
+pub(super) async fn register(inner: &Inner) -> Result<(), EtcdError> {
     let record = inner.own_record();
     let value = serde_json::to_vec(&record).unwrap_or_default();
     inner
         .etcd
         .put(&keys::node(&inner.node), &value, record.lease)
         .await
+        .map(drop)
 }
 
-/// Reads every node and placement: the view becomes what etcd holds. A full listing, not
-/// a watch, so nothing can be missed (no compaction to fall behind).
-pub(super) async fn relist(inner: &Inner) -> Result<(), EtcdError> {
-    let (nodes, _) = inner.etcd.list(keys::NODES).await?;
+/// Reads every node and placement: the view becomes what etcd holds, unless the watch has
+/// already applied newer changes. Returns the revision of the first listing: every change
+/// after it is in this listing or comes through the watch from the next revision on.
+pub(super) async fn relist(inner: &Inner) -> Result<i64, EtcdError> {
+    let (nodes, revision) = inner.etcd.list(keys::NODES).await?;
     let (placements, _) = inner.etcd.list(keys::PLACEMENTS).await?;
     let nodes = nodes
         .iter()
@@ -55,10 +57,17 @@ pub(super) async fn relist(inner: &Inner) -> Result<(), EtcdError> {
     let placements = placements.iter().filter_map(placement).collect();
     {
         let mut view = inner.view_mut();
-        view.nodes = nodes;
-        view.placements = placements;
+        // Changes after `revision` are applied again by the watch (in order, so the last
+        // one of each key wins); changes the watch applied after a listing older than them
+        // must not be undone by it.
+        if revision >= view.revision {
+            view.nodes = nodes;
+            view.placements = placements;
+            view.revision = revision;
+        }
     }
-    super::shared::relist(inner).await
+    super::shared::relist(inner).await?;
+    Ok(revision)
 }
 
 fn placement(kv: &KeyValue) -> Option<(InstanceName, String)> {
@@ -113,7 +122,7 @@ async fn renew(inner: &Inner) -> Result<(), EtcdError> {
         .fresh_until
         .store(sent + left as u64 * 1000, Ordering::Release);
     register(inner).await?;
-    relist(inner).await
+    relist(inner).await.map(drop)
 }
 
 /// The lease is gone: so are this node's placements. Stop serving and stop every instance

@@ -7,14 +7,19 @@
 //! - `keys`: the key layout and records;
 //! - `rule`: which node takes a new instance;
 //! - `membership`: the lease, the node record, the periodic re-listing, fencing;
+//! - `watch`: changes applied as they happen (the re-listing stays the fallback);
+//! - `shared`: API tokens and weights; `certs`: ACME certificates, their order locks and
+//!   challenge answers;
 //! - here: the `Placement` the proxy asks, and start-up.
 
+mod certs;
 pub mod etcd;
 pub mod keys;
 mod membership;
 mod rule;
 mod shared;
 pub mod status;
+mod watch;
 
 use std::{
     collections::HashMap,
@@ -83,6 +88,10 @@ struct Inner {
     /// One token change at a time on this node (issue, revoke, copy from etcd).
     tokens: tokio::sync::Mutex<()>,
     weights_seen: shared::WeightsSeen,
+    /// Challenge answers pending on any node (key -> answer, see `keys::CHALLENGES`), and the etcd
+    /// revision they were read at.
+    challenges: RwLock<HashMap<String, String>>,
+    challenges_seen: AtomicI64,
     /// `fresh_until` counts milliseconds from here (a monotonic clock: it runs on while the
     /// process is stopped, which is the point).
     epoch: Instant,
@@ -104,6 +113,8 @@ struct Inner {
 struct View {
     nodes: HashMap<String, NodeRecord>,
     placements: HashMap<InstanceName, String>,
+    /// The etcd revision of the last listing or watched change applied.
+    revision: i64,
 }
 
 impl Fleet {
@@ -131,6 +142,8 @@ impl Fleet {
             store,
             tokens: tokio::sync::Mutex::new(()),
             weights_seen: Default::default(),
+            challenges: RwLock::default(),
+            challenges_seen: AtomicI64::new(0),
             epoch: Instant::now(),
             fresh_until: AtomicU64::new(0),
             lease: AtomicI64::new(0),
@@ -146,6 +159,7 @@ impl Fleet {
             .supervisor
             .set_weight_sink(shared::weight_sink(Arc::downgrade(&inner)));
         tokio::spawn(membership::run(Arc::downgrade(&inner)));
+        tokio::spawn(watch::run(Arc::downgrade(&inner)));
         tracing::info!(
             "fleet: node {} joined (advertised at {}, lease {}s)",
             inner.node,
@@ -156,6 +170,11 @@ impl Fleet {
     }
 
     pub fn placement(&self) -> Arc<dyn Placement> {
+        Arc::new(self.clone())
+    }
+
+    /// The fleet's ACME certificates, for the TLS manager.
+    pub fn certificates(&self) -> Arc<dyn crate::tls::SharedCertificates> {
         Arc::new(self.clone())
     }
 
@@ -237,6 +256,7 @@ impl Inner {
             running,
             max_instances: self.max_instances,
             memory_available: membership::memory_available(),
+            challenges_seen: self.challenges_seen.load(Ordering::Acquire),
         }
     }
 

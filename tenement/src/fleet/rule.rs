@@ -28,6 +28,7 @@ mod tests {
             running,
             max_instances: max,
             memory_available: 1 << 30,
+            challenges_seen: 0,
         }
     }
 

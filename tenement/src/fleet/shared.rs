@@ -1,6 +1,6 @@
 //! What the nodes share besides placements: API tokens and the routing weights set at run
-//! time. Each node's store stays the copy it reads on every request; a change made on any
-//! node goes to etcd first (tokens) or right after (weights), and every node copies etcd's
+//! time (certificates: `certs`). Each node's store stays the copy it reads on every
+//! request; a change made on any node goes to etcd first (tokens) or right after (weights), and every node copies etcd's
 //! state into its store at each re-listing (`membership::relist`), so a change made on one
 //! node applies on the others within about `lease_ttl`/4.
 
@@ -35,13 +35,14 @@ pub(super) async fn seed_tokens(inner: &Inner) -> Result<()> {
     Ok(())
 }
 
-/// Copies etcd's tokens and weights into this node.
+/// Copies etcd's tokens, weights and pending challenge answers into this node.
 pub(super) async fn relist(inner: &Inner) -> Result<(), EtcdError> {
     relist_tokens(inner).await?;
-    relist_weights(inner).await
+    relist_weights(inner).await?;
+    super::certs::relist_challenges(inner).await
 }
 
-async fn relist_tokens(inner: &Inner) -> Result<(), EtcdError> {
+pub(super) async fn relist_tokens(inner: &Inner) -> Result<(), EtcdError> {
     // Held across the listing and the copy, so a token issued here meanwhile is not taken
     // for one revoked elsewhere.
     let _one = inner.tokens.lock().await;
@@ -62,7 +63,7 @@ async fn relist_tokens(inner: &Inner) -> Result<(), EtcdError> {
     Ok(())
 }
 
-async fn relist_weights(inner: &Inner) -> Result<(), EtcdError> {
+pub(super) async fn relist_weights(inner: &Inner) -> Result<(), EtcdError> {
     let (kvs, _) = inner.etcd.list(keys::WEIGHTS).await?;
     let mut seen = inner.weights_seen.lock().unwrap_or_else(|p| p.into_inner());
     for kv in kvs {

@@ -11,6 +11,11 @@
 //!
 //! When tenement ends (its end of the socket closes):
 //! - after `bye` (a clean shutdown, which stopped every instance itself): the guard exits;
+//! - without `bye` (a crash, `kill -9`) and with no instance group holding a process: it
+//!   removes the (empty) instance groups and the subtrees, unless a new tenement already
+//!   serves the data directory (it holds the data directory's lock, `--lock`, and may have
+//!   made groups of its own there), and exits: a tenement killed while nothing ran leaves
+//!   no empty cgroup behind;
 //! - otherwise, while instance cgroups still hold processes, it waits up to `adopt_timeout`
 //!   seconds for a new tenement to connect to `--socket`, hands it every held fd with its
 //!   name (`HeldFds::send`), and exits once the new tenement answers `ok`;
@@ -38,7 +43,13 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long a connected tenement may take to confirm a handover.
 const HANDOVER_WAIT: Duration = Duration::from_secs(10);
 
-pub fn main(parent: i32, adopt_timeout: u64, socket: &Path, subtrees: &[PathBuf]) -> ! {
+pub fn main(
+    parent: i32,
+    adopt_timeout: u64,
+    socket: &Path,
+    lock: Option<&Path>,
+    subtrees: &[PathBuf],
+) -> ! {
     for ignored in [
         Signal::SIGINT,
         Signal::SIGTERM,
@@ -79,7 +90,15 @@ pub fn main(parent: i32, adopt_timeout: u64, socket: &Path, subtrees: &[PathBuf]
         }
     }
     drop(control);
-    if clean || !occupied(subtrees) {
+    if clean {
+        finish(socket, 0);
+    }
+    if !occupied(subtrees) {
+        // Nothing to keep for a next tenement: only empty cgroups are left.
+        wait_until_gone(parent);
+        if let Some(_free) = lock.and_then(unlocked) {
+            stop_all(subtrees);
+        }
         finish(socket, 0);
     }
     if let Some(listener) = &listener {
@@ -107,6 +126,51 @@ pub fn main(parent: i32, adopt_timeout: u64, socket: &Path, subtrees: &[PathBuf]
     drop(held);
     stop_all(subtrees);
     finish(socket, 0)
+}
+
+/// Waits (up to 10 s) until tenement `pid` has exited (gone, or a zombie: its files are
+/// closed, its lock released).
+fn wait_until_gone(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let (_, rest) = stat.rsplit_once(')')?;
+                rest.split_whitespace().next().map(str::to_string)
+            });
+        match state.as_deref() {
+            None | Some("Z") | Some("X") => return,
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// The data directory's lock, taken when no tenement holds it (a missing file: none can);
+/// `None` when a tenement serves the directory. The dying tenement closes its files one
+/// after another: the control socket may close (waking the guard) before the lock file
+/// does, so a held lock is tried again for a moment before it counts as a new tenement's.
+fn unlocked(path: &Path) -> Option<Option<nix::fcntl::Flock<std::fs::File>>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+        {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Some(None),
+            Err(_) => return None,
+        };
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Some(Some(lock)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(_) => return None,
+        }
+    }
 }
 
 fn say(text: &str) {

@@ -51,6 +51,8 @@ impl GuardLink {
             .arg(adopt_timeout.to_string())
             .arg("--socket")
             .arg(&socket)
+            .arg("--lock")
+            .arg(data_dir.join(crate::store::LOCK_FILE))
             .args(tree.dirs())
             .stdin(std::process::Stdio::from(theirs))
             .stdout(std::process::Stdio::null());

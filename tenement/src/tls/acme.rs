@@ -17,6 +17,7 @@ use super::{
     dns01::{wait_until_visible, Published, TxtPublisher, TxtRecord},
     names::order_identifiers,
     retry_after::NotingClient,
+    shared::{http01_key, tls_alpn01_key, SharedCertificates},
 };
 use crate::config::Challenge;
 
@@ -27,6 +28,9 @@ pub(crate) struct Acme {
     challenges: Vec<Challenge>,
     dns: Option<DnsChallenge>,
     disk: Disk,
+    /// In a fleet: where challenge answers are published for the other servers, which the
+    /// CA's validation request may reach instead of this one.
+    shared: Option<Arc<dyn SharedCertificates>>,
     /// Loaded (or created) at the first order, not at start: starting must never wait for
     /// the ACME server.
     account: tokio::sync::Mutex<Option<Account>>,
@@ -45,12 +49,20 @@ struct Answers {
     _in_memory: Vec<ChallengeGuard>,
     /// DNS-01 records: removed by `Answers::remove` (or in the background when dropped).
     published: Vec<Published>,
+    /// Answers published for the fleet: withdrawn by `Answers::remove` (and in any case
+    /// gone with this server's lease).
+    shared_keys: Vec<String>,
 }
 
 impl Answers {
-    async fn remove(self) {
+    async fn remove(self, shared: Option<&Arc<dyn SharedCertificates>>) {
         for record in self.published {
             record.remove().await;
+        }
+        if let Some(shared) = shared {
+            for key in &self.shared_keys {
+                shared.withdraw_challenge(key).await;
+            }
         }
     }
 }
@@ -63,6 +75,7 @@ impl Acme {
         challenges: Vec<Challenge>,
         dns: Option<DnsChallenge>,
         disk: Disk,
+        shared: Option<Arc<dyn SharedCertificates>>,
     ) -> Acme {
         Acme {
             directory,
@@ -71,12 +84,18 @@ impl Acme {
             challenges,
             dns,
             disk,
+            shared,
             account: tokio::sync::Mutex::new(None),
         }
     }
 
+    /// Keeps a certificate obtained from the fleet on disk, as if ordered here.
+    pub fn keep(&self, name: &str, bundle: &str) -> Result<()> {
+        self.disk.write_bundle(name, bundle)
+    }
+
     /// Orders a certificate for `name` (`*.{base}` orders the wildcard and its base name),
-    /// stores it and returns it. After failures the preferred challenge rotates
+    /// stores it and returns it with its PEM bundle (key, then chain). After failures the preferred challenge rotates
     /// (`failed_before`), so that a closed port 80 makes the next attempt use TLS-ALPN-01
     /// on 443, and the other way round. DNS-01 records are removed when the order ends.
     pub async fn issue(
@@ -84,12 +103,12 @@ impl Acme {
         name: &str,
         pending: &Arc<Challenges>,
         failed_before: u32,
-    ) -> Result<Certificate> {
+    ) -> Result<(Certificate, String)> {
         let mut answers = Answers::default();
         let issued = self
             .issue_answering(name, pending, failed_before, &mut answers)
             .await;
-        answers.remove().await;
+        answers.remove(self.shared.as_ref()).await;
         issued
     }
 
@@ -99,7 +118,7 @@ impl Acme {
         pending: &Arc<Challenges>,
         failed_before: u32,
         answers: &mut Answers,
-    ) -> Result<Certificate> {
+    ) -> Result<(Certificate, String)> {
         let identifiers: Vec<Identifier> = order_identifiers(name)
             .into_iter()
             .map(Identifier::Dns)
@@ -167,8 +186,9 @@ impl Acme {
                 certificate.names
             );
         }
-        self.disk.write_certificate(name, &key_pem, &chain)?;
-        Ok(certificate)
+        let bundle = format!("{key_pem}{chain}");
+        self.disk.write_bundle(name, &bundle)?;
+        Ok((certificate, bundle))
     }
 
     /// Sets up an answer for each pending authorization, with the first challenge of
@@ -214,9 +234,18 @@ impl Acme {
                 .context("challenge vanished")?;
             let key_authorization = challenge.key_authorization();
             match kind {
-                ChallengeType::TlsAlpn01 => answers._in_memory.push(
-                    pending.add_tls_alpn01(&identifier, key_authorization.digest().as_ref())?,
-                ),
+                ChallengeType::TlsAlpn01 => {
+                    let digest = key_authorization.digest();
+                    answers
+                        ._in_memory
+                        .push(pending.add_tls_alpn01(&identifier, digest.as_ref())?);
+                    self.share_answer(
+                        answers,
+                        tls_alpn01_key(&identifier),
+                        &hex::encode(digest.as_ref()),
+                    )
+                    .await?;
+                }
                 ChallengeType::Dns01 => {
                     let dns = self
                         .dns
@@ -235,9 +264,17 @@ impl Acme {
                     )
                     .await?;
                 }
-                _ => answers
-                    ._in_memory
-                    .push(pending.add_http01(&challenge.token, key_authorization.as_str())),
+                _ => {
+                    answers
+                        ._in_memory
+                        .push(pending.add_http01(&challenge.token, key_authorization.as_str()));
+                    self.share_answer(
+                        answers,
+                        http01_key(&challenge.token),
+                        key_authorization.as_str(),
+                    )
+                    .await?;
+                }
             }
             tracing::debug!("tls: answering {kind:?} for {identifier}");
             challenge
@@ -246,6 +283,19 @@ impl Acme {
                 .with_context(|| format!("starting the {kind:?} validation"))?;
         }
         Ok(())
+    }
+
+    /// In a fleet: publishes a challenge answer for every server, since the CA may ask any
+    /// of them. Withdrawn when the order ends (`Answers::remove`).
+    async fn share_answer(&self, answers: &mut Answers, key: String, answer: &str) -> Result<()> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        answers.shared_keys.push(key.clone());
+        shared
+            .publish_challenge(&key, answer)
+            .await
+            .map_err(|error| anyhow::anyhow!("publishing the challenge answer in etcd: {error}"))
     }
 
     async fn account(&self) -> Result<Account> {

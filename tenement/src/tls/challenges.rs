@@ -15,7 +15,10 @@ use rustls::{
 };
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use super::certificate::provider;
+use super::{
+    certificate::provider,
+    shared::{tls_alpn01_key, SharedCertificates},
+};
 
 /// The ALPN protocol of a TLS-ALPN-01 validation handshake.
 pub(crate) const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
@@ -119,13 +122,32 @@ impl Drop for ChallengeGuard {
     }
 }
 
-/// Certificate choice for `acme-tls/1` handshakes: only pending validation certificates.
-#[derive(Debug)]
-pub(crate) struct ChallengeResolver(pub Arc<Challenges>);
+/// Certificate choice for `acme-tls/1` handshakes: only pending validation certificates,
+/// this server's own or, in a fleet, those another server published (the CA's validation
+/// may reach any of them).
+pub(crate) struct ChallengeResolver {
+    pub challenges: Arc<Challenges>,
+    pub shared: Option<Arc<dyn SharedCertificates>>,
+}
+
+impl std::fmt::Debug for ChallengeResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChallengeResolver")
+            .field("challenges", &self.challenges)
+            .field("shared", &self.shared.is_some())
+            .finish()
+    }
+}
 
 impl ResolvesServerCert for ChallengeResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let name = super::names::normalize_host(hello.server_name()?);
-        self.0.tls_alpn01(&name)
+        if let Some(own) = self.challenges.tls_alpn01(&name) {
+            return Some(own);
+        }
+        let digest = self.shared.as_ref()?.answer(&tls_alpn01_key(&name))?;
+        let digest = hex::decode(digest).ok()?;
+        // Made per validation handshake: they are few, and only while an order is pending.
+        validation_certificate(&name, &digest).ok().map(Arc::new)
     }
 }

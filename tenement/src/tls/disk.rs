@@ -60,8 +60,8 @@ impl Disk {
             .join(format!("{}.pem", super::names::file_stem(name)))
     }
 
-    pub fn write_certificate(&self, name: &str, key_pem: &str, chain_pem: &str) -> Result<()> {
-        let bundle = format!("{key_pem}{chain_pem}");
+    /// Writes `name`'s certificate: its private key PEM followed by its chain PEM.
+    pub fn write_bundle(&self, name: &str, bundle: &str) -> Result<()> {
         write_private(&self.certificate_path(name), bundle.as_bytes())
     }
 

@@ -99,9 +99,9 @@ impl Inner {
         name: &str,
         reason: Reason,
     ) -> Result<watch::Receiver<Outcome>, String> {
-        let Some(acme) = &self.acme else {
+        if self.acme.is_none() {
             return Err("ACME is off".into());
-        };
+        }
         let (done, outcome, failed_before) = match self.orders.admit(name) {
             Admission::Join(outcome) => return Ok(outcome),
             Admission::Refused(why) => {
@@ -114,16 +114,11 @@ impl Inner {
                 failed_before,
             } => (done, outcome, failed_before),
         };
-        self.orders_started.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(
-            "tls: ordering a certificate for {name} ({reason}) from {}",
-            acme.directory
-        );
         let inner = self.clone();
         let name = name.to_string();
         tokio::spawn(async move {
             let (result, retry_after) =
-                retry_after::noting(inner.order(&name, failed_before)).await;
+                retry_after::noting(inner.order(&name, failed_before, reason)).await;
             let result = match (result, retry_after) {
                 (Err(error), Some(until)) => Err(format!(
                     "{error}; the CA asked not to retry before {} (Retry-After)",
@@ -151,12 +146,48 @@ impl Inner {
         Ok(outcome)
     }
 
-    async fn order(&self, name: &str, failed_before: u32) -> Result<(), String> {
+    /// Gets `name`'s certificate: from the ACME server, or in a fleet from whichever
+    /// server orders it (see `shared`).
+    async fn order(
+        self: &Arc<Self>,
+        name: &str,
+        failed_before: u32,
+        reason: Reason,
+    ) -> Result<(), String> {
+        let Some(shared) = self.shared.clone() else {
+            return self
+                .order_from_acme(name, failed_before, reason)
+                .await
+                .map(drop);
+        };
+        let inner = self.clone();
+        let owned = name.to_string();
+        self.order_shared(&shared, name, move || {
+            let inner = inner.clone();
+            let name = owned.clone();
+            Box::pin(async move { inner.order_from_acme(&name, failed_before, reason).await })
+        })
+        .await
+    }
+
+    /// One order with the ACME server; the certificate serves at once. Returns its PEM
+    /// bundle (key, then chain).
+    async fn order_from_acme(
+        &self,
+        name: &str,
+        failed_before: u32,
+        reason: Reason,
+    ) -> Result<String, String> {
         let acme = self.acme.as_ref().ok_or("ACME is off")?;
+        self.orders_started.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            "tls: ordering a certificate for {name} ({reason}) from {}",
+            acme.directory
+        );
         let issue = acme.issue(name, &self.challenges, failed_before);
         let issued = timeout(self.tuning.order_timeout, issue).await;
         match issued {
-            Ok(Ok(cert)) => {
+            Ok(Ok((cert, bundle))) => {
                 tracing::info!(
                     "tls: certificate for {name} issued by {}, valid until {}, renewal from {}",
                     cert.issuer,
@@ -164,7 +195,7 @@ impl Inner {
                     humantime::format_rfc3339_seconds(cert.renew_at())
                 );
                 self.store.insert_acme(name, Arc::new(cert));
-                Ok(())
+                Ok(bundle)
             }
             Ok(Err(err)) => Err(acme::describe(&err)),
             Err(_) => Err(format!(

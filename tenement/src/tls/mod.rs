@@ -15,7 +15,9 @@
 //!   backoff while the old one serves;
 //! - DNS-01 through a TXT record publisher (`dns01/`), and wildcard certificates per service;
 //! - the operator's own `cert` / `key` win for the names they cover and are reloaded when
-//!   the files change.
+//!   the files change;
+//! - in a fleet, certificates are shared: one server orders a name under a fleet-wide lock,
+//!   the others install what it stored (`shared`).
 
 mod acme;
 mod certificate;
@@ -30,6 +32,7 @@ mod on_demand;
 mod orders;
 mod own_cert;
 mod retry_after;
+mod shared;
 mod store;
 
 use std::sync::PoisonError;
@@ -50,6 +53,7 @@ use tokio_rustls::server::TlsStream;
 pub use certificate::{CertificateInfo, CertificateSource};
 pub use names::http01_token;
 pub use on_demand::Refusal;
+pub use shared::{Holder, Lock, SharedCertificates};
 
 use crate::config::{Config, Settings, Tls};
 use acme::Acme;
@@ -146,6 +150,8 @@ struct Inner {
     /// cover waits for the wildcard's order instead of starting one of its own.
     wildcards: Vec<String>,
     own_error: Mutex<Option<String>>,
+    /// In a fleet: the fleet's certificates, order locks and challenge answers.
+    shared: Option<Arc<dyn SharedCertificates>>,
     server_config: Arc<ServerConfig>,
     challenge_config: Arc<ServerConfig>,
     tuning: Tuning,
@@ -159,9 +165,21 @@ impl TlsManager {
 
     /// What `tenement serve` starts: [`TlsManager::start_with_services`] for `config`'s
     /// settings and services, with the default [`Tuning`].
-    pub async fn start_for(config: &Config, names: Arc<dyn NamePolicy>) -> Result<TlsManager> {
+    /// `shared`: the fleet's certificates (with `[fleet]`), `None` on a single server.
+    pub async fn start_for(
+        config: &Config,
+        names: Arc<dyn NamePolicy>,
+        shared: Option<Arc<dyn SharedCertificates>>,
+    ) -> Result<TlsManager> {
         let services: Vec<String> = config.service.keys().cloned().collect();
-        Self::start_with_services(&config.settings, &services, names, Tuning::default()).await
+        Self::start_shared(
+            &config.settings,
+            &services,
+            names,
+            Tuning::default(),
+            shared,
+        )
+        .await
     }
 
     /// [`TlsManager::start_with_services`] without services: `wildcard = true` then has no
@@ -185,6 +203,19 @@ impl TlsManager {
         names: Arc<dyn NamePolicy>,
         tuning: Tuning,
     ) -> Result<TlsManager> {
+        Self::start_shared(settings, services, names, tuning, None).await
+    }
+
+    /// [`TlsManager::start_with_services`], sharing certificates through `shared` when set:
+    /// a name missing or due for renewal is first looked for there, and ordered under its
+    /// lock by one server only.
+    pub async fn start_shared(
+        settings: &Settings,
+        services: &[String],
+        names: Arc<dyn NamePolicy>,
+        tuning: Tuning,
+        shared: Option<Arc<dyn SharedCertificates>>,
+    ) -> Result<TlsManager> {
         let store = Arc::new(CertStore::default());
         let own_files = own_certificate_files(&settings.tls)?;
         let own_stamp = own_files.as_ref().map(OwnCertFiles::stamp);
@@ -197,7 +228,7 @@ impl TlsManager {
             );
             store.set_own(Arc::new(own));
         }
-        let acme = open_acme(settings, &store).await?;
+        let acme = open_acme(settings, &store, shared.clone()).await?;
         let wildcards = names::wildcard_names(settings, services);
         let mut configured = names::configured_names(settings)?;
         configured.extend(wildcards.iter().cloned());
@@ -209,7 +240,10 @@ impl TlsManager {
                 &[b"h2", b"http/1.1"],
             )?,
             challenge_config: server_config(
-                Arc::new(ChallengeResolver(challenges.clone())),
+                Arc::new(ChallengeResolver {
+                    challenges: challenges.clone(),
+                    shared: shared.clone(),
+                }),
                 &[ACME_TLS_ALPN],
             )?,
             store,
@@ -222,6 +256,7 @@ impl TlsManager {
             configured,
             wildcards,
             own_error: Mutex::new(None),
+            shared,
             tuning,
         });
 
@@ -254,8 +289,14 @@ impl TlsManager {
 
     /// The key authorization to answer `GET /.well-known/acme-challenge/{token}` with, while
     /// an HTTP-01 validation for it is pending. See [`http01_token`].
+    /// In a fleet, the answers other servers published are known here too.
     pub fn http01_response(&self, token: &str) -> Option<String> {
-        self.inner.challenges.http01(token)
+        self.inner.challenges.http01(token).or_else(|| {
+            self.inner
+                .shared
+                .as_ref()
+                .and_then(|shared| shared.answer(&shared::http01_key(token)))
+        })
     }
 
     /// Every certificate served, plus names whose certificate could not be obtained yet,
@@ -311,7 +352,11 @@ fn own_certificate_files(tls: &Tls) -> Result<Option<OwnCertFiles>> {
 
 /// The ACME client, with the certificates stored for its directory loaded into `store`;
 /// `None` when ACME is off. Nothing here talks to the ACME server.
-async fn open_acme(settings: &Settings, store: &CertStore) -> Result<Option<Acme>> {
+async fn open_acme(
+    settings: &Settings,
+    store: &CertStore,
+    shared: Option<Arc<dyn SharedCertificates>>,
+) -> Result<Option<Acme>> {
     let tls = &settings.tls;
     if tls.acme_directory.trim().is_empty() || tls.challenges.is_empty() {
         tracing::info!("tls: ACME is off (no acme_directory or no challenges)");
@@ -347,5 +392,6 @@ async fn open_acme(settings: &Settings, store: &CertStore) -> Result<Option<Acme
             propagation_timeout: Duration::from_secs(tls.dns_propagation_timeout),
         }),
         disk,
+        shared,
     )))
 }

@@ -33,8 +33,22 @@ pub struct Fleet {
 /// Each start of an instance appends its pid here (one line per process, fleet-wide).
 pub const STARTS: &str = "starts";
 
+/// What a test changes in a node's configuration.
+#[derive(Default)]
+pub struct NodeSetup {
+    /// The proxy's plain port (else a free one).
+    pub port: Option<u16>,
+    /// Lines appended to `[settings]` (e.g. a `[settings.tls]` table after it).
+    pub settings: String,
+}
+
 impl Fleet {
     pub fn start(lease_ttl: u64) -> Fleet {
+        Fleet::start_with(lease_ttl, |_| NodeSetup::default())
+    }
+
+    /// [`Fleet::start`] with node `i`'s configuration changed by `setup(i)`.
+    pub fn start_with(lease_ttl: u64, setup: impl Fn(usize) -> NodeSetup) -> Fleet {
         let etcd = EtcdCluster::start(3);
         let scratch = Scratch::new("fleet");
         let app = workspace_root().join("tests/apps/echo_app.py");
@@ -47,14 +61,18 @@ impl Fleet {
         let mut nodes = Vec::new();
         for i in 0..3 {
             let name = format!("n{}", i + 1);
-            let port = free_port();
+            let NodeSetup {
+                port,
+                settings: extra,
+            } = setup(i);
+            let port = port.unwrap_or_else(free_port);
             let low = free_port_block(20);
             let data = scratch.join(&name);
             let config = scratch.write(
                 &format!("{name}.toml"),
                 &format!(
                     "[settings]\ndata_dir = \"{data}\"\nlisten = \"127.0.0.1:{port}\"\n\
-                     domain = \"example.com\"\nport_range = [{low}, {high}]\n\n\
+                     domain = \"example.com\"\nport_range = [{low}, {high}]\n{extra}\n\n\
                      [service.app]\n\
                      command = \"/bin/sh -c 'echo $$ >> {starts}; exec /usr/bin/python3 {app}'\"\n\
                      env = {{ INSTANCE = \"{{name}}:{{id}}\" }}\n\n\
