@@ -99,7 +99,7 @@ fn etcd_outages_keep_what_runs_served_and_refuse_new_placements() {
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.header("tenement-node").unwrap(), "n2");
 
-    // A compaction of etcd's history changes nothing: nodes re-list, they do not watch.
+    // A compaction of etcd's history changes nothing: a watch that lost its revision re-lists.
     fleet.etcd.compact(1);
     let reply = get(fleet.nodes[2].port, HOST_ALICE, "/", "").unwrap();
     assert_eq!(reply.status, 200, "{reply:?}");

@@ -22,6 +22,20 @@ use serde_json::{json, Value};
 
 /// How long one endpoint may take to answer one call before the next endpoint is asked.
 const ATTEMPT: Duration = Duration::from_millis(1500);
+/// Pauses before asking again when members answered without a leader: an election after a
+/// lost member takes about a second with etcd's defaults.
+const ELECTION_PAUSES: [Duration; 3] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_millis(1000),
+];
+
+/// How one pass over the endpoints ended.
+enum Round {
+    Answered(Result<Value, EtcdError>),
+    NoLeader,
+    Unreachable,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
@@ -95,8 +109,31 @@ impl Etcd {
 
     async fn call(&self, call: &'static str, path: &str, body: Value) -> Result<Value, EtcdError> {
         let body = Bytes::from(body.to_string());
-        let first = self.preferred.load(Ordering::Relaxed);
         let mut failures = Vec::new();
+        for pause in std::iter::once(Duration::ZERO).chain(ELECTION_PAUSES) {
+            tokio::time::sleep(pause).await;
+            failures.clear();
+            match self.round(call, path, &body, &mut failures).await {
+                Round::Answered(answer) => return answer,
+                // Members answered but had no leader (one was lost and they are electing
+                // another): worth asking again shortly.
+                Round::NoLeader => continue,
+                Round::Unreachable => break,
+            }
+        }
+        Err(EtcdError::Unreachable(failures.join("; ")))
+    }
+
+    /// Asks each endpoint in turn, the last one that answered first.
+    async fn round(
+        &self,
+        call: &'static str,
+        path: &str,
+        body: &Bytes,
+        failures: &mut Vec<String>,
+    ) -> Round {
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut no_leader = false;
         for step in 0..self.endpoints.len() {
             let index = (first + step) % self.endpoints.len();
             let endpoint = &self.endpoints[index];
@@ -106,22 +143,27 @@ impl Etcd {
                     if let Some(message) = answer.get("message").and_then(Value::as_str) {
                         if answer.get("code").is_some() {
                             if is_unavailable(message) {
+                                no_leader = true;
                                 failures.push(format!("{endpoint}: {message}"));
                                 continue;
                             }
-                            return Err(EtcdError::Refused {
+                            return Round::Answered(Err(EtcdError::Refused {
                                 call,
                                 message: message.to_string(),
-                            });
+                            }));
                         }
                     }
-                    return Ok(answer);
+                    return Round::Answered(Ok(answer));
                 }
                 Ok(Err(error)) => failures.push(format!("{endpoint}: {error}")),
                 Err(_) => failures.push(format!("{endpoint}: no answer within {ATTEMPT:?}")),
             }
         }
-        Err(EtcdError::Unreachable(failures.join("; ")))
+        if no_leader {
+            Round::NoLeader
+        } else {
+            Round::Unreachable
+        }
     }
 
     async fn post(&self, endpoint: &str, path: &str, body: Bytes) -> Result<Value, String> {
