@@ -555,7 +555,7 @@ fn report(
          nginx serving a static file (12 B at `/`, 64 KiB at `/large`), run by tenement as \
          its instance `bench:one` (isolation \"process\"). *tenement*: `tenement serve` \
          (release build) from a config file with default settings: access log on \
-         ({access_lines} lines written during the run), kernel counters on, the daemon's log \
+         ({access_lines} lines in its current file at the end: it rotates every 10 MiB), kernel counters on, the daemon's log \
          at `info`. *nginx* and *HAProxy*: the same reverse proxy, {workers} workers \
          (threads for HAProxy), keep-alive upstream pools, no access log; *nginx + log*: \
          nginx with its `combined` access log through a 32 KiB buffer flushed every second. \
