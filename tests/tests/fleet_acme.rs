@@ -18,11 +18,20 @@ use tenement_tests::{
 
 /// A fleet whose node 1 sits on pebble's HTTP-01 and TLS-ALPN-01 ports: every validation,
 /// whichever node ordered, reaches node 1. Returns the fleet and each node's TLS port.
-fn fleet_with_tls(pebble: &Pebble) -> (Fleet, Vec<u16>) {
+fn pebble() -> Pebble {
+    Pebble::start(PebbleOptions {
+        reject_nonces: false,
+        ..PebbleOptions::default()
+    })
+}
+
+/// Three nodes with TLS through `pebble`, HTTP-01, once the configured domain's certificate
+/// (ordered by one node for all three) is in etcd; with their TLS ports and pebble's root.
+fn fleet_with_tls(pebble: &Pebble) -> (Fleet, Vec<u16>, String) {
     fleet_validated_by(pebble, "http-01")
 }
 
-fn fleet_validated_by(pebble: &Pebble, challenge: &str) -> (Fleet, Vec<u16>) {
+fn fleet_validated_by(pebble: &Pebble, challenge: &str) -> (Fleet, Vec<u16>, String) {
     let tls_ports = vec![pebble.tls_port, free_port(), free_port()];
     let fleet = Fleet::start_with(2, |i| NodeSetup {
         port: (i == 0).then_some(pebble.http_port),
@@ -35,7 +44,12 @@ fn fleet_validated_by(pebble: &Pebble, challenge: &str) -> (Fleet, Vec<u16>) {
             root = pebble.acme_root.display().to_string(),
         ),
     });
-    (fleet, tls_ports)
+    until(
+        "the domain's certificate in etcd",
+        Duration::from_secs(90),
+        || fleet.etcd.get("/tenement/v1/certs/example.com"),
+    );
+    (fleet, tls_ports, pebble.issuing_root())
 }
 
 /// How many times node `i` ordered a certificate for `name` from the ACME server.
@@ -68,18 +82,8 @@ fn concurrent_first_handshakes_on_every_node_order_one_certificate_that_all_serv
     if !privileged("concurrent_first_handshakes_on_every_node_order_one_certificate") {
         return;
     }
-    let pebble = Pebble::start(PebbleOptions {
-        reject_nonces: false,
-        ..PebbleOptions::default()
-    });
-    let (mut fleet, tls_ports) = fleet_with_tls(&pebble);
-    let root = pebble.issuing_root();
-    // The configured domain is certified at start, by one node for all three.
-    until(
-        "the domain's certificate in etcd",
-        Duration::from_secs(90),
-        || fleet.etcd.get("/tenement/v1/certs/example.com"),
-    );
+    let pebble = pebble();
+    let (mut fleet, tls_ports, root) = fleet_with_tls(&pebble);
 
     let host = "alice.app.example.com";
     let runtime = runtime();
@@ -161,17 +165,8 @@ fn a_node_killed_while_ordering_leaves_the_order_to_another_after_its_lease() {
     if !privileged("a_node_killed_while_ordering_leaves_the_order_to_another") {
         return;
     }
-    let mut pebble = Pebble::start(PebbleOptions {
-        reject_nonces: false,
-        ..PebbleOptions::default()
-    });
-    let (mut fleet, tls_ports) = fleet_with_tls(&pebble);
-    let root = pebble.issuing_root();
-    until(
-        "the domain's certificate in etcd",
-        Duration::from_secs(90),
-        || fleet.etcd.get("/tenement/v1/certs/example.com"),
-    );
+    let mut pebble = pebble();
+    let (mut fleet, tls_ports, root) = fleet_with_tls(&pebble);
 
     // Node 2 starts bob's order while the ACME server hangs: it holds the lock.
     let host = "bob.app.example.com";
@@ -294,17 +289,8 @@ fn tls_alpn01_answers_are_known_to_every_node() {
     if !privileged("tls_alpn01_answers_are_known_to_every_node") {
         return;
     }
-    let pebble = Pebble::start(PebbleOptions {
-        reject_nonces: false,
-        ..PebbleOptions::default()
-    });
-    let (fleet, tls_ports) = fleet_validated_by(&pebble, "tls-alpn-01");
-    let root = pebble.issuing_root();
-    until(
-        "the domain's certificate in etcd",
-        Duration::from_secs(90),
-        || fleet.etcd.get("/tenement/v1/certs/example.com"),
-    );
+    let pebble = pebble();
+    let (fleet, tls_ports, root) = fleet_validated_by(&pebble, "tls-alpn-01");
     // Node 3 orders alice's certificate; pebble validates on node 1's TLS listener, which
     // answers with the validation certificate node 3 published.
     let host = "alice.app.example.com";
