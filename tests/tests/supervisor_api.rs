@@ -131,7 +131,11 @@ restart = "never"
     // An open connection keeps it awake past idle_timeout; closing it lets it sleep.
     let connection = supervisor.activity(&zed);
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(supervisor.info(&zed).unwrap().state, InstanceState::Running);
+    // Not put to sleep (on a busy machine a slow health check may have marked it degraded
+    // meanwhile: that is not what this checks).
+    let info = supervisor.info(&zed).unwrap();
+    assert_ne!(info.state, InstanceState::Sleeping);
+    assert!(info.pid.is_some());
     drop(connection);
     wait_state(&supervisor, "web:zed", InstanceState::Sleeping).await;
     assert!(!cgroup.exists(), "a sleeping instance has no cgroup");
