@@ -25,6 +25,9 @@ use super::{address::ApiAddress, auth::Peer, body::Body};
 
 /// Time a client has to send a complete request head.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long requests in flight (the answer to `POST /v1/upgrade` among them) may take to
+/// finish once the API stops; streams that never end (`logs --follow`) are cut after it.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub enum Listener {
     Unix(UnixListener, PathBuf),
@@ -63,8 +66,8 @@ impl Listener {
         }
     }
 
-    /// Accepts connections until `shutdown` turns true, serving each with `handle`.
-    /// Open connections are closed when it returns.
+    /// Accepts connections until `shutdown` turns true, serving each with `handle`. Then
+    /// idle connections close, and requests in flight get `SHUTDOWN_GRACE` to finish.
     pub async fn serve<H, F>(self, handle: H, mut shutdown: watch::Receiver<bool>)
     where
         H: Fn(Peer, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
@@ -80,7 +83,7 @@ impl Listener {
             };
             match accepted {
                 Ok((io, peer)) => {
-                    connections.spawn(serve_connection(io, peer, handle.clone()));
+                    connections.spawn(serve_connection(io, peer, handle.clone(), shutdown.clone()));
                 }
                 Err(err) => {
                     // EMFILE and friends: wait a little instead of spinning on the error.
@@ -89,6 +92,8 @@ impl Listener {
                 }
             }
         }
+        let drained = async { while connections.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, drained).await;
         connections.shutdown().await;
         if let Listener::Unix(_, path) = &self {
             let _ = std::fs::remove_file(path);
@@ -114,8 +119,12 @@ impl Listener {
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-async fn serve_connection<H, F>(io: Box<dyn Io>, peer: Peer, handle: H)
-where
+async fn serve_connection<H, F>(
+    io: Box<dyn Io>,
+    peer: Peer,
+    handle: H,
+    mut shutdown: watch::Receiver<bool>,
+) where
     H: Fn(Peer, Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
@@ -125,12 +134,20 @@ where
         async move { Ok::<_, std::convert::Infallible>(handle(peer, request).await) }
     });
     // A client that never finishes its request head must not hold a connection forever.
-    if let Err(err) = http1::Builder::new()
+    let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(io), service)
-        .await
-    {
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = async { drop(shutdown.wait_for(|stop| *stop).await) } => {
+            // The request in flight is answered; then the connection closes.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(err) = served {
         tracing::debug!("management API connection: {err}");
     }
 }
