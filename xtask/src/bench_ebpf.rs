@@ -49,23 +49,8 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     bench::tools(&["wrk"])?;
     let tenement = util::build_release_binary()?;
-    step("building the benchmark backend (release)");
-    util::cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "tenement-tests",
-        "--bin",
-        "bench-backend",
-    ])?;
     let scratch = Scratch::new("ebpf")?;
-    // The instance runs as its own uid: it needs a copy it can read and execute.
-    let backend = scratch.path.join("bench-backend");
-    std::fs::copy(
-        util::workspace_root().join("target/release/bench-backend"),
-        &backend,
-    )?;
-    util::run(std::process::Command::new("chmod").arg("755").arg(&backend))?;
+    let backend = scratch.backend()?;
 
     let total = rounds * 2 * SCENARIOS.len();
     step(&format!(

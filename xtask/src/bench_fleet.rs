@@ -35,22 +35,8 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     bench::tools(&["wrk", "etcd"])?;
     let tenement = util::build_release_binary()?;
-    step("building the benchmark backend (release)");
-    util::cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "tenement-tests",
-        "--bin",
-        "bench-backend",
-    ])?;
     let scratch = Scratch::new("fleet")?;
-    let backend = scratch.path.join("bench-backend");
-    std::fs::copy(
-        util::workspace_root().join("target/release/bench-backend"),
-        &backend,
-    )?;
-    util::run(Command::new("chmod").arg("755").arg(&backend))?;
+    let backend = scratch.backend()?;
 
     step("starting a 1-member etcd and 2 tenement nodes");
     let mut processes = Processes::default();

@@ -164,6 +164,29 @@ impl Drop for Scratch {
     }
 }
 
+impl Scratch {
+    /// Builds the benchmark backend (tests/src/bin/bench-backend, release) and copies it
+    /// here: an instance runs as its own uid and needs a copy it can read and execute.
+    pub fn backend(&self) -> Result<PathBuf> {
+        util::step("building the benchmark backend (release)");
+        util::cargo(&[
+            "build",
+            "--release",
+            "--package",
+            "tenement-tests",
+            "--bin",
+            "bench-backend",
+        ])?;
+        let backend = self.path.join("bench-backend");
+        std::fs::copy(
+            util::workspace_root().join("target/release/bench-backend"),
+            &backend,
+        )?;
+        util::run(Command::new("chmod").arg("755").arg(&backend))?;
+        Ok(backend)
+    }
+}
+
 /// One `tenement serve` with its own directory (configuration, data, log), stopped with
 /// SIGTERM when dropped so that it stops its instances and removes its cgroups.
 pub struct Daemon {
