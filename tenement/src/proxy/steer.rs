@@ -110,16 +110,19 @@ impl Steering {
     /// Adjusts the active workers to the load, every `PERIOD`, for as long as the proxy
     /// serves (the task holds only a weak reference).
     pub(crate) async fn balance(steering: std::sync::Weak<Steering>) {
+        if steering
+            .upgrade()
+            .is_none_or(|steering| steering.groups.is_empty())
+        {
+            // Nothing to steer: no group, or it refused the program.
+            return;
+        }
         let mut last: Option<(Instant, Vec<Duration>)> = None;
         loop {
             tokio::time::sleep(PERIOD).await;
             let Some(steering) = steering.upgrade() else {
                 return;
             };
-            if steering.groups.is_empty() {
-                // Nothing to steer: no group, or it refused the program.
-                return;
-            }
             let now = Instant::now();
             let times = steering.cpu_times();
             if let Some((then, before)) = last.replace((now, times.clone())) {
@@ -179,26 +182,24 @@ fn cpu_time(clock: libc::clockid_t) -> Duration {
 /// Attaches to `group` a program choosing socket `hash % active` (the sockets joined the
 /// group in worker order, see `workers::start`).
 fn attach(group: &std::net::TcpListener, active: usize) -> std::io::Result<()> {
-    let ret = (libc::BPF_RET | libc::BPF_A) as u16;
-    let mut program = vec![libc::sock_filter {
-        code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+    let instruction = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
         jt: 0,
         jf: 0,
+        k,
+    };
+    let mut program = [
         // The ancillary load of the packet's flow hash (SKF_AD_OFF + SKF_AD_RXHASH).
-        k: (libc::SKF_AD_OFF + libc::SKF_AD_RXHASH) as u32,
-    }];
-    program.push(libc::sock_filter {
-        code: (libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K) as u16,
-        jt: 0,
-        jf: 0,
-        k: u32::try_from(active).unwrap_or(1),
-    });
-    program.push(libc::sock_filter {
-        code: ret,
-        jt: 0,
-        jf: 0,
-        k: 0,
-    });
+        instruction(
+            libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+            (libc::SKF_AD_OFF + libc::SKF_AD_RXHASH) as u32,
+        ),
+        instruction(
+            libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K,
+            u32::try_from(active).unwrap_or(1),
+        ),
+        instruction(libc::BPF_RET | libc::BPF_A, 0),
+    ];
     let fprog = libc::sock_fprog {
         len: program.len() as u16,
         filter: program.as_mut_ptr(),
