@@ -16,6 +16,7 @@ pub mod logs;
 pub mod monitor;
 pub mod proxy;
 pub mod reload;
+pub mod sockpath;
 pub mod store;
 pub mod supervisor;
 pub mod systemd;

@@ -118,7 +118,17 @@ fn kill_9_then_a_new_tenement_adopts_the_same_processes() {
     if !privileged("kill_9_then_a_new_tenement_adopts_the_same_processes") {
         return;
     }
-    let mut daemon = Daemon::new("adopt", "");
+    // A data directory deeper than a unix socket path may be (107 bytes, with the guard's
+    // socket in it): the guard, the API and `tenement` reach their sockets all the same.
+    let mut daemon = Daemon::new("adopt-in-a-data-directory-deeper-than-sun-path", "");
+    assert!(
+        daemon
+            .data_dir
+            .join(".tenement/adopt/1234567-123456.sock")
+            .as_os_str()
+            .len()
+            > 107
+    );
     let app = app(&daemon);
     daemon.configure(&format!(
         r#"

@@ -22,6 +22,7 @@ use tokio::{
 };
 
 use super::{address::ApiAddress, auth::Peer, body::Body};
+use crate::sockpath::SocketPath;
 
 /// Time a client has to send a complete request head.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -161,7 +162,10 @@ async fn bind_unix(path: &Path) -> Result<Listener> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating {} for the API socket", dir.display()))?;
     if path.exists() {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
+        if tokio::net::UnixStream::connect(&*SocketPath::new(path)?)
+            .await
+            .is_ok()
+        {
             bail!(
                 "{} is in use: another tenement serves this data directory (stop it first, or \
                  set settings.api to another address)",
@@ -181,7 +185,8 @@ async fn bind_unix(path: &Path) -> Result<Listener> {
         std::process::id()
     ));
     let _ = std::fs::remove_file(&temporary);
-    let listener = UnixListener::bind(&temporary)
+    let listener = SocketPath::new(&temporary)
+        .and_then(|short| UnixListener::bind(&*short))
         .with_context(|| format!("creating the API socket {}", temporary.display()))?;
     std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {} to mode 0600", temporary.display()))?;

@@ -21,6 +21,7 @@ use crate::{
         types::ErrorBody,
     },
     config::{self, Config},
+    sockpath::SocketPath,
 };
 
 pub struct Client {
@@ -170,7 +171,8 @@ impl Client {
         };
         match &self.address {
             ApiAddress::Unix(path) => {
-                let stream = tokio::net::UnixStream::connect(path)
+                let path = SocketPath::new(path).map_err(unreachable)?;
+                let stream = tokio::net::UnixStream::connect(&*path)
                     .await
                     .map_err(unreachable)?;
                 handshake(stream).await

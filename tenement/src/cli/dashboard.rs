@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, UnixStream};
 
 use super::{client::Client, remote::ServerOptions};
 use crate::api::{address::ApiAddress, audit::FORWARDED_FOR, types::DashboardLink};
+use crate::sockpath::SocketPath;
 
 #[derive(clap::Args)]
 pub struct DashboardArgs {
@@ -119,7 +120,7 @@ async fn forward(
 }
 
 async fn send(request: Request<Incoming>, socket: &Path) -> Result<Response<Incoming>> {
-    let stream = UnixStream::connect(socket).await?;
+    let stream = UnixStream::connect(&*SocketPath::new(socket)?).await?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {

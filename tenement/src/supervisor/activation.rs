@@ -72,9 +72,9 @@ impl Activation {
             leases.insert(name.clone(), lease);
             return Ok((port, fd, true));
         }
-        let lease = ports.lease().with_context(|| format!("{name}: no port"))?;
-        let socket = listen(lease.port())
-            .with_context(|| format!("{name}: listening on 127.0.0.1:{}", lease.port()))?;
+        let (lease, socket) = ports
+            .lease_bound(listen)
+            .with_context(|| format!("{name}: holding its port"))?;
         let port = lease.port();
         self.held.insert(&key, socket.into())?;
         leases.insert(name.clone(), lease);

@@ -12,6 +12,8 @@ use std::{
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use crate::sockpath::SocketPath;
+
 use nix::sys::socket::{
     self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
     UnixAddr,
@@ -40,7 +42,9 @@ pub fn listen(path: &Path) -> io::Result<OwnedFd> {
         SockFlag::SOCK_CLOEXEC,
         None,
     )?;
-    let addr = UnixAddr::new(path)?;
+    // Held until bound: a long path goes through the directory it keeps open.
+    let short = SocketPath::new(path)?;
+    let addr = UnixAddr::new(&*short)?;
     // The umask of a root daemon may leave it group- or world-connectable: only root may
     // take a tenant's output.
     socket::bind(fd.as_raw_fd(), &addr)?;
@@ -56,7 +60,8 @@ pub fn connect(path: &Path) -> io::Result<OwnedFd> {
         SockFlag::SOCK_CLOEXEC,
         None,
     )?;
-    socket::connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    let short = SocketPath::new(path)?;
+    socket::connect(fd.as_raw_fd(), &UnixAddr::new(&*short)?)?;
     Ok(fd)
 }
 

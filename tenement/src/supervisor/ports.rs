@@ -7,7 +7,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 /// Every port of `port_range` is leased or in use on the host. Not a configuration problem:
 /// the run loop waits for a port to free up.
@@ -107,6 +107,30 @@ impl PortAllocator {
         .into())
     }
 
+    /// A lease of a free port together with what `bind` made of it (a socket listening on
+    /// it). The port was free when checked, but any process of the host can take it before
+    /// `bind` runs: then the next free port is tried, a few times, instead of failing.
+    pub fn lease_bound<T>(
+        &self,
+        mut bind: impl FnMut(u16) -> std::io::Result<T>,
+    ) -> Result<(PortLease, T)> {
+        const TRIES: usize = 8;
+        for tries_left in (0..TRIES).rev() {
+            let lease = self.lease()?;
+            match bind(lease.port()) {
+                Ok(bound) => return Ok((lease, bound)),
+                Err(err) if err.kind() == std::io::ErrorKind::AddrInUse && tries_left > 0 => {
+                    tracing::debug!("port {} was taken meanwhile: {err}", lease.port());
+                }
+                Err(err) => {
+                    return Err(err)
+                        .with_context(|| format!("listening on 127.0.0.1:{}", lease.port()))
+                }
+            }
+        }
+        unreachable!("the last try returns")
+    }
+
     /// A lease of exactly `port` (a held socket handed over by the previous tenement, or an
     /// adopted instance, is already bound to it, so it is not checked free); `None` if it is
     /// leased already.
@@ -147,6 +171,34 @@ mod tests {
                 return [base, base + size - 1];
             }
         }
+    }
+
+    #[test]
+    fn a_port_taken_before_it_is_bound_is_passed_over() {
+        let ports = PortAllocator::new(free_range(3));
+        let mut seen = Vec::new();
+        let (lease, bound) = ports
+            .lease_bound(|port| {
+                seen.push(port);
+                if seen.len() == 1 {
+                    Err(std::io::ErrorKind::AddrInUse.into())
+                } else {
+                    Ok(port)
+                }
+            })
+            .unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_ne!(seen[0], seen[1]);
+        assert_eq!((lease.port(), bound), (seen[1], seen[1]));
+
+        // Anything else is an error at once, naming the port.
+        let err = ports
+            .lease_bound(|_| Err::<(), _>(std::io::ErrorKind::PermissionDenied.into()))
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("listening on 127.0.0.1:"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -144,6 +144,13 @@ impl Daemon {
             "tenement exited with {status}:\n{}",
             self.log()
         );
+        // The guard's socket is as deep as a data directory goes (scratch directories are
+        // deep): it must still be bound, or no later tenement could adopt.
+        assert!(
+            !self.log().contains("tenement-guard: cannot listen"),
+            "{}",
+            self.log()
+        );
     }
 
     /// `kill -9` of the daemon.
