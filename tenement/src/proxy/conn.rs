@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use super::{
     backend::Backends,
     body::ProxyBody,
+    cork::{self, Cork},
     exchange::{ConnTracker, Exchange, InFlight},
     forward::{answer, forward, Asked},
     headers::RequestFacts,
@@ -26,6 +27,8 @@ pub(crate) struct ConnContext {
     /// The client's address, formatted once per connection for `X-Forwarded-For`.
     peer_ip: HeaderValue,
     https: bool,
+    /// The socket of a plain HTTP/1 connection, corked for its last answer.
+    cork: Option<Cork>,
 }
 
 impl ConnContext {
@@ -110,6 +113,7 @@ impl ConnService {
         shared: Arc<Shared>,
         peer: std::net::IpAddr,
         https: bool,
+        cork: Option<Cork>,
         tracker: Arc<ConnTracker>,
     ) -> ConnService {
         let peer_ip = ip_header(peer);
@@ -119,6 +123,7 @@ impl ConnService {
                 shared,
                 peer_ip,
                 https,
+                cork,
             }),
             tracker,
         }
@@ -145,7 +150,7 @@ impl ConnService {
         request: Request<Incoming>,
     ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
         let logged = self.context.access_log().is_some().then_some(&self.context);
-        let exchange = Exchange::begin(&request, Some(InFlight::new(&self.tracker)), logged);
+        let mut exchange = Exchange::begin(&request, Some(InFlight::new(&self.tracker)), logged);
         // Plain connections only: over TLS there is nothing left to redirect or validate.
         let pre_router = (!self.context.https)
             .then_some(self.context.shared.options.pre_router.as_ref())
@@ -156,6 +161,11 @@ impl ConnService {
             }
         }
         let facts = RequestFacts::of(request.headers());
+        if let Some(cork) = self.context.cork {
+            if cork::ends_connection(request.version(), facts.close, facts.keep_alive) {
+                exchange.set_closing(cork);
+            }
+        }
         let asked = Asked {
             format: if facts.wants_json {
                 Format::Json

@@ -12,7 +12,9 @@ use std::{
 
 use http::{HeaderValue, Method, Request, Uri, Version};
 
-use super::{access_log::Record, backend::ActivityGuard, conn::ConnContext, table::Entry};
+use super::{
+    access_log::Record, backend::ActivityGuard, conn::ConnContext, cork::Cork, table::Entry,
+};
 
 /// Requests seen and in flight on one client connection, for its idle timeout.
 #[derive(Default)]
@@ -60,6 +62,9 @@ pub(crate) struct Exchange {
     status: u16,
     bytes: u64,
     complete: bool,
+    /// The connection ends after this answer: its socket, to cork once the answer is all
+    /// in hand (`cork.rs`).
+    closing: Option<Cork>,
 }
 
 struct Logged {
@@ -102,6 +107,19 @@ impl Exchange {
             status: 0,
             bytes: 0,
             complete: false,
+            closing: None,
+        }
+    }
+
+    /// The connection ends after this answer (its socket is `cork`).
+    pub(crate) fn set_closing(&mut self, cork: Cork) {
+        self.closing = Some(cork);
+    }
+
+    /// The answer is all in hand: on a closing connection, it leaves with the FIN.
+    pub(crate) fn answer_in_hand(&mut self) {
+        if let Some(cork) = self.closing.take() {
+            cork.hold();
         }
     }
 

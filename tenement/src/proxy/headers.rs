@@ -43,6 +43,10 @@ pub(crate) struct RequestFacts<'h> {
     pub upgrade: bool,
     /// Has a `Connection` header (which may name more headers to drop).
     pub connection: bool,
+    /// `Connection` says `close`.
+    pub close: bool,
+    /// `Connection` says `keep-alive` (what an HTTP/1.0 client needs to keep it).
+    pub keep_alive: bool,
 }
 
 impl<'h> RequestFacts<'h> {
@@ -59,10 +63,12 @@ impl<'h> RequestFacts<'h> {
                 accept.read(value.as_bytes());
             } else if name == CONNECTION {
                 facts.connection = true;
-                upgrade_token |= value
-                    .as_bytes()
-                    .split(|&b| b == b',')
-                    .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+                for token in value.as_bytes().split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
+                    facts.close |= token.eq_ignore_ascii_case(b"close");
+                    facts.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
             } else if name == UPGRADE {
                 upgrade_header = true;
             }

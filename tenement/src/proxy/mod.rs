@@ -25,6 +25,7 @@ mod access_log;
 mod backend;
 mod body;
 mod conn;
+mod cork;
 mod exchange;
 mod fleet;
 mod forward;
@@ -188,7 +189,12 @@ impl Proxy {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let https = scheme == Scheme::Https;
-        let watched = server::spawn_connection(&self.shared, io, peer, https, ());
+        let client = server::Client {
+            peer,
+            https,
+            socket: None,
+        };
+        let watched = server::spawn_connection(&self.shared, io, client, ());
         watch::watch_one(self.shared.clone(), watched).await;
     }
 

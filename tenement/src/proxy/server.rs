@@ -3,6 +3,7 @@
 
 use std::{
     net::SocketAddr,
+    os::fd::RawFd,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -20,6 +21,7 @@ use tokio::{
 
 use super::{
     conn::ConnService,
+    cork::Cork,
     exchange::ConnTracker,
     router::Router,
     sniff::{sniff, Protocol},
@@ -125,13 +127,22 @@ impl Drop for Counted {
     }
 }
 
+/// The other end of a client connection, and what carries it.
+#[derive(Clone, Copy)]
+pub(crate) struct Client {
+    pub peer: SocketAddr,
+    pub https: bool,
+    /// The TCP socket the connection is, when it is a plain one (its last answer is
+    /// corked, `cork.rs`).
+    pub socket: Option<RawFd>,
+}
+
 /// Starts serving one client connection in a task of its own and returns what watching it
 /// takes (see `watch.rs`). `keep` lives as long as the connection.
 pub(crate) fn spawn_connection<IO, K>(
     shared: &Arc<Shared>,
     io: IO,
-    peer: SocketAddr,
-    https: bool,
+    client: Client,
     keep: K,
 ) -> Watched
 where
@@ -144,27 +155,30 @@ where
     let task = tokio::spawn(serve(
         shared.clone(),
         io,
-        peer,
-        https,
+        client,
         tracker.clone(),
         stopped,
         (counted, keep),
     ));
-    Watched::new(tracker, task.abort_handle(), stop, peer)
+    Watched::new(tracker, task.abort_handle(), stop, client.peer)
 }
 
 /// hyper serving one connection until it ends, or until `stop` asks for a graceful end.
 async fn serve<IO>(
     shared: Arc<Shared>,
     io: IO,
-    peer: SocketAddr,
-    https: bool,
+    client: Client,
     tracker: Arc<ConnTracker>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
     _keep: impl Send,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Client {
+        peer,
+        https,
+        socket,
+    } = client;
     let (protocol, io) = match sniff(io).await {
         Ok(sniffed) => sniffed,
         Err(error) => {
@@ -172,7 +186,11 @@ async fn serve<IO>(
             return;
         }
     };
-    let service = ConnService::new(shared.clone(), peer.ip(), https, tracker);
+    // HTTP/2 multiplexes: no answer on it is the connection's last.
+    let cork = socket
+        .filter(|_| protocol == Protocol::Http1)
+        .map(Cork::new);
+    let service = ConnService::new(shared.clone(), peer.ip(), https, cork, tracker);
     let service = hyper::service::service_fn(move |request| service.call(request));
     let io = TokioIo::new(io);
     // The same dance for both protocols: serve, and on `stop` finish what is in flight.

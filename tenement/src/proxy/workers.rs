@@ -9,6 +9,7 @@
 
 use std::{
     net::SocketAddr,
+    os::fd::AsRawFd,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -23,7 +24,7 @@ use tokio::{
 };
 
 use super::{
-    server::{spawn_connection, Shared},
+    server::{spawn_connection, Client, Shared},
     steer::Steering,
     watch::{watch_here, watch_worker},
 };
@@ -175,7 +176,12 @@ fn serve(
     match TcpStream::from_std(stream) {
         Ok(stream) => {
             let load = Load::count(crew, index);
-            watch_here(|unwatch| spawn_connection(shared, stream, peer, false, (load, unwatch)));
+            let client = Client {
+                peer,
+                https: false,
+                socket: Some(stream.as_raw_fd()),
+            };
+            watch_here(|unwatch| spawn_connection(shared, stream, client, (load, unwatch)));
         }
         Err(error) => {
             tracing::warn!("proxy worker {index} cannot take a connection from {peer}: {error}");
