@@ -162,7 +162,7 @@ impl ConnService {
         }
         let facts = RequestFacts::of(request.headers());
         if let Some(cork) = self.context.cork {
-            if cork::ends_connection(request.version(), facts.close, facts.keep_alive) {
+            if cork::ends_connection(request.version(), &facts) {
                 exchange.set_closing(cork);
             }
         }

@@ -13,6 +13,8 @@
 
 use std::os::fd::RawFd;
 
+use super::headers::RequestFacts;
+
 /// The TCP socket under one plain HTTP/1 client connection.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Cork(RawFd);
@@ -48,37 +50,50 @@ impl Cork {
 }
 
 /// Whether the request asks for its connection to end after its answer (RFC 9112 9.3):
-/// `close` among the `Connection` tokens, or HTTP/1.0 without `keep-alive`.
-pub(crate) fn ends_connection(version: http::Version, close: bool, keep_alive: bool) -> bool {
+/// `close` among the `Connection` tokens, or HTTP/1.0 without `keep-alive`. Never an
+/// upgrade: after its `101` the connection carries the tunnel, which must not be held back.
+pub(crate) fn ends_connection(version: http::Version, facts: &RequestFacts<'_>) -> bool {
+    if facts.upgrade {
+        return false;
+    }
     match version {
-        http::Version::HTTP_11 => close,
-        http::Version::HTTP_10 | http::Version::HTTP_09 => close || !keep_alive,
+        http::Version::HTTP_11 => facts.close,
+        http::Version::HTTP_10 | http::Version::HTTP_09 => facts.close || !facts.keep_alive,
         _ => false,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use http::Version;
+    use http::{HeaderMap, Version};
 
     use super::ends_connection;
+    use crate::proxy::headers::RequestFacts;
 
     #[test]
     fn which_requests_end_their_connection() {
-        // (version, close, keep-alive) -> the answer is the connection's last
-        for (version, close, keep_alive, ends) in [
-            (Version::HTTP_11, false, false, false),
-            (Version::HTTP_11, true, false, true),
-            (Version::HTTP_11, false, true, false),
-            (Version::HTTP_10, false, false, true),
-            (Version::HTTP_10, false, true, false),
-            (Version::HTTP_10, true, true, true),
-            (Version::HTTP_2, true, false, false),
+        // (version, Connection, Upgrade) -> the answer is the connection's last
+        for (version, connection, upgrade, ends) in [
+            (Version::HTTP_11, None, false, false),
+            (Version::HTTP_11, Some("close"), false, true),
+            (Version::HTTP_11, Some("Keep-Alive"), false, false),
+            (Version::HTTP_11, Some("upgrade, close"), true, false),
+            (Version::HTTP_10, None, false, true),
+            (Version::HTTP_10, Some("keep-alive"), false, false),
+            (Version::HTTP_10, Some("keep-alive, Close"), false, true),
+            (Version::HTTP_2, Some("close"), false, false),
         ] {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = connection {
+                headers.insert(http::header::CONNECTION, value.parse().unwrap());
+            }
+            if upgrade {
+                headers.insert(http::header::UPGRADE, "websocket".parse().unwrap());
+            }
             assert_eq!(
-                ends_connection(version, close, keep_alive),
+                ends_connection(version, &RequestFacts::of(&headers)),
                 ends,
-                "{version:?} close={close} keep-alive={keep_alive}"
+                "{version:?} Connection: {connection:?} upgrade: {upgrade}"
             );
         }
     }
