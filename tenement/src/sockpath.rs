@@ -3,9 +3,11 @@
 //! path is reached through its directory, opened first, as `/proc/self/fd/N/NAME`.
 
 use std::{
-    ffi::OsStr,
     io,
-    os::{fd::AsRawFd, fd::OwnedFd, unix::ffi::OsStrExt},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::fs::OpenOptionsExt,
+    },
     path::{Path, PathBuf},
 };
 
@@ -33,17 +35,19 @@ impl SocketPath {
                 format!("{} is not a path to a socket", path.display()),
             ));
         };
-        // Resolved as the whole path would be: symlinks among the directories are followed.
-        let dir: OwnedFd = std::fs::File::open(dir)?.into();
+        // Resolved as the whole path would be (symlinks among the directories followed), and
+        // needing no more than the whole path would: search permission, not read (`O_PATH`).
+        let dir: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(dir)?
+            .into();
         let mut short = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
         short.push(name);
         if short.as_os_str().len() > LONGEST {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!(
-                    "the socket name {:?} is too long",
-                    OsStr::from_bytes(name.as_bytes())
-                ),
+                format!("the socket name {name:?} is too long"),
             ));
         }
         Ok(SocketPath {

@@ -14,6 +14,7 @@ use tenement::{
     config::Config,
     logs::LogHub,
     monitor::Monitor,
+    proxy::ActivityGuard,
     store::{EventKind, Store},
     supervisor::{self, InstanceState, StartError, Supervisor},
 };
@@ -129,7 +130,7 @@ restart = "never"
     assert_eq!(get(ports[0], "/health").unwrap().0, 200);
 
     // An open connection keeps it awake past idle_timeout; closing it lets it sleep.
-    let connection = supervisor.activity(&zed);
+    let connection = ActivityGuard::open(supervisor.activity_meter(&zed).as_ref());
     tokio::time::sleep(Duration::from_secs(4)).await;
     // Not put to sleep (on a busy machine a slow health check may have marked it degraded
     // meanwhile: that is not what this checks).

@@ -55,7 +55,7 @@ use crate::{
     endpoint::Endpoint,
     logs::LogHub,
     monitor::{InstanceStats, Monitor},
-    proxy::{ActivityGuard, ActivityMeter},
+    proxy::ActivityMeter,
     store::{EventKind, Store, DEFAULT_WEIGHT},
 };
 
@@ -667,11 +667,6 @@ impl Supervisor {
             shared: self.shared.clone(),
             instance,
         }))
-    }
-
-    /// Marks one open connection or request to `name` until the guard is dropped.
-    pub fn activity(&self, name: &InstanceName) -> ActivityGuard {
-        ActivityGuard::open(self.activity_meter(name).as_ref())
     }
 
     /// Lets the idle reaper also count the kernel's view of each instance's traffic.

@@ -115,11 +115,13 @@ impl PortAllocator {
         mut bind: impl FnMut(u16) -> std::io::Result<T>,
     ) -> Result<(PortLease, T)> {
         const TRIES: usize = 8;
-        for tries_left in (0..TRIES).rev() {
+        let mut taken = 0;
+        loop {
             let lease = self.lease()?;
             match bind(lease.port()) {
                 Ok(bound) => return Ok((lease, bound)),
-                Err(err) if err.kind() == std::io::ErrorKind::AddrInUse && tries_left > 0 => {
+                Err(err) if err.kind() == std::io::ErrorKind::AddrInUse && taken + 1 < TRIES => {
+                    taken += 1;
                     tracing::debug!("port {} was taken meanwhile: {err}", lease.port());
                 }
                 Err(err) => {
@@ -128,7 +130,6 @@ impl PortAllocator {
                 }
             }
         }
-        unreachable!("the last try returns")
     }
 
     /// A lease of exactly `port` (a held socket handed over by the previous tenement, or an
