@@ -393,6 +393,18 @@ fn show_prints_the_defaults_and_parses_back() {
             "`{line}` missing from:\n{shown}"
         );
     }
+    // docs/cli.md shows this very output.
+    let docs = std::fs::read_to_string(workspace_root().join("docs/cli.md")).unwrap();
+    let marker = "$ tenement config show --config tests/fixtures/config/minimal.toml\n";
+    let documented = docs
+        .split_once(marker)
+        .expect("the example in docs/cli.md")
+        .1;
+    let documented = documented.split_once("```").unwrap().0;
+    assert_eq!(
+        documented, shown,
+        "docs/cli.md's `config show` example is out of date"
+    );
     // What `show` prints is itself a valid configuration.
     let scratch = Scratch::new("config-show");
     scratch.write("tenement.toml", &shown);

@@ -103,7 +103,7 @@ pub enum RemoteCommand {
     /// Create an API token (admin, or scoped to one instance with --tenant); shown once
     #[command(name = "token-gen")]
     TokenGen {
-        /// Scope the token to this instance (read-only: status, logs, stats)
+        /// Scope the token to this instance (read-only: status, logs, events, stats)
         #[arg(long, value_name = "SERVICE:ID")]
         tenant: Option<String>,
         /// What the token is for ("ci deploys"): shown by token-list and in the audit log

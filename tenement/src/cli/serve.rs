@@ -68,7 +68,8 @@ pub fn serve(explicit: Option<&Path>, options: &ServeOptions) -> Result<ExitCode
             let held = HeldFds::new();
             let count = incoming.take(&held)?;
             tracing::info!(
-                "upgrade: took over {count} held sockets; waiting for the previous tenement                  to finish its requests and exit"
+                "upgrade: took over {count} held sockets; waiting for the previous tenement \
+                 to finish its requests and exit"
             );
             incoming.wait_old_gone();
             held

@@ -49,6 +49,31 @@ fn a_rejected_value_is_not_reported_twice() {
 }
 
 #[test]
+fn a_required_key_with_a_bad_value_is_reported_once() {
+    // The rejected `advertise` is then missing: its table must not be blamed for that too.
+    let found =
+        errors("[fleet]\netcd = \"http://127.0.0.1:2379\"\nadvertise = \"web1.internal:8080\"\n");
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("t.toml:3:13: `advertise` in [fleet]:"),
+        "{}",
+        found[0]
+    );
+}
+
+#[test]
+fn an_incomplete_dns_update_is_one_mistake() {
+    // Missing `server` is the error; "dns-01 needs dns_listen or dns_update" would repeat it.
+    let found = errors(
+        "[settings]\ndomain = \"example.com\"\n[settings.tls]\n\
+         challenges = [\"dns-01\"]\n[settings.tls.dns_update]\nzone = \"example.com\"\n\
+         key_name = \"k\"\nkey_secret_file = \"/etc/k\"\n",
+    );
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(found[0].contains("missing field `server`"), "{}", found[0]);
+}
+
+#[test]
 fn unknown_keys_type_errors_and_meaning_are_reported_together() {
     let found = errors(
         "[settings]\nport_range = [2000, 1000]\n\n[service.api]\ncommand = \"app\"\n\

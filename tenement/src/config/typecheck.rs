@@ -34,13 +34,30 @@ pub(super) fn deserialize(
             errors.push(source.error(err.span(), &[], message));
             return (None, rejected);
         };
-        let keys: Vec<&str> = path.iter().map(String::as_str).collect();
-        let (key, table_path) = keys.split_last().expect("path is not empty");
-        errors.push(source.error(
-            err.span(),
-            &keys,
-            format!("`{key}` in {}: {message}", source::section(table_path)),
-        ));
+        if !blames_a_rejected_key(&message, &path, &rejected) {
+            let keys: Vec<&str> = path.iter().map(String::as_str).collect();
+            let (key, table_path) = keys.split_last().expect("path is not empty");
+            errors.push(source.error(
+                err.span(),
+                &keys,
+                format!("`{key}` in {}: {message}", source::section(table_path)),
+            ));
+        }
         rejected.push(path);
     }
+}
+
+/// A required key rejected above is missing from the next attempt, and serde then blames
+/// its table ("missing field `advertise`"): the same mistake, already reported.
+fn blames_a_rejected_key(message: &str, table: &[String], rejected: &[Vec<String>]) -> bool {
+    let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'))
+    else {
+        return false;
+    };
+    rejected.iter().any(|path| {
+        path.split_last()
+            .is_some_and(|(key, parent)| key == field && parent == table)
+    })
 }

@@ -280,7 +280,11 @@ fn dns01(check: &mut Checker, config: &Config) {
     let tls = &config.settings.tls;
     let at = |key| ["settings", "tls", key];
     let dns01 = tls.challenges.contains(&Challenge::Dns01);
-    match (dns01, tls.dns_listen.is_some(), tls.dns_update.is_some()) {
+    // A value reported as wrong was still given: no second error saying it is missing.
+    let given = |key, set: bool| set || check.was_rejected(&at(key));
+    let listen = given("dns_listen", tls.dns_listen.is_some());
+    let update = given("dns_update", tls.dns_update.is_some());
+    match (dns01, listen, update) {
         (true, false, false) => check.key(
             &at("challenges"),
             "\"dns-01\" needs `dns_listen` (the built-in DNS responder) or `dns_update` (RFC 2136 updates to your DNS server)",
