@@ -78,7 +78,7 @@ pub fn net_bind6(ctx: SockAddrContext) -> i32 {
             refuse(&ctx, policy, denial::BIND, address, port);
             return DENY;
         }
-        if is_local(&address) && !is_unspecified(&address) {
+        if is_loopback(&address) {
             return ALLOW;
         }
         // `::` (and any v4-mapped address) becomes `::ffff:127.0.0.1`, which a dual-stack
@@ -297,6 +297,13 @@ fn is_local(a: &[u8; 16]) -> bool {
         return a[12] == 127 || (a[12] | a[13] | a[14] | a[15]) == 0;
     }
     a[10] | a[11] | a[12] | a[13] | a[14] == 0 && a[15] <= 1
+}
+
+/// `::1` or `::ffff:127.x.y.z`: the only addresses an instance may listen on as given. Not
+/// `::ffff:0.0.0.0`, which binds every IPv4 interface.
+#[inline(always)]
+fn is_loopback(a: &[u8; 16]) -> bool {
+    is_local(a) && !is_unspecified(a) && !(a[10] == 0xff && (a[12] | a[13] | a[14] | a[15]) == 0)
 }
 
 #[inline(always)]

@@ -93,6 +93,8 @@ fn binds_only_its_own_port_and_on_loopback() {
         "print(bind(V4, '127.0.0.1', {own}))\n\
          print(bind(V4, '0.0.0.0', {own}))\n\
          print(bind(V6, '::', {own}))\n\
+         print(bind(V6, '::ffff:0.0.0.0', {own}))\n\
+         print(bind(V6, '::ffff:10.1.2.3', {own}))\n\
          print(bind(V4, '127.0.0.1', {neighbour}))\n\
          print(bind(V6, '::1', {neighbour}))\n\
          print(bind(V4, '127.0.0.1', {other}))\n\
@@ -105,6 +107,9 @@ fn binds_only_its_own_port_and_on_loopback() {
         [
             "ok 127.0.0.1",
             "ok 127.0.0.1",
+            "ok ::ffff:127.0.0.1",
+            // The v4-mapped any address would listen on every IPv4 interface.
+            "ok ::ffff:127.0.0.1",
             "ok ::ffff:127.0.0.1",
             "EPERM",
             "EPERM",
