@@ -177,6 +177,14 @@ ns = ["c"]
         1,
         "the first tenement's guard waits"
     );
+    // Both helpers go by their names in `ps -e`, `top` and `pgrep`, not `exe`.
+    let comm = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm(guards_of(first)[0]), "tenement-guard\n");
+    assert_eq!(
+        comm(pids[1]),
+        "tenement-init\n",
+        "ns:c runs under its namespace's init"
+    );
 
     daemon.start();
     // Requests through the new daemon's proxy succeed at once (the instances never stopped).

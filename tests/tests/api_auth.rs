@@ -134,6 +134,8 @@ fn authorization_matrix() {
         "/v1/instances/api:bob/stats",
         // Scope comes before existence: a tenant learns nothing about other names.
         "/v1/instances/api:nobody",
+        "/v1/instances?service=nosuch",
+        "/v1/services/nosuch/logs",
     ] {
         let body = expect(&tcp, alice, "GET", path, "", 403);
         assert!(error_of(&body).contains("scoped to api:alice"), "{body}");

@@ -128,6 +128,19 @@ impl Caller {
         }
     }
 
+    /// Reading a whole service: a tenant token only for its own instance's service (and
+    /// then only its own instance's part of it).
+    pub fn require_read_service(&self, service: &str) -> ApiResult<()> {
+        match self {
+            Caller::Tenant { token, instance } if instance.service != service => {
+                Err(ApiError::forbidden(format!(
+                    "token {token} is scoped to {instance}: it cannot read service {service}"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn may_read(&self, name: &InstanceName) -> bool {
         self.require_read(name).is_ok()
     }

@@ -82,6 +82,7 @@ pub fn list(context: &Context, caller: &Caller, query: &Query) -> ApiResult<Resp
     query.allow(&["service"])?;
     let service = query.text("service");
     if let Some(service) = service {
+        caller.require_read_service(service)?;
         known_service(context, service)?;
     }
     let instances = context.api.supervisor.instances();

@@ -77,13 +77,10 @@ pub fn service_logs(
     query: &Query,
 ) -> ApiResult<Response<Body>> {
     let (mut search, follow) = parse(query)?;
+    // The scope first: a tenant learns nothing about other services, not even if they exist.
+    caller.require_read_service(service)?;
     known_service(context, service)?;
-    if let Caller::Tenant { token, instance } = caller {
-        if instance.service != service {
-            return Err(ApiError::forbidden(format!(
-                "token {token} is scoped to {instance}: it cannot read service {service}"
-            )));
-        }
+    if let Caller::Tenant { instance, .. } = caller {
         search.instance = Some(instance.clone());
     }
     search.service = Some(service.to_string());

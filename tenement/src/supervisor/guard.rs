@@ -50,6 +50,8 @@ pub fn main(
     lock: Option<&Path>,
     subtrees: &[PathBuf],
 ) -> ! {
+    // As for `tenement-init`: not `exe` in `ps -e`, `top` and `pgrep`.
+    let _ = nix::sys::prctl::set_name(c"tenement-guard");
     for ignored in [
         Signal::SIGINT,
         Signal::SIGTERM,

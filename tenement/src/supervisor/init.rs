@@ -75,6 +75,9 @@ const FORWARDED: [Signal; 6] = [
 
 /// Entry point of `tenement __init`. Never returns.
 pub fn main(spec_json: &str, argv: &[String]) -> ! {
+    // Run through /proc/self/exe, the kernel names this process `exe`: `ps -e`, `top` and
+    // `pgrep` would show that instead of what it is.
+    let _ = prctl::set_name(c"tenement-init");
     let spec: InitSpec = match serde_json::from_str(spec_json) {
         Ok(spec) => spec,
         Err(err) => fail(&format!("bad init spec: {err}")),
