@@ -119,6 +119,7 @@ fn etcd_outages_keep_what_runs_served_and_refuse_new_placements() {
             .contains("no new placement can be made while etcd is unreachable"),
         "{reply:?}"
     );
+    assert_eq!(reply.header("retry-after").unwrap(), "5", "{reply:?}");
 
     // etcd back: placements work again.
     for i in 0..3 {

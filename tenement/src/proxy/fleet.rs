@@ -23,6 +23,9 @@ use super::{
 use crate::endpoint::Endpoint;
 use crate::proxy::body::ProxyBody;
 
+/// `Retry-After` of a refused placement: etcd back within a few seconds, or a node freed.
+const PLACEMENT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Keep-alive connections to each peer node's proxy.
 #[derive(Default)]
 pub(crate) struct PeerPools(Mutex<HashMap<SocketAddr, Arc<Pool>>>);
@@ -92,12 +95,9 @@ pub(crate) async fn decide(
         }
         Ok(peer) => Ok(peer),
         Err(refusal) => {
+            // etcd out of reach or no node with room: both pass, as every 503 here says.
             let message = format!("instance {}: {}", entry.label, refusal.0);
-            Err(reply::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &message,
-                asked.format,
-            ))
+            Err(reply::retry_later(&message, PLACEMENT_RETRY, asked.format))
         }
     }
 }

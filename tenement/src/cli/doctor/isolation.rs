@@ -1,11 +1,7 @@
 //! What `isolation = "namespace"` and `isolation = "sandbox"` need: namespaces tenement can
 //! create, and gVisor's `runsc`.
 
-use std::{
-    os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::Path, process::Command};
 
 use nix::{
     errno::Errno,
@@ -15,7 +11,10 @@ use nix::{
 };
 
 use super::{Check, Needs};
-use crate::config::Settings;
+use crate::{
+    config::Settings,
+    supervisor::{find_runsc, DEFAULT_PATH},
+};
 
 const NAMESPACES: [(&str, CloneFlags); 5] = [
     ("user", CloneFlags::CLONE_NEWUSER),
@@ -89,13 +88,17 @@ fn try_unshare(flag: CloneFlags) -> Result<(), Errno> {
     }
 }
 
-/// `runsc` on PATH and its version, and the configured platform's prerequisites.
+/// `runsc` where a start looks for it (not the caller's PATH: the daemon's may differ) and
+/// its version, and the configured platform's prerequisites.
 pub fn runsc(settings: &Settings, needs: &Needs) -> Vec<Check> {
-    let Some(path) = find_in_path("runsc") else {
+    let Ok(path) = find_runsc() else {
         return vec![Check::missing(
             needs.sandbox,
             "runsc",
-            "gVisor's runsc is not on PATH; isolation = \"sandbox\" is unavailable",
+            format!(
+                "gVisor's runsc is not in {DEFAULT_PATH}, where starts look for it; \
+                 isolation = \"sandbox\" is unavailable"
+            ),
             "apt-get install runsc",
         )];
     };
@@ -128,15 +131,4 @@ pub fn runsc(settings: &Settings, needs: &Needs) -> Vec<Check> {
         ));
     }
     checks
-}
-
-fn find_in_path(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| {
-            candidate
-                .metadata()
-                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-        })
 }
