@@ -16,7 +16,7 @@ fn main() -> anyhow::Result<()> {
     aya_build::build_ebpf([package], aya_build::Toolchain::default()).map_err(|err| {
         anyhow::anyhow!(
             "building the eBPF programs failed: {err}\n\
-             run `cargo xtask setup` (installs rust-src for nightly and bpf-linker), \
+             run `cargo xtask setup` (installs nightly with rust-src, and bpf-linker), \
              or build without kernel counters: `cargo build --no-default-features`"
         )
     })

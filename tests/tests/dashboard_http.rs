@@ -386,6 +386,12 @@ fn the_event_stream_is_server_sent_events_with_the_rows() {
     );
     assert_eq!(answer.status, 200);
     assert_eq!(answer.header("content-type"), Some("text/event-stream"));
+    // The same protections as every page.
+    assert_eq!(answer.header("x-frame-options"), Some("DENY"));
+    assert_eq!(answer.header("cache-control"), Some("no-store"));
+    assert!(answer
+        .header("content-security-policy")
+        .is_some_and(|csp| csp.contains("frame-ancestors 'none'")));
     assert!(received.len() >= 2, "{received:?}");
     let (event, data) = &received[0];
     assert_eq!(event, "update");

@@ -22,13 +22,13 @@ const USAGE: &str = "\
 usage: cargo xtask <task> [args]
 
 tasks:
-  setup [--apt]        install rust-src for nightly and bpf-linker (with --apt: the Debian
+  setup [--apt]        install nightly with rust-src and bpf-linker (with --apt: the Debian
                        packages the tests use); idempotent
   build-ebpf           build the eBPF object and list its programs and maps
   test [ARGS...]       setup, then run the whole test suite (ARGS go to `cargo test`)
   run                  setup, build, and serve the bundled example (examples/notes)
-  bench [NAME]         benchmarks: proxy, spawn, wake, ebpf, dashboard (no NAME: list them); results
-                       go to docs/benchmarks.md (spawn: docs/isolation.md)
+  bench [NAME]         benchmarks: proxy, spawn, wake, adopt, ebpf, fleet, dashboard (no NAME:
+                       list them); results go to docs/benchmarks.md (spawn: docs/isolation.md)
 ";
 
 fn main() -> ExitCode {

@@ -56,10 +56,23 @@ pub fn setup(apt: bool) -> Result<()> {
 fn nightly_rust_src() -> Result<()> {
     step("nightly toolchain with rust-src (builds the eBPF programs)");
     if output(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])).is_none() {
-        bail!(
-            "the nightly toolchain is missing: run `rustup toolchain install nightly \
-             --component rust-src`, or build without eBPF: `cargo build --no-default-features`"
-        );
+        // A fresh machine: the README's two commands install what they need themselves.
+        let installed = run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]));
+        if let Err(err) = installed {
+            bail!(
+                "the nightly toolchain is missing and installing it failed ({err:#}): run \
+                 `rustup toolchain install nightly --component rust-src`, or build without \
+                 eBPF: `cargo build --no-default-features`"
+            );
+        }
     }
     let installed = output(Command::new("rustup").args([
         "component",

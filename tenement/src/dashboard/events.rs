@@ -26,7 +26,7 @@ use super::{
     actions::{selection, summary},
     history::TICK,
     pages::{self, Viewer},
-    request::{token_live, Auth, Page},
+    request::{self, token_live, Auth, Page},
     rows,
 };
 
@@ -75,16 +75,11 @@ fn stream() -> (Sender, Response<Body>) {
     let body = BodyExt::boxed_unsync(StreamBody::new(first.chain(frames).boxed()));
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
-    let headers = response.headers_mut();
-    headers.insert(
+    response.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/event-stream"),
     );
-    headers.insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
-    (Sender(sender), response)
+    (Sender(sender), request::with_headers(response))
 }
 
 fn caller_and_csrf(auth: &Auth) -> ApiResult<(Caller, Option<String>)> {

@@ -139,7 +139,9 @@ pub fn check_csrf(auth: &Auth, form: &Query) -> ApiResult<()> {
     }
 }
 
-fn with_headers(mut response: Response<Body>) -> Response<Body> {
+/// What every dashboard response carries, event streams included: no caching, no framing,
+/// no script or style from anywhere else.
+pub fn with_headers(mut response: Response<Body>) -> Response<Body> {
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(

@@ -1,5 +1,6 @@
 // tenement dashboard: keeps the server-rendered page live. Without this script every page
-// still works; it only has to be reloaded. One EventSource per page.
+// still works; it only has to be reloaded. One EventSource for the numbers, and on an
+// instance page a second one for its log.
 "use strict";
 
 (function () {
