@@ -107,6 +107,11 @@ fn a_quota_is_a_file_system_the_tenant_cannot_write_past() {
         files.contains("\"keep\"") && files.contains("\"old.txt\""),
         "{files}"
     );
+    // Copied by the tenant itself (never by root through its tree): the copy is its own.
+    use std::os::unix::fs::MetadataExt;
+    let owner = |path: &Path| std::fs::metadata(path).unwrap().uid();
+    assert_eq!(owner(&data.join("old.txt")), owner(&data));
+    assert_ne!(owner(&data), 0);
 
     // Disk use beside the quota, in `ps --json` (measured every 30 s): the 1 MB file.
     let view = eventually("disk use in ps --json", || {

@@ -10,6 +10,7 @@ mod adopt;
 mod ahead;
 mod backends;
 pub mod cgroup;
+mod disk_usage;
 mod env_file;
 mod environment;
 mod failure;

@@ -63,7 +63,7 @@ pub fn prepare(shared: &Shared, name: &InstanceName, service: &Service) -> Resul
     {
         // mkfs and mount take a moment: on the daemon's multi-threaded runtime, let its
         // other tasks go on meanwhile (a single-threaded runtime cannot hand them over).
-        let mount = || storage::mount(&settings.data_dir, &data_dir, name, quota_mb);
+        let mount = || storage::mount(&settings.data_dir, &data_dir, name, quota_mb, &run_as);
         let multi_threaded = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
             runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
         });

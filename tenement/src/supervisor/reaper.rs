@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{instance::StopKind, prepare, pressure, state::InstanceState, storage, Shared};
+use super::{
+    disk_usage::disk_usage, instance::StopKind, prepare, pressure, state::InstanceState, storage,
+    Shared,
+};
 use crate::store::EventKind;
 
 const IDLE_CHECK: Duration = Duration::from_secs(1);
@@ -108,47 +111,5 @@ async fn measure_storage(shared: Arc<Shared>) {
                 .system(&instance.name, &format!("warning: {detail}"));
             shared.record(&instance, EventKind::QuotaExceeded, &detail);
         }
-    }
-}
-
-/// Bytes allocated on disk under `dir` (like `du`), hard links counted once; `None` when
-/// the directory does not exist.
-pub fn disk_usage(dir: &Path) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let mut seen = std::collections::HashSet::new();
-    let mut total = 0u64;
-    let mut pending = vec![dir.to_path_buf()];
-    std::fs::symlink_metadata(dir).ok()?;
-    while let Some(path) = pending.pop() {
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
-            continue;
-        }
-        total += meta.blocks() * 512;
-        if meta.is_dir() {
-            if let Ok(entries) = std::fs::read_dir(&path) {
-                pending.extend(entries.flatten().map(|e| e.path()));
-            }
-        }
-    }
-    Some(total)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn disk_usage_counts_allocated_bytes() {
-        let dir = std::env::temp_dir().join(format!("du-test-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("sub")).unwrap();
-        std::fs::write(dir.join("sub/a"), vec![1u8; 300_000]).unwrap();
-        std::fs::hard_link(dir.join("sub/a"), dir.join("b")).unwrap();
-        let used = disk_usage(&dir).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert!((300_000..400_000).contains(&used), "{used}");
-        assert_eq!(disk_usage(&dir), None);
     }
 }

@@ -10,7 +10,8 @@
 //! the host: files it writes in its data directory belong to the tenant's uid.
 
 use std::{
-    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    io::Write,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -74,21 +75,35 @@ pub fn prepare(spec: &SandboxSpec) -> Result<SandboxLaunch> {
             .with_context(|| format!("creating {}", parent.display()))?;
         std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))?;
     }
+    // Built while root's alone, then given to the tenant deepest first and `<slug>` last:
+    // once a directory is the tenant's, a process of its uid could swap what lies below for
+    // a symlink, so root does nothing below it any more.
     let bundle = spec.state_dir.join("bundle");
     let state = spec.state_dir.join("state");
     for dir in [spec.state_dir, bundle.as_path(), state.as_path()] {
         std::fs::DirBuilder::new()
-            .recursive(true)
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
-        chown(dir, spec.run_as)?;
     }
     let config = bundle.join("config.json");
-    std::fs::write(&config, serde_json::to_vec_pretty(&oci_config(spec))?)
+    let json = serde_json::to_vec_pretty(&oci_config(spec))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&config)
+        .and_then(|mut file| file.write_all(&json))
         .with_context(|| format!("writing {}", config.display()))?;
-    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600))?;
-    chown(&config, spec.run_as)?;
+    for path in [
+        config.as_path(),
+        bundle.as_path(),
+        state.as_path(),
+        spec.state_dir,
+    ] {
+        chown(path, spec.run_as)?;
+    }
     let args = vec![
         format!("--root={}", state.display()),
         "--rootless".to_string(),

@@ -11,13 +11,17 @@
 
 use std::{
     io::ErrorKind,
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    os::unix::{
+        fs::{DirBuilderExt, OpenOptionsExt},
+        process::CommandExt,
+    },
     path::{Path, PathBuf},
     process::Command,
 };
 
 use anyhow::{bail, Context, Result};
 
+use super::identity::RunAs;
 use crate::config::InstanceName;
 
 /// How `storage_quota_mb` is applied on this host.
@@ -72,7 +76,13 @@ pub fn image_path(data_root: &Path, name: &InstanceName) -> PathBuf {
 /// at its first start. Files already in `data_dir` (from before it had a quota) are moved
 /// into the new image. Does nothing when it is mounted already (a restart, or an instance
 /// adopted after a restart of tenement).
-pub fn mount(data_root: &Path, data_dir: &Path, name: &InstanceName, quota_mb: u64) -> Result<()> {
+pub fn mount(
+    data_root: &Path,
+    data_dir: &Path,
+    name: &InstanceName,
+    quota_mb: u64,
+    run_as: &RunAs,
+) -> Result<()> {
     if is_mountpoint(data_dir)? {
         return Ok(());
     }
@@ -80,7 +90,7 @@ pub fn mount(data_root: &Path, data_dir: &Path, name: &InstanceName, quota_mb: u
     let fresh = create_image(data_root, &image, quota_mb)
         .with_context(|| format!("{name}: creating its storage image {}", image.display()))?;
     if fresh && has_entries(data_dir)? {
-        move_into_image(&image, data_dir)
+        move_into_image(&image, data_dir, run_as)
             .with_context(|| format!("{name}: moving its existing data into its quota image"))?;
     }
     mount_image(&image, data_dir).with_context(|| {
@@ -190,10 +200,17 @@ fn mount_image(image: &Path, target: &Path) -> Result<()> {
         .arg(target))
 }
 
-/// Moves what `data_dir` holds into the freshly made image, through a private staging
-/// mount point beside the images.
-fn move_into_image(image: &Path, data_dir: &Path) -> Result<()> {
-    let staging = image.with_extension("staging");
+/// Moves what `data_dir` holds into the freshly made image. The copy runs as the tenant:
+/// the tree is the tenant's, and a process of its uid could swap a directory in it for a
+/// symlink mid-walk, which a copy as root would follow to files the tenant may not read.
+/// The image is mounted for it beside `data_dir` (`.ID.staging` in the service's directory:
+/// root's, which the tenant may cross but not write; no instance id starts with a dot).
+fn move_into_image(image: &Path, data_dir: &Path, run_as: &RunAs) -> Result<()> {
+    let id = data_dir
+        .file_name()
+        .context("the data directory has no name")?
+        .to_string_lossy();
+    let staging = data_dir.with_file_name(format!(".{id}.staging"));
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&staging)
@@ -202,9 +219,18 @@ fn move_into_image(image: &Path, data_dir: &Path) -> Result<()> {
             _ => Err(err),
         })?;
     mount_image(image, &staging)?;
+    // The fresh file system's root, in a directory only root writes: safe to give by path.
+    std::os::unix::fs::chown(&staging, Some(run_as.uid), Some(run_as.gid))?;
     let mut source = data_dir.as_os_str().to_owned();
     source.push("/.");
-    let copied = run(Command::new("cp").arg("-a").arg(&source).arg(&staging));
+    // Not `-a`: ownership cannot be kept by the tenant and need not be (the copies are
+    // its own); symlinks are copied as symlinks (`-P`).
+    let copied = run(Command::new("cp")
+        .args(["-RP", "--preserve=mode,timestamps,links"])
+        .arg(&source)
+        .arg(&staging)
+        .uid(run_as.uid)
+        .gid(run_as.gid));
     let unmounted = run(Command::new("umount").arg(&staging));
     let _ = std::fs::remove_dir(&staging);
     copied?;
