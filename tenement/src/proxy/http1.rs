@@ -202,6 +202,11 @@ pub(crate) fn response_framing(
         }
     }
     if let Some(encoding) = last_encoding {
+        // RFC 9112 6.3: both at once may be an attempt at response splitting; an error,
+        // and the connection is not used again.
+        if length.is_some() {
+            return Err(malformed("both transfer-encoding and content-length"));
+        }
         let last = encoding
             .as_bytes()
             .rsplit(|&b| b == b',')
@@ -244,7 +249,8 @@ enum ChunkState {
     Size,
     Data(u64),
     DataEnd,
-    Trailers,
+    /// Reading the trailer section; how much of it was searched for its end already.
+    Trailers(usize),
     Done,
 }
 
@@ -287,7 +293,7 @@ impl ChunkedDecoder {
                             malformed(format!("chunk size {:?}", String::from_utf8_lossy(&line)))
                         })?;
                     self.state = if size == 0 {
-                        ChunkState::Trailers
+                        ChunkState::Trailers(0)
                     } else {
                         ChunkState::Data(size)
                     };
@@ -315,11 +321,12 @@ impl ChunkedDecoder {
                     }
                     self.state = ChunkState::Size;
                 }
-                ChunkState::Trailers => {
-                    let Some(end) = find_head_end(buf) else {
+                ChunkState::Trailers(searched) => {
+                    let Some(end) = head_end(buf, searched) else {
                         if buf.len() >= MAX_HEAD {
                             return Err(WireError::HeadTooLarge);
                         }
+                        self.state = ChunkState::Trailers(buf.len());
                         return Ok(Chunk::NeedMore);
                     };
                     let block = buf.split_to(end);
@@ -351,16 +358,28 @@ fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, WireError> {
     }
 }
 
-/// Where the trailer section ends: after an empty line (which may be the very first).
-fn find_head_end(buf: &BytesMut) -> Option<usize> {
-    if buf.starts_with(b"\r\n") {
-        return Some(2);
+/// Where a head or trailer section ends: after its first empty line (which may be the very
+/// first line), `\r\n` or a bare `\n`. `searched`: bytes already looked at in an earlier
+/// call, so a section that arrives a byte at a time is scanned once, not once per byte.
+pub(crate) fn head_end(buf: &[u8], searched: usize) -> Option<usize> {
+    let mut line_start = true;
+    let from = searched.saturating_sub(2);
+    if from > 0 {
+        // Whether `from` begins a line: the byte before it ends one.
+        line_start = buf[from - 1] == b'\n';
     }
-    if buf.starts_with(b"\n") {
-        return Some(1);
+    let mut i = from;
+    while i < buf.len() {
+        match buf[i] {
+            b'\n' if line_start => return Some(i + 1),
+            b'\r' if line_start && buf.get(i + 1) == Some(&b'\n') => return Some(i + 2),
+            b'\r' if line_start && i + 1 == buf.len() => return None,
+            b'\n' => line_start = true,
+            _ => line_start = false,
+        }
+        i += 1;
     }
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    crlf.or_else(|| buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2))
+    None
 }
 
 fn parse_trailers(block: &[u8]) -> Result<HeaderMap, WireError> {
@@ -459,13 +478,16 @@ mod tests {
         let mut partial = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Le");
         assert!(parse_response_head(&mut partial).unwrap().is_none());
 
-        let chunked = parse(
-            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-        );
+        let chunked = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
         assert_eq!(
             response_framing(&Method::GET, &chunked).unwrap(),
             Framing::Chunked
         );
+        // Both framings at once: possible response splitting, refused.
+        let both = parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        );
+        assert!(response_framing(&Method::GET, &both).is_err());
         let close = parse("HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\n\r\n");
         assert_eq!(
             response_framing(&Method::GET, &close).unwrap(),
@@ -492,6 +514,52 @@ mod tests {
         ));
         let mut garbage = BytesMut::from("HTTP/1.1 abc\r\n\r\n");
         assert!(parse_response_head(&mut garbage).is_err());
+    }
+
+    #[test]
+    fn a_head_end_is_found_however_the_bytes_arrive() {
+        for wire in [
+            &b"HTTP/1.1 200 OK\r\nA: 1\r\n\r\nbody"[..],
+            b"HTTP/1.1 200 OK\nA: 1\n\nbody",
+            b"HTTP/1.1 200 OK\r\nA: 1\n\r\nbody",
+            b"\r\nrest",
+        ] {
+            let whole = head_end(wire, 0).unwrap();
+            assert!(matches!(&wire[whole..], b"body" | b"rest"), "{wire:?}");
+            // A byte at a time, each call looking only past what the last one saw.
+            let mut searched = 0;
+            let found = (1..=wire.len()).find_map(|len| {
+                let end = head_end(&wire[..len], searched);
+                searched = len;
+                end
+            });
+            assert_eq!(found, Some(whole), "{wire:?}");
+        }
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\nA: 1\r\n", 0), None);
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\nA: \r1\r\n", 0), None);
+    }
+
+    #[test]
+    fn trailers_a_byte_at_a_time() {
+        let wire = b"3\r\nabc\r\n0\r\nX-A: 1\r\nX-B: 2\r\n\r\n";
+        let mut decoder = ChunkedDecoder::new();
+        let mut buf = BytesMut::new();
+        let mut fed = 0;
+        let mut trailers = None;
+        loop {
+            match decoder.decode(&mut buf).unwrap() {
+                Chunk::Data(_) => {}
+                Chunk::Trailers(t) => trailers = Some(t),
+                Chunk::NeedMore => {
+                    buf.extend_from_slice(&wire[fed..=fed]);
+                    fed += 1;
+                }
+                Chunk::End => break,
+            }
+        }
+        let trailers = trailers.unwrap();
+        assert_eq!(trailers["x-a"], "1");
+        assert_eq!(trailers["x-b"], "2");
     }
 
     #[test]

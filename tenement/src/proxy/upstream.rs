@@ -24,6 +24,8 @@ use super::{
     pool::Pool,
 };
 
+/// 1xx responses (`100 Continue`, `103 Early Hints`) skipped before the final one at most.
+const MAX_INFORMATIONAL: u32 = 8;
 /// Small pieces of request body are gathered into one write up to this size.
 const GATHER: usize = 16 * 1024;
 /// Bytes asked from the socket per read: small for heads, growing while big bodies fill
@@ -142,6 +144,17 @@ impl Upstream {
         Poll::Ready(Ok(filled))
     }
 
+    /// Drops buffers grown past what ordinary requests need (a huge request head, a
+    /// response read in big pieces): an idle pooled connection holds at most a little.
+    fn shed_buffers(&mut self) {
+        if self.write_buf.capacity() > 2 * GATHER {
+            self.write_buf = BytesMut::new();
+        }
+        if self.read_buf.capacity() > 2 * READ_MAX {
+            self.read_buf = BytesMut::new();
+        }
+    }
+
     async fn fill(&mut self) -> io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_fill(cx)).await
     }
@@ -219,13 +232,30 @@ impl Upstream {
 
     /// The final response head (informational ones are skipped, except 101).
     async fn read_head(&mut self) -> Result<response::Parts, ReadHeadError> {
+        let mut informational = 0;
+        // Parsed only once its end is in: a head trickled a byte at a time costs one scan.
+        let mut searched = 0;
         loop {
-            match http1::parse_response_head(&mut self.read_buf) {
+            let complete = http1::head_end(&self.read_buf, searched).is_some();
+            searched = self.read_buf.len();
+            let parsed = if complete || self.read_buf.len() >= http1::MAX_HEAD {
+                http1::parse_response_head(&mut self.read_buf)
+            } else {
+                Ok(None)
+            };
+            match parsed {
                 Ok(Some(parts))
                     if parts.status.is_informational()
                         && parts.status != StatusCode::SWITCHING_PROTOCOLS =>
                 {
-                    continue
+                    informational += 1;
+                    if informational > MAX_INFORMATIONAL {
+                        return Err(ReadHeadError::Wire(WireError::Malformed(format!(
+                            "more than {MAX_INFORMATIONAL} informational (1xx) responses"
+                        ))));
+                    }
+                    searched = 0;
+                    continue;
                 }
                 Ok(Some(parts)) => return Ok(parts),
                 Ok(None) => {}
@@ -234,7 +264,11 @@ impl Upstream {
             let received = !self.read_buf.is_empty();
             match self.fill().await {
                 Ok(0) if received => {
-                    return Err(ReadHeadError::Io(io::ErrorKind::UnexpectedEof.into()))
+                    // Cut off, or never HTTP at all: say which when the bytes tell.
+                    return Err(match http1::parse_response_head(&mut self.read_buf) {
+                        Err(error) => ReadHeadError::Wire(error),
+                        _ => ReadHeadError::Io(io::ErrorKind::UnexpectedEof.into()),
+                    });
                 }
                 Ok(0) => return Err(ReadHeadError::NothingReceived(None)),
                 Ok(_) => {}
@@ -366,7 +400,10 @@ pub(crate) async fn send(
                 ))
             }
         };
+        // After a 2xx to CONNECT the instance may treat the connection as a tunnel: never
+        // hand it to another request.
         let reusable = !write_failed
+            && parts.method != http::Method::CONNECT
             && http1::keeps_alive(&head, framing)
             && head.status != StatusCode::SWITCHING_PROTOCOLS;
         let body = UpstreamBody {
@@ -495,7 +532,7 @@ impl UpstreamBody {
                 connection.reused = true;
                 // An idle connection keeps no big buffer, but remembers how big this
                 // instance's answers tend to be (`read_size`) for the next one.
-
+                connection.shed_buffers();
                 self.pool.put(connection);
             }
         }
