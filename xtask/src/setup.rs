@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, process::Command};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::util::{self, output, run, step};
 
@@ -57,7 +57,7 @@ fn nightly_rust_src() -> Result<()> {
     step("nightly toolchain with rust-src (builds the eBPF programs)");
     if output(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])).is_none() {
         // A fresh machine: the README's two commands install what they need themselves.
-        let installed = run(Command::new("rustup").args([
+        run(Command::new("rustup").args([
             "toolchain",
             "install",
             "nightly",
@@ -65,14 +65,12 @@ fn nightly_rust_src() -> Result<()> {
             "minimal",
             "--component",
             "rust-src",
-        ]));
-        if let Err(err) = installed {
-            bail!(
-                "the nightly toolchain is missing and installing it failed ({err:#}): run \
-                 `rustup toolchain install nightly --component rust-src`, or build without \
-                 eBPF: `cargo build --no-default-features`"
-            );
-        }
+        ]))
+        .context(
+            "the nightly toolchain is missing and installing it failed: run `rustup toolchain \
+             install nightly --component rust-src`, or build without eBPF: \
+             `cargo build --no-default-features`",
+        )?;
     }
     let installed = output(Command::new("rustup").args([
         "component",

@@ -373,7 +373,6 @@ pub(crate) fn head_end(buf: &[u8], searched: usize) -> Option<usize> {
         match buf[i] {
             b'\n' if line_start => return Some(i + 1),
             b'\r' if line_start && buf.get(i + 1) == Some(&b'\n') => return Some(i + 2),
-            b'\r' if line_start && i + 1 == buf.len() => return None,
             b'\n' => line_start = true,
             _ => line_start = false,
         }
