@@ -330,7 +330,8 @@ fn milliseconds(out: &mut Vec<u8>, duration: Duration) {
 /// and control characters are escaped, and bytes that are not UTF-8 (allowed in header
 /// values) are written as `\u00XX`, so every line stays valid JSON.
 fn escape(out: &mut Vec<u8>, bytes: &[u8]) {
-    let utf8 = std::str::from_utf8(bytes).is_ok();
+    // ASCII, the usual case, is checked a word at a time.
+    let utf8 = bytes.is_ascii() || std::str::from_utf8(bytes).is_ok();
     let mut plain = 0;
     for (at, &byte) in bytes.iter().enumerate() {
         let short: &[u8] = match byte {

@@ -92,6 +92,24 @@ impl ConnContext {
         self.https
     }
 
+    /// The socket of a plain HTTP/1 connection, to cork for its last answer.
+    pub(crate) fn cork(&self) -> Option<Cork> {
+        self.cork
+    }
+
+    /// The largest request head a client may send.
+    pub(crate) fn max_header_bytes(&self) -> usize {
+        self.shared.options.max_header_bytes
+    }
+
+    /// Whether `direct.rs` may serve this connection's plain requests. Not in a fleet
+    /// (placement decides per request), and not where a plain request may be redirected
+    /// or answered before routing (`pre_router`).
+    fn may_serve_directly(&self) -> bool {
+        let options = &self.shared.options;
+        options.placement.is_none() && (self.https || options.pre_router.is_none())
+    }
+
     /// Counts an upgraded tunnel among the connections a shutdown waits for.
     pub(crate) fn track_tunnel(&self) -> Counted {
         self.shared.connections.enter()
@@ -127,6 +145,23 @@ impl ConnService {
             }),
             tracker,
         }
+    }
+
+    pub(crate) fn context(&self) -> &Arc<ConnContext> {
+        &self.context
+    }
+
+    pub(crate) fn table(&self) -> &TableReader {
+        &self.table
+    }
+
+    pub(crate) fn tracker(&self) -> &Arc<ConnTracker> {
+        &self.tracker
+    }
+
+    /// See `ConnContext::may_serve_directly`.
+    pub(crate) fn may_serve_directly(&self) -> bool {
+        self.context.may_serve_directly()
     }
 
     /// An answer to a request that reaches no instance, counted as such for `/metrics`.

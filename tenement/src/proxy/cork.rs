@@ -52,7 +52,10 @@ impl Cork {
 /// Whether the request asks for its connection to end after its answer (RFC 9112 9.3):
 /// `close` among the `Connection` tokens, or HTTP/1.0 without `keep-alive`. Never an
 /// upgrade: after its `101` the connection carries the tunnel, which must not be held back.
-pub(crate) fn ends_connection(version: http::Version, facts: &RequestFacts<'_>) -> bool {
+pub(crate) fn ends_connection<V: ?Sized>(
+    version: http::Version,
+    facts: &RequestFacts<'_, V>,
+) -> bool {
     if facts.upgrade {
         return false;
     }

@@ -67,15 +67,16 @@ pub(crate) struct Exchange {
     closing: Option<Cork>,
 }
 
-struct Logged {
+/// What the access log line says of the request.
+pub(crate) struct Logged {
     /// The connection's context (its log and client address): a per-connection `Arc`, so
     /// holding it touches no reference count shared with other cores.
-    conn: Arc<ConnContext>,
-    method: Method,
-    uri: Uri,
-    version: Version,
-    host: Option<HeaderValue>,
-    user_agent: Option<HeaderValue>,
+    pub conn: Arc<ConnContext>,
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub host: Option<HeaderValue>,
+    pub user_agent: Option<HeaderValue>,
 }
 
 impl Exchange {
@@ -97,8 +98,17 @@ impl Exchange {
                 user_agent: headers.get(http::header::USER_AGENT).cloned(),
             })
         });
+        Exchange::started_at(Instant::now(), in_flight, logged)
+    }
+
+    /// A request that arrived at `start`, logged as `logged` says (`None`: not logged).
+    pub(crate) fn started_at(
+        start: Instant,
+        in_flight: Option<InFlight>,
+        logged: Option<Box<Logged>>,
+    ) -> Exchange {
         Exchange {
-            start: Instant::now(),
+            start,
             logged,
             upstream: None,
             instance: None,

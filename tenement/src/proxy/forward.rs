@@ -200,7 +200,7 @@ pub(crate) async fn in_time<T>(
     }
 }
 
-fn gateway_timeout(entry: &Entry, format: Format) -> Response<Bytes> {
+pub(crate) fn gateway_timeout(entry: &Entry, format: Format) -> Response<Bytes> {
     entry.requests.timed_out();
     let seconds = entry.request_timeout.map_or(0, |limit| limit.as_secs());
     let message = format!(
@@ -274,7 +274,7 @@ async fn wake(
     })
 }
 
-fn bad_gateway(entry: &Entry, error: &UpstreamError, format: Format) -> Response<Bytes> {
+pub(crate) fn bad_gateway(entry: &Entry, error: &UpstreamError, format: Format) -> Response<Bytes> {
     let message = format!("instance {} {error}", entry.label);
     tracing::warn!("{message}");
     reply::error(StatusCode::BAD_GATEWAY, &message, format)

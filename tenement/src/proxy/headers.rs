@@ -3,10 +3,7 @@
 //! with the request head, see `http1::encode_request_head`.)
 
 use http::{
-    header::{
-        ACCEPT, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING,
-        UPGRADE,
-    },
+    header::{CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE},
     HeaderMap, HeaderName, HeaderValue,
 };
 
@@ -30,10 +27,11 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// What the proxy needs to know of a request's headers, gathered in one pass: a request has
 /// a handful, and comparing each name once costs less than a hashed lookup per question.
-#[derive(Default)]
-pub(crate) struct RequestFacts<'h> {
+/// `V` is how a value is held: a `HeaderValue` when hyper parsed the request, the raw bytes
+/// when the proxy did (`direct.rs`).
+pub(crate) struct RequestFacts<'h, V: ?Sized = HeaderValue> {
     /// The first `Host` header.
-    pub host: Option<&'h HeaderValue>,
+    pub host: Option<&'h V>,
     /// More than one `Host` header: ambiguous, so answered 400 (RFC 9112 3.2).
     pub many_hosts: bool,
     /// The client's `Accept` prefers `application/json` to `text/plain` (error bodies
@@ -43,34 +41,88 @@ pub(crate) struct RequestFacts<'h> {
     pub upgrade: bool,
     /// Has a `Connection` header (which may name more headers to drop).
     pub connection: bool,
+    /// `Connection` names a header to drop (a token other than close, keep-alive, upgrade).
+    pub names_headers: bool,
     /// `Connection` says `close`.
     pub close: bool,
     /// `Connection` says `keep-alive` (what an HTTP/1.0 client needs to keep it).
     pub keep_alive: bool,
+    /// Has a `Content-Length` or `Transfer-Encoding`: the request may have a body.
+    pub framed: bool,
+    /// Has an `Expect` header (`100-continue`).
+    pub expect: bool,
+    /// `TE` says `trailers`: the client takes trailer fields after a chunked body.
+    pub trailers: bool,
+}
+
+impl<V: ?Sized> Default for RequestFacts<'_, V> {
+    fn default() -> Self {
+        RequestFacts {
+            host: None,
+            many_hosts: false,
+            wants_json: false,
+            upgrade: false,
+            connection: false,
+            names_headers: false,
+            close: false,
+            keep_alive: false,
+            framed: false,
+            expect: false,
+            trailers: false,
+        }
+    }
 }
 
 impl<'h> RequestFacts<'h> {
     pub(crate) fn of(headers: &'h HeaderMap) -> RequestFacts<'h> {
+        RequestFacts::of_fields(
+            headers
+                .iter()
+                .map(|(name, value)| (name.as_str().as_bytes(), value)),
+        )
+    }
+}
+
+impl<'h, V: AsRef<[u8]> + ?Sized> RequestFacts<'h, V> {
+    /// From `(name, value)` pairs; names in any case.
+    pub(crate) fn of_fields<'n>(
+        fields: impl IntoIterator<Item = (&'n [u8], &'h V)>,
+    ) -> RequestFacts<'h, V> {
         let mut facts = RequestFacts::default();
         let mut upgrade_header = false;
         let mut upgrade_token = false;
         let mut accept = Accept::default();
-        for (name, value) in headers {
-            if name == HOST {
+        for (name, value) in fields {
+            if name.eq_ignore_ascii_case(b"host") {
                 facts.many_hosts |= facts.host.is_some();
                 facts.host.get_or_insert(value);
-            } else if name == ACCEPT {
-                accept.read(value.as_bytes());
-            } else if name == CONNECTION {
+            } else if name.eq_ignore_ascii_case(b"accept") {
+                accept.read(value.as_ref());
+            } else if name.eq_ignore_ascii_case(b"connection") {
                 facts.connection = true;
-                for token in value.as_bytes().split(|&b| b == b',') {
+                for token in value.as_ref().split(|&b| b == b',') {
                     let token = token.trim_ascii();
-                    upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
-                    facts.close |= token.eq_ignore_ascii_case(b"close");
-                    facts.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                    let upgrade = token.eq_ignore_ascii_case(b"upgrade");
+                    let close = token.eq_ignore_ascii_case(b"close");
+                    let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                    upgrade_token |= upgrade;
+                    facts.close |= close;
+                    facts.keep_alive |= keep_alive;
+                    facts.names_headers |= !(token.is_empty() || upgrade || close || keep_alive);
                 }
-            } else if name == UPGRADE {
+            } else if name.eq_ignore_ascii_case(b"upgrade") {
                 upgrade_header = true;
+            } else if name.eq_ignore_ascii_case(b"content-length")
+                || name.eq_ignore_ascii_case(b"transfer-encoding")
+            {
+                facts.framed = true;
+            } else if name.eq_ignore_ascii_case(b"expect") {
+                facts.expect = true;
+            } else if name.eq_ignore_ascii_case(b"te") {
+                facts.trailers |= value
+                    .as_ref()
+                    .split(|&b| b == b',')
+                    .any(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"trailers"));
             }
         }
         facts.upgrade = upgrade_header && upgrade_token;
@@ -170,15 +222,18 @@ fn parse_quality(q: &[u8]) -> u16 {
     }
 }
 
-/// True for a header that describes the hop, not the message. With `upgrade`, `Upgrade`
-/// is kept so that the switch reaches the other side.
-pub(crate) fn is_hop_by_hop(name: &HeaderName, upgrade: bool) -> bool {
-    (name == CONNECTION || HOP_BY_HOP.contains(name)) && !(upgrade && name == UPGRADE)
+/// True for a header (named in any case) that describes the hop, not the message. With
+/// `upgrade`, `Upgrade` is kept so that the switch reaches the other side.
+pub(crate) fn is_hop_by_hop(name: &[u8], upgrade: bool) -> bool {
+    let named = |header: &HeaderName| name.eq_ignore_ascii_case(header.as_str().as_bytes());
+    (named(&CONNECTION) || HOP_BY_HOP.iter().any(named)) && !(upgrade && named(&UPGRADE))
 }
 
-/// The headers tenement writes itself, whatever the client claims.
-pub(crate) fn is_forwarded(name: &HeaderName) -> bool {
-    name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST
+/// The headers (named in any case) tenement writes itself, whatever the client claims.
+pub(crate) fn is_forwarded(name: &[u8]) -> bool {
+    [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST]
+        .iter()
+        .any(|header| name.eq_ignore_ascii_case(header.as_str().as_bytes()))
 }
 
 /// Removes the headers the `Connection` header names (RFC 9110 7.6.1), except `Upgrade`
@@ -186,7 +241,7 @@ pub(crate) fn is_forwarded(name: &HeaderName) -> bool {
 pub(crate) fn remove_connection_named(headers: &mut HeaderMap) {
     // Usually there is no `Connection` header, or it says only `close` or `keep-alive`:
     // one look, and nothing to collect or remove.
-    if connection_tokens(headers).all(is_usual_token) {
+    if !connection_names_headers(headers) {
         return;
     }
     let named: Vec<HeaderName> = connection_tokens(headers)
@@ -196,6 +251,11 @@ pub(crate) fn remove_connection_named(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
+}
+
+/// Whether `Connection` names any header (beyond the usual tokens) to be removed.
+pub(crate) fn connection_names_headers(headers: &HeaderMap) -> bool {
+    !connection_tokens(headers).all(is_usual_token)
 }
 
 /// The tokens of `Connection` that name no header.
@@ -209,7 +269,10 @@ fn is_usual_token(token: &str) -> bool {
 /// the `Upgrade` header stays and `Connection: upgrade` is set.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // Most messages carry none: one look at each name costs less than a removal per name.
-    if headers.keys().any(|name| is_hop_by_hop(name, false)) {
+    if headers
+        .keys()
+        .any(|name| is_hop_by_hop(name.as_str().as_bytes(), false))
+    {
         remove_connection_named(headers);
         headers.remove(CONNECTION);
         for name in HOP_BY_HOP {

@@ -58,16 +58,45 @@ pub(crate) fn encode_request_head(
     out: &mut BytesMut,
 ) {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    out.reserve(128 + path.len() + parts.headers.len() * 32);
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    let fields = parts
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
+    let size = path.len() + parts.headers.len() * 32;
+    let line = RequestLine {
+        method: parts.method.as_str(),
+        target: path,
+    };
+    encode_head_fields(line, size, fields, forwarded, upgrade, chunked, out);
+}
+
+/// A request's first line, as the instance gets it (`target` in origin form).
+pub(crate) struct RequestLine<'a> {
+    pub method: &'a str,
+    pub target: &'a str,
+}
+
+/// `encode_request_head` from `(name, value)` pairs (names in any case), `size` bytes of
+/// them about: what the proxy writes for a request it parsed itself (`direct.rs`).
+pub(crate) fn encode_head_fields<'f>(
+    line: RequestLine<'_>,
+    size: usize,
+    fields: impl Iterator<Item = (&'f [u8], &'f [u8])>,
+    forwarded: &Forwarded,
+    upgrade: bool,
+    chunked: bool,
+    out: &mut BytesMut,
+) {
+    out.reserve(128 + size);
+    out.extend_from_slice(line.method.as_bytes());
     out.extend_from_slice(b" ");
-    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(line.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
+    for (name, value) in fields {
         if headers::is_hop_by_hop(name, upgrade) || headers::is_forwarded(name) {
             continue;
         }
-        write_header(out, name.as_str().as_bytes(), value.as_bytes());
+        write_header(out, name, value);
     }
     write_header(out, b"x-forwarded-for", forwarded.client_ip.as_bytes());
     let proto: &[u8] = if forwarded.https { b"https" } else { b"http" };
@@ -84,7 +113,7 @@ pub(crate) fn encode_request_head(
     out.extend_from_slice(b"\r\n");
 }
 
-fn write_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+pub(crate) fn write_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);

@@ -26,6 +26,7 @@ mod backend;
 mod body;
 mod conn;
 mod cork;
+mod direct;
 mod exchange;
 mod fleet;
 mod forward;

@@ -1,5 +1,5 @@
 //! Listening and connection lifetimes: accept loops, the HTTP/1.1 + HTTP/2 connection
-//! driver with its time limits, and a graceful shutdown that waits for what is in flight.
+//! driver (plain HTTP/1.1 requests first through `direct.rs`) with its time limits, and a graceful shutdown that waits for what is in flight.
 
 use std::{
     net::SocketAddr,
@@ -22,6 +22,7 @@ use tokio::{
 use super::{
     conn::ConnService,
     cork::Cork,
+    direct::{self, Served},
     exchange::ConnTracker,
     router::Router,
     sniff::{sniff, Protocol},
@@ -190,7 +191,14 @@ async fn serve<IO>(
     let cork = socket
         .filter(|_| protocol == Protocol::Http1)
         .map(Cork::new);
-    let service = ConnService::new(shared.clone(), peer.ip(), https, cork, tracker);
+    let mut service = ConnService::new(shared.clone(), peer.ip(), https, cork, tracker);
+    let mut io = io;
+    if protocol == Protocol::Http1 && service.may_serve_directly() {
+        match direct::serve(&mut service, &mut io, &mut stop).await {
+            Served::Closed => return,
+            Served::HandOver(unanswered) => io.put_back(unanswered),
+        }
+    }
     let service = hyper::service::service_fn(move |request| service.call(request));
     let io = TokioIo::new(io);
     // The same dance for both protocols: serve, and on `stop` finish what is in flight.

@@ -65,6 +65,20 @@ pub(crate) struct Prefixed<IO> {
     io: IO,
 }
 
+impl<IO> Prefixed<IO> {
+    /// Puts `bytes` back in front of whatever is still to be read.
+    pub(crate) fn put_back(&mut self, bytes: Bytes) {
+        self.prefix = if self.prefix.is_empty() {
+            bytes
+        } else {
+            let mut joined = BytesMut::with_capacity(bytes.len() + self.prefix.len());
+            joined.extend_from_slice(&bytes);
+            joined.extend_from_slice(&self.prefix);
+            joined.freeze()
+        };
+    }
+}
+
 impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
     fn poll_read(
         self: Pin<&mut Self>,

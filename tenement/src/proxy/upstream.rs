@@ -12,7 +12,7 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::{header::CONTENT_LENGTH, request, response, Request, Response, StatusCode};
+use http::{header::CONTENT_LENGTH, request, response, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
@@ -222,6 +222,18 @@ impl Upstream {
         self.flush_write_buf().await
     }
 
+    /// Writes a request as `send` has it.
+    async fn write(&mut self, outgoing: &mut Outgoing<'_>) -> io::Result<()> {
+        match outgoing {
+            Outgoing::Parsed {
+                parts,
+                body,
+                forwarded,
+            } => self.write_request(parts, forwarded, false, body).await,
+            Outgoing::Encoded { head, .. } => self.stream.write_all(head).await,
+        }
+    }
+
     async fn flush_write_buf(&mut self) -> io::Result<()> {
         if !self.write_buf.is_empty() {
             self.stream.write_all(&self.write_buf).await?;
@@ -295,6 +307,34 @@ enum ReadHeadError {
 /// (so that the caller may send it elsewhere).
 pub(crate) type Failed = (UpstreamError, Option<Request<Incoming>>);
 
+/// A request on its way to an instance, as `send` writes it.
+pub(crate) enum Outgoing<'a> {
+    /// One hyper parsed: its head is encoded as it goes, its body streamed.
+    Parsed {
+        parts: request::Parts,
+        body: Incoming,
+        forwarded: &'a Forwarded,
+    },
+    /// A request without a body whose head the proxy encoded already (`direct.rs`).
+    Encoded { method: Method, head: &'a [u8] },
+}
+
+impl Outgoing<'_> {
+    fn method(&self) -> &Method {
+        match self {
+            Outgoing::Parsed { parts, .. } => &parts.method,
+            Outgoing::Encoded { method, .. } => method,
+        }
+    }
+
+    fn without_body(&self) -> bool {
+        match self {
+            Outgoing::Parsed { body, .. } => body.is_end_stream(),
+            Outgoing::Encoded { .. } => true,
+        }
+    }
+}
+
 /// Sends `request` to the instance at `endpoint` over a pooled connection, or a new one.
 pub(crate) async fn send(
     pool: &Arc<Pool>,
@@ -302,27 +342,47 @@ pub(crate) async fn send(
     request: Request<Incoming>,
     forwarded: &Forwarded,
 ) -> Result<Response<UpstreamBody>, Failed> {
+    let (parts, body) = request.into_parts();
+    let outgoing = Outgoing::Parsed {
+        parts,
+        body,
+        forwarded,
+    };
+    send_outgoing(pool, endpoint, outgoing)
+        .await
+        .map_err(|(error, unsent)| {
+            let unsent = unsent.map(|unsent| match unsent {
+                Outgoing::Parsed { parts, body, .. } => Request::from_parts(parts, body),
+                Outgoing::Encoded { .. } => unreachable!("sent as parsed, comes back so"),
+            });
+            (error, unsent)
+        })
+}
+
+/// `send` for any request: on failure, the request comes back when it never left.
+pub(crate) async fn send_outgoing<'a>(
+    pool: &Arc<Pool>,
+    endpoint: &Endpoint,
+    mut outgoing: Outgoing<'a>,
+) -> Result<Response<UpstreamBody>, (UpstreamError, Option<Outgoing<'a>>)> {
     // Connecting is boxed: it is rare next to the pool, and would make every request's
     // future bigger.
     let mut connection = match pool.take(endpoint) {
         Some(connection) => connection,
         None => match Box::pin(Upstream::connect(endpoint)).await {
             Ok(connection) => connection,
-            Err(error) => return Err((error, Some(request))),
+            Err(error) => return Err((error, Some(outgoing))),
         },
     };
-    let (parts, mut body) = request.into_parts();
-    let without_body = body.is_end_stream();
+    let without_body = outgoing.without_body();
     // A request without a body whose method may be repeated (RFC 9110 9.2.2) goes again
     // once when its connection ended before a byte of answer: the instance may have crashed
     // or been stopped under it. If that fails the same way (or the new connection is
     // refused), the request comes back to the caller, which waits for the next process.
-    let repeatable = without_body && parts.method.is_idempotent();
+    let repeatable = without_body && outgoing.method().is_idempotent();
     let mut repeated = false;
     loop {
-        let written = connection
-            .write_request(&parts, forwarded, false, &mut body)
-            .await;
+        let written = connection.write(&mut outgoing).await;
         let write_failed = written.is_err();
         // Even when writing failed, the instance may have answered (e.g. 413) and closed.
         let head = connection.read_head().await;
@@ -337,7 +397,7 @@ pub(crate) async fn send(
                 repeated = true;
                 connection = match Box::pin(Upstream::connect(endpoint)).await {
                     Ok(connection) => connection,
-                    Err(error) => return Err((error, Some(Request::from_parts(parts, body)))),
+                    Err(error) => return Err((error, Some(outgoing))),
                 };
                 continue;
             }
@@ -347,7 +407,7 @@ pub(crate) async fn send(
                     Some(error) => UpstreamError::Io { endpoint, error },
                     None => UpstreamError::ClosedEarly { endpoint },
                 };
-                return Err((error, Some(Request::from_parts(parts, body))));
+                return Err((error, Some(outgoing)));
             }
             (Err(_), Err(error)) => {
                 return Err((
@@ -388,7 +448,7 @@ pub(crate) async fn send(
                 ))
             }
         };
-        let framing = match http1::response_framing(&parts.method, &head) {
+        let framing = match http1::response_framing(outgoing.method(), &head) {
             Ok(framing) => framing,
             Err(error) => {
                 return Err((
@@ -403,7 +463,7 @@ pub(crate) async fn send(
         // After a 2xx to CONNECT the instance may treat the connection as a tunnel: never
         // hand it to another request.
         let reusable = !write_failed
-            && parts.method != http::Method::CONNECT
+            && outgoing.method() != Method::CONNECT
             && http1::keeps_alive(&head, framing)
             && head.status != StatusCode::SWITCHING_PROTOCOLS;
         let body = UpstreamBody {

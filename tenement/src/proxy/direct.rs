@@ -1,0 +1,548 @@
+//! Plain HTTP/1.1 served by the proxy itself for the requests that make up most traffic:
+//! `GET` and `HEAD` without a body, for an instance that is running. Such a request is
+//! parsed in place, the instance's request head is written straight from the client's
+//! bytes, and the answer goes back through one buffer: no header map for the request, no
+//! request future handed between hyper's layers. That is what brings the proxy's cost per
+//! request down to nginx's (docs/benchmarks.md).
+//!
+//! hyper stays the server for everything else. The moment a request is anything but the
+//! above (it has a body, asks for an upgrade, is HTTP/1.0, has a head too big or
+//! malformed, names a host without a route, or needs its instance woken), the connection
+//! is handed to hyper together with every byte read and not yet answered, and hyper serves
+//! it from that request on. So the rules for everything unusual live in one place. This
+//! module writes only two answers of its own: the 502 and 504 for an instance that failed a
+//! request already sent to it, with the same words as hyper's side (`forward.rs`).
+
+use std::{
+    cell::RefCell,
+    future::Future,
+    io::IoSlice,
+    mem::MaybeUninit,
+    pin::pin,
+    sync::Arc,
+    task::Poll,
+    time::{Instant, SystemTime},
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
+use http::{
+    header::{CONTENT_LENGTH, DATE},
+    response,
+    uri::PathAndQuery,
+    HeaderValue, Method, Response, StatusCode, Uri, Version,
+};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Body;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    sync::oneshot,
+};
+
+use super::{
+    backend::{ActivityGuard, BackendState},
+    conn::ConnService,
+    exchange::{Exchange, InFlight, Logged},
+    forward::{bad_gateway, gateway_timeout, in_time},
+    headers::{self, RequestFacts},
+    host,
+    http1::{self, Forwarded, RequestLine},
+    reply::{self, Format},
+    table::Entry,
+    upstream::{self, Outgoing},
+};
+use crate::endpoint::Endpoint;
+
+/// How serving a connection here ended.
+pub(crate) enum Served {
+    /// The connection is over.
+    Closed,
+    /// hyper takes over: these bytes came from the client and are not answered yet.
+    HandOver(Bytes),
+}
+
+/// Header fields parsed here at most; a request with more goes to hyper (which applies
+/// `max_headers`).
+const MAX_FIELDS: usize = 64;
+/// Room kept free in the read buffer before each read from the client.
+const READ_ROOM: usize = 4096;
+/// Body pieces at least this big are written as they are (with whatever is pending in one
+/// vectored write) rather than copied after it.
+const GATHER: usize = 4 * 1024;
+
+/// Serves requests on `io` until the connection ends or a request is one for hyper. `stop`
+/// asks for a graceful end: the request in flight is answered, with `connection: close`.
+pub(crate) async fn serve<IO>(
+    // `&mut`: a shared reference would not be `Send` (the table reader is a `RefCell`).
+    service: &mut ConnService,
+    io: &mut IO,
+    stop: &mut oneshot::Receiver<()>,
+) -> Served
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let context = service.context();
+    let max_head = context.max_header_bytes();
+    let mut buf = BytesMut::new();
+    // The instance's request head, then the client's answer.
+    let mut scratch = BytesMut::new();
+    let mut stopping = false;
+    loop {
+        // A whole request head, or the connection's end.
+        let mut searched = 0;
+        let head_len = loop {
+            if let Some(end) = http1::head_end(&buf, searched) {
+                break end;
+            }
+            searched = buf.len();
+            if buf.len() > max_head {
+                // hyper answers 431.
+                return Served::HandOver(buf.freeze());
+            }
+            if buf.capacity() - buf.len() < READ_ROOM / 4 {
+                buf.reserve(READ_ROOM);
+            }
+            let read = if buf.is_empty() {
+                // Idle between requests: this is where a graceful stop ends it.
+                tokio::select! {
+                    biased;
+                    _ = &mut *stop => return Served::Closed,
+                    read = io.read_buf(&mut buf) => read,
+                }
+            } else {
+                io.read_buf(&mut buf).await
+            };
+            match read {
+                Ok(0) if !buf.is_empty() => return Served::HandOver(buf.freeze()),
+                Ok(0) | Err(_) => return Served::Closed,
+                Ok(_) => {}
+            }
+        };
+        let started = Instant::now();
+        let head = buf.split_to(head_len).freeze();
+        let Some(request) = prepare(service, &head, &mut scratch) else {
+            return Served::HandOver(rejoin(head, buf));
+        };
+        let in_flight = InFlight::new(service.tracker());
+        let activity = ActivityGuard::open(request.entry.activity.as_ref());
+        let entry = request.entry.clone();
+        let upstream_started = request.logged.is_some().then(Instant::now);
+        let outgoing = Outgoing::Encoded {
+            method: request.method.clone(),
+            head: &scratch,
+        };
+        let watched = {
+            // Pinned where it is built: the future is big, and moving it costs.
+            let sending = pin!(in_time(
+                entry.request_timeout,
+                upstream::send_outgoing(&entry.pool, &request.endpoint, outgoing),
+            ));
+            until_client_leaves(io, &mut buf, max_head, sending).await
+        };
+        let Some(sent) = watched else {
+            // The client hung up: nobody is left to answer, and the instance's connection
+            // is dropped mid-request (as hyper's side does).
+            return Served::Closed;
+        };
+        if let Some(Err((_, Some(_)))) = &sent {
+            // It never reached the instance, which has moved on (crashed, restarted,
+            // stopped): hyper's side waits for it, and sends the request again.
+            return Served::HandOver(rejoin(head, buf));
+        }
+        drop(head);
+        if !stopping {
+            stopping = !matches!(stop.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+        }
+        let closing = request.closing || stopping;
+        let mut exchange = Exchange::started_at(started, Some(in_flight), request.logged);
+        if let (Some(Ok(_)), Some(started)) = (&sent, upstream_started) {
+            exchange.set_upstream_time(started.elapsed());
+        }
+        if closing {
+            if let Some(cork) = context.cork() {
+                exchange.set_closing(cork);
+            }
+        }
+        let answering = Answering {
+            method: &request.method,
+            closing,
+            trailers: request.trailers,
+        };
+        let answered = match sent {
+            Some(Ok(response)) => {
+                exchange.set_instance(entry, activity);
+                answering.relay(io, &mut scratch, response, exchange).await
+            }
+            failed => {
+                let response = match failed {
+                    Some(Err((error, _))) => bad_gateway(&entry, &error, request.format),
+                    _ => gateway_timeout(&entry, request.format),
+                };
+                exchange.set_instance(entry, activity);
+                let (parts, bytes) = response.into_parts();
+                let body = Full::new(bytes);
+                answering
+                    .write(io, &mut scratch, parts, body, exchange)
+                    .await
+            }
+        };
+        if answered.is_err() || closing {
+            let _ = io.shutdown().await;
+            return Served::Closed;
+        }
+    }
+}
+
+/// A request this module serves, routed, with its head for the instance in `scratch`.
+struct Prepared {
+    entry: Arc<Entry>,
+    endpoint: Endpoint,
+    method: Method,
+    format: Format,
+    /// The client asked for the connection to end after the answer.
+    closing: bool,
+    /// The client takes trailer fields (`TE: trailers`).
+    trailers: bool,
+    logged: Option<Box<Logged>>,
+}
+
+/// Reads `head` and decides whether it is a request for this module: `None` hands it to
+/// hyper. Allocates nothing, except the access log's record when there is a log.
+fn prepare(service: &ConnService, head: &Bytes, scratch: &mut BytesMut) -> Option<Prepared> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let parsing = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut parsed,
+        head,
+        &mut slots,
+    );
+    if !matches!(parsing, Ok(httparse::Status::Complete(length)) if length == head.len()) {
+        return None;
+    }
+    if parsed.version != Some(1) {
+        return None;
+    }
+    let method = match parsed.method? {
+        "GET" => Method::GET,
+        "HEAD" => Method::HEAD,
+        _ => return None,
+    };
+    let target = parsed.path?;
+    if !target.starts_with('/') {
+        return None;
+    }
+    // Read as hyper's side reads it (a fragment, for one, is no part of it).
+    let target = PathAndQuery::from_maybe_shared(head.slice_ref(target.as_bytes())).ok()?;
+    let fields = || parsed.headers.iter().map(|h| (h.name.as_bytes(), h.value));
+    let facts = RequestFacts::<[u8]>::of_fields(fields());
+    if facts.framed || facts.expect || facts.upgrade || facts.names_headers || facts.many_hosts {
+        return None;
+    }
+    let host_value = HeaderValue::from_maybe_shared(head.slice_ref(facts.host?)).ok()?;
+    let host = host_value.to_str().ok().filter(|host| !host.is_empty())?;
+    let host = host::normalize(host);
+    let entry = service
+        .table()
+        .with(|table| table.resolve(&host, target.path()).cloned())
+        .ok()?;
+    if entry.state == BackendState::Failed || !entry.state.is_serving() {
+        return None;
+    }
+    let endpoint = entry.endpoint.clone()?;
+    let context = service.context();
+    let forwarded = Forwarded {
+        client_ip: context.peer_ip().clone(),
+        https: context.is_https(),
+        host: Some(host_value),
+    };
+    scratch.clear();
+    let line = RequestLine {
+        method: method.as_str(),
+        target: target.as_str(),
+    };
+    http1::encode_head_fields(
+        line,
+        head.len(),
+        fields(),
+        &forwarded,
+        false,
+        false,
+        scratch,
+    );
+    let logged = context.access_log().map(|_| {
+        let user_agent = fields()
+            .find(|(name, _)| name.eq_ignore_ascii_case(b"user-agent"))
+            .and_then(|(_, value)| HeaderValue::from_maybe_shared(head.slice_ref(value)).ok());
+        Box::new(Logged {
+            conn: context.clone(),
+            method: method.clone(),
+            uri: Uri::from(target),
+            version: Version::HTTP_11,
+            host: forwarded.host,
+            user_agent,
+        })
+    });
+    Some(Prepared {
+        entry,
+        endpoint,
+        method,
+        format: if facts.wants_json {
+            Format::Json
+        } else {
+            Format::Text
+        },
+        closing: facts.close,
+        trailers: facts.trailers,
+        logged,
+    })
+}
+
+/// The bytes of a request head put back in front of what followed it.
+fn rejoin(head: Bytes, rest: BytesMut) -> Bytes {
+    if rest.is_empty() {
+        return head;
+    }
+    let mut joined = BytesMut::with_capacity(head.len() + rest.len());
+    joined.extend_from_slice(&head);
+    joined.extend_from_slice(&rest);
+    joined.freeze()
+}
+
+/// Runs `work` while watching the client: `None` when it closes its end first. Whatever it
+/// sends meanwhile (a pipelined request) is kept in `buf`, up to `max` bytes.
+async fn until_client_leaves<IO, F>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    max: usize,
+    mut work: std::pin::Pin<&mut F>,
+) -> Option<F::Output>
+where
+    IO: AsyncRead + Unpin,
+    F: Future,
+{
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(done) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(done));
+        }
+        // Read onto the stack: most of the time there is nothing (and no system call, the
+        // socket being known quiet), and the request's own buffer is left alone.
+        while buf.len() <= max {
+            let mut storage = [MaybeUninit::<u8>::uninit(); 1024];
+            let mut read = ReadBuf::uninit(&mut storage);
+            match std::pin::Pin::new(&mut *io).poll_read(cx, &mut read) {
+                Poll::Pending => break,
+                Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(None),
+                Poll::Ready(Ok(())) => buf.extend_from_slice(read.filled()),
+                Poll::Ready(Err(_)) => return Poll::Ready(None),
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// How an answer goes back to the client.
+struct Answering<'a> {
+    method: &'a Method,
+    closing: bool,
+    trailers: bool,
+}
+
+impl Answering<'_> {
+    /// The instance's answer, with its hop-by-hop headers left behind. Refuses a `101` to
+    /// a request that asked for no upgrade.
+    async fn relay<IO>(
+        &self,
+        io: &mut IO,
+        scratch: &mut BytesMut,
+        response: Response<upstream::UpstreamBody>,
+        exchange: Exchange,
+    ) -> std::io::Result<()>
+    where
+        IO: AsyncWrite + Unpin,
+    {
+        let (mut parts, body) = response.into_parts();
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            let message = "switched protocols unasked (101 to a request without Upgrade)";
+            let refusal = reply::error(StatusCode::BAD_GATEWAY, message, Format::Text);
+            let (parts, bytes) = refusal.into_parts();
+            return self
+                .write(io, scratch, parts, Full::new(bytes), exchange)
+                .await;
+        }
+        // The usual hop-by-hop headers are skipped as the head is written (no changes to the
+        // map); only headers that `Connection` names need removing first.
+        headers::remove_connection_named(&mut parts.headers);
+        self.write(io, scratch, parts, body, exchange).await
+    }
+
+    /// Writes `parts` and streams `body`: what is at hand goes out in one write, and the
+    /// last write of a closing connection is corked to leave with the FIN (`cork.rs`).
+    async fn write<IO, B>(
+        &self,
+        io: &mut IO,
+        out: &mut BytesMut,
+        parts: response::Parts,
+        body: B,
+        mut exchange: Exchange,
+    ) -> std::io::Result<()>
+    where
+        IO: AsyncWrite + Unpin,
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let mut body = body;
+        exchange.set_status(parts.status.as_u16());
+        let bodiless = *self.method == Method::HEAD
+            || parts.status.is_informational()
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED;
+        let length = body.size_hint().exact();
+        let chunked = !bodiless && length.is_none();
+        out.clear();
+        self.encode_head(&parts, length.filter(|_| !bodiless), chunked, out);
+        let mut ended = false;
+        loop {
+            // Wait only with nothing else left to write.
+            let frame = match body.frame().now_or_never() {
+                Some(frame) => frame,
+                None => {
+                    io.write_all(out).await?;
+                    out.clear();
+                    body.frame().await
+                }
+            };
+            let frame = match frame {
+                None => break,
+                Some(Ok(frame)) => frame,
+                Some(Err(error)) => {
+                    // The instance broke off: the client gets what came, then the end of
+                    // the connection, never a body that looks whole.
+                    tracing::debug!("upstream body failed: {error}");
+                    io.write_all(out).await?;
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            };
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    if chunked {
+                        let trailers = frame.trailers_ref().filter(|_| self.trailers);
+                        http1::last_chunk(trailers, out);
+                        ended = true;
+                    }
+                    continue;
+                }
+            };
+            if data.is_empty() || bodiless {
+                continue;
+            }
+            exchange.add_bytes(data.len());
+            if chunked {
+                http1::chunk_header(data.len(), out);
+            }
+            if data.len() >= GATHER {
+                // Big pieces are not copied: they go out together with what is pending.
+                write_both(io, out, &data).await?;
+            } else {
+                out.extend_from_slice(&data);
+            }
+            if chunked {
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        if chunked && !ended {
+            http1::last_chunk(None, out);
+        }
+        exchange.set_complete();
+        exchange.answer_in_hand();
+        io.write_all(out).await?;
+        out.clear();
+        io.flush().await?;
+        // Logged and counted now that it is out.
+        drop(exchange);
+        Ok(())
+    }
+
+    /// The status line and headers, plus what hyper adds to an answer: its framing, `date`
+    /// when the instance sent none, and `connection: close` on a connection that ends.
+    fn encode_head(
+        &self,
+        parts: &response::Parts,
+        length: Option<u64>,
+        chunked: bool,
+        out: &mut BytesMut,
+    ) {
+        out.reserve(256 + parts.headers.len() * 48);
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(parts.status.as_str().as_bytes());
+        out.extend_from_slice(b" ");
+        out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let mut dated = false;
+        let mut measured = false;
+        for (name, value) in &parts.headers {
+            let name_bytes = name.as_str().as_bytes();
+            if headers::is_hop_by_hop(name_bytes, false) {
+                continue;
+            }
+            dated |= name == DATE;
+            measured |= name == CONTENT_LENGTH;
+            http1::write_header(out, name_bytes, value.as_bytes());
+        }
+        if let (false, Some(length)) = (measured, length) {
+            use std::fmt::Write;
+            let _ = write!(out, "content-length: {length}\r\n");
+        }
+        if chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        if !dated {
+            write_date(out);
+        }
+        if self.closing {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Writes `pending` (emptying it) and then `data`, in as few system calls as they take.
+async fn write_both<IO>(io: &mut IO, pending: &mut BytesMut, data: &[u8]) -> std::io::Result<()>
+where
+    IO: AsyncWrite + Unpin,
+{
+    let mut data = data;
+    while !pending.is_empty() || !data.is_empty() {
+        let slices = [IoSlice::new(pending), IoSlice::new(data)];
+        let written = io.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_pending = written.min(pending.len());
+        pending.advance(from_pending);
+        data = &data[written - from_pending..];
+    }
+    pending.clear();
+    Ok(())
+}
+
+thread_local! {
+    /// Each worker's `date` for the current second, and which second that is.
+    static DATE_NOW: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+}
+
+/// A `date` header for now, rendered once a second per worker.
+fn write_date(out: &mut BytesMut) {
+    DATE_NOW.with_borrow_mut(|(second, text)| {
+        let now = SystemTime::now();
+        let this_second = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        if *second != this_second {
+            text.copy_from_slice(httpdate::fmt_http_date(now).as_bytes());
+            *second = this_second;
+        }
+        http1::write_header(out, b"date", &text[..]);
+    });
+}
