@@ -546,3 +546,50 @@ fn write_date(out: &mut BytesMut) {
         http1::write_header(out, b"date", &text[..]);
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pending_bytes_and_a_body_piece_arrive_whole_through_short_writes() {
+        // A pipe that takes 7 bytes at a time: every write is a short one.
+        let (mut writer, mut reader) = tokio::io::duplex(7);
+        let reading = tokio::spawn(async move {
+            let mut all = Vec::new();
+            reader.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        let mut pending = BytesMut::from("HTTP/1.1 200 OK\r\n\r\n");
+        let body = b"a body piece longer than one write".repeat(3);
+        write_both(&mut writer, &mut pending, &body).await.unwrap();
+        assert!(pending.is_empty());
+        drop(writer);
+        let mut expected = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        expected.extend_from_slice(&body);
+        assert_eq!(reading.await.unwrap(), expected);
+    }
+
+    #[test]
+    fn a_request_head_goes_back_in_front_of_what_followed_it() {
+        let head = Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(rejoin(head.clone(), BytesMut::new()), head);
+        let joined = rejoin(head, BytesMut::from("POST"));
+        assert_eq!(&joined[..], b"GET / HTTP/1.1\r\n\r\nPOST");
+    }
+
+    #[test]
+    fn date_is_an_http_date() {
+        let mut out = BytesMut::new();
+        write_date(&mut out);
+        let text = std::str::from_utf8(&out).unwrap();
+        let value = text
+            .strip_prefix("date: ")
+            .unwrap()
+            .strip_suffix("\r\n")
+            .unwrap();
+        let date = httpdate::parse_http_date(value).unwrap();
+        let off = SystemTime::now().duration_since(date).unwrap();
+        assert!(off.as_secs() < 5, "{text}");
+    }
+}

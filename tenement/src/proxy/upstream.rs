@@ -308,6 +308,8 @@ enum ReadHeadError {
 pub(crate) type Failed = (UpstreamError, Option<Request<Incoming>>);
 
 /// A request on its way to an instance, as `send` writes it.
+// Not boxed: either lives in the request's own future, and boxing would allocate per request.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Outgoing<'a> {
     /// One hyper parsed: its head is encoded as it goes, its body streamed.
     Parsed {
