@@ -70,12 +70,14 @@ const READ_ROOM: usize = 4096;
 /// vectored write) rather than copied after it.
 const GATHER: usize = 4 * 1024;
 
-/// Serves requests on `io` until the connection ends or a request is one for hyper. `stop`
-/// asks for a graceful end: the request in flight is answered, with `connection: close`.
+/// Serves requests on `io` until the connection ends or a request is one for hyper,
+/// starting with the bytes in `first` (already read from it). `stop` asks for a graceful
+/// end: the request in flight is answered, with `connection: close`.
 pub(crate) async fn serve<IO>(
     // `&mut`: a shared reference would not be `Send` (the table reader is a `RefCell`).
     service: &mut ConnService,
     io: &mut IO,
+    first: Bytes,
     stop: &mut oneshot::Receiver<()>,
 ) -> Served
 where
@@ -83,7 +85,8 @@ where
 {
     let context = service.context();
     let max_head = context.max_header_bytes();
-    let mut buf = BytesMut::new();
+    // Usually the whole first request, taken over without a copy.
+    let mut buf = BytesMut::from(first);
     // The instance's request head, then the client's answer.
     let mut scratch = BytesMut::new();
     let mut stopping = false;

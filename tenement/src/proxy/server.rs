@@ -180,7 +180,7 @@ async fn serve<IO>(
         https,
         socket,
     } = client;
-    let (protocol, io) = match sniff(io).await {
+    let (protocol, mut io) = match sniff(io).await {
         Ok(sniffed) => sniffed,
         Err(error) => {
             tracing::debug!("connection from {peer} failed before its first request: {error}");
@@ -192,9 +192,9 @@ async fn serve<IO>(
         .filter(|_| protocol == Protocol::Http1)
         .map(Cork::new);
     let mut service = ConnService::new(shared.clone(), peer.ip(), https, cork, tracker);
-    let mut io = io;
     if protocol == Protocol::Http1 && service.may_serve_directly() {
-        match direct::serve(&mut service, &mut io, &mut stop).await {
+        let first = io.take_prefix();
+        match direct::serve(&mut service, &mut io, first, &mut stop).await {
             Served::Closed => return,
             Served::HandOver(unanswered) => io.put_back(unanswered),
         }

@@ -66,6 +66,11 @@ pub(crate) struct Prefixed<IO> {
 }
 
 impl<IO> Prefixed<IO> {
+    /// Takes the bytes read ahead, for a reader that reads the stream itself from here.
+    pub(crate) fn take_prefix(&mut self) -> Bytes {
+        std::mem::take(&mut self.prefix)
+    }
+
     /// Puts `bytes` back in front of whatever is still to be read.
     pub(crate) fn put_back(&mut self, bytes: Bytes) {
         self.prefix = if self.prefix.is_empty() {
