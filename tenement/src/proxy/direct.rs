@@ -16,7 +16,6 @@
 use std::{
     cell::RefCell,
     future::Future,
-    io::IoSlice,
     mem::MaybeUninit,
     pin::pin,
     sync::Arc,
@@ -24,7 +23,7 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::{
     header::{CONTENT_LENGTH, DATE},
@@ -47,6 +46,7 @@ use super::{
     headers::{self, RequestFacts},
     host,
     http1::{self, Forwarded, RequestLine},
+    outbox::Outbox,
     reply::{self, Format},
     table::Entry,
     upstream::{self, Outgoing},
@@ -66,9 +66,10 @@ pub(crate) enum Served {
 const MAX_FIELDS: usize = 64;
 /// Room kept free in the read buffer before each read from the client.
 const READ_ROOM: usize = 4096;
-/// Body pieces at least this big are written as they are (with whatever is pending in one
-/// vectored write) rather than copied after it.
-const GATHER: usize = 4 * 1024;
+/// Body pieces at least this big are written as they were read, not copied.
+const SHARE: usize = 4 * 1024;
+/// Bytes of answer held back for one write at most.
+const HOLD: usize = 256 * 1024;
 
 /// Serves requests on `io` until the connection ends or a request is one for hyper,
 /// starting with the bytes in `first` (already read from it). `stop` asks for a graceful
@@ -87,8 +88,9 @@ where
     let max_head = context.max_header_bytes();
     // Usually the whole first request, taken over without a copy.
     let mut buf = BytesMut::from(first);
-    // The instance's request head, then the client's answer.
+    // The instance's request head.
     let mut scratch = BytesMut::new();
+    let mut outbox = Outbox::default();
     let mut stopping = false;
     loop {
         // A whole request head, or the connection's end.
@@ -174,7 +176,7 @@ where
         let answered = match sent {
             Some(Ok(response)) => {
                 exchange.set_instance(entry, activity);
-                answering.relay(io, &mut scratch, response, exchange).await
+                answering.relay(io, &mut outbox, response, exchange).await
             }
             failed => {
                 let response = match failed {
@@ -185,7 +187,7 @@ where
                 let (parts, bytes) = response.into_parts();
                 let body = Full::new(bytes);
                 answering
-                    .write(io, &mut scratch, parts, body, exchange)
+                    .write(io, &mut outbox, parts, body, exchange)
                     .await
             }
         };
@@ -357,7 +359,7 @@ impl Answering<'_> {
     async fn relay<IO>(
         &self,
         io: &mut IO,
-        scratch: &mut BytesMut,
+        out: &mut Outbox,
         response: Response<upstream::UpstreamBody>,
         exchange: Exchange,
     ) -> std::io::Result<()>
@@ -369,14 +371,12 @@ impl Answering<'_> {
             let message = "switched protocols unasked (101 to a request without Upgrade)";
             let refusal = reply::error(StatusCode::BAD_GATEWAY, message, Format::Text);
             let (parts, bytes) = refusal.into_parts();
-            return self
-                .write(io, scratch, parts, Full::new(bytes), exchange)
-                .await;
+            return self.write(io, out, parts, Full::new(bytes), exchange).await;
         }
         // The usual hop-by-hop headers are skipped as the head is written (no changes to the
         // map); only headers that `Connection` names need removing first.
         headers::remove_connection_named(&mut parts.headers);
-        self.write(io, scratch, parts, body, exchange).await
+        self.write(io, out, parts, body, exchange).await
     }
 
     /// Writes `parts` and streams `body`: what is at hand goes out in one write, and the
@@ -384,9 +384,9 @@ impl Answering<'_> {
     async fn write<IO, B>(
         &self,
         io: &mut IO,
-        out: &mut BytesMut,
+        out: &mut Outbox,
         parts: response::Parts,
-        body: B,
+        mut body: B,
         mut exchange: Exchange,
     ) -> std::io::Result<()>
     where
@@ -394,7 +394,6 @@ impl Answering<'_> {
         B: Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
-        let mut body = body;
         exchange.set_status(parts.status.as_u16());
         let bodiless = *self.method == Method::HEAD
             || parts.status.is_informational()
@@ -402,16 +401,14 @@ impl Answering<'_> {
             || parts.status == StatusCode::NOT_MODIFIED;
         let length = body.size_hint().exact();
         let chunked = !bodiless && length.is_none();
-        out.clear();
-        self.encode_head(&parts, length.filter(|_| !bodiless), chunked, out);
+        out.copy_with(|out| self.encode_head(&parts, length.filter(|_| !bodiless), chunked, out));
         let mut ended = false;
         loop {
             // Wait only with nothing else left to write.
             let frame = match body.frame().now_or_never() {
                 Some(frame) => frame,
                 None => {
-                    io.write_all(out).await?;
-                    out.clear();
+                    out.flush(io).await?;
                     body.frame().await
                 }
             };
@@ -422,7 +419,7 @@ impl Answering<'_> {
                     // The instance broke off: the client gets what came, then the end of
                     // the connection, never a body that looks whole.
                     tracing::debug!("upstream body failed: {error}");
-                    io.write_all(out).await?;
+                    out.flush(io).await?;
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
                 }
             };
@@ -431,7 +428,7 @@ impl Answering<'_> {
                 Err(frame) => {
                     if chunked {
                         let trailers = frame.trailers_ref().filter(|_| self.trailers);
-                        http1::last_chunk(trailers, out);
+                        out.copy_with(|out| http1::last_chunk(trailers, out));
                         ended = true;
                     }
                     continue;
@@ -442,25 +439,26 @@ impl Answering<'_> {
             }
             exchange.add_bytes(data.len());
             if chunked {
-                http1::chunk_header(data.len(), out);
+                out.copy_with(|out| http1::chunk_header(data.len(), out));
             }
-            if data.len() >= GATHER {
-                // Big pieces are not copied: they go out together with what is pending.
-                write_both(io, out, &data).await?;
+            if data.len() >= SHARE {
+                out.share(data);
             } else {
-                out.extend_from_slice(&data);
+                out.copy(&data);
             }
             if chunked {
-                out.extend_from_slice(b"\r\n");
+                out.copy(b"\r\n");
+            }
+            if out.held() >= HOLD {
+                out.flush(io).await?;
             }
         }
         if chunked && !ended {
-            http1::last_chunk(None, out);
+            out.copy_with(|out| http1::last_chunk(None, out));
         }
         exchange.set_complete();
         exchange.answer_in_hand();
-        io.write_all(out).await?;
-        out.clear();
+        out.flush(io).await?;
         io.flush().await?;
         // Logged and counted now that it is out.
         drop(exchange);
@@ -510,26 +508,6 @@ impl Answering<'_> {
     }
 }
 
-/// Writes `pending` (emptying it) and then `data`, in as few system calls as they take.
-async fn write_both<IO>(io: &mut IO, pending: &mut BytesMut, data: &[u8]) -> std::io::Result<()>
-where
-    IO: AsyncWrite + Unpin,
-{
-    let mut data = data;
-    while !pending.is_empty() || !data.is_empty() {
-        let slices = [IoSlice::new(pending), IoSlice::new(data)];
-        let written = io.write_vectored(&slices).await?;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        let from_pending = written.min(pending.len());
-        pending.advance(from_pending);
-        data = &data[written - from_pending..];
-    }
-    pending.clear();
-    Ok(())
-}
-
 thread_local! {
     /// Each worker's `date` for the current second, and which second that is.
     static DATE_NOW: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
@@ -553,25 +531,6 @@ fn write_date(out: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn pending_bytes_and_a_body_piece_arrive_whole_through_short_writes() {
-        // A pipe that takes 7 bytes at a time: every write is a short one.
-        let (mut writer, mut reader) = tokio::io::duplex(7);
-        let reading = tokio::spawn(async move {
-            let mut all = Vec::new();
-            reader.read_to_end(&mut all).await.unwrap();
-            all
-        });
-        let mut pending = BytesMut::from("HTTP/1.1 200 OK\r\n\r\n");
-        let body = b"a body piece longer than one write".repeat(3);
-        write_both(&mut writer, &mut pending, &body).await.unwrap();
-        assert!(pending.is_empty());
-        drop(writer);
-        let mut expected = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
-        expected.extend_from_slice(&body);
-        assert_eq!(reading.await.unwrap(), expected);
-    }
 
     #[test]
     fn a_request_head_goes_back_in_front_of_what_followed_it() {

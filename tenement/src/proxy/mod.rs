@@ -35,6 +35,7 @@ mod host;
 mod http1;
 mod listen;
 pub mod metrics;
+mod outbox;
 pub mod placement;
 mod pool;
 mod reply;
