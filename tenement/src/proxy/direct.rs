@@ -96,14 +96,15 @@ where
         // A whole request head, or the connection's end.
         let mut searched = 0;
         let head_len = loop {
-            if let Some(end) = http1::head_end(&buf, searched) {
-                break end;
-            }
-            searched = buf.len();
-            if buf.len() > max_head {
+            let end = http1::head_end(&buf, searched);
+            if end.unwrap_or(buf.len()) > max_head {
                 // hyper answers 431.
                 return Served::HandOver(buf.freeze());
             }
+            if let Some(end) = end {
+                break end;
+            }
+            searched = buf.len();
             if buf.capacity() - buf.len() < READ_ROOM / 4 {
                 buf.reserve(READ_ROOM);
             }
