@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod http;
 pub mod logs;
 pub mod pebble;
+pub mod raw_app;
 pub mod tls;
 pub mod webdriver;
 

@@ -14,69 +14,40 @@ use std::{
 };
 
 use api_support::Daemon;
-use tenement_tests::{http::get, Scratch};
+use tenement_tests::{http::get, raw_app, Scratch};
 
 /// `/echo` answers with the request head it received (length-framed); `/chunked` answers
 /// `hello world` in two chunks; `/slow` waits up to 10 s for the client's next byte and
 /// counts the requests whose connection the proxy closed meanwhile; `/cancelled` tells
 /// that count. Requests with a body get their body echoed.
-const APP: &str = r#"
-import os, socket, threading
-
+const HANDLER: &str = r#"
 cancelled = 0
 
 def respond(conn, body, extra=b"", head_only=False):
     head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (len(body), extra)
     conn.sendall(head if head_only else head + body)
 
-def serve(conn):
+def handle(conn, method, path, head, body):
     global cancelled
-    data = b""
-    while True:
-        while b"\r\n\r\n" not in data:
-            more = conn.recv(65536)
-            if not more:
-                conn.close()
-                return
-            data += more
-        head, data = data.split(b"\r\n\r\n", 1)
-        path = head.split(b" ")[1].decode()
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        while len(data) < length:
-            data += conn.recv(65536)
-        body, data = data[:length], data[length:]
-        if path == "/chunked":
-            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n")
-        elif path == "/slow":
-            conn.settimeout(10)
-            try:
-                gone = conn.recv(1) == b""
-            except socket.timeout:
-                gone = False
-            if gone:
-                cancelled += 1
-                conn.close()
-                return
-            respond(conn, b"slow")
-        elif path == "/cancelled":
-            respond(conn, str(cancelled).encode())
-        elif body:
-            respond(conn, body)
-        else:
-            extra = b"X-Hop: kept\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive\r\n"
-            respond(conn, head + b"\r\n", extra, head.startswith(b"HEAD "))
-
-listener = socket.socket()
-listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-listener.bind(("127.0.0.1", int(os.environ["PORT"])))
-listener.listen(64)
-while True:
-    conn, _ = listener.accept()
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    if path == "/chunked":
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n")
+    elif path == "/slow":
+        conn.settimeout(10)
+        try:
+            gone = conn.recv(1) == b""
+        except socket.timeout:
+            gone = False
+        if gone:
+            cancelled += 1
+            return False
+        respond(conn, b"slow")
+    elif path == "/cancelled":
+        respond(conn, str(cancelled).encode())
+    elif body:
+        respond(conn, body)
+    else:
+        extra = b"X-Hop: kept\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive\r\n"
+        respond(conn, head + b"\r\n", extra, method == "HEAD")
 "#;
 
 const HOST: &str = "alice.api.localhost";
@@ -192,7 +163,7 @@ impl Client {
 #[test]
 fn plain_requests_and_the_rest_share_a_connection() {
     let scratch = Scratch::new("proxy-direct");
-    let app = scratch.write("app.py", APP);
+    let app = scratch.write("app.py", &raw_app::program(HANDLER));
     let services = format!(
         "[service.api]\ncommand = \"/usr/bin/python3 {}\"\n",
         app.display()

@@ -5,13 +5,15 @@
 mod api_support;
 
 use api_support::Daemon;
-use tenement_tests::{http::get, Scratch};
+use tenement_tests::{http::get, raw_app, Scratch};
 
 /// Raw answers by path: `/informational` sends twenty `100 Continue` heads first,
 /// `/both` frames its body by length and chunking at once, `/trickle` sends its head one
 /// byte per write, anything else is a plain 200.
-const APP: &str = r#"
-import os, socket, threading
+const HANDLER: &str = r#"
+def handle(conn, method, path, head, body):
+    for piece in answer(path):
+        conn.sendall(piece)
 
 def answer(path):
     if path == "/informational":
@@ -22,28 +24,6 @@ def answer(path):
         head = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"s" * 2000 + b"\r\nContent-Length: 7\r\n\r\n"
         return [bytes([b]) for b in head] + [b"trickle"]
     return [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain"]
-
-def serve(conn):
-    data = b""
-    while True:
-        while b"\r\n\r\n" not in data:
-            more = conn.recv(65536)
-            if not more:
-                conn.close()
-                return
-            data += more
-        head, data = data.split(b"\r\n\r\n", 1)
-        path = head.split(b" ")[1].decode()
-        for piece in answer(path):
-            conn.sendall(piece)
-
-listener = socket.socket()
-listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-listener.bind(("127.0.0.1", int(os.environ["PORT"])))
-listener.listen(64)
-while True:
-    conn, _ = listener.accept()
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
 "#;
 
 const HOST: &str = "alice.api.localhost";
@@ -51,7 +31,7 @@ const HOST: &str = "alice.api.localhost";
 #[test]
 fn a_hostile_instance_gets_bounded_answers() {
     let scratch = Scratch::new("proxy-hostile");
-    let app = scratch.write("app.py", APP);
+    let app = scratch.write("app.py", &raw_app::program(HANDLER));
     let services = format!(
         "[service.api]\ncommand = \"/usr/bin/python3 {}\"\n",
         app.display()
