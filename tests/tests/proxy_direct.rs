@@ -14,7 +14,7 @@ use std::{
 };
 
 use api_support::Daemon;
-use tenement_tests::{http::get, raw_app, Scratch};
+use tenement_tests::http::get;
 
 /// `/echo` answers with the request head it received (length-framed); `/chunked` answers
 /// `hello world` in two chunks; `/slow` waits up to 10 s for the client's next byte and
@@ -162,14 +162,7 @@ impl Client {
 
 #[test]
 fn plain_requests_and_the_rest_share_a_connection() {
-    let scratch = Scratch::new("proxy-direct");
-    let app = scratch.write("app.py", &raw_app::program(HANDLER));
-    let services = format!(
-        "[service.api]\ncommand = \"/usr/bin/python3 {}\"\n",
-        app.display()
-    );
-    let daemon = Daemon::start_with(scratch, &services, &[]);
-    daemon.ok(&["spawn", "api:alice"]);
+    let daemon = Daemon::start_raw_app("proxy-direct", HANDLER);
     assert_eq!(get(daemon.http_port, HOST, "/cancelled").unwrap().0, 200);
 
     let mut client = Client::connect(daemon.http_port);

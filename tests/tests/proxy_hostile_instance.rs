@@ -5,7 +5,7 @@
 mod api_support;
 
 use api_support::Daemon;
-use tenement_tests::{http::get, raw_app, Scratch};
+use tenement_tests::http::get;
 
 /// Raw answers by path: `/informational` sends twenty `100 Continue` heads first,
 /// `/both` frames its body by length and chunking at once, `/trickle` sends its head one
@@ -30,14 +30,7 @@ const HOST: &str = "alice.api.localhost";
 
 #[test]
 fn a_hostile_instance_gets_bounded_answers() {
-    let scratch = Scratch::new("proxy-hostile");
-    let app = scratch.write("app.py", &raw_app::program(HANDLER));
-    let services = format!(
-        "[service.api]\ncommand = \"/usr/bin/python3 {}\"\n",
-        app.display()
-    );
-    let daemon = Daemon::start_with(scratch, &services, &[]);
-    daemon.ok(&["spawn", "api:alice"]);
+    let daemon = Daemon::start_raw_app("proxy-hostile", HANDLER);
 
     let through_proxy = |path| get(daemon.http_port, HOST, path).unwrap();
     let (status, body) = through_proxy("/informational");

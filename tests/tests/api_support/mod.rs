@@ -78,6 +78,20 @@ impl Daemon {
         Daemon::start_with(scratch, &services, &[])
     }
 
+    /// Starts `tenement serve` with one service, `api`, whose instances are the raw-socket
+    /// server `tenement_tests::raw_app` with `handler`, and spawns `api:alice`.
+    pub fn start_raw_app(label: &str, handler: &str) -> Daemon {
+        let scratch = Scratch::new(label);
+        let app = scratch.write("app.py", &tenement_tests::raw_app::program(handler));
+        let services = format!(
+            "[service.api]\ncommand = \"/usr/bin/python3 {}\"\n",
+            app.display()
+        );
+        let daemon = Daemon::start_with(scratch, &services, &[]);
+        daemon.ok(&["spawn", "api:alice"]);
+        daemon
+    }
+
     /// Starts `tenement serve` with `services` and extra environment variables.
     pub fn start_with(scratch: Scratch, services: &str, env: &[(&str, &str)]) -> Daemon {
         Daemon::start_serving(scratch, services, env, &[])
