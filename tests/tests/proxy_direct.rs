@@ -155,6 +155,25 @@ impl Client {
         answer
     }
 
+    /// `HEAD /echo`: a 200 that names its length and has no body.
+    fn head_echo(&mut self) {
+        self.send(&format!("HEAD /echo HTTP/1.1\r\nHost: {HOST}\r\n\r\n"));
+        let head = self.answer(true);
+        assert_eq!(head.status, 200);
+        assert!(head.header("content-length").is_some(), "{head:?}");
+    }
+
+    /// `GET path` with `Connection: close`: its answer says so, and the connection ends.
+    fn last_get(&mut self, path: &str) -> Answer {
+        self.send(&format!(
+            "GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
+        ));
+        let last = self.answer(false);
+        assert_eq!(last.header("connection"), Some("close"));
+        assert!(self.at_end(), "the connection ends after Connection: close");
+        last
+    }
+
     fn at_end(&mut self) -> bool {
         self.buf.is_empty() && !self.fill()
     }
@@ -205,37 +224,14 @@ fn plain_requests_and_the_rest_share_a_connection() {
     ));
     let posted = client.answer(false);
     assert_eq!((posted.status, posted.body.as_str()), (200, "payload"));
-    client.send(&format!("HEAD /echo HTTP/1.1\r\nHost: {HOST}\r\n\r\n"));
-    let head = client.answer(true);
-    assert_eq!(head.status, 200);
-    assert!(head.header("content-length").is_some(), "{head:?}");
-    client.send(&format!(
-        "GET /chunked HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
-    ));
-    let last = client.answer(false);
+    client.head_echo();
+    let last = client.last_get("/chunked");
     assert_eq!(last.body, "hello world");
-    assert_eq!(last.header("connection"), Some("close"));
-    assert!(
-        client.at_end(),
-        "the connection ends after Connection: close"
-    );
 
     // A plain request on a fresh connection, then a HEAD, and `Connection: close`.
     let mut client = Client::connect(daemon.http_port);
-    client.send(&format!("HEAD /echo HTTP/1.1\r\nHost: {HOST}\r\n\r\n"));
-    let head = client.answer(true);
-    assert_eq!(head.status, 200);
-    assert!(head.header("content-length").is_some(), "{head:?}");
-    client.send(&format!(
-        "GET /echo HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
-    ));
-    let last = client.answer(false);
-    assert_eq!(last.status, 200);
-    assert_eq!(last.header("connection"), Some("close"));
-    assert!(
-        client.at_end(),
-        "the connection ends after Connection: close"
-    );
+    client.head_echo();
+    assert_eq!(client.last_get("/echo").status, 200);
 
     // A request for no route and one with a bad head are hyper's to answer.
     let mut client = Client::connect(daemon.http_port);

@@ -39,7 +39,7 @@ use tokio::{
 };
 
 use super::{
-    backend::{ActivityGuard, BackendState},
+    backend::ActivityGuard,
     conn::ConnService,
     exchange::{Exchange, InFlight, Logged},
     forward::{bad_gateway, gateway_timeout, in_time},
@@ -126,22 +126,30 @@ where
         };
         let started = Instant::now();
         let head = buf.split_to(head_len).freeze();
-        let Some(request) = prepare(service, &head, &mut scratch) else {
+        let Some(Prepared {
+            entry,
+            endpoint,
+            method,
+            format,
+            closing,
+            trailers,
+            logged,
+        }) = prepare(service, &head, &mut scratch)
+        else {
             return Served::HandOver(rejoin(head, buf));
         };
         let in_flight = InFlight::new(service.tracker());
-        let activity = ActivityGuard::open(request.entry.activity.as_ref());
-        let entry = request.entry.clone();
-        let upstream_started = request.logged.is_some().then(Instant::now);
+        let activity = ActivityGuard::open(entry.activity.as_ref());
+        let upstream_started = logged.is_some().then(Instant::now);
         let outgoing = Outgoing::Encoded {
-            method: request.method.clone(),
+            method: method.clone(),
             head: &scratch,
         };
         let watched = {
             // Pinned where it is built: the future is big, and moving it costs.
             let sending = pin!(in_time(
                 entry.request_timeout,
-                upstream::send_outgoing(&entry.pool, &request.endpoint, outgoing),
+                upstream::send_outgoing(&entry.pool, &endpoint, outgoing),
             ));
             until_client_leaves(io, &mut buf, max_head, sending).await
         };
@@ -159,8 +167,8 @@ where
         if !stopping {
             stopping = !matches!(stop.try_recv(), Err(oneshot::error::TryRecvError::Empty));
         }
-        let closing = request.closing || stopping;
-        let mut exchange = Exchange::started_at(started, Some(in_flight), request.logged);
+        let closing = closing || stopping;
+        let mut exchange = Exchange::started_at(started, Some(in_flight), logged);
         if let (Some(Ok(_)), Some(started)) = (&sent, upstream_started) {
             exchange.set_upstream_time(started.elapsed());
         }
@@ -170,9 +178,9 @@ where
             }
         }
         let answering = Answering {
-            method: &request.method,
+            method: &method,
             closing,
-            trailers: request.trailers,
+            trailers,
         };
         let answered = match sent {
             Some(Ok(response)) => {
@@ -181,8 +189,8 @@ where
             }
             failed => {
                 let response = match failed {
-                    Some(Err((error, _))) => bad_gateway(&entry, &error, request.format),
-                    _ => gateway_timeout(&entry, request.format),
+                    Some(Err((error, _))) => bad_gateway(&entry, &error, format),
+                    _ => gateway_timeout(&entry, format),
                 };
                 exchange.set_instance(entry, activity);
                 let (parts, bytes) = response.into_parts();
@@ -251,7 +259,7 @@ fn prepare(service: &ConnService, head: &Bytes, scratch: &mut BytesMut) -> Optio
         .table()
         .with(|table| table.resolve(&host, target.path()).cloned())
         .ok()?;
-    if entry.state == BackendState::Failed || !entry.state.is_serving() {
+    if !entry.state.is_serving() {
         return None;
     }
     let endpoint = entry.endpoint.clone()?;
@@ -402,7 +410,7 @@ impl Answering<'_> {
             || parts.status == StatusCode::NOT_MODIFIED;
         let length = body.size_hint().exact();
         let chunked = !bodiless && length.is_none();
-        out.copy_with(|out| self.encode_head(&parts, length.filter(|_| !bodiless), chunked, out));
+        self.encode_head(&parts, length.filter(|_| !bodiless), chunked, out.tail());
         let mut ended = false;
         loop {
             // Wait only with nothing else left to write.
@@ -429,7 +437,7 @@ impl Answering<'_> {
                 Err(frame) => {
                     if chunked {
                         let trailers = frame.trailers_ref().filter(|_| self.trailers);
-                        out.copy_with(|out| http1::last_chunk(trailers, out));
+                        http1::last_chunk(trailers, out.tail());
                         ended = true;
                     }
                     continue;
@@ -440,22 +448,22 @@ impl Answering<'_> {
             }
             exchange.add_bytes(data.len());
             if chunked {
-                out.copy_with(|out| http1::chunk_header(data.len(), out));
+                http1::chunk_header(data.len(), out.tail());
             }
             if data.len() >= SHARE {
                 out.share(data);
             } else {
-                out.copy(&data);
+                out.tail().extend_from_slice(&data);
             }
             if chunked {
-                out.copy(b"\r\n");
+                out.tail().extend_from_slice(b"\r\n");
             }
             if out.held() >= HOLD {
                 out.flush(io).await?;
             }
         }
         if chunked && !ended {
-            out.copy_with(|out| http1::last_chunk(None, out));
+            http1::last_chunk(None, out.tail());
         }
         exchange.set_complete();
         exchange.answer_in_hand();

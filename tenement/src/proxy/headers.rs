@@ -241,7 +241,7 @@ pub(crate) fn is_forwarded(name: &[u8]) -> bool {
 pub(crate) fn remove_connection_named(headers: &mut HeaderMap) {
     // Usually there is no `Connection` header, or it says only `close` or `keep-alive`:
     // one look, and nothing to collect or remove.
-    if !connection_names_headers(headers) {
+    if connection_tokens(headers).all(is_usual_token) {
         return;
     }
     let named: Vec<HeaderName> = connection_tokens(headers)
@@ -251,11 +251,6 @@ pub(crate) fn remove_connection_named(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-}
-
-/// Whether `Connection` names any header (beyond the usual tokens) to be removed.
-pub(crate) fn connection_names_headers(headers: &HeaderMap) -> bool {
-    !connection_tokens(headers).all(is_usual_token)
 }
 
 /// The tokens of `Connection` that name no header.

@@ -17,22 +17,12 @@ pub(crate) struct Outbox {
     pieces: Vec<Bytes>,
     /// Copied bytes, written after every piece.
     tail: BytesMut,
-    /// Bytes held in all.
-    held: usize,
 }
 
 impl Outbox {
-    /// Appends `bytes` by copying them.
-    pub(crate) fn copy(&mut self, bytes: &[u8]) {
-        self.tail.extend_from_slice(bytes);
-        self.held += bytes.len();
-    }
-
-    /// Appends by writing into the copy buffer (`write` tells how much it wrote).
-    pub(crate) fn copy_with(&mut self, write: impl FnOnce(&mut BytesMut)) {
-        let before = self.tail.len();
-        write(&mut self.tail);
-        self.held += self.tail.len() - before;
+    /// Where bytes to copy go: after everything held so far.
+    pub(crate) fn tail(&mut self) -> &mut BytesMut {
+        &mut self.tail
     }
 
     /// Appends `piece` as it is, without a copy.
@@ -40,18 +30,17 @@ impl Outbox {
         if !self.tail.is_empty() {
             self.pieces.push(self.tail.split().freeze());
         }
-        self.held += piece.len();
         self.pieces.push(piece);
     }
 
     /// Bytes waiting to be written.
     pub(crate) fn held(&self) -> usize {
-        self.held
+        self.pieces.iter().map(Bytes::len).sum::<usize>() + self.tail.len()
     }
 
     /// Writes everything held.
     pub(crate) async fn flush<IO: AsyncWrite + Unpin>(&mut self, io: &mut IO) -> io::Result<()> {
-        while self.held > 0 {
+        while !self.pieces.is_empty() || !self.tail.is_empty() {
             let written = {
                 let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                 let mut count = 0;
@@ -75,7 +64,6 @@ impl Outbox {
 
     /// Drops the first `written` bytes, which went out.
     fn consume(&mut self, mut written: usize) {
-        self.held -= written;
         let mut whole = 0;
         for piece in &mut self.pieces {
             if written < piece.len() {
@@ -109,12 +97,12 @@ mod tests {
         let mut expected = Vec::new();
         for round in 0..3 {
             let head = format!("head {round}\r\n");
-            outbox.copy(head.as_bytes());
+            outbox.tail().extend_from_slice(head.as_bytes());
             expected.extend_from_slice(head.as_bytes());
             let piece = Bytes::from(format!("a shared piece of body, round {round}"));
             outbox.share(piece.clone());
             expected.extend_from_slice(&piece);
-            outbox.copy_with(|tail| tail.extend_from_slice(b"\r\n"));
+            outbox.tail().extend_from_slice(b"\r\n");
             expected.extend_from_slice(b"\r\n");
         }
         // More pieces than one write takes.
@@ -126,7 +114,7 @@ mod tests {
         assert_eq!(outbox.held(), expected.len());
         outbox.flush(&mut writer).await.unwrap();
         assert_eq!(outbox.held(), 0);
-        outbox.copy(b"after");
+        outbox.tail().extend_from_slice(b"after");
         expected.extend_from_slice(b"after");
         outbox.flush(&mut writer).await.unwrap();
         drop(writer);

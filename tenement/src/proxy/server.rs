@@ -1,5 +1,6 @@
 //! Listening and connection lifetimes: accept loops, the HTTP/1.1 + HTTP/2 connection
-//! driver (plain HTTP/1.1 requests first through `direct.rs`) with its time limits, and a graceful shutdown that waits for what is in flight.
+//! driver (plain HTTP/1.1 requests first through `direct.rs`) with its time limits, and a
+//! graceful shutdown that waits for what is in flight.
 
 use std::{
     net::SocketAddr,

@@ -71,16 +71,10 @@ impl<IO> Prefixed<IO> {
         std::mem::take(&mut self.prefix)
     }
 
-    /// Puts `bytes` back in front of whatever is still to be read.
+    /// Puts `bytes` in front of what is still to be read, once the prefix was taken.
     pub(crate) fn put_back(&mut self, bytes: Bytes) {
-        self.prefix = if self.prefix.is_empty() {
-            bytes
-        } else {
-            let mut joined = BytesMut::with_capacity(bytes.len() + self.prefix.len());
-            joined.extend_from_slice(&bytes);
-            joined.extend_from_slice(&self.prefix);
-            joined.freeze()
-        };
+        debug_assert!(self.prefix.is_empty(), "the prefix was taken first");
+        self.prefix = bytes;
     }
 }
 
