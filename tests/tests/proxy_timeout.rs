@@ -160,3 +160,60 @@ fn a_silent_instance_gets_504_but_streams_and_tunnels_are_not_cut() {
     assert_promtool_accepts(&metrics);
     daemon.stop();
 }
+
+/// One answer read off a keep-alive connection: its status and body.
+fn next_answer(reader: &mut BufReader<TcpStream>) -> (String, String) {
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).unwrap();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    let status = status(&status_line).unwrap_or_default().to_string();
+    (status, String::from_utf8(body).unwrap())
+}
+
+#[test]
+fn the_limit_applies_to_every_request_of_a_keep_alive_connection() {
+    let scratch = Scratch::new("proxy-timeout-keep-alive");
+    let app = scratch.write("app.py", APP);
+    let mut daemon = Daemon::start_with(scratch, &services(&app), &[]);
+    daemon.ok(&["spawn", "api:alice"]);
+
+    let stream = TcpStream::connect(("127.0.0.1", daemon.http_port)).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut ask = |path: &str| {
+        write!(
+            &stream,
+            "GET {path} HTTP/1.1\r\nHost: alice.api.localhost\r\n\r\n"
+        )
+        .unwrap();
+        next_answer(&mut reader)
+    };
+    // Quick answers, a silent one, and again: each request gets the whole limit (the
+    // instance's /slow takes 8 s; the limit is 2 s), after a quick request and after a
+    // request that ran out of time alike.
+    for _ in 0..2 {
+        assert_eq!(ask("/"), ("200".to_string(), "ok\n".to_string()));
+        let (status, body) = ask("/slow");
+        assert_eq!(status, "504", "{body}");
+        assert_eq!(
+            body,
+            "instance api:alice sent no response within 2s (request_timeout)\n"
+        );
+    }
+    assert_eq!(ask("/"), ("200".to_string(), "ok\n".to_string()));
+    daemon.stop();
+}

@@ -17,7 +17,7 @@ use std::{
     cell::RefCell,
     future::Future,
     mem::MaybeUninit,
-    pin::pin,
+    pin::{pin, Pin},
     sync::Arc,
     task::Poll,
     time::{Instant, SystemTime},
@@ -36,13 +36,14 @@ use hyper::body::Body;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     sync::oneshot,
+    time::Sleep,
 };
 
 use super::{
     backend::ActivityGuard,
     conn::ConnService,
     exchange::{Exchange, InFlight, Logged},
-    forward::{bad_gateway, gateway_timeout, in_time},
+    forward::{bad_gateway, gateway_timeout},
     headers::{self, RequestFacts},
     host,
     http1::{self, Forwarded, RequestLine},
@@ -91,8 +92,16 @@ where
     // The instance's request head.
     let mut scratch = BytesMut::new();
     let mut outbox = Outbox::default();
+    // One timer for the connection's `request_timeout`, moved along with each request: a
+    // later deadline only updates the registered one in place (tokio), where a timer per
+    // request would be put into the timer wheel and taken out again every time.
+    let mut limit_timer = pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
     let mut stopping = false;
     loop {
+        if buf.is_empty() {
+            // Read the next request into the buffer's front again (see `Upstream::poll_fill`).
+            let _ = buf.try_reclaim(READ_ROOM);
+        }
         // A whole request head, or the connection's end.
         let mut searched = 0;
         let head_len = loop {
@@ -145,18 +154,21 @@ where
             method: method.clone(),
             head: &scratch,
         };
+        let limit = entry.request_timeout.map(|limit| {
+            limit_timer.as_mut().reset((started + limit).into());
+            limit_timer.as_mut()
+        });
         let watched = {
             // Pinned where it is built: the future is big, and moving it costs.
-            let sending = pin!(in_time(
-                entry.request_timeout,
-                upstream::send_outgoing(&entry.pool, &endpoint, outgoing),
-            ));
-            until_client_leaves(io, &mut buf, max_head, sending).await
+            let sending = pin!(upstream::send_outgoing(&entry.pool, &endpoint, outgoing));
+            until_client_leaves(io, &mut buf, max_head, sending, limit).await
         };
-        let Some(sent) = watched else {
+        let sent = match watched {
+            Watched::Done(sent) => Some(sent),
+            Watched::TimedOut => None,
             // The client hung up: nobody is left to answer, and the instance's connection
             // is dropped mid-request (as hyper's side does).
-            return Served::Closed;
+            Watched::ClientLeft => return Served::Closed,
         };
         if let Some(Err((_, Some(_)))) = &sent {
             // It never reached the instance, which has moved on (crashed, restarted,
@@ -322,32 +334,47 @@ fn rejoin(head: Bytes, rest: BytesMut) -> Bytes {
     joined.freeze()
 }
 
-/// Runs `work` while watching the client: `None` when it closes its end first. Whatever it
+/// How waiting for the instance ended.
+enum Watched<T> {
+    Done(T),
+    /// `request_timeout` passed first.
+    TimedOut,
+    /// The client closed its end first.
+    ClientLeft,
+}
+
+/// Runs `work` until it is done, `limit` fires, or the client leaves. Whatever the client
 /// sends meanwhile (a pipelined request) is kept in `buf`, up to `max` bytes.
 async fn until_client_leaves<IO, F>(
     io: &mut IO,
     buf: &mut BytesMut,
     max: usize,
-    mut work: std::pin::Pin<&mut F>,
-) -> Option<F::Output>
+    mut work: Pin<&mut F>,
+    mut limit: Option<Pin<&mut Sleep>>,
+) -> Watched<F::Output>
 where
     IO: AsyncRead + Unpin,
     F: Future,
 {
     std::future::poll_fn(|cx| {
         if let Poll::Ready(done) = work.as_mut().poll(cx) {
-            return Poll::Ready(Some(done));
+            return Poll::Ready(Watched::Done(done));
+        }
+        if let Some(Poll::Ready(())) = limit.as_mut().map(|timer| timer.as_mut().poll(cx)) {
+            return Poll::Ready(Watched::TimedOut);
         }
         // Read onto the stack: most of the time there is nothing (and no system call, the
         // socket being known quiet), and the request's own buffer is left alone.
         while buf.len() <= max {
             let mut storage = [MaybeUninit::<u8>::uninit(); 1024];
             let mut read = ReadBuf::uninit(&mut storage);
-            match std::pin::Pin::new(&mut *io).poll_read(cx, &mut read) {
+            match Pin::new(&mut *io).poll_read(cx, &mut read) {
                 Poll::Pending => break,
-                Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(None),
+                Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                    return Poll::Ready(Watched::ClientLeft)
+                }
                 Poll::Ready(Ok(())) => buf.extend_from_slice(read.filled()),
-                Poll::Ready(Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Err(_)) => return Poll::Ready(Watched::ClientLeft),
             }
         }
         Poll::Pending
