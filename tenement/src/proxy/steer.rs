@@ -284,6 +284,41 @@ mod tests {
     }
 
     #[test]
+    fn a_crowded_worker_gets_company_as_connections_come() {
+        use super::super::listen;
+        use std::sync::atomic::Ordering;
+        let bound = listen::bind(&["127.0.0.1:0".parse().unwrap()]).unwrap();
+        let sockets: Vec<_> = (0..2)
+            .map(|index| listen::for_worker(&bound[0], index).unwrap())
+            .collect();
+        let steering = super::Steering::new(2, &bound).unwrap();
+        let address = bound[0].local_addr().unwrap();
+        // Which worker's socket the kernel hands each of 32 new connections to.
+        let shares = || {
+            let clients: Vec<_> = (0..32)
+                .map(|_| std::net::TcpStream::connect(address).unwrap())
+                .collect();
+            let mut shares = [0; 2];
+            while shares.iter().sum::<usize>() < clients.len() {
+                for (share, socket) in shares.iter_mut().zip(&sockets) {
+                    while listen::accept(socket).is_ok() {
+                        *share += 1;
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            shares
+        };
+        steering.widen_if_crowded();
+        assert_eq!(steering.active(), 1);
+        assert_eq!(shares(), [32, 0]);
+        steering.connections(0).store(CROWDED, Ordering::Relaxed);
+        steering.widen_if_crowded();
+        assert_eq!(steering.active(), 2);
+        assert!(shares()[1] > 0, "the second worker takes its share");
+    }
+
+    #[test]
     fn a_worker_leaves_when_the_rest_would_do() {
         let few = [10; 4];
         assert_eq!(next_active(2, &[0.2, 0.1], &few[..2]), 1);
