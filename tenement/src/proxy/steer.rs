@@ -3,11 +3,11 @@
 //! A worker that serves many connections handles each wake-up's events together; spread over
 //! every worker, the same load wakes each of them more often, and a wake-up (a context
 //! switch) costs more than the request's own work. So new connections go to the first
-//! `active` workers only, one at first, and another joins when every active one is busy, or
-//! holds [`CROWDED`] connections; one leaves when the rest would do. The kernel does the
-//! steering: a classic BPF program on each listener's `SO_REUSEPORT` group picks one of the
-//! first `active` sockets (spreading by the connection's hash), so an inactive worker is not
-//! even woken. Connections stay with the worker that took them.
+//! `active` workers only, one at first, and another joins when every active one is busy;
+//! one leaves when the rest would do. The kernel does the steering: a classic BPF program on
+//! each listener's `SO_REUSEPORT` group picks one of the first `active` sockets (spreading by
+//! the connection's hash), so an inactive worker is not even woken. Connections stay with
+//! the worker that took them.
 
 use std::{
     os::fd::AsRawFd,
@@ -29,17 +29,10 @@ const PERIOD: Duration = Duration::from_millis(500);
 const SATURATED: f64 = 0.8;
 /// When the active workers' total load would keep one fewer at most this busy, one leaves.
 const RELAXED: f64 = 0.4;
-/// Open connections an active worker holds before another joins, however idle the CPU:
-/// every connection's task and buffers are touched on each of its requests, and a few
-/// hundred connections' worth no longer fits one core's cache, where two cores' caches hold
-/// them (measured in docs/benchmarks.md: 256 busy keep-alive connections).
-const CROWDED: usize = 96;
 
 /// The workers' CPU clocks and how many of them take new connections.
 pub(crate) struct Steering {
     active: AtomicUsize,
-    /// Each worker's open connections.
-    connections: Box<[AtomicUsize]>,
     /// Each worker's CPU-time clock (`pthread_getcpuclockid`), set when its thread starts.
     clocks: Box<[AtomicI32]>,
     /// A copy of one socket of each listener's `SO_REUSEPORT` group (the program belongs to
@@ -82,7 +75,6 @@ impl Steering {
         let active = if steerable { 1 } else { workers };
         Ok(Arc::new(Steering {
             active: AtomicUsize::new(active),
-            connections: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
             clocks: (0..workers).map(|_| AtomicI32::new(NO_CLOCK)).collect(),
             groups,
         }))
@@ -91,31 +83,6 @@ impl Steering {
     /// How many workers (the first ones) take new connections.
     pub(crate) fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
-    }
-
-    /// Worker `index`'s open connections.
-    pub(crate) fn connections(&self, index: usize) -> &AtomicUsize {
-        &self.connections[index]
-    }
-
-    fn open_connections(&self) -> Vec<usize> {
-        self.connections
-            .iter()
-            .map(|count| count.load(Ordering::Relaxed))
-            .collect()
-    }
-
-    /// Lets another worker take new connections when every active one is crowded: called
-    /// as connections come, since a burst of them would all land before the next look.
-    pub(crate) fn widen_if_crowded(&self) {
-        let active = self.active();
-        if active < self.connections.len()
-            && self.connections[..active]
-                .iter()
-                .all(|count| count.load(Ordering::Relaxed) >= CROWDED)
-        {
-            self.set_active(active + 1);
-        }
     }
 
     /// Called on worker `index`'s own thread when it starts.
@@ -165,8 +132,7 @@ impl Steering {
                     .zip(&before)
                     .map(|(now, then)| now.saturating_sub(*then).as_secs_f64() / wall)
                     .collect();
-                let connections = steering.open_connections();
-                steering.set_active(next_active(steering.active(), &busy, &connections));
+                steering.set_active(next_active(steering.active(), &busy));
             }
         }
     }
@@ -183,18 +149,16 @@ impl Steering {
 }
 
 /// The number of active workers the last period's load asks for. `busy`: each worker's
-/// share of a CPU over the period; `connections`: each worker's open connections.
-fn next_active(active: usize, busy: &[f64], connections: &[usize]) -> usize {
+/// share of a CPU over the period.
+fn next_active(active: usize, busy: &[f64]) -> usize {
     let active = active.min(busy.len());
-    let saturated = busy[..active].iter().all(|&share| share >= SATURATED);
-    let crowded = connections[..active].iter().all(|&count| count >= CROWDED);
-    if active < busy.len() && (saturated || crowded) {
+    let load = &busy[..active];
+    if active < busy.len() && load.iter().all(|&share| share >= SATURATED) {
         return active + 1;
     }
     // Every worker's load counts: connections stay where they were taken.
     let total: f64 = busy.iter().sum();
-    let open: usize = connections.iter().sum();
-    if active > 1 && total <= RELAXED * (active - 1) as f64 && open < CROWDED * (active - 1) {
+    if active > 1 && total <= RELAXED * (active - 1) as f64 {
         return active - 1;
     }
     active
@@ -261,78 +225,19 @@ fn attach(group: &std::net::TcpListener, active: usize) -> std::io::Result<()> {
 mod tests {
     use super::next_active;
 
-    use super::CROWDED;
-
     #[test]
     fn a_worker_joins_when_every_active_one_is_saturated() {
-        let few = [10; 4];
-        assert_eq!(next_active(1, &[0.9, 0.0], &few[..2]), 2);
-        assert_eq!(next_active(2, &[0.9, 0.5, 0.0], &few[..3]), 2);
-        assert_eq!(next_active(2, &[0.9, 0.85, 0.0], &few[..3]), 3);
-        assert_eq!(
-            next_active(2, &[0.9, 0.85], &few[..2]),
-            2,
-            "no more workers to add"
-        );
-    }
-
-    #[test]
-    fn a_worker_joins_when_every_active_one_is_crowded() {
-        assert_eq!(next_active(1, &[0.1, 0.0], &[CROWDED, 0]), 2);
-        assert_eq!(next_active(2, &[0.1, 0.1, 0.0], &[CROWDED, 10, 0]), 2);
-        assert_eq!(next_active(2, &[0.1, 0.1, 0.0], &[CROWDED, CROWDED, 0]), 3);
-    }
-
-    #[test]
-    fn a_crowded_worker_gets_company_as_connections_come() {
-        use super::super::listen;
-        use std::sync::atomic::Ordering;
-        let bound = listen::bind(&["127.0.0.1:0".parse().unwrap()]).unwrap();
-        let sockets: Vec<_> = (0..2)
-            .map(|index| listen::for_worker(&bound[0], index).unwrap())
-            .collect();
-        let steering = super::Steering::new(2, &bound).unwrap();
-        let address = bound[0].local_addr().unwrap();
-        // Which worker's socket the kernel hands each of 32 new connections to.
-        let shares = || {
-            let clients: Vec<_> = (0..32)
-                .map(|_| std::net::TcpStream::connect(address).unwrap())
-                .collect();
-            let mut shares = [0; 2];
-            while shares.iter().sum::<usize>() < clients.len() {
-                for (share, socket) in shares.iter_mut().zip(&sockets) {
-                    while listen::accept(socket).is_ok() {
-                        *share += 1;
-                    }
-                }
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            shares
-        };
-        steering.widen_if_crowded();
-        assert_eq!(steering.active(), 1);
-        assert_eq!(shares(), [32, 0]);
-        steering.connections(0).store(CROWDED, Ordering::Relaxed);
-        steering.widen_if_crowded();
-        assert_eq!(steering.active(), 2);
-        assert!(shares()[1] > 0, "the second worker takes its share");
+        assert_eq!(next_active(1, &[0.9, 0.0]), 2);
+        assert_eq!(next_active(2, &[0.9, 0.5, 0.0]), 2);
+        assert_eq!(next_active(2, &[0.9, 0.85, 0.0]), 3);
+        assert_eq!(next_active(2, &[0.9, 0.85]), 2, "no more workers to add");
     }
 
     #[test]
     fn a_worker_leaves_when_the_rest_would_do() {
-        let few = [10; 4];
-        assert_eq!(next_active(2, &[0.2, 0.1], &few[..2]), 1);
-        assert_eq!(next_active(2, &[0.3, 0.3], &few[..2]), 2);
-        assert_eq!(
-            next_active(1, &[0.0, 0.0], &few[..2]),
-            1,
-            "never fewer than one"
-        );
-        assert_eq!(next_active(3, &[0.5, 0.2, 0.1, 0.0], &few), 2);
-        assert_eq!(
-            next_active(2, &[0.1, 0.1], &[CROWDED, 10]),
-            2,
-            "the one left would be crowded"
-        );
+        assert_eq!(next_active(2, &[0.2, 0.1]), 1);
+        assert_eq!(next_active(2, &[0.3, 0.3]), 2);
+        assert_eq!(next_active(1, &[0.0, 0.0]), 1, "never fewer than one");
+        assert_eq!(next_active(3, &[0.5, 0.2, 0.1, 0.0]), 2);
     }
 }

@@ -34,8 +34,9 @@ use super::{
 /// wake-up of the other thread), and long-lived ones still end up within a few of even.
 const HAND_OVER_MARGIN: usize = 4;
 
-/// Which workers take connections, and the way to hand a connection to each.
+/// Open connections per worker, and the way to hand a connection to each.
 pub(crate) struct Crew {
+    loads: Box<[AtomicUsize]>,
     steering: Arc<Steering>,
     inboxes: Box<[mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>]>,
 }
@@ -62,6 +63,7 @@ pub(crate) fn start(
     let steering = Steering::new(count, listeners)?;
     tokio::spawn(Steering::balance(Arc::downgrade(&steering)));
     let crew = Arc::new(Crew {
+        loads: (0..count).map(|_| AtomicUsize::new(0)).collect(),
         steering,
         inboxes: inboxes.into(),
     });
@@ -192,38 +194,32 @@ struct Load(Arc<Crew>, usize);
 
 impl Load {
     fn count(crew: &Arc<Crew>, index: usize) -> Load {
-        crew.load(index).fetch_add(1, Ordering::Relaxed);
+        crew.loads[index].fetch_add(1, Ordering::Relaxed);
         Load(crew.clone(), index)
     }
 }
 
 impl Drop for Load {
     fn drop(&mut self) {
-        self.0.load(self.1).fetch_sub(1, Ordering::Relaxed);
+        self.0.loads[self.1].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Crew {
-    /// Worker `index`'s open connections.
-    fn load(&self, index: usize) -> &AtomicUsize {
-        self.steering.connections(index)
-    }
-
     /// `me`, unless another active worker has `HAND_OVER_MARGIN` fewer open connections
     /// (or `me` is not active: a connection that reached it while the active set changed).
-    /// Another worker becomes active first if the active ones are crowded.
     fn least_loaded(&self, me: usize) -> usize {
-        self.steering.widen_if_crowded();
-        let active = self.steering.active().min(self.inboxes.len());
-        let (other, least) = (0..active)
-            .map(|index| self.load(index).load(Ordering::Relaxed))
+        let active = self.steering.active().min(self.loads.len());
+        let (other, least) = self.loads[..active]
+            .iter()
+            .map(|load| load.load(Ordering::Relaxed))
             .enumerate()
             .min_by_key(|&(_, load)| load)
             .unwrap_or((0, 0));
         if me >= active {
             return other;
         }
-        if least + HAND_OVER_MARGIN <= self.load(me).load(Ordering::Relaxed) {
+        if least + HAND_OVER_MARGIN <= self.loads[me].load(Ordering::Relaxed) {
             other
         } else {
             me
