@@ -150,7 +150,7 @@ where
         let in_flight = InFlight::new(service.tracker());
         let activity = ActivityGuard::open(entry.activity.as_ref());
         let upstream_started = logged.is_some().then(Instant::now);
-        let outgoing = Outgoing::Encoded {
+        let mut outgoing = Outgoing::Encoded {
             method: method.clone(),
             head: &scratch,
         };
@@ -160,7 +160,11 @@ where
         });
         let watched = {
             // Pinned where it is built: the future is big, and moving it costs.
-            let sending = pin!(upstream::send_outgoing(&entry.pool, &endpoint, outgoing));
+            let sending = pin!(upstream::send_outgoing(
+                &entry.pool,
+                &endpoint,
+                &mut outgoing
+            ));
             until_client_leaves(io, &mut buf, max_head, sending, limit).await
         };
         let sent = match watched {
@@ -170,7 +174,7 @@ where
             // is dropped mid-request (as hyper's side does).
             Watched::ClientLeft => return Served::Closed,
         };
-        if let Some(Err((_, Some(_)))) = &sent {
+        if let Some(Err((_, true))) = &sent {
             // It never reached the instance, which has moved on (crashed, restarted,
             // stopped): hyper's side waits for it, and sends the request again.
             return Served::HandOver(rejoin(head, buf));

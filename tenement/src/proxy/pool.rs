@@ -20,7 +20,7 @@ const MAX_IDLE: usize = 1024;
 /// An idle connection older than this is closed rather than reused.
 const IDLE_LIFETIME: Duration = Duration::from_secs(60);
 
-type Shelf = Mutex<VecDeque<(Upstream, Instant)>>;
+type Shelf = Mutex<VecDeque<(Box<Upstream>, Instant)>>;
 
 /// A shelf on cache lines of its own: every request locks its worker's shelf twice (take,
 /// put), and shelves packed side by side would make the workers' cores trade the line.
@@ -66,7 +66,7 @@ impl Pool {
     }
 
     /// An idle connection to `endpoint` that the instance has not closed meanwhile.
-    pub(crate) fn take(&self, endpoint: &Endpoint) -> Option<Upstream> {
+    pub(crate) fn take(&self, endpoint: &Endpoint) -> Option<Box<Upstream>> {
         let mut idle = self.shelf().lock().unwrap_or_else(|p| p.into_inner());
         while let Some((connection, since)) = idle.pop_back() {
             if connection.endpoint() == endpoint
@@ -79,7 +79,7 @@ impl Pool {
         None
     }
 
-    pub(crate) fn put(&self, connection: Upstream) {
+    pub(crate) fn put(&self, connection: Box<Upstream>) {
         let now = Instant::now();
         let mut idle = self.shelf().lock().unwrap_or_else(|p| p.into_inner());
         while idle.front().is_some_and(|(_, since)| {

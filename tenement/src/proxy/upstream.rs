@@ -91,7 +91,9 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
-    pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Upstream, UpstreamError> {
+    /// Boxed: a connection moves between the pool, the request and the response body, and
+    /// stays where it is in memory while its handle moves.
+    pub(crate) async fn connect(endpoint: &Endpoint) -> Result<Box<Upstream>, UpstreamError> {
         let stream = endpoint.connect().await.map_err(|error| {
             let endpoint = endpoint.clone();
             if error.kind() == io::ErrorKind::ConnectionRefused {
@@ -104,14 +106,14 @@ impl Upstream {
             // Small requests and responses must not wait for Nagle's algorithm.
             let _ = tcp.set_nodelay(true);
         }
-        Ok(Upstream {
+        Ok(Box::new(Upstream {
             stream,
             endpoint: endpoint.clone(),
             read_buf: BytesMut::new(),
             read_size: READ_MIN,
             write_buf: BytesMut::new(),
             reused: false,
-        })
+        }))
     }
 
     pub(crate) fn endpoint(&self) -> &Endpoint {
@@ -351,35 +353,36 @@ pub(crate) async fn send(
     forwarded: &Forwarded,
 ) -> Result<Response<UpstreamBody>, Failed> {
     let (parts, body) = request.into_parts();
-    let outgoing = Outgoing::Parsed {
+    let mut outgoing = Outgoing::Parsed {
         parts,
         body,
         forwarded,
     };
-    send_outgoing(pool, endpoint, outgoing)
+    send_outgoing(pool, endpoint, &mut outgoing)
         .await
         .map_err(|(error, unsent)| {
-            let unsent = unsent.map(|unsent| match unsent {
+            let unsent = unsent.then(|| match outgoing {
                 Outgoing::Parsed { parts, body, .. } => Request::from_parts(parts, body),
-                Outgoing::Encoded { .. } => unreachable!("sent as parsed, comes back so"),
+                Outgoing::Encoded { .. } => unreachable!("made as parsed above"),
             });
             (error, unsent)
         })
 }
 
-/// `send` for any request: on failure, the request comes back when it never left.
-pub(crate) async fn send_outgoing<'a>(
+/// `send` for any request, which stays the caller's (borrowed, not moved: it is big). On
+/// failure, `true` says that it never left, so the caller may send it again.
+pub(crate) async fn send_outgoing(
     pool: &Arc<Pool>,
     endpoint: &Endpoint,
-    mut outgoing: Outgoing<'a>,
-) -> Result<Response<UpstreamBody>, (UpstreamError, Option<Outgoing<'a>>)> {
+    outgoing: &mut Outgoing<'_>,
+) -> Result<Response<UpstreamBody>, (UpstreamError, bool)> {
     // Connecting is boxed: it is rare next to the pool, and would make every request's
     // future bigger.
     let mut connection = match pool.take(endpoint) {
         Some(connection) => connection,
         None => match Box::pin(Upstream::connect(endpoint)).await {
             Ok(connection) => connection,
-            Err(error) => return Err((error, Some(outgoing))),
+            Err(error) => return Err((error, true)),
         },
     };
     let without_body = outgoing.without_body();
@@ -390,7 +393,7 @@ pub(crate) async fn send_outgoing<'a>(
     let repeatable = without_body && outgoing.method().is_idempotent();
     let mut repeated = false;
     loop {
-        let written = connection.write(&mut outgoing).await;
+        let written = connection.write(outgoing).await;
         let write_failed = written.is_err();
         // Even when writing failed, the instance may have answered (e.g. 413) and closed.
         let head = connection.read_head().await;
@@ -405,7 +408,7 @@ pub(crate) async fn send_outgoing<'a>(
                 repeated = true;
                 connection = match Box::pin(Upstream::connect(endpoint)).await {
                     Ok(connection) => connection,
-                    Err(error) => return Err((error, Some(outgoing))),
+                    Err(error) => return Err((error, true)),
                 };
                 continue;
             }
@@ -415,7 +418,7 @@ pub(crate) async fn send_outgoing<'a>(
                     Some(error) => UpstreamError::Io { endpoint, error },
                     None => UpstreamError::ClosedEarly { endpoint },
                 };
-                return Err((error, Some(outgoing)));
+                return Err((error, true));
             }
             (Err(_), Err(error)) => {
                 return Err((
@@ -423,7 +426,7 @@ pub(crate) async fn send_outgoing<'a>(
                         endpoint: endpoint.clone(),
                         error,
                     },
-                    None,
+                    false,
                 ))
             }
             (
@@ -435,7 +438,7 @@ pub(crate) async fn send_outgoing<'a>(
                         endpoint: endpoint.clone(),
                         error,
                     },
-                    None,
+                    false,
                 ))
             }
             (Err(ReadHeadError::NothingReceived(None)), Ok(())) => {
@@ -443,7 +446,7 @@ pub(crate) async fn send_outgoing<'a>(
                     UpstreamError::ClosedEarly {
                         endpoint: endpoint.clone(),
                     },
-                    None,
+                    false,
                 ))
             }
             (Err(ReadHeadError::Wire(error)), Ok(())) => {
@@ -452,7 +455,7 @@ pub(crate) async fn send_outgoing<'a>(
                         endpoint: endpoint.clone(),
                         error,
                     },
-                    None,
+                    false,
                 ))
             }
         };
@@ -464,7 +467,7 @@ pub(crate) async fn send_outgoing<'a>(
                         endpoint: endpoint.clone(),
                         error,
                     },
-                    None,
+                    false,
                 ))
             }
         };
@@ -585,7 +588,7 @@ impl Decoder {
 /// A response body read from the instance's socket as the client consumes it.
 pub(crate) struct UpstreamBody {
     decoder: Decoder,
-    connection: Option<Upstream>,
+    connection: Option<Box<Upstream>>,
     reusable: bool,
     pool: Arc<Pool>,
 }
