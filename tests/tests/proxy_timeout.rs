@@ -217,3 +217,25 @@ fn the_limit_applies_to_every_request_of_a_keep_alive_connection() {
     assert_eq!(ask("/"), ("200".to_string(), "ok\n".to_string()));
     daemon.stop();
 }
+
+#[test]
+fn a_limit_too_long_to_count_to_is_no_limit() {
+    let scratch = Scratch::new("proxy-timeout-huge");
+    let app = scratch.write("app.py", APP);
+    // The largest number TOML has: as seconds, past the end of the system's clock.
+    let services = format!(
+        "[service.api]\ncommand = \"/usr/bin/python3 {}\"\nrequest_timeout = {}\n",
+        app.display(),
+        i64::MAX
+    );
+    let mut daemon = Daemon::start_with(scratch, &services, &[]);
+    daemon.ok(&["spawn", "api:alice"]);
+    // Twice: right after `spawn` the first request can still take the path that waits for
+    // an instance; the second is served on the proxy's direct path.
+    for _ in 0..2 {
+        let answer = through_proxy(&daemon, "alice.api.localhost", "/");
+        assert_eq!(status(&answer), Some("200"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nok\n"), "{answer}");
+    }
+    daemon.stop();
+}

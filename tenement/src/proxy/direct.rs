@@ -154,8 +154,12 @@ where
             method: method.clone(),
             head: &scratch,
         };
-        let limit = entry.request_timeout.map(|limit| {
-            limit_timer.as_mut().reset((started + limit).into());
+        // A limit too long to count to (past the clock's range) is no limit.
+        let deadline = entry
+            .request_timeout
+            .and_then(|limit| started.checked_add(limit));
+        let limit = deadline.map(|deadline| {
+            limit_timer.as_mut().reset(deadline.into());
             limit_timer.as_mut()
         });
         let watched = {
